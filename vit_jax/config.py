@@ -1,0 +1,300 @@
+"""ViT configuration: one frozen dataclass and a registry of named presets.
+
+The config is framework-neutral (no jax or torch import): the Flax model, the
+PyTorch twin and the converters all read it, so every numerics choice (GELU
+form, LayerNorm epsilon, qkv bias, pooling, input normalisation) is stated once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from typing import Any
+
+CLASSIFIERS = ("token", "gap", "unpooled", "token_unpooled")
+GELU_FORMS = ("tanh", "exact")
+POSEMB_KINDS = ("learn", "sincos2d")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "explicit")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration or an unknown preset name."""
+
+
+def to_pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """`16` -> (16, 16); `(16, 8)` -> (16, 8)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ConfigError(f"expected an int or a pair (height, width), got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """Architecture and numerics of one Vision Transformer.
+
+    Defaults follow Google's `vit_jax` (tanh GELU, LayerNorm eps 1e-6, learned
+    position embeddings with the class token included, inputs in [-1, 1]).
+    """
+
+    name: str = "custom"
+    image_size: int | tuple[int, int] = 224
+    patch_size: int | tuple[int, int] = 16
+    num_channels: int = 3
+    num_classes: int = 1000  # 0: no head, the model returns features.
+    hidden_size: int = 768
+    mlp_dim: int = 3072
+    num_heads: int = 12
+    num_layers: int = 12
+    # token: class token; gap: mean over patch tokens; unpooled: every token;
+    # token_unpooled: class token prepended, every token returned.
+    classifier: str = "token"
+    representation_size: int | None = None  # pre-logits Dense + tanh
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    stochastic_depth_rate: float = 0.0  # largest drop-path rate, reached at the last block
+    gelu: str = "tanh"  # 'tanh' (Flax nn.gelu default, Google training) or 'exact' (erf; torch/timm/HF)
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    posemb: str = "learn"  # 'learn' or 'sincos2d' (fixed, big_vision style; class slot gets zero)
+    head_zero_init: bool = True
+    head_bias_init: float = 0.0
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    # How the attention core runs in Flax: 'auto'/'xla'/'cudnn' go through
+    # jax.nn.dot_product_attention; 'explicit' is einsum + softmax. Attention
+    # probabilities or attention dropout always use the explicit form.
+    attention_impl: str = "auto"
+    remat: bool = False  # rematerialise each block in the backward pass
+    scan: bool = False  # nn.scan over blocks: stacked params, compile time flat in depth
+    # Input normalisation applied by data pipelines to images scaled to [0, 1].
+    # 0.5/0.5 is Google's (x - 127.5) / 127.5.
+    pixel_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    pixel_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self):
+        # JSON gives lists; keep tuples so the dataclass stays hashable.
+        for field in ("image_size", "patch_size", "pixel_mean", "pixel_std"):
+            value = getattr(self, field)
+            if isinstance(value, list):
+                object.__setattr__(self, field, tuple(value))
+        self.validate()
+
+    # -- derived geometry -------------------------------------------------
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return to_pair(self.image_size)
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        return to_pair(self.patch_size)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        return h // ph, w // pw
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @property
+    def has_class_token(self) -> bool:
+        return self.classifier in ("token", "token_unpooled")
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.has_class_token else 0
+
+    @property
+    def seq_len(self) -> int:
+        return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def features_dim(self) -> int:
+        """Width of the representation fed to the head."""
+        return self.representation_size or self.hidden_size
+
+    def drop_path_rates(self) -> list[float]:
+        """Per-block stochastic-depth rates, linear from 0 to the configured maximum."""
+        n = self.num_layers
+        if n == 1:
+            return [self.stochastic_depth_rate]
+        return [self.stochastic_depth_rate * i / (n - 1) for i in range(n)]
+
+    def layer_names(self, attention: bool = False) -> list[str]:
+        """Canonical intermediate names, in forward order, shared by both models."""
+        names = ["patch_embed", "embed"]
+        for i in range(self.num_layers):
+            names += [f"blocks.{i}.attn_probs"] if attention else []
+            names += [f"blocks.{i}.attn", f"blocks.{i}.mlp", f"blocks.{i}"]
+        names += ["norm", "pre_logits"]
+        return names + (["logits"] if self.num_classes else [])
+
+    # -- validation -------------------------------------------------------
+    def validate(self) -> None:
+        def positive_int(field):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+
+        for field in ("num_channels", "hidden_size", "mlp_dim", "num_heads", "num_layers"):
+            positive_int(field)
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ConfigError(f"num_classes must be an integer >= 0 (0 = features only), got {self.num_classes!r}")
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        if min(h, w, ph, pw) <= 0:
+            raise ConfigError(f"image_size {self.image_size!r} and patch_size {self.patch_size!r} must be positive")
+        if h % ph or w % pw:
+            raise ConfigError(
+                f"image size {h}x{w} is not divisible by patch size {ph}x{pw}"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.classifier not in CLASSIFIERS:
+            raise ConfigError(f"classifier {self.classifier!r} is not one of {CLASSIFIERS}")
+        if self.gelu not in GELU_FORMS:
+            raise ConfigError(f"gelu {self.gelu!r} is not one of {GELU_FORMS}")
+        if self.posemb not in POSEMB_KINDS:
+            raise ConfigError(f"posemb {self.posemb!r} is not one of {POSEMB_KINDS}")
+        if self.posemb == "sincos2d" and self.hidden_size % 4:
+            raise ConfigError(
+                f"posemb 'sincos2d' needs hidden_size divisible by 4, got {self.hidden_size}"
+            )
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ConfigError(f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+        for field in ("dtype", "param_dtype"):
+            if getattr(self, field) not in DTYPES:
+                raise ConfigError(f"{field} {getattr(self, field)!r} is not one of {DTYPES}")
+        if self.representation_size is not None and (
+            isinstance(self.representation_size, bool)
+            or not isinstance(self.representation_size, int)
+            or self.representation_size <= 0
+        ):
+            raise ConfigError(
+                f"representation_size must be a positive integer or None, got {self.representation_size!r}"
+            )
+        for field in ("dropout_rate", "attention_dropout_rate", "stochastic_depth_rate"):
+            rate = getattr(self, field)
+            if not 0.0 <= rate < 1.0:
+                raise ConfigError(f"{field} must be in [0, 1), got {rate!r}")
+        if not self.layer_norm_eps > 0:
+            raise ConfigError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        for field in ("pixel_mean", "pixel_std"):
+            value = getattr(self, field)
+            if len(value) != self.num_channels:
+                raise ConfigError(
+                    f"{field} has {len(value)} values, expected one per channel ({self.num_channels})"
+                )
+        if any(s <= 0 for s in self.pixel_std):
+            raise ConfigError(f"pixel_std must be > 0, got {self.pixel_std!r}")
+
+    # -- (de)serialisation ------------------------------------------------
+    def replace(self, **overrides: Any) -> "ViTConfig":
+        _check_fields(overrides)
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ViTConfig":
+        _check_fields(data)
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path: str) -> "ViTConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+def _check_fields(values: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(ViTConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"unknown config field(s): {', '.join(hints)}")
+
+
+# hidden, mlp, heads, layers (DESIGN.md)
+_WIDTHS = {
+    "Ti": (192, 768, 3, 12),
+    "S": (384, 1536, 6, 12),
+    "B": (768, 3072, 12, 12),
+    "L": (1024, 4096, 16, 24),
+    "H": (1280, 5120, 16, 32),
+}
+_OFFICIAL = ("Ti_16", "S_16", "S_32", "B_16", "B_32", "B_8", "L_16", "L_32", "H_14")
+
+
+def _preset(variant: str, patch: int) -> ViTConfig:
+    hidden, mlp, heads, layers = _WIDTHS[variant]
+    return ViTConfig(
+        name=f"ViT-{variant}_{patch}",
+        patch_size=patch,
+        hidden_size=hidden,
+        mlp_dim=mlp,
+        num_heads=heads,
+        num_layers=layers,
+    )
+
+
+PRESETS: dict[str, ViTConfig] = {}
+for _name in _OFFICIAL:
+    _variant, _patch = _name.split("_")
+    PRESETS[f"ViT-{_name}"] = _preset(_variant, int(_patch))
+# Tiny model for tests and quick experiments.
+PRESETS["ViT-testing"] = ViTConfig(
+    name="ViT-testing",
+    image_size=16,
+    patch_size=4,
+    num_classes=10,
+    hidden_size=32,
+    mlp_dim=64,
+    num_heads=2,
+    num_layers=2,
+)
+
+_SHORT_NAME = re.compile(r"^(?:ViT-)?(Ti|S|B|L|H)[/_](\d+)$")
+
+
+def list_presets() -> list[str]:
+    return list(PRESETS)
+
+
+def get_config(name: str, **overrides: Any) -> ViTConfig:
+    """A preset by name ('ViT-B_16', or the short 'B/16'), with field overrides.
+
+    Any variant/patch combination is accepted in short form ('S/8'); the
+    official names are the ones Google released weights for.
+    """
+    if name in PRESETS:
+        config = PRESETS[name]
+    else:
+        match = _SHORT_NAME.match(name)
+        if not match:
+            close = difflib.get_close_matches(name, list(PRESETS), n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(
+                f"unknown preset {name!r}; known presets: {', '.join(PRESETS)} "
+                f"(or a short name such as 'B/16').{hint}"
+            )
+        config = _preset(match.group(1), int(match.group(2)))
+    return config.replace(**overrides) if overrides else config

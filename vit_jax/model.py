@@ -1,0 +1,351 @@
+"""The Vision Transformer in Flax Linen.
+
+Module and parameter names match Google's `vit_jax` (models_vit.py), so its
+released param trees load unchanged:
+
+    embedding/{kernel,bias}            Conv, kernel (ph, pw, C, D)
+    cls                                (1, 1, D)            token classifiers only
+    Transformer/posembed_input/pos_embedding  (1, seq, D)   learned posemb only
+    Transformer/encoderblock_{i}/LayerNorm_0, MultiHeadDotProductAttention_0
+        {query,key,value}/kernel (D, H, hd), bias (H, hd); out/kernel (H, hd, D)
+    Transformer/encoderblock_{i}/LayerNorm_1, MlpBlock_0/Dense_{0,1}
+    Transformer/encoder_norm
+    pre_logits/{kernel,bias}           representation_size only
+    head/{kernel,bias}                 num_classes > 0 only
+
+With `config.scan` the blocks are one scanned module, `Transformer/encoderblock`,
+whose params carry a leading layer axis (see `stack_block_params`).
+
+Intermediates (`return_intermediates=True`) use the canonical names shared with
+the PyTorch twin: patch_embed, embed, blocks.{i}.attn, blocks.{i}.mlp,
+blocks.{i}, norm, pre_logits, logits; `return_attention=True` adds
+blocks.{i}.attn_probs of shape (B, heads, seq, seq).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.config import ViTConfig
+from vit_jax.posemb import sincos_2d
+
+Array = jax.Array
+Intermediates = dict[str, Array]
+
+xavier_uniform = nn.initializers.xavier_uniform()
+
+
+def _dtype(name: str):
+    return jnp.dtype(name)
+
+
+def _gelu(config: ViTConfig):
+    return functools.partial(nn.gelu, approximate=config.gelu == "tanh")
+
+
+def _layer_norm(config: ViTConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=_dtype(config.dtype),
+        param_dtype=_dtype(config.param_dtype),
+        name=name,
+    )
+
+
+class AddPositionEmbs(nn.Module):
+    """Adds learned position embeddings (class slot included, as in vit_jax)."""
+
+    config: ViTConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        pos = self.param(
+            "pos_embedding",
+            nn.initializers.normal(stddev=0.02),
+            (1, x.shape[1], x.shape[2]),
+            _dtype(self.config.param_dtype),
+        )
+        return x + pos.astype(x.dtype)
+
+
+class MlpBlock(nn.Module):
+    config: ViTConfig
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = self.config
+        dense = functools.partial(
+            nn.Dense,
+            dtype=_dtype(c.dtype),
+            param_dtype=_dtype(c.param_dtype),
+            kernel_init=xavier_uniform,
+            bias_init=nn.initializers.normal(stddev=1e-6),
+        )
+        x = dense(c.mlp_dim, name="Dense_0")(x)
+        x = _gelu(c)(x)
+        x = nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
+        x = dense(c.hidden_size, name="Dense_1")(x)
+        return nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
+
+
+class MultiHeadDotProductAttention(nn.Module):
+    """Self-attention with Flax's MHDPA parameter layout (query/key/value/out).
+
+    Written out (rather than `nn.MultiHeadDotProductAttention`) to allow a qkv
+    bias switch independent of the output bias, to route the core through
+    `jax.nn.dot_product_attention` (cuDNN fused attention on GPU), and to
+    return the attention probabilities on request.
+    """
+
+    config: ViTConfig
+    train: bool = False
+    return_attention: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> tuple[Array, Array | None]:
+        c = self.config
+        dense = functools.partial(
+            nn.DenseGeneral,
+            dtype=_dtype(c.dtype),
+            param_dtype=_dtype(c.param_dtype),
+            kernel_init=xavier_uniform,
+        )
+        heads, head_dim = c.num_heads, c.head_dim
+        q = dense((heads, head_dim), use_bias=c.qkv_bias, name="query")(x)
+        k = dense((heads, head_dim), use_bias=c.qkv_bias, name="key")(x)
+        v = dense((heads, head_dim), use_bias=c.qkv_bias, name="value")(x)
+
+        attention_dropout = self.train and c.attention_dropout_rate > 0
+        probs = None
+        if self.return_attention or attention_dropout or c.attention_impl == "explicit":
+            q = q / jnp.sqrt(head_dim).astype(q.dtype)
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+            probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+            weights = probs
+            if attention_dropout:
+                weights = nn.Dropout(rate=c.attention_dropout_rate)(probs, deterministic=False)
+            out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        else:
+            impl = None if c.attention_impl == "auto" else c.attention_impl
+            out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+        out = dense(c.hidden_size, axis=(-2, -1), name="out")(out)
+        return out, probs
+
+
+def _drop_path(x: Array, rate, rng: Array) -> Array:
+    """Stochastic depth: drops the whole residual branch per example."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
+class Encoder1DBlock(nn.Module):
+    """Pre-norm transformer block; returns (tokens, per-block intermediates)."""
+
+    config: ViTConfig
+    train: bool = False
+    return_intermediates: bool = False
+    return_attention: bool = False
+
+    @nn.compact
+    def __call__(self, inputs: Array, drop_path_rate) -> tuple[Array, Intermediates]:
+        c = self.config
+        uses_drop_path = self.train and c.stochastic_depth_rate > 0
+        x = _layer_norm(c, "LayerNorm_0")(inputs)
+        attn, probs = MultiHeadDotProductAttention(
+            c, train=self.train, return_attention=self.return_attention, name="MultiHeadDotProductAttention_0"
+        )(x)
+        attn = nn.Dropout(rate=c.dropout_rate)(attn, deterministic=not self.train)
+        if uses_drop_path:
+            attn = _drop_path(attn, drop_path_rate, self.make_rng("dropout"))
+        x = inputs + attn
+        y = _layer_norm(c, "LayerNorm_1")(x)
+        mlp = MlpBlock(c, train=self.train, name="MlpBlock_0")(y)
+        if uses_drop_path:
+            mlp = _drop_path(mlp, drop_path_rate, self.make_rng("dropout"))
+        out = x + mlp
+
+        aux: Intermediates = {}
+        if self.return_intermediates:
+            aux.update(attn=attn, mlp=mlp, out=out)
+        if self.return_attention:
+            aux["attn_probs"] = probs
+        return out, aux
+
+
+class Encoder(nn.Module):
+    """Position embeddings, the blocks and the final norm (Google's 'Transformer')."""
+
+    config: ViTConfig
+    train: bool = False
+    return_intermediates: bool = False
+    return_attention: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> tuple[Array, Intermediates]:
+        c = self.config
+        inter: Intermediates = {}
+        if c.posemb == "learn":
+            x = AddPositionEmbs(c, name="posembed_input")(x)
+        else:
+            table = jnp.asarray(sincos_2d(c.grid_size, c.hidden_size), dtype=x.dtype)
+            # The class slot (if any) gets no position signal, as in big_vision.
+            table = jnp.pad(table, ((0, 0), (c.num_prefix_tokens, 0), (0, 0)))
+            x = x + table
+        x = nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
+        if self.return_intermediates:
+            inter["embed"] = x
+
+        block_kwargs = dict(
+            config=c,
+            train=self.train,
+            return_intermediates=self.return_intermediates,
+            return_attention=self.return_attention,
+        )
+        block_cls = Encoder1DBlock
+        if c.remat:
+            block_cls = nn.remat(block_cls, prevent_cse=not c.scan)
+        rates = c.drop_path_rates()
+        if c.scan:
+            scanned = nn.scan(
+                block_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=0,
+                length=c.num_layers,
+            )
+            x, stacked = scanned(name="encoderblock", **block_kwargs)(x, jnp.asarray(rates, jnp.float32))
+            per_block = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(c.num_layers)]
+        else:
+            per_block = []
+            for i in range(c.num_layers):
+                x, aux = block_cls(name=f"encoderblock_{i}", **block_kwargs)(x, rates[i])
+                per_block.append(aux)
+        for i, aux in enumerate(per_block):
+            for key, value in aux.items():
+                inter[f"blocks.{i}" if key == "out" else f"blocks.{i}.{key}"] = value
+
+        x = _layer_norm(c, "encoder_norm")(x)
+        if self.return_intermediates:
+            inter["norm"] = x
+        return x, inter
+
+
+class VisionTransformer(nn.Module):
+    """ViT over NHWC images (normalised as `config.pixel_mean/std` say).
+
+    `apply(variables, images, train=False)` returns the logits (or the pooled
+    features when num_classes == 0). With `return_intermediates` and/or
+    `return_attention` it returns `(output, intermediates)`.
+    """
+
+    config: ViTConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        images: Array,
+        *,
+        train: bool = False,
+        return_intermediates: bool = False,
+        return_attention: bool = False,
+    ) -> Array | tuple[Array, Intermediates]:
+        c = self.config
+        check_image_shape(c, images.shape)
+        dtype, param_dtype = _dtype(c.dtype), _dtype(c.param_dtype)
+        x = images.astype(dtype)
+        x = nn.Conv(
+            c.hidden_size,
+            kernel_size=c.patch_hw,
+            strides=c.patch_hw,
+            padding="VALID",
+            dtype=dtype,
+            param_dtype=param_dtype,
+            name="embedding",
+        )(x)
+        n, gh, gw, d = x.shape
+        x = jnp.reshape(x, (n, gh * gw, d))
+        inter: Intermediates = {}
+        if return_intermediates:
+            inter["patch_embed"] = x
+        if c.has_class_token:
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, d), param_dtype)
+            x = jnp.concatenate([jnp.tile(cls.astype(dtype), (n, 1, 1)), x], axis=1)
+
+        x, encoder_inter = Encoder(
+            c,
+            train=train,
+            return_intermediates=return_intermediates,
+            return_attention=return_attention,
+            name="Transformer",
+        )(x)
+        inter.update(encoder_inter)
+
+        if c.classifier == "token":
+            x = x[:, 0]
+        elif c.classifier == "gap":
+            x = jnp.mean(x, axis=1)
+        if c.representation_size is not None:
+            x = nn.Dense(c.representation_size, dtype=dtype, param_dtype=param_dtype, name="pre_logits")(x)
+            x = jnp.tanh(x)
+        if return_intermediates:
+            inter["pre_logits"] = x
+        if c.num_classes:
+            x = nn.Dense(
+                c.num_classes,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                kernel_init=nn.initializers.zeros if c.head_zero_init else nn.initializers.lecun_normal(),
+                bias_init=nn.initializers.constant(c.head_bias_init),
+                name="head",
+            )(x)
+            if return_intermediates:
+                inter["logits"] = x
+        if return_intermediates or return_attention:
+            return x, inter
+        return x
+
+
+def check_image_shape(config: ViTConfig, shape: tuple[int, ...]) -> None:
+    """Raise a ValueError naming what is wrong with an NHWC image batch shape."""
+    if len(shape) != 4:
+        raise ValueError(f"images must be NHWC (batch, height, width, channels), got shape {tuple(shape)}")
+    _, h, w, ch = shape
+    if ch != config.num_channels:
+        raise ValueError(
+            f"images have {ch} channels, config expects {config.num_channels} "
+            f"(the model takes NHWC; NCHW input would show channels = {shape[1]})"
+        )
+    if (h, w) != config.image_hw:
+        raise ValueError(
+            f"image size {h}x{w} does not match config image size "
+            f"{config.image_hw[0]}x{config.image_hw[1]}; build the config for the new size and "
+            f"resize the position embeddings (vit_jax.resize_params)"
+        )
+
+
+def init_params(config: ViTConfig, rng: Array | int = 0) -> dict[str, Any]:
+    """Fresh parameters for `config` (the 'params' collection)."""
+    if isinstance(rng, int):
+        rng = jax.random.key(rng)
+    images = jnp.zeros((1, *config.image_hw, config.num_channels), jnp.float32)
+    return jax.jit(lambda r: VisionTransformer(config).init(r, images, train=False))(rng)["params"]
+
+
+def param_shapes(config: ViTConfig) -> dict[str, Any]:
+    """Parameter shapes and dtypes without allocating them."""
+    images = jax.ShapeDtypeStruct((1, *config.image_hw, config.num_channels), jnp.float32)
+    return jax.eval_shape(
+        lambda x: VisionTransformer(config).init(jax.random.key(0), x, train=False), images
+    )["params"]
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.prod(np.shape(p)) for p in jax.tree.leaves(params)))

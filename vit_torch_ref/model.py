@@ -1,0 +1,254 @@
+"""The PyTorch twin of `vit_jax.VisionTransformer`: same config, same function.
+
+State-dict keys follow timm's VisionTransformer, so a timm ViT of a matching
+architecture loads with strict=True:
+
+    patch_embed.proj.{weight,bias}   Conv2d, OIHW
+    cls_token (1, 1, D)              token classifiers only
+    pos_embed (1, seq, D)            learned posemb only
+    blocks.{i}.norm1, blocks.{i}.attn.qkv (3D, D; q,k,v order), blocks.{i}.attn.proj,
+    blocks.{i}.norm2, blocks.{i}.mlp.fc1, blocks.{i}.mlp.fc2
+    norm
+    pre_logits.fc                    representation_size only (Linear + tanh)
+    head                             num_classes > 0 only
+
+Input is NCHW. Intermediates carry the canonical names of `ViTConfig.layer_names`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vit_jax.config import ViTConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def sincos_2d(grid_size: tuple[int, int], width: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """Fixed 2D sin-cos table (1, gh*gw, width) in float64, as in big_vision."""
+    gh, gw = grid_size
+    y, x = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
+    quarter = width // 4
+    omega = torch.arange(quarter, dtype=torch.float64) / max(quarter - 1, 1)
+    omega = 1.0 / (temperature**omega)
+    y = y.reshape(-1, 1) * omega[None]
+    x = x.reshape(-1, 1) * omega[None]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_hw, stride=config.patch_hw
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, gh*gw, D), row-major patches
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        self.attn_drop = config.attention_dropout_rate
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, H, N, hd)
+        dropout = self.attn_drop if self.training else 0.0
+        probs = None
+        if return_attention:
+            q = q / math.sqrt(self.head_dim)
+            logits = q @ k.transpose(-2, -1)
+            probs = logits.float().softmax(dim=-1).to(q.dtype)
+            out = F.dropout(probs, dropout, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        out = out.transpose(1, 2).reshape(b, n, d)
+        return self.proj(out), probs
+
+
+class Mlp(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.mlp_dim)
+        self.act = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
+        self.fc2 = nn.Linear(config.mlp_dim, config.hidden_size)
+        self.drop = nn.Dropout(config.dropout_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per example."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Block(nn.Module):
+    def __init__(self, config: ViTConfig, drop_path_rate: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = Attention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = Mlp(config)
+        self.drop = nn.Dropout(config.dropout_rate)
+        self.drop_path = DropPath(drop_path_rate)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        attn, probs = self.attn(self.norm1(x), return_attention)
+        attn = self.drop_path(self.drop(attn))
+        x = x + attn
+        mlp = self.drop_path(self.mlp(self.norm2(x)))
+        return x + mlp, attn, mlp, probs
+
+
+class PreLogits(nn.Module):
+    """Representation layer: Linear + tanh (timm's historic `pre_logits.fc`)."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.hidden_size, config.representation_size)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(x))
+
+
+class VisionTransformer(nn.Module):
+    """ViT over NCHW images; `forward` returns logits (or features if num_classes == 0).
+
+    `forward(x, return_intermediates=True)` and/or `return_attention=True`
+    returns `(output, intermediates)` with the canonical layer names.
+    """
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.patch_embed = PatchEmbed(c)
+        if c.has_class_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, c.hidden_size))
+        if c.posemb == "learn":
+            self.pos_embed = nn.Parameter(torch.zeros(1, c.seq_len, c.hidden_size))
+        else:
+            table = F.pad(sincos_2d(c.grid_size, c.hidden_size), (0, 0, c.num_prefix_tokens, 0))
+            self.register_buffer("pos_embed", table.float(), persistent=False)
+        self.pos_drop = nn.Dropout(c.dropout_rate)
+        self.blocks = nn.ModuleList(Block(c, rate) for rate in c.drop_path_rates())
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        if c.representation_size is not None:
+            self.pre_logits = PreLogits(c)
+        if c.num_classes:
+            self.head = nn.Linear(c.features_dim, c.num_classes)
+        self.reset_parameters()
+        self.to(torch_dtype(c.param_dtype))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialisation mirroring vit_jax (xavier-uniform dense, zero head, posemb N(0, 0.02))."""
+        c = self.config
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and name != "head":
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    if name.endswith(("fc1", "fc2")):
+                        nn.init.normal_(module.bias, std=1e-6)
+                    else:
+                        nn.init.zeros_(module.bias)
+        proj = self.patch_embed.proj
+        fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
+        nn.init.trunc_normal_(proj.weight, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)
+        nn.init.zeros_(proj.bias)
+        if c.posemb == "learn":
+            nn.init.normal_(self.pos_embed, std=0.02)
+        if c.num_classes:
+            if c.head_zero_init:
+                nn.init.zeros_(self.head.weight)
+            else:
+                nn.init.trunc_normal_(self.head.weight, std=math.sqrt(1.0 / c.features_dim) / 0.87962566103423978)
+            nn.init.constant_(self.head.bias, c.head_bias_init)
+
+    def forward(self, images: torch.Tensor, return_intermediates: bool = False, return_attention: bool = False):
+        c = self.config
+        check_image_shape(c, tuple(images.shape))
+        compute = torch_dtype(c.dtype)
+        if compute != torch_dtype(c.param_dtype):  # e.g. bf16 compute over float32 params
+            with torch.autocast(images.device.type, dtype=compute):
+                return self._forward(images.to(compute), return_intermediates, return_attention)
+        return self._forward(images.to(compute), return_intermediates, return_attention)
+
+    def _forward(self, images: torch.Tensor, return_intermediates: bool, return_attention: bool):
+        c = self.config
+        inter: dict[str, torch.Tensor] = {}
+        x = self.patch_embed(images)
+        if return_intermediates:
+            inter["patch_embed"] = x
+        if c.has_class_token:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        x = self.pos_drop(x + self.pos_embed.to(x.dtype))
+        if return_intermediates:
+            inter["embed"] = x
+        for i, block in enumerate(self.blocks):
+            x, attn, mlp, probs = block(x, return_attention)
+            if return_attention:
+                inter[f"blocks.{i}.attn_probs"] = probs
+            if return_intermediates:
+                inter.update({f"blocks.{i}.attn": attn, f"blocks.{i}.mlp": mlp, f"blocks.{i}": x})
+        x = self.norm(x)
+        if return_intermediates:
+            inter["norm"] = x
+        if c.classifier == "token":
+            x = x[:, 0]
+        elif c.classifier == "gap":
+            x = x.mean(dim=1)
+        if c.representation_size is not None:
+            x = self.pre_logits(x)
+        if return_intermediates:
+            inter["pre_logits"] = x
+        if c.num_classes:
+            x = self.head(x)
+            if return_intermediates:
+                inter["logits"] = x
+        if return_intermediates or return_attention:
+            return x, inter
+        return x
+
+
+def check_image_shape(config: ViTConfig, shape: tuple[int, ...]) -> None:
+    """Raise a ValueError naming what is wrong with an NCHW image batch shape."""
+    if len(shape) != 4:
+        raise ValueError(f"images must be NCHW (batch, channels, height, width), got shape {shape}")
+    _, ch, h, w = shape
+    if ch != config.num_channels:
+        raise ValueError(
+            f"images have {ch} channels, config expects {config.num_channels} "
+            f"(the twin takes NCHW; NHWC input would show channels = {shape[3]})"
+        )
+    if (h, w) != config.image_hw:
+        raise ValueError(
+            f"image size {h}x{w} does not match config image size {config.image_hw[0]}x{config.image_hw[1]}"
+        )
