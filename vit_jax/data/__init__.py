@@ -1,0 +1,29 @@
+"""Input pipelines: datasets (digits, image folders, CIFAR, npz) and Grain loaders.
+
+    spec = DatasetSpec(kind='digits')
+    ds = load_dataset(spec)
+    it = make_loader(ds.train, batch_size=128, image_size=32, mean=..., std=...)
+    batch = next(it)  # {'image': float32 (B, h, w, C), 'label': int32 (B,)}
+"""
+
+from vit_jax.data.dataset import KINDS, Dataset, DatasetSpec, load_dataset
+from vit_jax.data.errors import CorruptImageError, DataError
+from vit_jax.data.loader import BatchIterator, make_loader, skipped_corrupt_files
+from vit_jax.data.records import ArrayRecords, AugmentDefaults, FileRecords
+from vit_jax.data.transforms import ImageTransform
+
+__all__ = [
+    "KINDS",
+    "ArrayRecords",
+    "AugmentDefaults",
+    "BatchIterator",
+    "CorruptImageError",
+    "DataError",
+    "Dataset",
+    "DatasetSpec",
+    "FileRecords",
+    "ImageTransform",
+    "load_dataset",
+    "make_loader",
+    "skipped_corrupt_files",
+]
