@@ -4,6 +4,7 @@ from vit_jax.config import PRESETS, ConfigError, ViTConfig, get_config, list_pre
 from vit_jax.model import VisionTransformer, count_params, init_params, param_shapes
 from vit_jax.params import resize_params, stack_block_params, to_layout, unstack_block_params
 from vit_jax.posemb import resize_pos_embed, sincos_2d
+from vit_jax.pretrained import load_pretrained
 
 __all__ = [
     "PRESETS",
@@ -14,6 +15,7 @@ __all__ = [
     "get_config",
     "init_params",
     "list_presets",
+    "load_pretrained",
     "param_shapes",
     "resize_params",
     "resize_pos_embed",

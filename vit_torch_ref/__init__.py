@@ -2,5 +2,6 @@
 
 from vit_jax.config import ViTConfig, get_config
 from vit_torch_ref.model import VisionTransformer, torch_dtype
+from vit_torch_ref.pretrained import load_pretrained
 
-__all__ = ["ViTConfig", "VisionTransformer", "get_config", "torch_dtype"]
+__all__ = ["ViTConfig", "VisionTransformer", "get_config", "load_pretrained", "torch_dtype"]

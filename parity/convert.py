@@ -1,0 +1,287 @@
+"""Convert ViT weights between checkpoint formats, through the one mapping table.
+
+    config, params = read_flax_params("ViT-B_16.npz")        # any format -> Flax tree
+    config, state = read_state_dict("model.safetensors")      # any format -> timm-named dict
+    convert("ViT-B_16.npz", "vit_b16.safetensors")          # file -> file (+ config JSON beside it)
+
+Formats: google-npz, flax (msgpack / orbax directory), torch (timm naming,
+.safetensors or .pt/.pth), hf (Hugging Face ViT), torchvision (vit_b_16
+naming). Tensors are read lazily and converted one mapping rule at a time, so
+peak memory is about two copies of the weights (the converted tensors, and the
+serialised file while it is written).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from parity.formats import FLAX, FORMATS, TIMM, ConversionError, TensorSource, config_sidecar
+from parity.formats import flax_ckpt, google_npz, hf, torch_sd
+from parity.infer import build_config
+from parity.mapping import expected_flax_shapes, expected_torch_shapes, param_rules, unflatten
+from vit_jax.config import ConfigError, ViTConfig, get_config
+from vit_jax.posemb import resize_pos_embed
+
+Progress = Callable[[str], None]
+POSEMB_KEY = {FLAX: "Transformer/posembed_input/pos_embedding", TIMM: "pos_embed"}
+HEAD_KEYS = {FLAX: ("head/kernel", "head/bias"), TIMM: ("head.weight", "head.bias")}
+
+
+# -- formats ----------------------------------------------------------------
+def detect_format(path: str | os.PathLike) -> str:
+    """The format of an existing checkpoint, from its contents (and extension where contents agree)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if hf.weights_in_dir(path) is not None:
+            return hf.FORMAT
+        if flax_ckpt.orbax_item_dir(path) is not None:
+            return flax_ckpt.FORMAT
+        raise ConversionError(f"{path}: directory is neither an orbax checkpoint (no _METADATA) nor a Hugging Face "
+                              f"model directory (none of {list(hf.WEIGHT_FILES)})")
+    if path.stat().st_size == 0:
+        raise ConversionError(f"{path}: file is empty")
+    if google_npz.is_npz(path):
+        return google_npz.FORMAT
+    if torch_sd.is_safetensors(path) or path.suffix in (".pt", ".pth", ".bin"):
+        naming = torch_sd.classify_keys(list(torch_sd.read(path).shapes))
+        if naming is None:
+            raise ConversionError(f"{path}: a PyTorch state dict, but not in a known ViT naming (timm "
+                                  f"'patch_embed.proj.weight', torchvision 'conv_proj.weight' or Hugging Face "
+                                  f"'embeddings.patch_embeddings.projection.weight')")
+        return naming
+    if path.suffix == ".msgpack" or flax_ckpt.is_msgpack(path):
+        return flax_ckpt.FORMAT
+    raise ConversionError(f"{path}: unknown checkpoint format; pass --from one of {list(FORMATS)}")
+
+
+def target_format(path: str | os.PathLike) -> str:
+    """The format a destination's name asks for: .npz, .msgpack or a directory, .safetensors/.pt/.pth."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return google_npz.FORMAT
+    if suffix == ".msgpack" or path.is_dir() or suffix == "":
+        return flax_ckpt.FORMAT
+    if suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        return torch_sd.FORMAT
+    raise ConversionError(f"{path}: cannot tell the target format from the extension {suffix!r}; pass --to one of "
+                          f"{list(FORMATS)}")
+
+
+def _check_format(name: str | None, flag: str) -> None:
+    if name is not None and name not in FORMATS:
+        raise ConversionError(f"unknown format {name!r} for {flag}; expected one of {list(FORMATS)}")
+
+
+# -- reading ----------------------------------------------------------------
+def _user_config(config: ViTConfig | str | os.PathLike | None) -> tuple[ViTConfig | None, bool]:
+    """(config, is_preset) from a ViTConfig, a config JSON path, or a preset name."""
+    if config is None or isinstance(config, ViTConfig):
+        return config, False
+    text = str(config)
+    try:
+        if text.endswith(".json") or Path(text).is_file():
+            return ViTConfig.from_json(text), False
+        return get_config(text), True
+    except (ConfigError, OSError, json.JSONDecodeError, TypeError) as e:
+        raise ConversionError(f"--config {text!r}: {e}") from None
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    sidecar = config_sidecar(path)
+    if not sidecar.is_file():
+        return {}
+    try:
+        data = json.loads(sidecar.read_text())
+        ViTConfig.from_dict(data)
+    except (OSError, json.JSONDecodeError, ConfigError, TypeError) as e:
+        raise ConversionError(f"{sidecar}: not a valid ViT config JSON ({e})") from None
+    return data
+
+
+def _check_tensors(source: TensorSource, config: ViTConfig) -> None:
+    """Every tensor the config needs is there with its shape, and nothing else."""
+    expected = expected_flax_shapes(config) if source.naming == FLAX else expected_torch_shapes(config)
+    missing = [k for k in expected if k not in source.shapes]
+    unexpected = [k for k in source.shapes if k not in expected]
+    described = (f"{config.num_layers} layers, hidden {config.hidden_size}, mlp {config.mlp_dim}, "
+                 f"{config.num_heads} heads, classifier {config.classifier!r}, {config.num_classes} classes")
+    if missing:
+        raise ConversionError(f"{source.path}: missing tensor {source.file_name(missing[0])!r} (expected shape "
+                              f"{expected[missing[0]]}; {len(missing)} missing in all) for a ViT with {described}")
+    if unexpected:
+        raise ConversionError(f"{source.path}: unexpected tensor {source.file_name(unexpected[0])!r} "
+                              f"{tuple(source.shapes[unexpected[0]])} ({len(unexpected)} unexpected in all) for a "
+                              f"ViT with {described}")
+    for key, shape in expected.items():
+        if tuple(source.shapes[key]) != tuple(shape):
+            raise ConversionError(f"{source.path}: tensor {source.file_name(key)!r} has shape "
+                                  f"{tuple(source.shapes[key])}, expected {tuple(shape)} for a ViT with {described}")
+
+
+def open_checkpoint(
+    path: str | os.PathLike,
+    format: str | None = None,
+    config: ViTConfig | str | os.PathLike | None = None,
+) -> tuple[ViTConfig, TensorSource]:
+    """Read a checkpoint's tensor index and work out its config; tensors stay on disk until loaded."""
+    _check_format(format, "--from")
+    path = Path(path)
+    format = format or detect_format(path)
+    if not path.exists():
+        raise ConversionError(f"{path}: no such file or directory")
+    module, _ = FORMATS[format]
+    source = module.read(path)
+    sidecar = _read_sidecar(path)
+    if sidecar:
+        source.stated = {**source.stated, **sidecar}
+    user, is_preset = _user_config(config)
+    resolved = build_config(source, user, is_preset)
+    _check_tensors(source, resolved)
+    return resolved, source
+
+
+def _convert_tensors(source: TensorSource, config: ViTConfig, naming: str, progress: Progress | None) -> dict[str, np.ndarray]:
+    """All tensors in `naming`, one mapping rule at a time (source tensors are read as needed)."""
+    rules = param_rules(config)
+    out: dict[str, np.ndarray] = {}
+    step = max(1, len(rules) // 10)
+    for done, rule in enumerate(rules, 1):
+        if source.naming == naming:
+            for key in (rule.flax if naming == FLAX else (rule.torch,)):
+                out[key] = source.load(key)
+        elif naming == TIMM:
+            out[rule.torch] = rule.transform.to_torch([source.load(p) for p in rule.flax])
+        else:
+            out.update(zip(rule.flax, rule.transform.to_flax(source.load(rule.torch), config)))
+        if progress and (done % step == 0 or done == len(rules)):
+            progress(f"  converted {done}/{len(rules)} parameters")
+    return out
+
+
+def _adapt(tensors: dict[str, np.ndarray], config: ViTConfig, naming: str, image_size, num_classes) -> ViTConfig:
+    """Resize the position embeddings and/or put a fresh zero head on, in place; the new config."""
+    if image_size is not None:
+        try:
+            new = config.replace(image_size=image_size)
+        except ConfigError as e:
+            raise ConversionError(f"--image-size {image_size}: {e}") from None
+        if config.posemb == "learn" and new.grid_size != config.grid_size:
+            key = POSEMB_KEY[naming]
+            tensors[key] = resize_pos_embed(tensors[key], new.grid_size, config.num_prefix_tokens, config.grid_size)
+        config = new
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ConversionError(f"--num-classes must be an integer >= 0, got {num_classes!r}")
+        kernel_key, bias_key = HEAD_KEYS[naming]
+        dtype = tensors[next(iter(tensors))].dtype
+        tensors.pop(kernel_key, None)
+        tensors.pop(bias_key, None)
+        config = config.replace(num_classes=num_classes)
+        if num_classes:
+            shape = (config.features_dim, num_classes) if naming == FLAX else (num_classes, config.features_dim)
+            tensors[kernel_key] = np.zeros(shape, dtype)
+            tensors[bias_key] = np.full((num_classes,), config.head_bias_init, dtype)
+    return config
+
+
+def read_tensors(
+    path: str | os.PathLike,
+    naming: str,
+    format: str | None = None,
+    config: ViTConfig | str | os.PathLike | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[ViTConfig, dict[str, np.ndarray], TensorSource]:
+    """(config, flat tensors in `naming`, source) for any checkpoint, resized/re-headed on request."""
+    resolved, source = open_checkpoint(path, format, config)
+    if progress:
+        progress(f"read {source.path} ({source.format}, {len(source.shapes)} tensors): {describe(resolved)}")
+        for note in source.notes:
+            progress(f"  note: {note}")
+    tensors = _convert_tensors(source, resolved, naming, progress)
+    resolved = _adapt(tensors, resolved, naming, image_size, num_classes)
+    return resolved, tensors, source
+
+
+def read_flax_params(path, format=None, config=None, image_size=None, num_classes=None, progress=None):
+    """(ViTConfig, nested Flax params of NumPy arrays, in the config's layout) from any format."""
+    from vit_jax.params import to_layout
+
+    resolved, flat, _ = read_tensors(path, FLAX, format, config, image_size, num_classes, progress)
+    return resolved, to_layout(unflatten(flat), resolved)
+
+
+def read_state_dict(path, format=None, config=None, image_size=None, num_classes=None, progress=None):
+    """(ViTConfig, timm-named state dict of NumPy arrays) from any format."""
+    resolved, flat, _ = read_tensors(path, TIMM, format, config, image_size, num_classes, progress)
+    return resolved, flat
+
+
+def describe(config: ViTConfig) -> str:
+    return (f"patch {config.patch_size}, image {config.image_size}, hidden {config.hidden_size}, "
+            f"mlp {config.mlp_dim}, heads {config.num_heads}, layers {config.num_layers}, "
+            f"classifier {config.classifier}, representation {config.representation_size}, "
+            f"classes {config.num_classes}, gelu {config.gelu}, eps {config.layer_norm_eps:g}")
+
+
+# -- writing ----------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ConversionResult:
+    config: ViTConfig
+    source_format: str
+    target_format: str
+    output: Path
+    config_path: Path
+    num_tensors: int
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    from_format: str | None = None,
+    to_format: str | None = None,
+    config: ViTConfig | str | os.PathLike | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    progress: Progress | None = None,
+) -> ConversionResult:
+    """Convert the checkpoint `src` to `dst`, writing the ViTConfig JSON beside `dst`.
+
+    Nothing appears at `dst` unless the whole conversion succeeds.
+    """
+    from parity.formats.base import atomic_outputs
+
+    _check_format(from_format, "--from")
+    _check_format(to_format, "--to")
+    dst = Path(dst)
+    to_format = to_format or target_format(dst)
+    if Path(src).resolve() == dst.resolve():
+        raise ConversionError(f"{dst}: destination is the source; choose another path")
+    module, naming = FORMATS[to_format]
+    as_dir = to_format == flax_ckpt.FORMAT and dst.suffix != ".msgpack" or (
+        to_format == hf.FORMAT and dst.suffix not in torch_sd.EXTENSIONS)
+    resolved, tensors, source = read_tensors(src, naming, from_format, config, image_size, num_classes, progress)
+    if hasattr(module, "check_expressible"):
+        module.check_expressible(resolved)
+    count = len(tensors)
+    if progress:
+        progress(f"writing {dst} ({to_format}): {describe(resolved)}")
+    sidecar = config_sidecar(dst, is_dir=as_dir)
+    targets = (dst,) if as_dir else (dst, sidecar)
+    with atomic_outputs(*targets) as temps:
+        module.write(temps[0], tensors, resolved, dst)
+        config_file = temps[0] / sidecar.name if as_dir else temps[1]
+        config_file.write_text(resolved.to_json())
+    if progress:
+        progress(f"wrote {dst} and {sidecar}")
+    return ConversionResult(resolved, source.format, to_format, dst, sidecar, count)

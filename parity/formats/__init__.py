@@ -1,0 +1,15 @@
+"""Checkpoint formats, each read lazily into a TensorSource and written from Flax- or timm-named tensors."""
+
+from parity.formats import flax_ckpt, google_npz, hf, torch_sd, torchvision
+from parity.formats.base import FLAX, TIMM, ConversionError, TensorSource, config_sidecar
+
+# name -> (module, naming its writer takes)
+FORMATS = {
+    google_npz.FORMAT: (google_npz, FLAX),
+    flax_ckpt.FORMAT: (flax_ckpt, FLAX),
+    torch_sd.FORMAT: (torch_sd, TIMM),
+    hf.FORMAT: (hf, TIMM),
+    torchvision.FORMAT: (torchvision, TIMM),
+}
+
+__all__ = ["FLAX", "FORMATS", "TIMM", "ConversionError", "TensorSource", "config_sidecar"]

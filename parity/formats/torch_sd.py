@@ -1,0 +1,147 @@
+"""PyTorch state dicts on disk (`.safetensors`, or `.pt/.pth/.bin` read with weights_only) and timm's naming.
+
+The file layer here is shared by the three PyTorch namings (timm, Hugging
+Face, torchvision); `read`/`write` are the `torch` format itself, whose keys
+are timm's and therefore the mapping table's torch side.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from parity.formats.base import TIMM, ConversionError, TensorSource
+
+FORMAT = "torch"
+EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin")
+# timm runs every ViT with exact GELU and LayerNorm eps 1e-6. The file does not
+# say how inputs were normalised; Google-origin weights (most timm ViTs) use 0.5/0.5.
+NUMERICS = {"gelu": "exact", "layer_norm_eps": 1e-6}
+# Wrappers that training scripts put around a state dict.
+_WRAPPER_KEYS = ("state_dict", "model", "module")
+
+
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with a little-endian u64 header size, then a JSON object."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    size = struct.unpack("<Q", head[:8])[0]
+    return head[8:9] == b"{" and 0 < size <= path.stat().st_size
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, tuple[int, ...]], Any, dict[str, Any]]:
+    from safetensors import safe_open
+
+    from parity.arrays import to_numpy
+
+    try:
+        handle = safe_open(str(path), framework="pt")
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+        metadata = handle.metadata() or {}
+    except Exception as e:
+        raise ConversionError(f"{path}: not a readable safetensors file ({e}); the file is corrupt or truncated") from None
+    stated = {}
+    if "vit_config" in metadata:  # written by this package: the source's full config
+        try:
+            stated = json.loads(metadata["vit_config"])
+        except json.JSONDecodeError:
+            raise ConversionError(f"{path}: metadata entry 'vit_config' is not valid JSON") from None
+    return shapes, lambda key: to_numpy(handle.get_tensor(key)), stated
+
+
+def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
+    import torch
+
+    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj), None)
+        if inner is None:
+            raise ConversionError(
+                f"{path}: no tensors found; expected a state dict (name -> tensor), possibly under "
+                f"one of {list(_WRAPPER_KEYS)}, got keys {sorted(map(str, obj))[:8]}"
+            )
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ConversionError(f"{path}: entry {bad[0]!r} is not a tensor ({type(obj[bad[0]]).__name__})")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from DistributedDataParallel
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _read_pickle(path: Path) -> tuple[dict[str, tuple[int, ...]], Any]:
+    import torch
+
+    from parity.arrays import to_numpy
+
+    try:
+        try:  # mmap: tensors are paged in as they are converted, not all at once
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(
+            f"{path}: not a loadable PyTorch weights file ({first_line}); it is corrupt, truncated, "
+            f"or holds objects other than tensors (only weights_only loading is allowed)"
+        ) from None
+    state = _unwrap(obj, path)
+    return {k: tuple(v.shape) for k, v in state.items()}, lambda key: to_numpy(state[key]), {}
+
+
+def read_file(path: str | Path, format_name: str, naming: str, numerics: dict[str, Any]) -> TensorSource:
+    path = Path(path)
+    shapes, loader, stated = _read_safetensors(path) if is_safetensors(path) else _read_pickle(path)
+    return TensorSource(path=str(path), format=format_name, naming=naming, shapes=shapes, loader=loader,
+                        stated=stated, numerics=dict(numerics))
+
+
+def write_file(path: str | Path, tensors: dict[str, np.ndarray], like: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a state dict to `path` in the container `like`'s extension asks for.
+
+    Tensors are popped from `tensors` as they are moved to torch, so the
+    NumPy and torch copies of one tensor never all coexist.
+    """
+    import torch
+
+    from parity.arrays import to_torch
+
+    state = {key: to_torch(tensors.pop(key)) for key in list(tensors)}
+    if str(like).endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(state, str(path), metadata=metadata)
+    else:
+        torch.save(state, path)
+
+
+def classify_keys(keys: list[str]) -> str | None:
+    """Which PyTorch naming a state dict uses: 'torch' (timm), 'hf', 'torchvision', or None."""
+    keys = set(keys)
+    if "patch_embed.proj.weight" in keys:
+        return "torch"
+    if "conv_proj.weight" in keys or any(k.startswith("encoder.layers.encoder_layer_") for k in keys):
+        return "torchvision"
+    if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys):
+        return "hf"
+    return None
+
+
+def read(path: str | Path) -> TensorSource:
+    return read_file(path, FORMAT, TIMM, NUMERICS)
+
+
+def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | Path) -> None:
+    write_file(path, tensors, like, metadata={"format": "pt", "vit_config": json.dumps(config.to_dict())})

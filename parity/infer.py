@@ -1,0 +1,218 @@
+"""The architecture of a checkpoint, read from its tensor shapes, merged with what configs state.
+
+Visible in the tensors: patch size, channels, hidden size, MLP width, depth,
+class token (token vs gap pooling), learned vs fixed position embeddings, the
+grid (hence image size, when square), qkv bias, representation size, number of
+classes, and in Flax naming the number of heads. Not visible: the heads in a
+fused-qkv (PyTorch) naming, and numerics (GELU form, LayerNorm epsilon, input
+normalisation). Those come, in rising priority, from the format's own
+conventions, what the checkpoint states (a config JSON beside it, an HF
+config.json, safetensors metadata), then the user's config.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from parity.formats.base import FLAX, ConversionError, TensorSource
+from vit_jax.config import PRESETS, ConfigError, ViTConfig
+
+# Where each fact shows, per naming: (key, function of the shape).
+_PROBES = {
+    FLAX: {
+        "patch": ("embedding/kernel", lambda s: {"patch": s[:2], "num_channels": s[2], "hidden_size": s[3]}),
+        "mlp": ("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel", lambda s: {"mlp_dim": s[1]}),
+        "heads": ("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel", lambda s: {"num_heads": s[1]}),
+        "qkv_bias": "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/bias",
+        "cls": "cls",
+        "posemb": "Transformer/posembed_input/pos_embedding",
+        "pre_logits": ("pre_logits/kernel", lambda s: {"representation_size": s[1]}),
+        "head": ("head/kernel", lambda s: {"num_classes": s[1]}),
+        "block": re.compile(r"^Transformer/encoderblock_(\d+)/"),
+    },
+    "timm": {
+        "patch": ("patch_embed.proj.weight", lambda s: {"patch": s[2:], "num_channels": s[1], "hidden_size": s[0]}),
+        "mlp": ("blocks.0.mlp.fc1.weight", lambda s: {"mlp_dim": s[0]}),
+        "heads": None,  # fused qkv: the split into heads is not stored
+        "qkv_bias": "blocks.0.attn.qkv.bias",
+        "cls": "cls_token",
+        "posemb": "pos_embed",
+        "pre_logits": ("pre_logits.fc.weight", lambda s: {"representation_size": s[0]}),
+        "head": ("head.weight", lambda s: {"num_classes": s[0]}),
+        "block": re.compile(r"^blocks\.(\d+)\."),
+    },
+}
+# Fields the tensors fix; a config that disagrees contradicts the checkpoint.
+ARCHITECTURE = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads", "qkv_bias",
+                "posemb", "representation_size", "classifier", "image_size", "num_classes")
+# Of those, a preset's defaults that are not a claim about the checkpoint (a B/16 preset says 224 px, 1000 classes).
+_PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb")
+# Standard ViT widths (hidden size -> heads) for fused-qkv files with no config (DESIGN.md presets).
+STANDARD_HEADS = {c.hidden_size: c.num_heads for name, c in PRESETS.items() if name != "ViT-testing"}
+
+
+def _pair(shape) -> int | tuple[int, int]:
+    return int(shape[0]) if shape[0] == shape[1] else (int(shape[0]), int(shape[1]))
+
+
+def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, str]]:
+    """(fields the tensors show, field -> name of the tensor that shows it)."""
+    probes = _PROBES[FLAX if source.naming == FLAX else "timm"]
+    shapes = source.shapes
+    fields: dict[str, Any] = {}
+    evidence: dict[str, str] = {}
+
+    def probe(name: str, required: bool) -> None:
+        key, read = probes[name]
+        if key not in shapes:
+            if required:
+                raise ConversionError(f"{source.path}: missing tensor {key!r} ({name}); expected a ViT checkpoint in "
+                                      f"{source.format} layout")
+            return
+        try:
+            found = read(shapes[key])
+        except IndexError:
+            raise ConversionError(f"{source.path}: tensor {source.file_name(key)!r} has shape {shapes[key]}, "
+                                  f"which is not a ViT {name} shape") from None
+        for field, value in found.items():
+            fields[field], evidence[field] = value, source.file_name(key)
+
+    probe("patch", required=True)
+    fields["patch_size"] = _pair(fields.pop("patch"))
+    evidence["patch_size"] = evidence.pop("patch")
+    blocks = {int(m.group(1)) for k in shapes if (m := probes["block"].match(k))}
+    if not blocks:
+        raise ConversionError(f"{source.path}: no transformer blocks found (tensors named like "
+                              f"{probes['block'].pattern!r}); expected a ViT checkpoint in {source.format} layout")
+    fields["num_layers"], evidence["num_layers"] = max(blocks) + 1, "the block indices"
+    probe("mlp", required=True)
+    if probes["heads"] is not None:
+        probe("heads", required=True)
+    fields["qkv_bias"], evidence["qkv_bias"] = probes["qkv_bias"] in shapes, source.file_name(probes["qkv_bias"])
+    has_cls = probes["cls"] in shapes
+    evidence["classifier"] = f"{source.file_name(probes['cls'])} ({'present' if has_cls else 'absent'})"
+    fields["posemb"] = "learn" if probes["posemb"] in shapes else "sincos2d"
+    evidence["posemb"] = f"{source.file_name(probes['posemb'])} ({'present' if fields['posemb'] == 'learn' else 'absent'})"
+    fields["_has_cls"] = has_cls
+    if fields["posemb"] == "learn":
+        seq = shapes[probes["posemb"]]
+        if len(seq) != 3:
+            raise ConversionError(f"{source.path}: tensor {source.file_name(probes['posemb'])!r} has shape {seq}, "
+                                  f"expected (1, tokens, {fields['hidden_size']})")
+        fields["_tokens"] = seq[1]
+        evidence["image_size"] = f"{source.file_name(probes['posemb'])} {tuple(seq)}"
+    fields["representation_size"], evidence["representation_size"] = None, "no pre-logits tensor"
+    probe("pre_logits", required=False)
+    fields["num_classes"], evidence["num_classes"] = 0, "no head tensor"
+    probe("head", required=False)
+    return fields, evidence
+
+
+def _grid_image_size(fields: dict[str, Any], wanted, path: str, evidence: str):
+    """Image size from the position-embedding length (square grid, or the grid `wanted` implies)."""
+    patches = fields["_tokens"] - (1 if fields["_has_cls"] else 0)
+    ph, pw = (fields["patch_size"],) * 2 if isinstance(fields["patch_size"], int) else fields["patch_size"]
+    if wanted is not None:
+        trial = ViTConfig(image_size=wanted, patch_size=fields["patch_size"], hidden_size=fields["hidden_size"],
+                          num_heads=1, classifier="token" if fields["_has_cls"] else "gap")
+        if trial.num_patches == patches:
+            return wanted
+    side = math.isqrt(max(patches, 0))
+    if side * side != patches or patches == 0:
+        raise ConversionError(f"{path}: {evidence} holds {patches} patch positions, not a square grid; "
+                              f"pass a config with the image size (--config x.json)")
+    return side * ph if ph == pw else (side * ph, side * pw)
+
+
+def build_config(
+    source: TensorSource,
+    config: ViTConfig | None = None,
+    config_is_preset: bool = False,
+) -> ViTConfig:
+    """The ViTConfig of `source`: inferred architecture + the format's, the file's and the user's other fields.
+
+    `config` from the user: a preset (`config_is_preset`) only fills what the
+    tensors do not show (heads) and must agree on the width/depth it names; a
+    full config (a JSON file, a ViTConfig object) also sets numerics and
+    runtime fields. Any stated value that contradicts a tensor is an error.
+    """
+    fields, evidence = infer_architecture(source)
+    claims: list[tuple[str, dict[str, Any]]] = []
+    if source.stated:
+        claims.append(("the checkpoint's own config", dict(source.stated)))
+    if config is not None:
+        user = config.to_dict()
+        if config_is_preset:
+            user = {k: v for k, v in user.items() if k in ARCHITECTURE and k not in _PRESET_DEFAULTS}
+        else:
+            # A user's config may target other heads/classes/resolution: those come from the
+            # tensors (and --num-classes / --image-size), not from it.
+            user = {k: v for k, v in user.items() if k not in ("image_size", "num_classes")}
+        claims.append((f"config {config.name!r}", user))
+
+    stated: dict[str, Any] = {}
+    for _, claim in claims:
+        stated.update(claim)
+
+    has_cls = fields.pop("_has_cls")
+    tokens = fields.pop("_tokens", None)
+    classifier = stated.get("classifier")
+    if has_cls:
+        fields["classifier"] = classifier if classifier in ("token", "token_unpooled") else "token"
+    else:
+        fields["classifier"] = classifier if classifier in ("gap", "unpooled") else "gap"
+    if "num_heads" not in fields:
+        if "num_heads" in stated:
+            fields["num_heads"] = stated["num_heads"]
+        elif fields["hidden_size"] in STANDARD_HEADS:
+            fields["num_heads"] = STANDARD_HEADS[fields["hidden_size"]]
+            source.notes.append(f"num_heads={fields['num_heads']} assumed from the standard ViT of hidden size "
+                                f"{fields['hidden_size']}; pass --config to override")
+        else:
+            raise ConversionError(
+                f"{source.path}: the number of attention heads is not stored in {source.format} naming and hidden "
+                f"size {fields['hidden_size']} is not a standard ViT width; pass --config (a preset such as "
+                f"'B/16' or a config JSON)"
+            )
+        evidence["num_heads"] = "the config"
+    if tokens is not None:
+        fields["_tokens"], fields["_has_cls"] = tokens, has_cls
+        fields["image_size"] = _grid_image_size(fields, stated.get("image_size"), source.path, evidence["image_size"])
+        del fields["_tokens"], fields["_has_cls"]
+    elif "image_size" in stated:
+        fields["image_size"] = stated["image_size"]
+    else:
+        raise ConversionError(f"{source.path}: no position embedding to infer the image size from (fixed sin-cos "
+                              f"embedding); pass a config with the image size (--config x.json)")
+
+    for who, claim in claims:
+        for field, value in claim.items():
+            if field not in fields or evidence[field] == "the config":
+                continue
+            if _normal(value) != _normal(fields[field]):
+                raise ConversionError(
+                    f"{source.path}: {who} says {field}={value!r}, but tensor {evidence[field]} implies "
+                    f"{field}={fields[field]!r}"
+                )
+
+    merged = {**ViTConfig().to_dict(), **source.numerics}
+    for _, claim in claims:
+        merged.update({k: v for k, v in claim.items() if k not in ARCHITECTURE})
+    merged.update(fields)
+    if config_is_preset:
+        merged["name"] = config.name
+    try:
+        return ViTConfig.from_dict(merged)
+    except ConfigError as e:
+        raise ConversionError(f"{source.path}: the inferred architecture is not a valid ViT config: {e}") from None
+
+
+def _normal(value):
+    """Compare JSON lists and tuples alike, and an int image/patch size with its square pair."""
+    if isinstance(value, (list, tuple)):
+        value = tuple(value)
+        if len(value) == 2 and value[0] == value[1] and all(isinstance(v, int) for v in value):
+            return value[0]
+    return value
