@@ -10,6 +10,7 @@ from vit_jax.data.dataset import KINDS, Dataset, DatasetSpec, load_dataset
 from vit_jax.data.errors import CorruptImageError, DataError
 from vit_jax.data.loader import BatchIterator, make_loader, skipped_corrupt_files
 from vit_jax.data.records import ArrayRecords, AugmentDefaults, FileRecords
+from vit_jax.data.single_image import decode_image_file
 from vit_jax.data.transforms import ImageTransform
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "DatasetSpec",
+    "decode_image_file",
     "FileRecords",
     "ImageTransform",
     "load_dataset",

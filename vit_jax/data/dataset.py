@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from vit_jax.data.cifar import load_cifar_records
 from vit_jax.data.decode import check_channels
+from vit_jax.data.digits import load_digits_records
 from vit_jax.data.errors import DataError
+from vit_jax.data.folder import load_folder_records
+from vit_jax.data.npz import load_npz_records
 from vit_jax.data.records import RecordSource
 
 KINDS = ("digits", "folder", "cifar10", "cifar100", "npz")
@@ -41,6 +45,8 @@ class DatasetSpec:
             raise DataError("the digits dataset is bundled with scikit-learn and takes no path")
         if self.kind != "digits" and not self.path:
             raise DataError(f"dataset kind {self.kind!r} needs a path")
+        if self.kind.startswith("cifar") and self.val_path:
+            raise DataError(f"{self.kind} comes with its own test split; val_path is not used for it")
 
 
 @dataclasses.dataclass
@@ -57,22 +63,26 @@ class Dataset:
 def load_dataset(spec: DatasetSpec) -> Dataset:
     """Load (or index, for image folders) the data that `spec` names."""
     if spec.kind == "digits":
-        from vit_jax.data.digits import load_digits_records
-
         train, eval_, class_names, extra = load_digits_records(spec.split_fraction, spec.split_seed, spec.channels)
-        split = "fraction"
+    elif spec.kind == "folder":
+        train, eval_, class_names, extra = load_folder_records(
+            spec.path, spec.val_path, spec.split_fraction, spec.split_seed, spec.channels
+        )
+    elif spec.kind == "npz":
+        train, eval_, class_names, extra = load_npz_records(
+            spec.path, spec.val_path, spec.split_fraction, spec.split_seed, spec.channels
+        )
     else:
-        raise DataError(f"dataset kind {spec.kind!r} is not available")
+        train, eval_, class_names, extra = load_cifar_records(spec.path, spec.kind, spec.channels)
     info = {
         **dataclasses.asdict(spec),
         **extra,
-        "split": split,
         "num_train": len(train),
         "num_eval": len(eval_),
         "num_classes": len(class_names),
         "class_names": class_names,
     }
-    if split == "given":
+    if info["split"] == "given":
         info.pop("split_fraction")
         info.pop("split_seed")
     return Dataset(train=train, eval=eval_, num_classes=len(class_names), class_names=class_names, info=info)

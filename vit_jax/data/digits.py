@@ -21,5 +21,5 @@ def load_digits_records(eval_fraction: float, split_seed: int, channels: int) ->
     labels = digits.target.astype(np.int32)
     records = ArrayRecords(images, labels, num_classes=10, channels=channels, what="digits", defaults=DIGITS_DEFAULTS)
     train_idx, eval_idx = stratified_split(labels, eval_fraction, split_seed)
-    info = {"source": "sklearn.datasets.load_digits", "image_shape": [8, 8, 1]}
+    info = {"source": "sklearn.datasets.load_digits", "image_shape": [8, 8, 1], "split": "fraction"}
     return records.subset(train_idx), records.subset(eval_idx), [str(d) for d in range(10)], info
