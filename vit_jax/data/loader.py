@@ -138,6 +138,7 @@ class BatchIterator:
     def _open(self, position: int):
         remaining = self._batches[position:].to_iter_dataset(self._read_options)
         if self._num_workers > 0:
+            _allow_unparsed_absl_flags()
             remaining = remaining.mp_prefetch(
                 grain.MultiprocessingOptions(
                     num_workers=self._num_workers, per_worker_buffer_size=self._worker_buffer_size
@@ -168,6 +169,16 @@ class BatchIterator:
 
     def __del__(self):
         self.close()
+
+
+def _allow_unparsed_absl_flags() -> None:
+    """Grain 0.2.x reads an absl flag when starting workers, which fails in
+    programs that never parse absl flags (google/grain#1355, fixed upstream);
+    marking them parsed keeps every flag at its default."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def _positive_int(name: str, value) -> int:
