@@ -14,6 +14,7 @@ serialised file while it is written).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -107,9 +108,15 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     return data
 
 
+@functools.lru_cache(maxsize=16)
+def _expected_shapes(config: ViTConfig, naming: str) -> dict[str, tuple[int, ...]]:
+    """Shapes per tensor name; cached because tracing the model for them dominates small conversions."""
+    return expected_flax_shapes(config) if naming == FLAX else expected_torch_shapes(config)
+
+
 def _check_tensors(source: TensorSource, config: ViTConfig) -> None:
     """Every tensor the config needs is there with its shape, and nothing else."""
-    expected = expected_flax_shapes(config) if source.naming == FLAX else expected_torch_shapes(config)
+    expected = _expected_shapes(config.replace(scan=False, remat=False), source.naming)
     missing = [k for k in expected if k not in source.shapes]
     unexpected = [k for k in source.shapes if k not in expected]
     described = (f"{config.num_layers} layers, hidden {config.hidden_size}, mlp {config.mlp_dim}, "

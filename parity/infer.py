@@ -82,11 +82,11 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
     probe("patch", required=True)
     fields["patch_size"] = _pair(fields.pop("patch"))
     evidence["patch_size"] = evidence.pop("patch")
-    blocks = {int(m.group(1)) for k in shapes if (m := probes["block"].match(k))}
+    blocks = {int(m.group(1)): k for k in shapes if (m := probes["block"].match(k))}
     if not blocks:
         raise ConversionError(f"{source.path}: no transformer blocks found (tensors named like "
                               f"{probes['block'].pattern!r}); expected a ViT checkpoint in {source.format} layout")
-    fields["num_layers"], evidence["num_layers"] = max(blocks) + 1, "the block indices"
+    fields["num_layers"], evidence["num_layers"] = max(blocks) + 1, f"{source.file_name(blocks[max(blocks)])} (last block)"
     probe("mlp", required=True)
     if probes["heads"] is not None:
         probe("heads", required=True)

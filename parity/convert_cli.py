@@ -1,0 +1,119 @@
+"""`python -m parity convert SRC DST`: convert ViT weights between checkpoint formats."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Convert Vision Transformer weights between checkpoint formats, with the
+architecture read from the tensors and the numerics of the source recorded in
+a config JSON written beside DST (DST.json, or vit_config.json inside a
+directory). Loading DST with that config reproduces the source's function.
+
+formats (--from / --to):
+  google-npz   Google's released .npz: flat '/'-joined Flax names; also the
+               pre-Linen block numbering (MultiHeadDotProductAttention_1,
+               LayerNorm_2, MlpBlock_3) and trees under opt/target/ or params/;
+               bfloat16 stored as 2-byte void. Numerics: tanh GELU, eps 1e-6.
+  flax         a Flax param tree: .msgpack (flax.serialization) or an orbax
+               checkpoint directory (a CheckpointManager directory resolves to
+               its latest step). Numerics: this project's config JSON if
+               present, else Google's.
+  torch        a PyTorch state dict in timm's naming (patch_embed.proj,
+               blocks.{i}.attn.qkv, head): .safetensors (preferred) or
+               .pt/.pth (read with torch.load(weights_only=True)).
+               Numerics: exact GELU, eps 1e-6.
+  hf           Hugging Face ViTModel / ViTForImageClassification naming
+               (vit.embeddings..., vit.encoder.layer.{i}..., classifier): a
+               .safetensors/.bin file or a model directory (config.json +
+               model.safetensors; written as such when DST has no weights
+               extension). Numerics: from config.json if present, else exact
+               GELU, eps 1e-12.
+  torchvision  torchvision.models.vit_b_16 naming (conv_proj, class_token,
+               encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight,
+               heads.head): .pth/.pt/.safetensors. Numerics: exact GELU,
+               eps 1e-6, ImageNet mean/std inputs.
+
+Without --from the source format is detected from the file; without --to the
+target follows DST's extension: .npz -> google-npz, .msgpack or a directory ->
+flax, .safetensors/.pt/.pth -> torch.
+
+examples:
+  python -m parity convert ViT-B_16.npz vit_b16.safetensors
+  python -m parity convert vit_b16.safetensors hf_vit_b16/ --to hf
+  python -m parity convert ViT-B_16.npz ft.npz --image-size 384 --num-classes 10
+"""
+
+
+def _image_size(text: str):
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return tuple(values)
+    raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from parity.formats import FORMATS
+
+    parser = _Parser(
+        prog="python -m parity convert",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("src", metavar="SRC", help="checkpoint to read (file or directory)")
+    parser.add_argument("dst", metavar="DST", help="where to write; nothing appears here unless conversion succeeds")
+    parser.add_argument("--from", dest="from_format", choices=list(FORMATS), metavar="FMT",
+                        help=f"source format, one of {', '.join(FORMATS)} (default: detected)")
+    parser.add_argument("--to", dest="to_format", choices=list(FORMATS), metavar="FMT",
+                        help="target format (default: from DST's extension)")
+    parser.add_argument("--config", metavar="NAME|JSON",
+                        help="fills what the tensors do not show: a preset name ('ViT-B_16', 'B/16') for the "
+                             "number of heads of a fused-qkv file, or a config JSON that also sets numerics; "
+                             "a config that contradicts a tensor shape is an error")
+    parser.add_argument("--image-size", type=_image_size, metavar="N|HxW",
+                        help="resize the learned position embeddings to this resolution "
+                             "(Google's bilinear zoom, class token kept apart)")
+    parser.add_argument("--num-classes", type=int, metavar="N",
+                        help="replace the head by a fresh zero head with N classes (0: no head)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from parity.convert import convert
+    from parity.formats import ConversionError
+
+    progress = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    try:
+        result = convert(
+            args.src, args.dst, from_format=args.from_format, to_format=args.to_format, config=args.config,
+            image_size=args.image_size, num_classes=args.num_classes, progress=progress,
+        )
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # unwritable destination, disk full
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"{result.source_format} -> {result.target_format}: {result.output} ({result.num_tensors} tensors), "
+              f"config {result.config_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
