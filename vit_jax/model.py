@@ -127,7 +127,8 @@ class MultiHeadDotProductAttention(nn.Module):
         if self.return_attention or attention_dropout or c.attention_impl == "explicit":
             q = q / jnp.sqrt(head_dim).astype(q.dtype)
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-            probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+            # Softmax in at least float32 (bf16 logits lose too much); float64 stays float64.
+            probs = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1).astype(q.dtype)
             weights = probs
             if attention_dropout:
                 weights = nn.Dropout(rate=c.attention_dropout_rate)(probs, deterministic=False)

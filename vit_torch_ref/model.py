@@ -73,7 +73,8 @@ class Attention(nn.Module):
         if return_attention:
             q = q / math.sqrt(self.head_dim)
             logits = q @ k.transpose(-2, -1)
-            probs = logits.float().softmax(dim=-1).to(q.dtype)
+            # Softmax in at least float32, as in the Flax model; float64 stays float64.
+            probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=-1).to(q.dtype)
             out = F.dropout(probs, dropout, self.training) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)

@@ -1,0 +1,92 @@
+"""Per-tensor error metrics between a candidate (JAX) and a reference (PyTorch) array.
+
+All arithmetic is float64, whatever the inputs' dtypes (bfloat16 included).
+
+Relative errors need a denominator that cannot collapse: a tensor whose
+reference is ~0 (the key-bias gradient, which softmax makes zero in exact
+arithmetic; a zero-initialised layer) would otherwise turn rounding noise
+into a 100% "error". So the denominator is max(||reference||, floor), where
+the floor is a fixed fraction of the typical magnitude of the tensor's group
+(`group_rms`, the median per-element RMS over e.g. all activations) times
+sqrt(size). Above the floor the metric is the plain relative L2 error; below
+it, it becomes an absolute error measured in units of that typical magnitude.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics:
+    shape: tuple[int, ...]
+    max_abs: float  # max |candidate - reference|
+    mean_abs: float  # mean |candidate - reference|
+    rel_l2: float  # ||candidate - reference|| / max(||reference||, floor)
+    cosine: float | None  # None where the reference is below the floor (direction is noise)
+    ref_norm: float  # ||reference||
+    floor: float  # the denominator floor that applied
+    scale: float  # max |reference|, floored like the norm (for max-abs criteria)
+    problem: str | None = None  # e.g. a shape mismatch; the row then fails whatever the tolerance
+
+    @property
+    def floored(self) -> bool:
+        return self.ref_norm < self.floor
+
+
+def _f64(array) -> np.ndarray:
+    return np.asarray(array).astype(np.float64)
+
+
+def rms(array) -> float:
+    array = _f64(array)
+    return float(np.sqrt(np.mean(array**2))) if array.size else 0.0
+
+
+def group_rms(references: Iterable[np.ndarray]) -> float:
+    """Typical per-element magnitude of a group of tensors: the median of their RMS values.
+
+    The median ignores the few near-zero members that the floor exists for.
+    """
+    values = [rms(r) for r in references]
+    return float(np.median(values)) if values else 0.0
+
+
+def norm_floor(size: int, typical_rms: float, fraction: float) -> float:
+    """The norm a tensor of `size` elements would have at `fraction` of the group's typical magnitude."""
+    return fraction * typical_rms * math.sqrt(max(size, 1))
+
+
+def compare(candidate, reference, floor: float = 0.0) -> Metrics:
+    a, b = _f64(candidate), _f64(reference)
+    if a.shape != b.shape:
+        nan = float("nan")
+        return Metrics(tuple(b.shape), nan, nan, nan, None, nan, floor, nan, f"shape {a.shape} != reference {b.shape}")
+    diff = a - b
+    ref_norm = float(np.linalg.norm(b))
+    cand_norm = float(np.linalg.norm(a))
+    tiny = np.finfo(np.float64).tiny
+    denominator = max(ref_norm, floor, tiny)
+    cosine = None
+    if ref_norm >= floor and ref_norm > 0 and cand_norm > 0:
+        cosine = float(np.clip(np.vdot(a, b) / (cand_norm * ref_norm), -1.0, 1.0))
+    elif ref_norm >= floor and ref_norm > 0:
+        cosine = 0.0
+    scale_floor = floor / math.sqrt(max(b.size, 1))
+    problem = None if np.all(np.isfinite(a)) and np.all(np.isfinite(b)) else "non-finite values"
+    return Metrics(
+        shape=tuple(b.shape),
+        max_abs=float(np.max(np.abs(diff))) if diff.size else 0.0,
+        mean_abs=float(np.mean(np.abs(diff))) if diff.size else 0.0,
+        rel_l2=float(np.linalg.norm(diff)) / denominator,
+        cosine=cosine,
+        ref_norm=ref_norm,
+        floor=floor,
+        scale=max(float(np.max(np.abs(b))) if b.size else 0.0, scale_floor, tiny),
+        problem=problem,
+    )
+

@@ -1,0 +1,276 @@
+"""`python -m parity report`: layer-by-layer JAX vs PyTorch parity report with a CI exit code.
+
+Exit status: 0 when every judged row is within tolerance, 1 when any is not,
+2 on bad usage or unusable input (unknown preset, unreadable checkpoint or
+image folder, ...), reported in one line without a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import torch
+
+from parity import harness, inputs, judge
+from parity.mapping import MappingError
+from parity.render import write_report
+from parity.tolerances import RELATIVE_ERROR_DEFINITION, ZERO_GRADIENT_FRACTION, tolerances_for
+from vit_jax.config import ConfigError, ViTConfig, get_config
+from vit_jax.model import init_params
+from vit_jax.pretrained import load_pretrained
+
+EXAMPLES = """examples:
+  python -m parity report --config ViT-B_16 --backward --out reports/b16
+  python -m parity report --config ViT-S_16 --dtype bfloat16 --optimizer-step --steps 10 --out reports/s16-bf16
+  python -m parity report --checkpoint ViT-B_16.npz --images photos/ --out reports/ckpt
+  python -m parity report --config ViT-testing --set classifier=gap --set gelu=exact --out reports/gap
+"""
+
+
+class UsageError(ValueError):
+    """Arguments that parse but do not make sense together."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m parity report",
+        description="Run the Flax ViT and its PyTorch twin on the same weights and inputs and report, layer by "
+        "layer, how far apart they are (and how far each is from a float64 run).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="preset name (ViT-B_16, B/16, ViT-testing, ...) or a ViTConfig .json file: random "
+                        "weights; with --checkpoint, the config that fills what the tensors do not show (GELU form, ...)")
+    parser.add_argument("--checkpoint", help="weights in any format vit_jax.load_pretrained reads (Google .npz, Flax, "
+                        "timm/HF .safetensors or .pth, ...); its config is inferred from the tensors")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field (JSON value, e.g. --set num_layers=2 --set gelu=exact); repeatable")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype of both models (params stay float32)")
+    parser.add_argument("--batch", type=int, help="images per batch (default 2; with --images, all images in the folder)")
+    parser.add_argument("--images", help="folder of images to decode, resize and normalise instead of random pixels")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random weights, pixels and labels (default 0)")
+    parser.add_argument("--backward", action="store_true", help="compare the gradient of every parameter")
+    parser.add_argument("--optimizer-step", action="store_true",
+                        help="compare one AdamW step (optax vs torch.optim) and the loss curves of --steps steps; implies --backward")
+    parser.add_argument("--steps", type=int, default=5, help="training steps on a fixed batch sequence for the loss curves (default 5)")
+    parser.add_argument("--lr", type=float, default=harness.AdamWSettings.learning_rate, help="AdamW learning rate")
+    parser.add_argument("--weight-decay", type=float, default=harness.AdamWSettings.weight_decay, help="AdamW decoupled weight decay")
+    parser.add_argument("--out", required=True, help="output folder for report.json, report.md, report.html and the plots")
+    return parser
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise UsageError(f"--set expects FIELD=VALUE, got {text!r}")
+    field, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # a bare string such as gelu=exact
+    if isinstance(value, list):
+        value = tuple(value)
+    return field.strip(), value
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.config and not args.checkpoint:
+        raise UsageError("give --config NAME (random weights) or --checkpoint PATH")
+    if args.batch is not None and args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.lr <= 0 or args.weight_decay < 0:
+        raise UsageError(f"--lr must be > 0 and --weight-decay >= 0, got {args.lr} and {args.weight_decay}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out!r} exists and is not a directory")
+    if args.checkpoint and not os.path.exists(args.checkpoint):
+        raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist")
+
+
+def load_model(args: argparse.Namespace) -> tuple[ViTConfig, Any, str]:
+    """(config in the requested dtype, float32 Flax params, a description of where the weights came from)."""
+    overrides = dict(_parse_override(o) for o in args.overrides)
+    if args.checkpoint:
+        config, params = load_pretrained(args.checkpoint, config=args.config)
+        config = config.replace(**overrides) if overrides else config
+        source = f"checkpoint {args.checkpoint}"
+    else:
+        if args.config.endswith(".json"):
+            if not os.path.isfile(args.config):
+                raise UsageError(f"--config {args.config!r} does not exist")
+            config = ViTConfig.from_json(args.config).replace(**overrides)
+        else:
+            config = get_config(args.config, **overrides)
+        # A zero-initialised head would zero every other gradient; initialisation
+        # does not change the function, so the random weights use a real head.
+        init_config = config.replace(dtype="float32", param_dtype="float32", head_zero_init=False)
+        params = init_params(init_config, args.seed)
+        source = f"random, init_params(seed={args.seed}) with a lecun-normal head (not zeros) so every parameter gets a gradient"
+    params = harness.cast_params(params, np.float32)
+    return config.replace(dtype=args.dtype, param_dtype="float32"), params, source
+
+
+def load_inputs(args: argparse.Namespace, config: ViTConfig, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    if args.images:
+        paths = inputs.list_images(args.images)
+        batch = args.batch or len(paths)
+        if batch > len(paths):
+            raise UsageError(f"--batch {batch} but {args.images!r} holds only {len(paths)} images")
+        images = inputs.load_images(paths[:batch], config)
+        return images, (f"{batch} images from {args.images} (decoded with PIL, bicubic resize to "
+                        f"{config.image_hw[0]}x{config.image_hw[1]}, normalised with mean {config.pixel_mean} std {config.pixel_std})")
+    batch = args.batch or 2
+    images = inputs.random_images(config, batch, rng)
+    return images, f"{batch} random images (uniform [0, 1] pixels, normalised with mean {config.pixel_mean} std {config.pixel_std})"
+
+
+def _devices() -> tuple[jax.Device, str]:
+    torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+    return jax.devices()[0], torch_device
+
+
+def _environment(jax_device: jax.Device, torch_device: str, dtype: str) -> dict[str, Any]:
+    import flax
+    import jaxlib
+    import optax
+
+    accelerator = jax_device.platform != "cpu" or torch_device != "cpu"
+    if dtype == "float32":
+        precision = ("float32 pinned to full precision on both sides: jax default_matmul_precision='highest', "
+                     "torch.backends.cuda.matmul.allow_tf32=False, torch.backends.cudnn.allow_tf32=False"
+                     + ("" if accelerator else " (CPU: already full float32, the pins change nothing)"))
+    else:
+        precision = ("bfloat16 compute on both sides, float32 parameters: Flax dtype=bfloat16, "
+                     "the twin under torch.autocast(bfloat16); softmax in float32 on both sides")
+    torch_name = torch.cuda.get_device_name(0) if torch_device == "cuda" else "cpu"
+    return {
+        "versions": {
+            "python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__, "torch": torch.__version__,
+        },
+        "jax_device": f"{jax_device.platform}:{jax_device.id} ({jax_device.device_kind})",
+        "torch_device": torch_name,
+        "precision": precision,
+        "host": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
+    }
+
+
+def run_report(args: argparse.Namespace, config: ViTConfig, params: Any, source: str,
+               images: np.ndarray, input_text: str, rng: np.random.Generator) -> dict[str, Any]:
+    tol = tolerances_for(config.dtype)
+    backward = args.backward or args.optimizer_step
+    targets = inputs.make_targets(config, images.shape[0], rng)
+    jax_device, torch_device = _devices()
+    cpu = jax.devices("cpu")[0]
+    pin = harness.full_float32_precision() if config.dtype == "float32" else contextlib.nullcontext()
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *a):
+        start = time.perf_counter()
+        value = fn(*a)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+        return value
+
+    with pin:
+        jax_run = timed("jax", harness.run_flax, config, params, images, targets, backward, jax_device)
+        torch_run = timed("torch", harness.run_torch, config, params, images, targets, backward, torch_device)
+        config64, params64 = harness.float64_config(config), harness.cast_params(params, np.float64)
+        jax64 = timed("jax float64", harness.run_flax, config64, params64, images, targets, backward, cpu)
+        torch64 = timed("torch float64", harness.run_torch, config64, params64, images, targets, backward, "cpu")
+        rows = judge.forward_rows(config, tol, jax_run, torch_run, jax64, torch64)
+        zero_grad = judge.zero_gradient_params(config, jax64.grads) if backward else set()
+        if backward:
+            rows += judge.gradient_rows(config, tol, jax_run, torch_run, jax64, torch64, zero_grad)
+        optimizer = None
+        if args.optimizer_step:
+            settings = harness.AdamWSettings(learning_rate=args.lr, weight_decay=args.weight_decay)
+            # Step 1 uses the report's batch; later steps fresh random batches, the same for both.
+            batches = [images] + [inputs.random_images(config, images.shape[0], rng) for _ in range(args.steps - 1)]
+            labels = [targets] + [inputs.make_targets(config, images.shape[0], rng) for _ in range(args.steps - 1)]
+            jax_train = timed("jax adamw", harness.train_flax, config, params, batches, labels, settings, jax_device)
+            torch_train = timed("torch adamw", harness.train_torch, config, params, batches, labels, settings, torch_device)
+            rows += judge.update_rows(config, tol, jax_train, torch_train, zero_grad)
+            rows += judge.loss_rows(tol, jax_train, torch_train)
+            optimizer = {
+                "hyperparameters": {"lr": settings.learning_rate, "b1": settings.b1, "b2": settings.b2,
+                                    "eps": settings.eps, "weight_decay": settings.weight_decay},
+                "steps": args.steps,
+                "semantics": "Decoupled weight decay on every parameter on both sides (no mask on either): "
+                             "p <- p - lr*(m_hat/(sqrt(v_hat)+eps) + wd*p); torch applies p *= 1 - lr*wd before "
+                             "the Adam update, which is the same expression.",
+            }
+
+    passed, first = judge.verdict(rows)
+    judged = [r for r in rows if r["judged"]]
+    worst = {}
+    for section in judge.SECTIONS:
+        values = [r["rel_l2"] for r in judged if r["section"] == section]
+        if values:
+            worst[section] = float(np.nanmax(values))
+    return {
+        "verdict": "pass" if passed else "fail",
+        "first_failure": first,
+        "summary": {"judged": len(judged), "failed": sum(not r["passed"] for r in judged), "worst_rel_l2": worst},
+        "command": "python -m parity report " + " ".join(args.argv),
+        "config": config.to_dict(),
+        "dtype": config.dtype,
+        "weights": source,
+        "inputs": input_text,
+        "loss_definition": harness.LOSS_DESCRIPTION if backward else None,
+        "optimizer": optimizer,
+        "environment": _environment(jax_device, torch_device, config.dtype),
+        "zero_gradient_params": sorted(zero_grad),
+        "tolerances": {
+            "criteria": tol.as_dict(),
+            "layer_bounds": {"max_rel_l2": tol.layer.max_rel_l2, "min_cosine": tol.layer.min_cosine},
+            "relative_error": RELATIVE_ERROR_DEFINITION,
+            "zero_gradient": (
+                f"a parameter whose float64 gradient norm is below {ZERO_GRADIENT_FRACTION:g} x the typical gradient "
+                "norm has zero gradient in exact arithmetic (e.g. the key bias: softmax ignores a common shift of "
+                "the key logits, so it cannot change any output either); both sides then compute rounding noise (and "
+                "AdamW turns it into a step of random sign), so its gradient and update rows are shown, not judged"
+            ),
+        },
+        "timings_s": timings,
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse already printed the usage error (or the help)
+        return int(exit_.code or 0)
+    args.argv = argv
+    # float64 reference runs need x64 in JAX; the context keeps it to this report
+    # (float32 and bfloat16 runs state their dtypes explicitly throughout).
+    with jax.enable_x64(True):
+        try:
+            _check_args(args)
+            rng = np.random.default_rng(args.seed)
+            config, params, source = load_model(args)
+            images, input_text = load_inputs(args, config, rng)
+        except (UsageError, ConfigError, MappingError, inputs.InputError, OSError, ValueError, KeyError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        report = run_report(args, config, params, source, images, input_text, rng)
+    paths = write_report(report, args.out)
+    worst = ", ".join(f"{k} {v:.2e}" for k, v in report["summary"]["worst_rel_l2"].items())
+    print(f"{report['verdict'].upper()}: {report['config']['name']} {report['dtype']}, "
+          f"{report['summary']['failed']} of {report['summary']['judged']} judged rows out of tolerance; worst rel L2: {worst}")
+    if report["first_failure"]:
+        failure = report["first_failure"]
+        print(f"first failure: {failure['name']} ({failure['section']}): {failure['check']}")
+    print("wrote " + ", ".join(paths))
+    return 0 if report["verdict"] == "pass" else 1
