@@ -1,0 +1,1 @@
+"""Training library behind train.py: config, optimiser, state, steps, parallelism, checkpoints, metrics."""

@@ -1,0 +1,263 @@
+"""The training configuration: one frozen dataclass, its command line and config file.
+
+Precedence: dataclass defaults < `--config FILE` (JSON, either a flat dict of
+these fields or a run's `config.json`, whose "train" section is used) <
+flags given on the command line. Every field is a flag (`batch_size` ->
+`--batch-size`) whose `--help` text is the field's `help` metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import os
+from typing import Any
+
+from vit_jax.config import ConfigError, ViTConfig, get_config
+
+RUN_CONFIG_FILE = "config.json"  # the resolved config every run writes into its workdir
+
+
+def _field(default: Any, help: str, choices: tuple | None = None, flag_type: type | None = None):
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "type": flag_type})
+
+
+# The embedded default: a small ViT for the 8x8 digits, tuned to pass 97% test
+# accuracy in about two minutes on a 2-core CPU (see README "Training").
+DIGITS_MODEL = ViTConfig(
+    name="ViT-digits",
+    image_size=16,  # the 8x8 digits upsampled: smoother patches learn faster than 2x2 ones
+    patch_size=4,
+    num_classes=10,
+    hidden_size=64,
+    mlp_dim=128,
+    num_heads=4,
+    num_layers=3,
+)
+TRAINING_PRESETS = {DIGITS_MODEL.name: DIGITS_MODEL}
+
+# Model fields a flag may override, by flag name.
+MODEL_OVERRIDES = (
+    "image_size",
+    "patch_size",
+    "hidden_size",
+    "mlp_dim",
+    "num_heads",
+    "num_layers",
+    "classifier",
+    "dropout_rate",
+    "attention_dropout_rate",
+    "stochastic_depth_rate",
+    "scan",
+    "remat",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    # -- model ------------------------------------------------------------
+    model: str = _field("ViT-digits", "model preset: ViT-digits, ViT-testing, ViT-B_16, short names such as 'S/16', ...")
+    image_size: int | None = _field(None, "input resolution in pixels (default: the preset's; fine-tuning resizes position embeddings)", flag_type=int)
+    patch_size: int | None = _field(None, "patch size (default: the preset's)", flag_type=int)
+    hidden_size: int | None = _field(None, "transformer width (default: the preset's)", flag_type=int)
+    mlp_dim: int | None = _field(None, "MLP hidden width (default: the preset's)", flag_type=int)
+    num_heads: int | None = _field(None, "attention heads (default: the preset's)", flag_type=int)
+    num_layers: int | None = _field(None, "transformer blocks (default: the preset's)", flag_type=int)
+    classifier: str | None = _field(None, "pooling: token (class token) or gap (mean of patch tokens)", ("token", "gap"))
+    dropout_rate: float | None = _field(None, "dropout after attention/MLP/embeddings", flag_type=float)
+    attention_dropout_rate: float | None = _field(None, "dropout on attention probabilities", flag_type=float)
+    stochastic_depth_rate: float | None = _field(None, "largest drop-path rate (reached at the last block)", flag_type=float)
+    dtype: str = _field("float32", "compute dtype; master weights and optimizer state stay float32", ("float32", "bfloat16"))
+    scan: bool | None = _field(None, "nn.scan over blocks (compile time flat in depth)", flag_type=bool)
+    remat: bool | None = _field(None, "rematerialise blocks in the backward pass (less memory, more compute)", flag_type=bool)
+    init: str | None = _field(None, "fine-tune from this checkpoint (Google npz, Flax msgpack/orbax, timm safetensors, HF, torchvision)")
+    freeze_backbone: bool = _field(False, "train only the head (and pre-logits); everything else stays at --init")
+    # -- data -------------------------------------------------------------
+    dataset: str = _field("digits", "data source", ("digits", "folder", "cifar10", "cifar100", "npz"))
+    data_path: str | None = _field(None, "folder root, CIFAR directory or .npz file (not used by digits)")
+    val_path: str | None = _field(None, "separate eval folder/.npz (default: <root>/val, or a held-out split)")
+    split_fraction: float = _field(0.2, "fraction held out for eval when there is no separate eval split")
+    split_seed: int = _field(0, "seed of the stratified train/eval split")
+    channels: int = _field(3, "image channels fed to the model (grey and RGBA are converted)", (1, 3))
+    augment: bool = _field(True, "random-resized crop and flip for training")
+    num_workers: int = _field(0, "background loader processes (0: load in threads of this process)")
+    on_corrupt: str = _field("skip", "an undecodable image: skip it with a warning and a count, or stop", ("skip", "error"))
+    # -- optimisation -----------------------------------------------------
+    optimizer: str = _field("adamw", "optimizer", ("adamw", "sgd"))
+    lr: float = _field(2e-3, "peak learning rate (reached after warmup)")
+    schedule: str = _field("cosine", "decay after warmup", ("cosine", "linear", "constant"))
+    warmup_steps: int = _field(100, "linear warmup steps from 0 to --lr")
+    end_lr_factor: float = _field(0.0, "final learning rate as a fraction of --lr")
+    weight_decay: float = _field(0.05, "decoupled weight decay on kernels only (not norms, biases, embeddings, cls)")
+    b1: float = _field(0.9, "AdamW beta1")
+    b2: float = _field(0.999, "AdamW beta2")
+    momentum: float = _field(0.9, "SGD momentum (0: plain SGD)")
+    nesterov: bool = _field(False, "Nesterov momentum for SGD")
+    grad_clip: float = _field(1.0, "clip gradients to this global norm (0: off)")
+    label_smoothing: float = _field(0.1, "label smoothing of the training targets")
+    mixup_alpha: float = _field(0.0, "mixup Beta(alpha, alpha) (0: off)")
+    cutmix_alpha: float = _field(0.0, "CutMix Beta(alpha, alpha) (0: off); with mixup, one of the two per batch")
+    batch_size: int = _field(128, "global batch size (all devices and processes together)")
+    eval_batch_size: int | None = _field(None, "global eval batch size (default: --batch-size)", flag_type=int)
+    accum_steps: int = _field(1, "split each batch into this many micro-batches and accumulate their gradients")
+    steps: int | None = _field(None, "total optimizer steps (default: from --epochs)", flag_type=int)
+    epochs: float = _field(60.0, "passes over the training split (used when --steps is not given)")
+    seed: int = _field(0, "seed of the model init, the data order and the per-step RNG")
+    # -- run --------------------------------------------------------------
+    workdir: str | None = _field(None, "output directory (default: runs/<dataset>-<time>)")
+    resume: bool = _field(False, "continue from the latest checkpoint in --workdir")
+    eval_every: int | None = _field(None, "evaluate every N steps (default: once per epoch)", flag_type=int)
+    checkpoint_every: int | None = _field(None, "checkpoint every N steps (default: --eval-every); always at the end", flag_type=int)
+    keep_checkpoints: int = _field(3, "keep the last K checkpoints (and the best by eval accuracy)")
+    log_every: int = _field(10, "write train metrics every N steps")
+    progress: bool = _field(True, "show a progress bar")
+    parallel: str = _field("jit", "data parallelism: jit over a device mesh, or pmap", ("jit", "pmap"))
+    coordinator_address: str | None = _field(None, "host:port of process 0 for a multi-process run")
+    num_processes: int | None = _field(None, "number of processes in a multi-process run", flag_type=int)
+    process_id: int | None = _field(None, "this process's index in a multi-process run", flag_type=int)
+    export_torch: str | None = _field(None, "write the final params as a timm-named PyTorch .safetensors file")
+    eval_only: bool = _field(False, "evaluate a checkpoint of --workdir (the best, or --eval-step) and exit")
+    eval_step: int | None = _field(None, "checkpoint step for --eval-only (default: best, else latest)", flag_type=int)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        positive = ("batch_size", "accum_steps", "log_every", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{_flag(name)} must be positive, got {getattr(self, name)!r}")
+        for name in ("eval_batch_size", "steps", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{_flag(name)} must be positive, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr!r}")
+        if self.steps is None and not self.epochs > 0:
+            raise ConfigError(f"--epochs must be > 0, got {self.epochs!r}")
+        for name in ("warmup_steps",):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "grad_clip", "mixup_alpha", "cutmix_alpha", "end_lr_factor", "momentum"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not 0 < self.split_fraction < 1:
+            raise ConfigError(f"--split-fraction must be in (0, 1), got {self.split_fraction!r}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise ConfigError(f"--{_flag(f.name)} {value!r} is not one of {choices}")
+        if self.freeze_backbone and self.init is None:
+            raise ConfigError("--freeze-backbone needs --init (a pretrained backbone to keep)")
+        if self.dataset != "digits" and self.data_path is None:
+            raise ConfigError(f"--dataset {self.dataset} needs --data-path")
+        if self.export_torch is not None and not self.export_torch.endswith(".safetensors"):
+            raise ConfigError(f"--export-torch {self.export_torch}: expected a path ending in .safetensors")
+        if (self.resume or self.eval_only) and self.workdir is None:
+            raise ConfigError("--resume and --eval-only need --workdir (the run directory)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def global_eval_batch_size(self) -> int:
+        return self.eval_batch_size or self.batch_size
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def resolve_model_config(config: TrainConfig, num_classes: int) -> ViTConfig:
+    """The ViTConfig of a fresh model: the preset, flag overrides, the data's classes/channels."""
+    if config.model in TRAINING_PRESETS:
+        model = TRAINING_PRESETS[config.model]
+    else:
+        model = get_config(config.model)
+    return apply_model_overrides(model, config, num_classes)
+
+
+def apply_model_overrides(model: ViTConfig, config: TrainConfig, num_classes: int) -> ViTConfig:
+    overrides = {name: getattr(config, name) for name in MODEL_OVERRIDES if getattr(config, name) is not None}
+    channels = config.channels
+    if channels != model.num_channels:
+        # One normalisation value per channel; the preset's first is representative.
+        overrides.update(
+            pixel_mean=(model.pixel_mean[0],) * channels,
+            pixel_std=(model.pixel_std[0],) * channels,
+        )
+    return model.replace(num_classes=num_classes, num_channels=channels, dtype=config.dtype, **overrides)
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    if f.metadata.get("type"):
+        return f.metadata["type"]
+    return type(f.default) if f.default is not None else str
+
+
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Train or fine-tune a Vision Transformer. With no arguments, trains a small ViT "
+            "from scratch on scikit-learn's digits. `python train.py predict --help` for prediction."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="JSON file of training options; flags override it")
+    for f in dataclasses.fields(TrainConfig):
+        name = "--" + _flag(f.name)
+        kwargs: dict[str, Any] = {"help": f.metadata["help"], "default": argparse.SUPPRESS, "dest": f.name}
+        if _field_type(f) is bool or isinstance(f.default, bool):
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        kwargs["type"] = _field_type(f)
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(name, **kwargs)
+    return parser
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object of training options")
+    # A run's resolved config.json holds the training options under "train".
+    return dict(data.get("train", data))
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(hints)}")
+    return TrainConfig(**values)
+
+
+def parse_args(argv: list[str] | None) -> TrainConfig:
+    """Command line -> TrainConfig (argparse exits with status 2 on an unknown flag)."""
+    args = vars(build_parser().parse_args(argv))
+    config_path = args.pop("config", None)
+    if config_path is None and (args.get("resume") or args.get("eval_only")) and args.get("workdir"):
+        # Continuing or evaluating a run: its own resolved config is the base.
+        run_config = os.path.join(args["workdir"], RUN_CONFIG_FILE)
+        if os.path.exists(run_config):
+            config_path = run_config
+    values = load_config_file(config_path) if config_path else {}
+    values.update(args)
+    return config_from_dict(values, source=config_path or "flags")

@@ -1,0 +1,139 @@
+"""Optimiser, learning-rate schedule, losses and on-device mixing for training.
+
+Weight decay and freezing are rules over '/'-joined parameter names (as in
+big_vision), so they read the same for per-block and scanned param trees.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+# Only matmul/conv kernels are decayed; biases, LayerNorm scales, the position
+# embedding and the class token are not (the usual ViT recipe).
+DECAY_RULE = r"(^|/)kernel$"
+# Trainable with --freeze-backbone: the classifier and its optional pre-logits layer.
+HEAD_RULE = r"^(head|pre_logits)/"
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def path_mask(params: Any, rule: str) -> Any:
+    """Tree of bools, True where the '/'-joined parameter name matches `rule`."""
+    pattern = re.compile(rule)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return traverse_util.unflatten_dict({k: bool(pattern.search(k)) for k in flat}, sep="/")
+
+
+def learning_rate_schedule(
+    peak: float, total_steps: int, warmup_steps: int, decay: str, end_factor: float = 0.0
+) -> optax.Schedule:
+    """Linear warmup from 0 to `peak`, then cosine/linear decay to `peak * end_factor`."""
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup_steps, 1)
+    end = peak * end_factor
+    if decay == "cosine":
+        after = optax.cosine_decay_schedule(peak, decay_steps, alpha=end_factor)
+    elif decay == "linear":
+        after = optax.linear_schedule(peak, end, decay_steps)
+    elif decay == "constant":
+        after = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"schedule {decay!r} is not one of {SCHEDULES}")
+    if warmup_steps == 0:
+        return after
+    warmup = optax.linear_schedule(0.0, peak, warmup_steps)
+    return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def make_optimizer(
+    params: Any,
+    *,
+    name: str,
+    schedule: optax.Schedule,
+    weight_decay: float,
+    grad_clip: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    freeze_backbone: bool = False,
+) -> optax.GradientTransformation:
+    """AdamW or SGD-momentum with global-norm clipping and masked weight decay."""
+    decay_mask = path_mask(params, DECAY_RULE)
+    parts = []
+    if grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(grad_clip))
+    if name == "adamw":
+        parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask))
+    elif name == "sgd":
+        # Decoupled from the gradient statistics but scaled by the lr, as in SGDW.
+        if weight_decay > 0:
+            parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
+        parts.append(optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov))
+    else:
+        raise ValueError(f"optimizer {name!r} is not one of {OPTIMIZERS}")
+    tx = optax.chain(*parts)
+    if freeze_backbone:
+        labels = jax.tree.map(lambda head: "train" if head else "freeze", path_mask(params, HEAD_RULE))
+        tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+    return tx
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy against (possibly soft) float32 targets."""
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
+    one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    return optax.smooth_labels(one_hot, label_smoothing) if label_smoothing > 0 else one_hot
+
+
+def mix_batch(
+    rng: jax.Array, images: jax.Array, targets: jax.Array, mixup_alpha: float, cutmix_alpha: float
+) -> tuple[jax.Array, jax.Array]:
+    """Mixup or CutMix of each example with its partner in the reversed batch.
+
+    With both alphas > 0, each batch uses one of the two, chosen by a fair coin.
+    The mixing ratio is one Beta(alpha, alpha) draw per batch (timm's default).
+    """
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return images, targets
+    choose, lam_rng, box_rng = jax.random.split(rng, 3)
+    partner_images, partner_targets = images[::-1], targets[::-1]
+
+    def mixup():
+        lam = jax.random.beta(lam_rng, mixup_alpha, mixup_alpha)
+        mixed = lam * images + (1.0 - lam) * partner_images
+        return mixed.astype(images.dtype), lam
+
+    def cutmix():
+        _, h, w, _ = images.shape
+        lam = jax.random.beta(lam_rng, cutmix_alpha, cutmix_alpha)
+        cut = jnp.sqrt(1.0 - lam)
+        cut_h, cut_w = (cut * h).astype(jnp.int32), (cut * w).astype(jnp.int32)
+        cy_rng, cx_rng = jax.random.split(box_rng)
+        cy, cx = jax.random.randint(cy_rng, (), 0, h), jax.random.randint(cx_rng, (), 0, w)
+        y0, y1 = jnp.clip(cy - cut_h // 2, 0, h), jnp.clip(cy + cut_h // 2, 0, h)
+        x0, x1 = jnp.clip(cx - cut_w // 2, 0, w), jnp.clip(cx + cut_w // 2, 0, w)
+        rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+        inside = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+        mixed = jnp.where(inside[None, :, :, None], partner_images, images)
+        # The label weight is the area actually kept after clipping to the image.
+        kept = 1.0 - ((y1 - y0) * (x1 - x0)) / (h * w)
+        return mixed, kept.astype(jnp.float32)
+
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        mixed, lam = jax.lax.cond(jax.random.bernoulli(choose), mixup, cutmix)
+    elif mixup_alpha > 0:
+        mixed, lam = mixup()
+    else:
+        mixed, lam = cutmix()
+    return mixed, lam * targets + (1.0 - lam) * partner_targets
