@@ -1,33 +1,36 @@
 """Grain input pipeline: shuffled, augmented, batched, sharded, checkpointable.
 
-The pipeline is a chain of Grain `MapDataset`s up to the batch, so every batch
-is a pure function of (seed, global batch index):
+The pipeline is a Grain `MapDataset` over batch numbers, mapped by a batch
+maker that is a pure function of (seed, batch number), so batches are
+identical whatever the number of background workers, and resuming is slicing:
 
-    range(N) -> shuffle (new order each epoch) -> repeat(num_epochs)
-             -> random_map(read + transform)  (augmentation RNG from seed and the
-                                               element's position in the stream)
-             -> batch(per-process batch size)
-             -> [shard_index::shard_count]
+    stream position p (0, 1, 2, ...) -> example perm_epoch(p mod N), epoch p // N
+                                        (a fresh permutation of the N examples per epoch)
+    global batch g                   -> positions g*G ... g*G + G - 1, G = batch_size * shard_count
+    this process's batch g           -> its contiguous chunk of B = batch_size of those
+    augmentation of position p       -> uniforms(seed, p): independent of batching
 
-Sharding takes, from each global batch of `batch_size * shard_count`
-examples, this process's contiguous chunk. So N processes together see exactly
-the batches one process with the global batch size would see, whatever the
-number of background workers. The iterator state is the number of batches
-consumed; resuming slices the batched dataset there, with no replay.
+So N processes together see exactly the batches one process with the global
+batch size sees, with the same augmentation. Work is vectorised per batch:
+in-memory float images (digits) are cropped and resized for the whole batch in
+two matrix products; uint8 images and files go through PIL one by one.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import sys
 from collections.abc import Sequence
 
 import grain
 import numpy as np
 
 from vit_jax.data.errors import CorruptImageError, DataError
-from vit_jax.data.records import RecordSource
-from vit_jax.data.transforms import ImageTransform
+from vit_jax.data.randomness import uniforms
+from vit_jax.data.records import ArrayRecords, RecordSource
+from vit_jax.data.transforms import UNIFORMS_PER_EXAMPLE, ImageTransform
 
 log = logging.getLogger(__name__)
 
@@ -51,42 +54,96 @@ def _note_corrupt(error: CorruptImageError) -> None:
         )
 
 
-class _ExampleReader:
-    """Index -> {'image', 'label'[, 'mask']}; picklable, so it runs in Grain workers."""
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(shuffle_seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the n examples in one epoch: a fresh permutation per epoch."""
+    return np.random.default_rng([shuffle_seed, epoch]).permutation(n)
 
-    def __init__(self, source: RecordSource, transform: ImageTransform, on_corrupt: str):
+
+class _BatchMaker:
+    """Batch number -> batch dict. Picklable, so Grain workers run it."""
+
+    def __init__(
+        self,
+        source: RecordSource,
+        transform: ImageTransform,
+        on_corrupt: str,
+        *,
+        batch_size: int,
+        shard_index: int,
+        shard_count: int,
+        shuffle_seed: int,
+        augment_seed: int,
+        padded_epoch: int,
+    ):
         self.source = source
         self.transform = transform
         self.on_corrupt = on_corrupt
+        self.batch_size = batch_size
+        self.shard_index = shard_index
+        self.shard_count = shard_count
+        self.shuffle_seed = shuffle_seed
+        self.augment_seed = augment_seed
+        self.padded_epoch = padded_epoch  # eval: examples per pass, padded to whole global batches
 
-    def train_example(self, index: int, rng: np.random.Generator) -> dict:
+    def positions(self, batch_number: int) -> np.ndarray:
+        global_start = batch_number * self.batch_size * self.shard_count
+        return global_start + self.shard_index * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+
+    def __call__(self, batch_number: int) -> dict:
+        positions = self.positions(int(batch_number))
+        if self.transform.train:
+            return self._train_batch(positions)
+        return self._eval_batch(positions)
+
+    def _train_batch(self, positions: np.ndarray) -> dict:
+        n = len(self.source)
+        epochs, offsets = np.divmod(positions, n)
+        indices = np.empty_like(offsets)
+        for epoch in np.unique(epochs):  # a batch spans at most a few epochs
+            here = epochs == epoch
+            indices[here] = _epoch_permutation(self.shuffle_seed, int(epoch), n)[offsets[here]]
+        u = uniforms(self.augment_seed, positions, UNIFORMS_PER_EXAMPLE) if self.transform.random else None
+        if isinstance(self.source, ArrayRecords):
+            images, labels = self.source.images[indices], self.source.labels[indices]
+        else:
+            images, labels = zip(*(self._read_replacing_corrupt(i) for i in indices))
+        return {"image": self.transform(images, u), "label": np.asarray(labels, np.int32)}
+
+    def _read_replacing_corrupt(self, index: int) -> tuple[np.ndarray, int]:
         # A corrupt file gives its slot to the next readable one, so batches stay
         # full and the stream stays a pure function of the seed.
         n = len(self.source)
         for offset in range(n):
             try:
-                pixels, label = self.source[(int(index) + offset) % n]
+                return self.source[(int(index) + offset) % n]
             except CorruptImageError as error:
                 if self.on_corrupt == "error":
                     raise
                 _note_corrupt(error)
-                continue
-            return {"image": self.transform(pixels, rng), "label": np.int32(label)}
         raise DataError(f"{self.source.what}: none of the {n} image files could be decoded")
 
-    def eval_example(self, index: int) -> dict:
-        # Indices past the end are padding; a corrupt file is masked out too.
-        if index < len(self.source):
-            try:
-                pixels, label = self.source[int(index)]
-                return {"image": self.transform(pixels), "label": np.int32(label), "mask": np.float32(1.0)}
-            except CorruptImageError as error:
-                if self.on_corrupt == "error":
-                    raise
-                _note_corrupt(error)
-        height, width = self.transform.image_size
-        blank = np.zeros((height, width, self.transform.channels), np.float32)
-        return {"image": blank, "label": np.int32(0), "mask": np.float32(0.0)}
+    def _eval_batch(self, positions: np.ndarray) -> dict:
+        # Positions past the end of a pass are padding; a corrupt file is masked out too.
+        offsets = positions % self.padded_epoch
+        mask = offsets < len(self.source)
+        indices = np.where(mask, offsets, 0)
+        if isinstance(self.source, ArrayRecords):
+            images, labels = self.source.images[indices], self.source.labels[indices]
+        else:
+            images, labels = [], []
+            for k, index in enumerate(indices):
+                try:
+                    pixels, label = self.source[int(index)]
+                except CorruptImageError as error:
+                    if self.on_corrupt == "error":
+                        raise
+                    _note_corrupt(error)
+                    pixels, label, mask[k] = np.zeros((1, 1, self.source.channels), np.uint8), 0, False
+                images.append(pixels)
+                labels.append(label)
+        labels = np.where(mask, labels, 0).astype(np.int32)
+        return {"image": self.transform(images), "label": labels, "mask": mask.astype(np.float32)}
 
 
 class BatchIterator:
@@ -271,27 +328,34 @@ def make_loader(
         crop_fraction=defaults.crop_fraction if crop_fraction is None else crop_fraction,
         resample=resample,
     )
-    reader = _ExampleReader(source, transform, on_corrupt)
     n = len(source)
     global_batch = batch_size * shard_count
-
     if train:
-        examples = grain.MapDataset.range(n).shuffle(seed=shuffle_seed).repeat(num_epochs)
-        examples = examples.random_map(reader.train_example, seed=augment_seed)
-        batches = examples.batch(batch_size, drop_remainder=True)
         # Whole global batches only, so every process runs the same number of steps.
-        batches = batches[: len(batches) // shard_count * shard_count]
-        if len(batches) == 0:
+        num_batches = None if num_epochs is None else n * num_epochs // global_batch
+        padded_epoch = n
+        if num_batches == 0:
             raise DataError(
                 f"{source.what}: {n} examples x {num_epochs} epoch(s) do not fill one global batch of "
                 f"{global_batch} ({batch_size} per process x {shard_count} processes)"
             )
     else:
-        padded = math.ceil(n / global_batch) * global_batch
-        examples = grain.MapDataset.range(padded).repeat(num_epochs or 1).map(reader.eval_example)
-        batches = examples.batch(batch_size)
         num_epochs = num_epochs or 1
-    batches = batches[shard_index::shard_count]
+        padded_epoch = math.ceil(n / global_batch) * global_batch
+        num_batches = padded_epoch // global_batch * num_epochs
+    maker = _BatchMaker(
+        source,
+        transform,
+        on_corrupt,
+        batch_size=batch_size,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        shuffle_seed=shuffle_seed,
+        augment_seed=augment_seed,
+        padded_epoch=padded_epoch,
+    )
+    # Repeating forever: batch numbers up to sys.maxsize, a lazy range.
+    batches = grain.MapDataset.range(sys.maxsize if num_batches is None else num_batches).map(maker)
 
     identity = {
         "num_examples": n,

@@ -34,4 +34,4 @@ def decode_image_file(
         crop_fraction=crop_fraction,
         resample=resample,
     )
-    return transform(decode_image(path, channels))
+    return transform([decode_image(path, channels)])[0]

@@ -1,16 +1,18 @@
-"""Per-image transforms: crop box choice, resampling, flip, normalisation.
+"""Image transforms: crop boxes, resampling, flip and normalisation, batch at a time.
 
-Both the training and the evaluation transform pick a box in source pixel
-coordinates and resample that box straight to the output size (one PIL resize
-with `box=`), so eval's resize-then-center-crop is a single interpolation and
-random-resized crops work at sub-pixel precision on tiny images such as 8x8
-digits.
+Training and evaluation both pick a box in source pixel coordinates and
+resample that box straight to the output size, so eval's resize + center crop
+is one interpolation, and random-resized crops keep sub-pixel precision on tiny
+images such as the 8x8 digits. uint8 images are resampled by PIL one at a time
+(its C code is fastest there); float images, which PIL can only do one plane
+at a time, by the same filter written as a batched matrix product.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -19,79 +21,123 @@ from vit_jax.data.decode import check_channels
 from vit_jax.data.errors import DataError
 
 RESAMPLE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+CROP_TRIES = 10
+UNIFORMS_PER_EXAMPLE = 4 * CROP_TRIES + 1  # four per crop try, one for the flip
 
-Box = tuple[float, float, float, float]  # left, top, right, bottom
 
-
-def center_crop_box(height: int, width: int, out_hw: tuple[int, int], crop_fraction: float) -> Box:
-    """The source region that `resize so the output is crop_fraction of it, then center crop` keeps."""
+def center_crop_boxes(heights, widths, out_hw: tuple[int, int], crop_fraction: float) -> np.ndarray:
+    """(B, 4) left, top, right, bottom: what `resize so the output is crop_fraction of the
+    image, then center crop` keeps of each source image."""
+    heights, widths = np.asarray(heights, np.float64), np.asarray(widths, np.float64)
     out_h, out_w = out_hw
-    scale = max(out_h / height, out_w / width) / crop_fraction  # output pixels per source pixel
-    crop_h, crop_w = min(out_h / scale, height), min(out_w / scale, width)
-    top, left = (height - crop_h) / 2, (width - crop_w) / 2
-    return left, top, left + crop_w, top + crop_h
+    scale = np.maximum(out_h / heights, out_w / widths) / crop_fraction  # output px per source px
+    crop_h, crop_w = np.minimum(out_h / scale, heights), np.minimum(out_w / scale, widths)
+    top, left = (heights - crop_h) / 2, (widths - crop_w) / 2
+    return np.stack([left, top, left + crop_w, top + crop_h], axis=-1)
 
 
-def random_resized_crop_box(
-    height: int,
-    width: int,
-    rng: np.random.Generator,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-) -> Box:
-    """Inception-style crop: area fraction uniform in `scale`, aspect log-uniform in `ratio`.
+def random_resized_crop_boxes(heights, widths, u: np.ndarray, scale, ratio) -> np.ndarray:
+    """(B, 4) Inception-style crops from uniforms u (B, >= 4 * CROP_TRIES).
 
-    Ten tries at a crop that fits, then the whole image clamped to `ratio`
+    Area fraction uniform in `scale`, aspect ratio log-uniform in `ratio`; the
+    first of ten tries that fits, else the whole image clamped to `ratio`
     (the convention torchvision and timm follow).
     """
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        crop_w = math.sqrt(target_area * aspect)
-        crop_h = math.sqrt(target_area / aspect)
-        if crop_w <= width and crop_h <= height:
-            top = rng.uniform(0, height - crop_h)
-            left = rng.uniform(0, width - crop_w)
-            return left, top, left + crop_w, top + crop_h
-    aspect = width / height
-    crop_w, crop_h = float(width), float(height)
-    if aspect < ratio[0]:
-        crop_h = width / ratio[0]
-    elif aspect > ratio[1]:
-        crop_w = height * ratio[1]
-    top, left = (height - crop_h) / 2, (width - crop_w) / 2
-    return left, top, left + crop_w, top + crop_h
+    heights, widths = np.asarray(heights, np.float64), np.asarray(widths, np.float64)
+    tries = u[:, : 4 * CROP_TRIES].reshape(len(u), CROP_TRIES, 4)
+    area = (heights * widths)[:, None] * (scale[0] + (scale[1] - scale[0]) * tries[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = np.exp(log_lo + (log_hi - log_lo) * tries[..., 1])
+    crop_w, crop_h = np.sqrt(area * aspect), np.sqrt(area / aspect)
+    fits = (crop_w <= widths[:, None]) & (crop_h <= heights[:, None])
+    first = np.argmax(fits, axis=1)
+    rows = np.arange(len(u))
+    crop_w, crop_h = crop_w[rows, first], crop_h[rows, first]
+    top = tries[rows, first, 2] * (heights - crop_h)
+    left = tries[rows, first, 3] * (widths - crop_w)
+    # No try fitted: the whole image, narrowed to the allowed aspect ratios.
+    missed = ~fits.any(axis=1)
+    image_aspect = widths / heights
+    fallback_w = np.where(image_aspect > ratio[1], heights * ratio[1], widths)
+    fallback_h = np.where(image_aspect < ratio[0], widths / ratio[0], heights)
+    crop_w = np.where(missed, fallback_w, crop_w)
+    crop_h = np.where(missed, fallback_h, crop_h)
+    top = np.where(missed, (heights - crop_h) / 2, top)
+    left = np.where(missed, (widths - crop_w) / 2, left)
+    return np.stack([left, top, left + crop_w, top + crop_h], axis=-1)
 
 
-def resample_box(pixels: np.ndarray, box: Box, out_hw: tuple[int, int], resample: str) -> np.ndarray:
-    """Resample `box` of an (H, W, C) uint8 or float32 image to (out_h, out_w, C), same dtype."""
+def _bilinear_kernel(x):
+    return np.maximum(1.0 - np.abs(x), 0.0)
+
+
+def _bicubic_kernel(x, a=-0.5):  # Keys' cubic with a = -0.5, PIL's BICUBIC
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+_KERNELS = {"bilinear": (_bilinear_kernel, 1.0), "bicubic": (_bicubic_kernel, 2.0)}
+
+
+def resample_weights(in_size: int, out_size: int, starts, ends, resample: str) -> np.ndarray:
+    """(B, out_size, in_size) rows of PIL's resampling filter for source spans [start, end).
+
+    Same definition as PIL's resize with `box`: output pixel o samples at
+    start + (o + 0.5) * scale; when shrinking, the kernel widens by the scale
+    (antialiasing); each row is normalised to sum to one.
+    """
+    kernel, support = _KERNELS[resample]
+    starts, ends = np.asarray(starts, np.float64), np.asarray(ends, np.float64)
+    scale = (ends - starts) / out_size
+    filter_scale = np.maximum(scale, 1.0)[:, None, None]
+    centers = starts[:, None, None] + (np.arange(out_size)[None, :, None] + 0.5) * scale[:, None, None]
+    offsets = np.arange(in_size)[None, None, :] + 0.5 - centers
+    weights = kernel(offsets / filter_scale)
+    # PIL only visits source pixels within the (widened) support of the center.
+    reach = support * filter_scale
+    first = np.maximum(np.trunc(centers - reach + 0.5), 0)
+    last = np.minimum(np.trunc(centers + reach + 0.5), in_size)
+    index = np.arange(in_size)[None, None, :]
+    weights = np.where((index >= first) & (index < last), weights, 0.0)
+    total = weights.sum(axis=-1, keepdims=True)
+    return (weights / np.where(total == 0, 1.0, total)).astype(np.float32)
+
+
+def resample_float_batch(images: np.ndarray, boxes: np.ndarray, out_hw: tuple[int, int], resample: str) -> np.ndarray:
+    """float32 (B, H, W, C) images, (B, 4) boxes -> (B, h, w, C), as separable matrix products."""
+    batch, height, width, channels = images.shape
+    rows = resample_weights(height, out_hw[0], boxes[:, 1], boxes[:, 3], resample)  # (B, h, H)
+    cols = resample_weights(width, out_hw[1], boxes[:, 0], boxes[:, 2], resample)  # (B, w, W)
+    tall = np.matmul(rows, images.reshape(batch, height, width * channels)).reshape(batch, out_hw[0], width, channels)
+    # (B, h, C, W) @ (B, 1, W, w): long rows, which numpy multiplies faster than (w, W) @ (W, C).
+    return np.matmul(tall.transpose(0, 1, 3, 2), cols.transpose(0, 2, 1)[:, None]).transpose(0, 1, 3, 2)
+
+
+def resample_box(pixels: np.ndarray, box: Sequence[float], out_hw: tuple[int, int], resample: str) -> np.ndarray:
+    """One (H, W, C) uint8 or float32 image, box -> float32 (h, w, C) in [0, 1] (PIL)."""
     height, width = pixels.shape[:2]
+    box = tuple(float(b) for b in box)
     if out_hw == (height, width) and box == (0.0, 0.0, float(width), float(height)):
-        return pixels
-    size = (out_hw[1], out_hw[0])
-    method = RESAMPLE_FILTERS[resample]
-    if pixels.dtype == np.uint8 and pixels.shape[-1] in (1, 3):
+        out = pixels
+    elif pixels.dtype == np.uint8 and pixels.shape[-1] in (1, 3):
         image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-        out = np.asarray(image.resize(size, method, box=box))
-        return out[..., None] if out.ndim == 2 else out
-    # Float images: PIL's 32-bit float mode is single-channel, so one plane at a time.
-    planes = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c], dtype=np.float32)).resize(size, method, box=box))
-        for c in range(pixels.shape[-1])
-    ]
-    return np.stack(planes, axis=-1)
+        out = np.asarray(image.resize((out_hw[1], out_hw[0]), RESAMPLE_FILTERS[resample], box=box))
+        out = out[..., None] if out.ndim == 2 else out
+    else:
+        out = resample_float_batch(pixels[None].astype(np.float32), np.asarray([box]), out_hw, resample)[0]
+    return out.astype(np.float32) / 255.0 if out.dtype == np.uint8 else out.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageTransform:
-    """(H, W, C) pixels -> normalised float32 (h, w, channels).
+    """Pixels -> normalised float32 (B, h, w, channels), for a batch of examples.
 
     train and augment: random-resized crop, then a horizontal flip with
-    probability 1/2 if `flip`. Otherwise (eval, or augment=False): resize so the
-    shorter side fits image_size / crop_fraction, then center crop.
-    Normalisation: (x - mean) / std on x in [0, 1].
+    probability 1/2 if `flip`, drawn from per-example uniforms (randomness.py).
+    Otherwise (eval, or augment=False): resize so the image is image_size /
+    crop_fraction, then center crop. Then (x - mean) / std on x in [0, 1].
     """
 
     image_size: tuple[int, int]
@@ -133,18 +179,26 @@ class ImageTransform:
     def random(self) -> bool:
         return self.train and self.augment
 
-    def __call__(self, pixels: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        height, width = pixels.shape[:2]
-        flip = False
+    def _geometry(self, heights, widths, u: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if self.random:
-            box = random_resized_crop_box(height, width, rng, self.crop_scale, self.crop_ratio)
-            flip = self.flip and rng.random() < 0.5
+            boxes = random_resized_crop_boxes(heights, widths, u, self.crop_scale, self.crop_ratio)
+            flips = (u[:, -1] < 0.5) if self.flip else np.zeros(len(u), bool)
+            return boxes, flips
+        return center_crop_boxes(heights, widths, self.image_size, self.crop_fraction), np.zeros(len(heights), bool)
+
+    def __call__(self, images: np.ndarray | Sequence[np.ndarray], u: np.ndarray | None = None) -> np.ndarray:
+        """images: an (B, H, W, C) array or a list of (H, W, C) arrays of any sizes;
+        u: (B, UNIFORMS_PER_EXAMPLE) uniforms, needed when the transform is random."""
+        if isinstance(images, np.ndarray):
+            heights, widths = np.full(len(images), images.shape[1]), np.full(len(images), images.shape[2])
         else:
-            box = center_crop_box(height, width, self.image_size, self.crop_fraction)
-        out = resample_box(pixels, box, self.image_size, self.resample)
-        if flip:
-            out = out[:, ::-1]
-        out = out.astype(np.float32) / 255.0 if out.dtype == np.uint8 else out.astype(np.float32)
-        if out.shape[-1] != self.channels:
-            out = np.repeat(out, self.channels, axis=-1)  # grey source, RGB model
+            heights, widths = [image.shape[0] for image in images], [image.shape[1] for image in images]
+        boxes, flips = self._geometry(heights, widths, u)
+        if isinstance(images, np.ndarray) and images.dtype == np.float32:
+            out = resample_float_batch(images, boxes, self.image_size, self.resample)
+        else:
+            out = np.stack([resample_box(im, box, self.image_size, self.resample) for im, box in zip(images, boxes)])
+        if flips.any():
+            out[flips] = out[flips, :, ::-1]
+        # Broadcasting a one-channel image against per-channel mean/std replicates it.
         return (out - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
