@@ -49,9 +49,9 @@ def detect_format(path: str | os.PathLike) -> str:
                               f"model directory (none of {list(hf.WEIGHT_FILES)})")
     if path.stat().st_size == 0:
         raise ConversionError(f"{path}: file is empty")
-    if google_npz.is_npz(path):
-        return google_npz.FORMAT
-    if torch_sd.is_safetensors(path) or path.suffix in (".pt", ".pth", ".bin"):
+    if google_npz.is_npz(path) or (path.suffix == ".npz" and _starts_with(path, b"PK")):
+        return google_npz.FORMAT  # (a damaged .npz zip is reported by the npz reader)
+    if torch_sd.is_safetensors(path) or path.suffix in (".pt", ".pth", ".bin", ".safetensors") or _starts_with(path, b"PK"):
         naming = torch_sd.classify_keys(list(torch_sd.read(path).shapes))
         if naming is None:
             raise ConversionError(f"{path}: a PyTorch state dict, but not in a known ViT naming (timm "
@@ -61,6 +61,11 @@ def detect_format(path: str | os.PathLike) -> str:
     if path.suffix == ".msgpack" or flax_ckpt.is_msgpack(path):
         return flax_ckpt.FORMAT
     raise ConversionError(f"{path}: unknown checkpoint format; pass --from one of {list(FORMATS)}")
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
 
 
 def target_format(path: str | os.PathLike) -> str:

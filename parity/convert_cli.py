@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or bad usage (2): return the code, as main(argv) -> int promises
+        return int(e.code or 0)
     from parity.convert import convert
     from parity.formats import ConversionError
 

@@ -140,6 +140,7 @@ def build_config(
     """
     fields, evidence = infer_architecture(source)
     claims: list[tuple[str, dict[str, Any]]] = []
+    image_hint = None
     if source.stated:
         claims.append(("the checkpoint's own config", dict(source.stated)))
     if config is not None:
@@ -147,8 +148,10 @@ def build_config(
         if config_is_preset:
             user = {k: v for k, v in user.items() if k in ARCHITECTURE and k not in _PRESET_DEFAULTS}
         else:
-            # A user's config may target other heads/classes/resolution: those come from the
-            # tensors (and --num-classes / --image-size), not from it.
+            # A user's config may target another resolution or class count (a fine-tuning config):
+            # those come from the tensors (and --image-size / --num-classes). Its image size only
+            # settles what the tensors leave open (a non-square grid, a fixed sin-cos embedding).
+            image_hint = user["image_size"]
             user = {k: v for k, v in user.items() if k not in ("image_size", "num_classes")}
         claims.append((f"config {config.name!r}", user))
 
@@ -177,12 +180,13 @@ def build_config(
                 f"'B/16' or a config JSON)"
             )
         evidence["num_heads"] = "the config"
+    wanted_image = stated.get("image_size", image_hint)
     if tokens is not None:
         fields["_tokens"], fields["_has_cls"] = tokens, has_cls
-        fields["image_size"] = _grid_image_size(fields, stated.get("image_size"), source.path, evidence["image_size"])
+        fields["image_size"] = _grid_image_size(fields, wanted_image, source.path, evidence["image_size"])
         del fields["_tokens"], fields["_has_cls"]
-    elif "image_size" in stated:
-        fields["image_size"] = stated["image_size"]
+    elif wanted_image is not None:
+        fields["image_size"], evidence["image_size"] = wanted_image, "the config"
     else:
         raise ConversionError(f"{source.path}: no position embedding to infer the image size from (fixed sin-cos "
                               f"embedding); pass a config with the image size (--config x.json)")

@@ -72,7 +72,7 @@ class RenameTable:
             found = self.to_timm(key)
             if found is None:
                 raise ConversionError(
-                    f"{source.path}: unexpected tensor {key!r}: not part of the {what} ViT naming "
+                    f"{source.path}: unexpected tensor {source.file_name(key)!r}: not part of the {what} ViT naming "
                     f"(expected names such as {self._entries[0][2][0]!r})"
                 )
             timm_key, part, count = found
@@ -83,7 +83,8 @@ class RenameTable:
                 expected = self.to_other(timm_key)
                 missing = [e for e, k in zip(expected, keys) if k is None]
                 raise ConversionError(
-                    f"{source.path}: missing tensor {missing[0]!r} (needed with {[k for k in keys if k]} "
+                    f"{source.path}: missing tensor {missing[0]!r} (needed with "
+                    f"{[source.file_name(k) for k in keys if k]} "
                     f"to form {timm_key!r})"
                 )
             part_shapes = [source.shapes[k] for k in keys]
