@@ -254,7 +254,7 @@ def loss_plot(report: dict[str, Any]) -> bytes:
     ax.plot(steps, [r["torch"] for r in rows], "x--", label="PyTorch (torch.optim.AdamW)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title("training loss on a fixed batch sequence")
+    ax.set_title("training loss, the report's batch at every step")
     ax.legend()
     ax.grid(True, alpha=0.3)
     fig.tight_layout()

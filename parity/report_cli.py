@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backward", action="store_true", help="compare the gradient of every parameter")
     parser.add_argument("--optimizer-step", action="store_true",
                         help="compare one AdamW step (optax vs torch.optim) and the loss curves of --steps steps; implies --backward")
-    parser.add_argument("--steps", type=int, default=5, help="training steps on a fixed batch sequence for the loss curves (default 5)")
+    parser.add_argument("--steps", type=int, default=5, help="AdamW steps on the report's batch (repeated) for the loss curves (default 5)")
     parser.add_argument("--lr", type=float, default=harness.AdamWSettings.learning_rate, help="AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=harness.AdamWSettings.weight_decay, help="AdamW decoupled weight decay")
     parser.add_argument("--out", required=True, help="output folder for report.json, report.md, report.html and the plots")
@@ -193,9 +193,9 @@ def run_report(args: argparse.Namespace, config: ViTConfig, params: Any, source:
         optimizer = None
         if args.optimizer_step:
             settings = harness.AdamWSettings(learning_rate=args.lr, weight_decay=args.weight_decay)
-            # Step 1 uses the report's batch; later steps fresh random batches, the same for both.
-            batches = [images] + [inputs.random_images(config, images.shape[0], rng) for _ in range(args.steps - 1)]
-            labels = [targets] + [inputs.make_targets(config, images.shape[0], rng) for _ in range(args.steps - 1)]
+            # Every step sees the report's batch and labels: the model memorises
+            # them, so a correct run shows both losses falling together.
+            batches, labels = [images] * args.steps, [targets] * args.steps
             jax_train = timed("jax adamw", harness.train_flax, config, params, batches, labels, settings, jax_device)
             torch_train = timed("torch adamw", harness.train_torch, config, params, batches, labels, settings, torch_device)
             rows += judge.update_rows(config, tol, jax_train, torch_train, zero_grad)
@@ -258,13 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     with jax.enable_x64(True):
         try:
             _check_args(args)
+            started = time.perf_counter()
             rng = np.random.default_rng(args.seed)
+            if args.images:
+                inputs.list_images(args.images)  # a bad folder fails before any model is built
             config, params, source = load_model(args)
             images, input_text = load_inputs(args, config, rng)
         except (UsageError, ConfigError, MappingError, inputs.InputError, OSError, ValueError, KeyError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        setup_s = time.perf_counter() - started
         report = run_report(args, config, params, source, images, input_text, rng)
+        report["timings_s"] = {"weights and inputs": setup_s, **report["timings_s"]}
     paths = write_report(report, args.out)
     worst = ", ".join(f"{k} {v:.2e}" for k, v in report["summary"]["worst_rel_l2"].items())
     print(f"{report['verdict'].upper()}: {report['config']['name']} {report['dtype']}, "
@@ -272,5 +277,5 @@ def main(argv: list[str] | None = None) -> int:
     if report["first_failure"]:
         failure = report["first_failure"]
         print(f"first failure: {failure['name']} ({failure['section']}): {failure['check']}")
-    print("wrote " + ", ".join(paths))
+    print(f"wrote {', '.join(paths)} ({time.perf_counter() - started:.1f}s)")
     return 0 if report["verdict"] == "pass" else 1
