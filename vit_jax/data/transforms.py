@@ -116,18 +116,23 @@ def resample_float_batch(images: np.ndarray, boxes: np.ndarray, out_hw: tuple[in
 
 
 def resample_box(pixels: np.ndarray, box: Sequence[float], out_hw: tuple[int, int], resample: str) -> np.ndarray:
-    """One (H, W, C) uint8 or float32 image, box -> float32 (h, w, C) in [0, 1] (PIL)."""
+    """One (H, W, C) uint8 or float32 image, box -> (h, w, C) in the same dtype (PIL for uint8)."""
     height, width = pixels.shape[:2]
     box = tuple(float(b) for b in box)
     if out_hw == (height, width) and box == (0.0, 0.0, float(width), float(height)):
-        out = pixels
-    elif pixels.dtype == np.uint8 and pixels.shape[-1] in (1, 3):
+        return pixels
+    if pixels.dtype == np.uint8 and pixels.shape[-1] in (1, 3):
         image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
         out = np.asarray(image.resize((out_hw[1], out_hw[0]), RESAMPLE_FILTERS[resample], box=box))
-        out = out[..., None] if out.ndim == 2 else out
-    else:
-        out = resample_float_batch(pixels[None].astype(np.float32), np.asarray([box]), out_hw, resample)[0]
-    return out.astype(np.float32) / 255.0 if out.dtype == np.uint8 else out.astype(np.float32)
+        return out[..., None] if out.ndim == 2 else out
+    return resample_float_batch(pixels[None].astype(np.float32), np.asarray([box]), out_hw, resample)[0]
+
+
+def stack_unit_range(images: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+    """Stack images; return them with the factor that maps them to [0, 1] (1/255 for uint8)."""
+    if all(image.dtype == np.uint8 for image in images):
+        return np.stack(images), 1.0 / 255.0
+    return np.stack([im.astype(np.float32) / 255.0 if im.dtype == np.uint8 else im for im in images]), 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,10 +200,15 @@ class ImageTransform:
             heights, widths = [image.shape[0] for image in images], [image.shape[1] for image in images]
         boxes, flips = self._geometry(heights, widths, u)
         if isinstance(images, np.ndarray) and images.dtype == np.float32:
-            out = resample_float_batch(images, boxes, self.image_size, self.resample)
+            out, unit = resample_float_batch(images, boxes, self.image_size, self.resample), 1.0
         else:
-            out = np.stack([resample_box(im, box, self.image_size, self.resample) for im, box in zip(images, boxes)])
+            out, unit = stack_unit_range(
+                [resample_box(im, box, self.image_size, self.resample) for im, box in zip(images, boxes)]
+            )
         if flips.any():
             out[flips] = out[flips, :, ::-1]
-        # Broadcasting a one-channel image against per-channel mean/std replicates it.
-        return (out - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        # (x * unit - mean) / std in one multiply-add; broadcasting a one-channel
+        # image against per-channel mean/std replicates it.
+        std = np.asarray(self.std, np.float32)
+        scale, offset = np.float32(unit) / std, np.asarray(self.mean, np.float32) / std
+        return out.astype(np.float32) * scale - offset
