@@ -1,5 +1,7 @@
 """Digits source and the stratified split."""
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -13,6 +15,7 @@ def test_digits_split_covers_every_image_once_with_real_labels():
     assert ds.num_classes == 10 and ds.class_names == [str(d) for d in range(10)]
     assert len(ds.train) + len(ds.eval) == 1797
     assert ds.info["num_train"] == len(ds.train) and ds.info["split_seed"] == 0
+    assert json.loads(json.dumps(ds.info)) == ds.info  # recorded in the run config
     reference = load_digits()
     # Every stored image is one of sklearn's, scaled to [0, 1], with its own label.
     key = {img.tobytes(): int(t) for img, t in zip((reference.images / 16.0).astype(np.float32), reference.target)}

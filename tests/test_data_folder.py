@@ -81,7 +81,7 @@ def test_corrupt_file_is_skipped_with_a_warning_or_raises(tmp_path, caplog):
     (tmp_path / "val" / "b" / "truncated.png").write_bytes(good[: len(good) // 2])
     ds = load_dataset(DatasetSpec(kind="folder", path=str(tmp_path)))
     assert len(ds.train) == 7
-    with caplog.at_level(logging.WARNING, logger="vit_jax.data.loader"):
+    with caplog.at_level(logging.WARNING, logger="vit_jax.data.batches"):
         batches = [b for b, _ in zip(loader(ds.train, batch_size=7, seed=5, num_epochs=2), range(2))]
     assert all(b["image"].shape == (7, 12, 12, 3) for b in batches)
     skip_messages = [r.getMessage() for r in caplog.records if "broken.png" in r.getMessage()]

@@ -96,6 +96,21 @@ def test_resume_from_saved_state_continues_identically(digits):
     np.testing.assert_array_equal(next(original)["image"], expected[0]["image"])
 
 
+def test_state_restores_on_a_different_process_count_with_the_same_global_batch(digits):
+    kwargs = dict(image_size=12, mean=MEAN, std=STD, seed=6)
+    one = loader(digits.train, batch_size=8, **kwargs)
+    take(one, 2)
+    state = one.get_state()
+    expected = next(one)
+    halves = []
+    for i in range(2):
+        half = loader(digits.train, batch_size=4, shard_index=i, shard_count=2, **kwargs)
+        half.set_state(state)
+        halves.append(next(half))
+    np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]), expected["image"])
+    np.testing.assert_array_equal(np.concatenate([h["label"] for h in halves]), expected["label"])
+
+
 def test_state_from_another_pipeline_is_refused(digits):
     state = loader(digits.train, seed=1, mean=MEAN, std=STD).get_state()
     other = loader(digits.train, seed=2, mean=MEAN, std=STD)

@@ -8,7 +8,9 @@
 
 from vit_jax.data.dataset import KINDS, Dataset, DatasetSpec, load_dataset
 from vit_jax.data.errors import CorruptImageError, DataError
-from vit_jax.data.loader import BatchIterator, make_loader, skipped_corrupt_files
+from vit_jax.data.batches import skipped_corrupt_files
+from vit_jax.data.iterator import BatchIterator
+from vit_jax.data.loader import make_loader
 from vit_jax.data.records import ArrayRecords, AugmentDefaults, FileRecords
 from vit_jax.data.single_image import decode_image_file
 from vit_jax.data.transforms import ImageTransform
@@ -22,9 +24,9 @@ __all__ = [
     "DataError",
     "Dataset",
     "DatasetSpec",
-    "decode_image_file",
     "FileRecords",
     "ImageTransform",
+    "decode_image_file",
     "load_dataset",
     "make_loader",
     "skipped_corrupt_files",

@@ -140,9 +140,6 @@ class FileRecords:
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         return decode_image(self.paths[index], self.channels), int(self.labels[index])
 
-    def path(self, index: int) -> str:
-        return self.paths[index]
-
     def subset(self, indices: np.ndarray) -> FileRecords:
         return FileRecords(
             [self.paths[i] for i in indices],
