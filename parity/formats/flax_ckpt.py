@@ -83,18 +83,43 @@ def read(path: str | Path) -> TensorSource:
     return flax_source(str(path), FORMAT, {k: v.shape for k, v in flat.items()}, flat.__getitem__, NUMERICS)
 
 
+def _write_msgpack(f, tree: dict, packer) -> None:
+    """The bytes `flax.serialization.msgpack_serialize(tree)` gives, streamed leaf by leaf.
+
+    Serialising the whole tree at once holds the packed buffer and its bytes
+    copy beside the arrays (three copies of ViT-L); here each leaf is packed,
+    written and dropped from the tree.
+    """
+    from flax import serialization
+
+    f.write(packer.pack_map_header(len(tree)))
+    for key in list(tree):
+        value = tree.pop(key)
+        f.write(packer.pack(key))
+        if isinstance(value, dict):
+            _write_msgpack(f, value, packer)
+        else:
+            f.write(serialization.msgpack_serialize(value))
+
+
 def write(path: str | Path, flat: dict[str, np.ndarray], config=None, like: str | Path | None = None) -> None:
     """A nested param tree as msgpack (`like` ends in .msgpack) or an orbax checkpoint directory."""
     from parity.mapping import unflatten
 
-    tree = unflatten(flat)
-    flat.clear()
     if like is not None and str(like).endswith(".msgpack"):
-        from flax import serialization
+        import msgpack
 
-        Path(path).write_bytes(serialization.msgpack_serialize(tree))
+        tree = unflatten(flat)
+        flat.clear()
+        with open(path, "wb") as f:
+            _write_msgpack(f, tree, msgpack.Packer())
         return
+    import jax
     import orbax.checkpoint as ocp
+
+    # Orbax copies NumPy leaves into its write buffers; jax arrays (which on CPU can share the
+    # NumPy buffer) it writes from directly: measured 1.75 vs 2.7 copies of ViT-L/16 at the peak.
+    tree = unflatten({key: jax.device_put(flat.pop(key)) for key in list(flat)})
 
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(Path(path).absolute(), tree)
