@@ -253,6 +253,7 @@ def _run_in(workdir, config, dataset, model, parallel, tx, schedule, host_state,
                 "train": {**config.to_dict(), "workdir": workdir, "resume": False, "eval_only": False, "eval_step": None},
                 "model": model.to_dict(),
                 "data": dataset.info,
+                "eval_crop_fraction": dataset.eval.defaults.crop_fraction,  # predict applies the same transform
                 "seed": config.seed,
                 "total_steps": total_steps,
                 "devices": jax.device_count(),

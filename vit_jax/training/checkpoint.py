@@ -4,8 +4,8 @@ Layout: `<workdir>/checkpoints/<step>/{state,data}` where `state` is the
 TrainState (params, optimizer state, step, RNG) and `data` the JSON state of
 every process's data iterator. Orbax writes each step into a temporary
 directory and renames it when complete, so a run killed mid-write leaves the
-previous checkpoints intact; the half-written temporary is removed the next
-time the directory is opened.
+previous checkpoints intact; the half-written temporary is removed when a
+resumed run next saves.
 
 Kept: the last `keep` checkpoints plus the one with the best eval accuracy.
 """
@@ -64,6 +64,7 @@ class Checkpointer:
             ]
         )
         options = ocp.CheckpointManagerOptions(
+            save_interval_steps=0 if read_only else 1,
             preservation_policy=policy,
             create=not read_only,
             read_only=read_only,
@@ -123,6 +124,17 @@ class Checkpointer:
             )
         state = jax.tree.map(np.asarray, restored.state)
         return state, processes[jax.process_index()]
+
+    def restore_params(self, step: int | None = None) -> tuple[int, Any]:
+        """(step, params as NumPy) of checkpoint `step` (default: the best, else the latest)."""
+        step = step if step is not None else (self.best_step() or self.latest_step())
+        if step is None or step not in self.manager.all_steps():
+            raise CheckpointError(
+                f"no checkpoint {'' if step is None else f'for step {step} '}in {self.directory}; "
+                f"saved steps: {list(self.manager.all_steps())}"
+            )
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        return step, jax.tree.map(np.asarray, restored.state["params"])
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -98,7 +98,7 @@ def train_step(
 
     if axis_name is not None:
         grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -1,0 +1,55 @@
+"""Two processes on 127.0.0.1 (gloo CPU collectives) against one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from train_runs import REPO, TINY, TRAIN_PY, final_params, losses, run_train, train_env
+
+STEPS = 6
+ARGS = TINY + ["--steps", str(STEPS), "--batch-size", "32", "--log-every", "1", "--eval-every", "3",
+               "--warmup-steps", "2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    single = str(tmp_path / "single")
+    result = run_train(ARGS + ["--workdir", single])
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    multi = str(tmp_path / "multi")
+    address = f"127.0.0.1:{free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, TRAIN_PY, *ARGS, "--workdir", multi, "--coordinator-address", address,
+             "--num-processes", "2", "--process-id", str(i)],
+            env=train_env(devices=1), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+
+    with open(os.path.join(multi, "config.json")) as f:
+        config = json.load(f)
+    assert config["processes"] == 2 and config["devices"] == 2
+    np.testing.assert_allclose(losses(multi), losses(single), rtol=2e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), final_params(multi), final_params(single))
+    # Each process's data position is in the checkpoint, for --resume.
+    with open(os.path.join(multi, "checkpoints", str(STEPS), "data", "metadata")) as f:
+        data_state = json.load(f)
+    assert [s["next_batch"] for s in data_state["processes"]] == [STEPS, STEPS]

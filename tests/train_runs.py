@@ -1,0 +1,60 @@
+"""Helpers for the training tests: run train.py, read what a run wrote."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PY = os.path.join(REPO, "train.py")
+
+# A small, fast model on digits for tests that check mechanics, not accuracy.
+TINY = ["--hidden-size", "32", "--mlp-dim", "64", "--num-heads", "2", "--num-layers", "1", "--no-progress"]
+
+
+def load_train_module():
+    """train.py as a module, whatever the working directory of pytest."""
+    spec = importlib.util.spec_from_file_location("train", TRAIN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_env(devices: int | None = None) -> dict:
+    """Environment for a train.py subprocess, with `devices` fake CPU devices if given."""
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def run_train(args: list[str], devices: int | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` in a fresh process (JAX reads XLA_FLAGS only at start)."""
+    return subprocess.run([sys.executable, TRAIN_PY, *args], env=train_env(devices), capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def records(workdir: str, split: str = "train") -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if r["split"] == split]
+
+
+def losses(workdir: str) -> np.ndarray:
+    """Per-step train losses of a run logged with --log-every 1."""
+    return np.asarray([r["loss"] for r in records(workdir)])
+
+
+def final_params(workdir: str) -> dict:
+    from vit_jax.training.checkpoint import Checkpointer
+
+    checkpoints = Checkpointer(workdir, read_only=True)
+    try:
+        return checkpoints.restore_params(checkpoints.latest_step())[1]
+    finally:
+        checkpoints.close()

@@ -1,0 +1,93 @@
+"""Top-k labels for image files from a training run's checkpoint.
+
+    python train.py predict --checkpoint runs/NAME img1.png img2.jpg
+    python -m vit_jax.predict --checkpoint runs/NAME --top-k 3 img1.png
+
+Images go through the run's evaluation transform (resize, center crop,
+normalisation), so predictions match what `--eval-only` measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from vit_jax.config import ConfigError, ViTConfig
+from vit_jax.data import DataError, decode_image_file
+from vit_jax.training.checkpoint import CheckpointError, Checkpointer
+from vit_jax.training.config import RUN_CONFIG_FILE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train.py predict",
+        description="Print the top-k labels of a trained ViT for each image file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", help="image files (any format PIL reads; grey and RGBA are converted)")
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run's --workdir (holds config.json and checkpoints/)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best by eval accuracy, else the latest)")
+    parser.add_argument("--top-k", type=int, default=5, help="labels to print per image")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    return parser
+
+
+def load_run(run_dir: str, step: int | None) -> tuple[ViTConfig, dict, dict, int]:
+    """(model config, params, run config, step) of a training run directory."""
+    config_path = os.path.join(run_dir, RUN_CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise CheckpointError(f"{run_dir} is not a run directory: {RUN_CONFIG_FILE} is missing")
+    with open(config_path) as f:
+        run = json.load(f)
+    checkpoints = Checkpointer(run_dir, read_only=True)
+    try:
+        step, params = checkpoints.restore_params(step)
+    finally:
+        checkpoints.close()
+    return ViTConfig.from_dict(run["model"]), params, run, step
+
+
+def predict(model: ViTConfig, params: dict, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities (N, classes) for normalised NHWC images."""
+    import jax
+
+    from vit_jax import VisionTransformer
+
+    forward = jax.jit(lambda p, x: jax.nn.softmax(VisionTransformer(model).apply({"params": p}, x).astype("float32")))
+    out = [np.asarray(forward(params, images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    return np.concatenate(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.top_k <= 0 or args.batch_size <= 0:
+            raise ConfigError("--top-k and --batch-size must be positive")
+        model, params, run, step = load_run(args.checkpoint, args.step)
+        data = run["data"]
+        class_names = data.get("class_names") or [str(i) for i in range(model.num_classes)]
+        crop_fraction = run.get("eval_crop_fraction", 1.0)
+        images = np.stack(
+            [
+                decode_image_file(path, model.image_hw, model.pixel_mean, model.pixel_std, model.num_channels, crop_fraction)
+                for path in args.images
+            ]
+        )
+    except (ConfigError, DataError, CheckpointError) as error:
+        print(f"predict: error: {error}", file=sys.stderr)
+        return 1
+    probs = predict(model, params, images, args.batch_size)
+    k = min(args.top_k, probs.shape[1])
+    print(f"checkpoint step {step} of {os.path.abspath(args.checkpoint)}")
+    for path, p in zip(args.images, probs):
+        top = np.argsort(-p)[:k]
+        print(f"{path}: " + ", ".join(f"{class_names[i]} {p[i]:.3f}" for i in top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
