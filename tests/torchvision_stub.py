@@ -1,0 +1,56 @@
+"""Placeholders for the torchvision names timm imports at load time, so timm's real
+VisionTransformer can be built here.
+
+torchvision cannot be imported on this machine (its only wheel is a CUDA build
+that fails with CPU torch). timm imports torchvision only for data transforms,
+datasets, FX feature extraction and FrozenBatchNorm2d, none of which a
+VisionTransformer touches: every such name resolves to an inert placeholder
+class. The ViT modules themselves (timm.models.vision_transformer, timm.layers)
+are timm's own code, unmodified.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+
+MODULES = (
+    "torchvision", "torchvision.ops", "torchvision.ops.misc", "torchvision.transforms",
+    "torchvision.transforms.functional", "torchvision.transforms.v2", "torchvision.datasets", "torchvision.models",
+    "torchvision.models.feature_extraction", "torchvision.utils", "torchvision.io",
+)
+
+
+class _Placeholder(type):
+    """A class whose attributes are placeholder classes too (`InterpolationMode.BILINEAR`, subclassing)."""
+
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Placeholder(name, (), {})
+
+
+class _StubModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Placeholder(name, (), {})
+
+
+def import_timm():
+    """timm, importing it with the placeholders when torchvision is absent; None if timm is not installed."""
+    if importlib.util.find_spec("timm") is None:
+        return None
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        for name in MODULES:
+            module = _StubModule(name)
+            module.__path__ = []  # a package, so submodule imports resolve to the entries above
+            module.__version__ = "0.0.0+stub"
+            sys.modules[name] = module
+            parent, _, child = name.rpartition(".")
+            if parent:
+                setattr(sys.modules[parent], child, module)
+    import timm
+
+    return timm
