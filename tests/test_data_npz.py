@@ -1,5 +1,7 @@
 """NumPy .npz source."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -29,7 +31,8 @@ def test_uint8_rgb_split_by_fraction(tmp_path):
 def test_float_grey_with_a_separate_eval_file(tmp_path):
     train = _save(tmp_path / "t.npz", images=np.linspace(0, 1, 3 * 16).reshape(3, 4, 4), labels=[0, 2, 1])
     val = _save(tmp_path / "v.npz", images=np.zeros((2, 4, 4, 1), np.float32), labels=[3, 0])
-    ds = load_dataset(DatasetSpec(kind="npz", path=train, val_path=val, channels=3))
+    ds = load_dataset(DatasetSpec(kind="npz", path=tmp_path / "t.npz", val_path=val, channels=3))
+    assert json.loads(json.dumps(ds.info))["path"] == train
     assert ds.class_names == ["0", "1", "2", "3"] and (len(ds.train), len(ds.eval)) == (3, 2)
     assert ds.train.images.dtype == np.float32 and ds.train.images.shape == (3, 4, 4, 1)
     assert ds.info["split"] == "given"

@@ -30,7 +30,11 @@ _skipped_paths: set[str] = set()
 
 
 def skipped_corrupt_files() -> int:
-    """How many distinct corrupt files this process has skipped so far."""
+    """How many distinct corrupt files this process has skipped so far.
+
+    With num_workers > 0 the files are decoded, and counted, in the worker
+    processes; their warnings (with the running count) still reach stderr.
+    """
     return len(_skipped_paths)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from vit_jax.data.cifar import load_cifar_records
@@ -36,6 +37,9 @@ class DatasetSpec:
     channels: int = 3
 
     def __post_init__(self):
+        for name in ("path", "val_path"):  # accept pathlib paths; keep the spec JSON-ready
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
         if self.kind not in KINDS:
             raise DataError(f"unknown dataset kind {self.kind!r}; expected one of {', '.join(KINDS)}")
         check_channels(self.channels)
