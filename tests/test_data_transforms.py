@@ -113,3 +113,10 @@ def test_uniforms_are_reproducible_and_seed_dependent():
     assert not np.array_equal(a, uniforms(2, np.array([0, 5, 9]), 4))
     big = uniforms(3, np.arange(50_000), 2)
     assert 0 <= big.min() and big.max() < 1 and abs(big.mean() - 0.5) < 0.01
+
+
+def test_large_float_images_take_pil_planes_and_agree_with_the_matrix_path():
+    images = np.random.default_rng(2).random((2, 40, 40, 3)).astype(np.float32)
+    transform = ImageTransform((120, 120), mean=(0.0,) * 3, std=(1.0,) * 3, channels=3, train=False, crop_fraction=0.875)
+    boxes = center_crop_boxes([40, 40], [40, 40], (120, 120), 0.875)
+    np.testing.assert_allclose(transform(images), resample_float_batch(images, boxes, (120, 120), "bilinear"), atol=1e-5)
