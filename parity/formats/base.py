@@ -114,7 +114,11 @@ def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
         temps.append(final.parent / f".{final.name}.{secrets.token_hex(6)}.tmp")
     try:
         yield temps
+        umask = os.umask(0)
+        os.umask(umask)
         for temp, final in zip(temps, finals):
+            if temp.is_file():  # some writers (safetensors) create files 0600; give the usual mode
+                os.chmod(temp, 0o666 & ~umask)
             if final.exists() and (final.is_dir() or temp.is_dir()):
                 _remove(final)  # os.replace cannot overwrite a directory or put one over a file
             os.replace(temp, final)
