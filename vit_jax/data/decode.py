@@ -25,7 +25,7 @@ def decode_image(path: str, channels: int) -> np.ndarray:
     """Decode one file to (H, W, channels): uint8, or float32 in [0, 1] for 16-bit files.
 
     Any PIL mode is accepted (grey, grey+alpha, RGB, RGBA, palette, CMYK,
-    16-bit grey) and converted to `channels`. Raises CorruptImageError when the
+    16-bit grey, float grey) and converted to `channels`. Raises CorruptImageError when the
     file is not a readable image, including truncated files.
     """
     check_channels(channels)
@@ -43,11 +43,11 @@ def decode_image(path: str, channels: int) -> np.ndarray:
 
 
 def _to_array(image: Image.Image, channels: int) -> np.ndarray:
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        # Wide grey modes: PIL's convert('L') clips instead of scaling, so scale here.
+    if image.mode.startswith("I") or image.mode == "F":
+        # Wide grey modes: PIL's convert('L') clips instead of scaling. Integer
+        # modes hold 16-bit samples (PNG/TIFF); float TIFFs are taken as [0, 1].
         values = np.asarray(image, dtype=np.float32)
-        scale = 65535.0 if image.mode.startswith("I") else max(float(values.max()), 1.0)
-        grey = np.clip(values / scale, 0.0, 1.0)[..., None]
+        grey = np.clip(values / (65535.0 if image.mode.startswith("I") else 1.0), 0.0, 1.0)[..., None]
         return grey if channels == 1 else np.repeat(grey, 3, axis=-1)
     if image.mode == "P":
         image = image.convert("RGBA")  # resolves palette transparency before dropping it
