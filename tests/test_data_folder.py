@@ -2,6 +2,7 @@
 
 import logging
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -93,6 +94,21 @@ def test_corrupt_file_is_skipped_with_a_warning_or_raises(tmp_path, caplog):
         next(loader(ds.train, batch_size=7, on_corrupt="error", num_epochs=1, augment=False))
     with pytest.raises(DataError, match="on_corrupt"):
         loader(ds.train, on_corrupt="ignore")
+
+
+@pytest.mark.slow
+def test_corrupt_file_error_crosses_from_worker_processes(tmp_path):
+    error = pickle.loads(pickle.dumps(CorruptImageError("/x/y.png", "truncated")))
+    assert (error.path, str(error)) == ("/x/y.png", "cannot decode image file '/x/y.png': truncated")
+    write_image_folder(str(tmp_path), {"a": 3})
+    (tmp_path / "a" / "broken.png").write_bytes(b"junk")
+    ds = load_dataset(DatasetSpec(kind="folder", path=str(tmp_path), val_path=str(tmp_path)))
+    it = loader(ds.train, batch_size=4, on_corrupt="error", augment=False, num_epochs=1, num_workers=1)
+    try:
+        with pytest.raises(CorruptImageError, match="broken.png"):
+            next(it)
+    finally:
+        it.close()
 
 
 def test_missing_or_empty_folders_are_clear_errors(tmp_path):

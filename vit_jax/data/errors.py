@@ -12,3 +12,7 @@ class CorruptImageError(DataError):
         super().__init__(f"cannot decode image file '{path}': {reason}")
         self.path = path
         self.reason = reason
+
+    def __reduce__(self):
+        # Raised in Grain worker processes and re-raised here: must survive pickling.
+        return type(self), (self.path, self.reason)
