@@ -22,8 +22,14 @@ SECTIONS = ("forward", "gradients", "update", "loss")
 ZERO_GRADIENT_NOTE = "exact (float64) gradient is zero, both sides compute rounding noise"
 
 
-def _row(section: str, name: str, metrics: Metrics, criterion: Criterion | None, **extra: Any) -> dict[str, Any]:
+def _row(
+    section: str, name: str, metrics: Metrics, criterion: Criterion | None,
+    float64: tuple[Metrics, Criterion] | None = None, **extra: Any,
+) -> dict[str, Any]:
     passed, checked = criterion.judge(metrics) if criterion else (True, "not judged")
+    if criterion and float64:
+        ok, text = float64[1].judge(float64[0])
+        passed, checked = passed and ok, f"{checked}; float64 jax vs torch {text}"
     return {
         "section": section,
         "name": name,
@@ -49,13 +55,15 @@ def _floors(references: dict[str, np.ndarray], groups: dict[str, str]) -> dict[s
     return {k: norm_floor(np.size(v), typical[groups[k]], NORM_FLOOR_FRACTION) for k, v in references.items()}
 
 
-def _f64_columns(key: str, jax_run, torch_run, jax64, torch64, floor: float) -> dict[str, float | None]:
-    """Each side's distance from its own float64 run, and the float64 runs' distance from each other."""
-    return {
+def _f64_columns(key: str, jax_run, torch_run, jax64, torch64, floor: float) -> tuple[dict[str, float], Metrics]:
+    """Each side's distance from its own float64 run; the float64 runs' agreement (also as Metrics, to judge)."""
+    agreement = compare(jax64[key], torch64[key], floor)
+    columns = {
         "jax_vs_f64": compare(jax_run[key], jax64[key], floor).rel_l2,
         "torch_vs_f64": compare(torch_run[key], torch64[key], floor).rel_l2,
-        "f64_jax_vs_torch": compare(jax64[key], torch64[key], floor).rel_l2,
+        "f64_jax_vs_torch": agreement.rel_l2,
     }
+    return columns, agreement
 
 
 def forward_rows(
@@ -73,11 +81,11 @@ def forward_rows(
     for depth, name in enumerate(names):
         metrics = compare(jax_run.intermediates[name], torch_inter[name], floors[name])
         criterion = tol.logits if name == "logits" else tol.layer
-        f64 = _f64_columns(
-            name, jax_run.intermediates, torch_inter,
-            jax64.intermediates, torch64.intermediates, floors[name],
+        f64, agreement = _f64_columns(
+            name, jax_run.intermediates, torch_inter, jax64.intermediates, torch64.intermediates, floors[name]
         )
-        rows.append(_row("forward", name, metrics, criterion, depth=depth, group=groups[name], **f64))
+        rows.append(_row("forward", name, metrics, criterion, (agreement, tol.float64), depth=depth,
+                         group=groups[name], **f64))
     return rows
 
 
@@ -100,12 +108,10 @@ def gradient_rows(
     rows = []
     for path, torch_name in pairs:
         metrics = compare(jax_run.grads[path], torch_run.grads[path], floors[path])
-        f64 = _f64_columns(
-            path, jax_run.grads, torch_run.grads, jax64.grads, torch64.grads,
-            floors[path],
-        )
+        f64, agreement = _f64_columns(path, jax_run.grads, torch_run.grads, jax64.grads, torch64.grads, floors[path])
         criterion, note = (None, ZERO_GRADIENT_NOTE) if path in zero_grad else (tol.gradient, None)
-        rows.append(_row("gradients", path, metrics, criterion, torch_name=torch_name, note=note, **f64))
+        rows.append(_row("gradients", path, metrics, criterion, (agreement, tol.float64), torch_name=torch_name,
+                         note=note, **f64))
     return rows
 
 

@@ -215,7 +215,7 @@ def depth_plot(report: dict[str, Any]) -> bytes:
     ax = axes[0][0]
     x = [r["depth"] for r in rows]
     series = [("rel_l2", "jax vs torch", "C0", "o"), ("jax_vs_f64", "jax vs float64", "C1", "."),
-              ("torch_vs_f64", "torch vs float64", "C2", ".")]
+              ("torch_vs_f64", "torch vs float64", "C2", "."), ("f64_jax_vs_torch", "float64: jax vs torch", "C3", "x")]
     for key, label, color, marker in series:
         ax.semilogy(x, _log_safe([r[key] for r in rows]), marker=marker, color=color, label=label, lw=1)
     failing = [r for r in rows if r["judged"] and not r["passed"]]

@@ -223,8 +223,7 @@ def test_layer_norm_epsilon_changed_in_the_twin_fails_at_that_block(tmp_path, mo
 
     def twin_with_wrong_eps(params, config, device):
         model = build(params, config, device)
-        if config.dtype == "float32":  # the fault sits in the float32 twin only
-            model.blocks[1].norm2.eps = 1e-5  # torch's default instead of the config's 1e-6
+        model.blocks[1].norm2.eps = 1e-5  # torch's default instead of the config's 1e-6
         return model
 
     monkeypatch.setattr(harness, "build_torch_model", twin_with_wrong_eps)
@@ -233,6 +232,9 @@ def test_layer_norm_epsilon_changed_in_the_twin_fails_at_that_block(tmp_path, mo
     assert report["first_failure"]["name"] == "blocks.1.mlp"
     forward = {r["name"]: r for r in rows(report, "forward")}
     assert forward["blocks.1.attn"]["passed"] and not forward["blocks.1.mlp"]["passed"]
+    # The shift (~5e-6 relative) hides under the float32 bound; the float64 runs expose it.
+    assert forward["blocks.1.mlp"]["rel_l2"] < 1e-5 and forward["blocks.1.mlp"]["f64_jax_vs_torch"] > 1e-7
+    assert "float64 jax vs torch rel_l2" in report["first_failure"]["check"]
     assert any(not r["passed"] for r in rows(report, "gradients"))
 
 

@@ -157,7 +157,8 @@ class VisionTransformer(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, c.seq_len, c.hidden_size))
         else:
             table = F.pad(sincos_2d(c.grid_size, c.hidden_size), (0, 0, c.num_prefix_tokens, 0))
-            self.register_buffer("pos_embed", table.float(), persistent=False)
+            # Kept in float64 here; `self.to(param_dtype)` below rounds it once, as Flax does.
+            self.register_buffer("pos_embed", table, persistent=False)
         self.pos_drop = nn.Dropout(c.dropout_rate)
         self.blocks = nn.ModuleList(Block(c, rate) for rate in c.drop_path_rates())
         self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
