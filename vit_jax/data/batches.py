@@ -125,15 +125,18 @@ class BatchMaker:
         if isinstance(self.source, ArrayRecords):
             images, labels = self.source.images[indices], self.source.labels[indices]
         else:
+            blank = np.zeros((1, 1, self.source.channels), np.uint8)
             images, labels = [], []
             for k, index in enumerate(indices):
-                try:
-                    pixels, label = self.source[int(index)]
-                except CorruptImageError as error:
-                    if self.on_corrupt == "error":
-                        raise
-                    _note_corrupt(error)
-                    pixels, label, mask[k] = np.zeros((1, 1, self.source.channels), np.uint8), 0, False
+                pixels, label = blank, 0
+                if mask[k]:
+                    try:
+                        pixels, label = self.source[int(index)]
+                    except CorruptImageError as error:
+                        if self.on_corrupt == "error":
+                            raise
+                        _note_corrupt(error)
+                        mask[k] = False
                 images.append(pixels)
                 labels.append(label)
         labels = np.where(mask, labels, 0).astype(np.int32)
