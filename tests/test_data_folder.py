@@ -88,8 +88,9 @@ def test_corrupt_file_is_skipped_with_a_warning_or_raises(tmp_path, caplog):
     skip_messages = [r.getMessage() for r in caplog.records if "broken.png" in r.getMessage()]
     assert len(skip_messages) == 1 and "skipped so far" in skip_messages[0]  # warned once, counted
     # Eval masks the corrupt file out instead of shifting the others.
-    eval_batch = next(loader(ds.eval, train=False, batch_size=3))
-    np.testing.assert_array_equal(eval_batch["mask"], [1, 1, 0])
+    eval_batch = next(loader(ds.eval, train=False, batch_size=4))  # 3 files, one corrupt, one padding slot
+    np.testing.assert_array_equal(eval_batch["mask"], [1, 1, 0, 0])
+    np.testing.assert_array_equal(eval_batch["label"], [0, 1, 0, 0])
     with pytest.raises(CorruptImageError, match="broken.png"):
         next(loader(ds.train, batch_size=7, on_corrupt="error", num_epochs=1, augment=False))
     with pytest.raises(DataError, match="on_corrupt"):
