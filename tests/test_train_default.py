@@ -16,6 +16,9 @@ train = load_train_module()
 STEPS = 66  # 6 epochs of the 1,437 training digits at batch 128
 
 
+pytestmark = pytest.mark.slow  # one real training run shared by the tests below
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("default") / "run")
