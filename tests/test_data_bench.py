@@ -18,3 +18,10 @@ def test_bench_rejects_bad_arguments(capsys):
         bench.main(["--seconds", "0"])
     assert exit_.value.code == 2
     assert "--seconds and --batch-size must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_step_comparison_reports_all_three_timings():
+    timings = bench.time_train_step(batch_size=16, steps=3)
+    assert set(timings) == {"fixed batch", "fed by make_loader", "loader alone"}
+    assert all(ms > 0 for ms in timings.values())

@@ -1,11 +1,14 @@
 """Input-pipeline throughput: decode + augment images/s for one worker.
 
-    python -m vit_jax.data.bench [--seconds 2] [--batch-size 128] [--workers 0 2]
+    python -m vit_jax.data.bench [--seconds 2] [--batch-size 128] [--workers 0 2] [--train-step]
 
 Each row runs make_loader synchronously in this process (no background
 threads or workers), so its images/s is what one Grain worker delivers.
 `--workers` adds rows for the JPEG folder pipeline end to end with that many
-worker processes. Data is synthesised in a temporary directory (no downloads).
+worker processes. `--train-step` also times the default training run's jitted
+step (ViT-digits, AdamW) on one fixed batch and fed by make_loader, to show
+whether training waits for input. Data is synthesised in a temporary
+directory (no downloads).
 """
 
 from __future__ import annotations
@@ -85,6 +88,53 @@ def run(seconds: float, batch_size: int, workers: list[int]) -> list[tuple[str, 
     return rows
 
 
+def time_train_step(batch_size: int, steps: int = 200) -> dict[str, float]:
+    """ms per step of the default run's model: on one fixed batch, fed by make_loader, and the loader alone."""
+    import jax
+    import optax
+
+    from vit_jax.model import VisionTransformer, init_params
+    from vit_jax.training.config import DIGITS_MODEL as config
+
+    model = VisionTransformer(config)
+    digits = load_dataset(DatasetSpec(kind="digits", channels=config.num_channels))
+    loader = make_loader(
+        digits.train, batch_size, config.image_hw, config.pixel_mean, config.pixel_std, shard_index=0, shard_count=1
+    )
+    optimizer = optax.adamw(1e-3)
+    params = init_params(config, rng=0)
+    opt_state = optimizer.init(params)
+
+    @jax.jit
+    def step(params, opt_state, images, labels):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, images, train=False)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    def ms_per_step(next_batch) -> float:
+        nonlocal params, opt_state
+        start = time.perf_counter()
+        for _ in range(steps):
+            batch = next_batch()
+            params, opt_state, loss = step(params, opt_state, batch["image"], batch["label"])
+        loss.block_until_ready()
+        return (time.perf_counter() - start) / steps * 1e3
+
+    fixed = next(loader)
+    ms_per_step(lambda: fixed)  # compile and warm up
+    result = {"fixed batch": ms_per_step(lambda: fixed), "fed by make_loader": ms_per_step(lambda: next(loader))}
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(loader)
+    result["loader alone"] = (time.perf_counter() - start) / steps * 1e3
+    loader.close()
+    return result
+
+
 def format_table(rows) -> str:
     header = ("source", "stored", "output", "mode", "workers", "images/s")
     body = [(*row[:5], f"{row[5]:,.0f}") for row in rows]
@@ -99,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="timing window per row")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (capped at 32 for 224 px rows)")
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="worker-process counts to add rows for")
+    parser.add_argument("--train-step", action="store_true", help="compare with the default run's train step")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.batch_size <= 0 or any(w < 0 for w in args.workers):
         parser.error("--seconds and --batch-size must be positive, --workers non-negative")
@@ -108,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(format_table(rows))
+    if args.train_step:
+        timings = time_train_step(args.batch_size)
+        print(f"\ndefault run (ViT-digits, batch {args.batch_size}, 8x8), ms per step:")
+        for name, ms in timings.items():
+            print(f"  {name:<20} {ms:8.2f}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{os.cpu_count()} CPUs, load average {load:.1f} while measuring")
     return 0
