@@ -22,6 +22,6 @@ def test_bench_rejects_bad_arguments(capsys):
 
 @pytest.mark.slow
 def test_train_step_comparison_reports_all_three_timings():
-    timings = bench.time_train_step(batch_size=16, steps=3)
+    timings = bench.time_train_step(batch_size=16, steps=3, rounds=1)
     assert set(timings) == {"fixed batch", "fed by make_loader", "loader alone"}
     assert all(ms > 0 for ms in timings.values())
