@@ -179,30 +179,34 @@ def _convert_tensors(source: TensorSource, config: ViTConfig, naming: str, progr
     return out
 
 
-def _adapt(tensors: dict[str, np.ndarray], config: ViTConfig, naming: str, image_size, num_classes) -> ViTConfig:
-    """Resize the position embeddings and/or put a fresh zero head on, in place; the new config."""
+def _target_config(config: ViTConfig, image_size, num_classes) -> ViTConfig:
+    """`config` at the requested resolution and class count, validated."""
     if image_size is not None:
         try:
-            new = config.replace(image_size=image_size)
+            config = config.replace(image_size=image_size)
         except ConfigError as e:
             raise ConversionError(f"--image-size {image_size}: {e}") from None
-        if config.posemb == "learn" and new.grid_size != config.grid_size:
-            key = POSEMB_KEY[naming]
-            tensors[key] = resize_pos_embed(tensors[key], new.grid_size, config.num_prefix_tokens, config.grid_size)
-        config = new
     if num_classes is not None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ConversionError(f"--num-classes must be an integer >= 0, got {num_classes!r}")
+        config = config.replace(num_classes=num_classes)
+    return config
+
+
+def _adapt(tensors: dict[str, np.ndarray], config: ViTConfig, target: ViTConfig, naming: str, new_head: bool) -> None:
+    """Resize the position embeddings to `target`'s grid and/or put a fresh zero head on, in place."""
+    if config.posemb == "learn" and target.grid_size != config.grid_size:
+        key = POSEMB_KEY[naming]
+        tensors[key] = resize_pos_embed(tensors[key], target.grid_size, config.num_prefix_tokens, config.grid_size)
+    if new_head:
         kernel_key, bias_key = HEAD_KEYS[naming]
         dtype = tensors[next(iter(tensors))].dtype
         tensors.pop(kernel_key, None)
         tensors.pop(bias_key, None)
-        config = config.replace(num_classes=num_classes)
-        if num_classes:
-            shape = (config.features_dim, num_classes) if naming == FLAX else (num_classes, config.features_dim)
-            tensors[kernel_key] = np.zeros(shape, dtype)
-            tensors[bias_key] = np.full((num_classes,), config.head_bias_init, dtype)
-    return config
+        if target.num_classes:
+            shape = (target.features_dim, target.num_classes)
+            tensors[kernel_key] = np.zeros(shape if naming == FLAX else shape[::-1], dtype)
+            tensors[bias_key] = np.full((target.num_classes,), target.head_bias_init, dtype)
 
 
 def read_tensors(
@@ -213,16 +217,23 @@ def read_tensors(
     image_size: int | tuple[int, int] | None = None,
     num_classes: int | None = None,
     progress: Progress | None = None,
+    check: Callable[[ViTConfig], None] | None = None,
 ) -> tuple[ViTConfig, dict[str, np.ndarray], TensorSource]:
-    """(config, flat tensors in `naming`, source) for any checkpoint, resized/re-headed on request."""
+    """(config, flat tensors in `naming`, source) for any checkpoint, resized/re-headed on request.
+
+    `check` sees the final config before any tensor is read (a target format refusing it).
+    """
     resolved, source = open_checkpoint(path, format, config)
+    target = _target_config(resolved, image_size, num_classes)
+    if check is not None:
+        check(target)
     if progress:
         progress(f"read {source.path} ({source.format}, {len(source.shapes)} tensors): {describe(resolved)}")
         for note in source.notes:
             progress(f"  note: {note}")
     tensors = _convert_tensors(source, resolved, naming, progress)
-    resolved = _adapt(tensors, resolved, naming, image_size, num_classes)
-    return resolved, tensors, source
+    _adapt(tensors, resolved, target, naming, new_head=num_classes is not None)
+    return target, tensors, source
 
 
 def read_flax_params(path, format=None, config=None, image_size=None, num_classes=None, progress=None):
@@ -280,11 +291,12 @@ def convert(
     if Path(src).resolve() == dst.resolve():
         raise ConversionError(f"{dst}: destination is the source; choose another path")
     module, naming = FORMATS[to_format]
-    as_dir = to_format == flax_ckpt.FORMAT and dst.suffix != ".msgpack" or (
+    # flax and hf targets are directories unless DST names a file container
+    as_dir = (to_format == flax_ckpt.FORMAT and dst.suffix != ".msgpack") or (
         to_format == hf.FORMAT and dst.suffix not in torch_sd.EXTENSIONS)
-    resolved, tensors, source = read_tensors(src, naming, from_format, config, image_size, num_classes, progress)
-    if hasattr(module, "check_expressible"):
-        module.check_expressible(resolved)
+    check = getattr(module, "check_expressible", None)
+    resolved, tensors, source = read_tensors(src, naming, from_format, config, image_size, num_classes, progress,
+                                             check)
     count = len(tensors)
     if progress:
         progress(f"writing {dst} ({to_format}): {describe(resolved)}")

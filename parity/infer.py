@@ -57,8 +57,8 @@ def _pair(shape) -> int | tuple[int, int]:
     return int(shape[0]) if shape[0] == shape[1] else (int(shape[0]), int(shape[1]))
 
 
-def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, str]]:
-    """(fields the tensors show, field -> name of the tensor that shows it)."""
+def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, str], bool, int | None]:
+    """(fields the tensors show, field -> the tensor that shows it, has a class token, posemb length or None)."""
     probes = _PROBES[FLAX if source.naming == FLAX else "timm"]
     shapes = source.shapes
     fields: dict[str, Any] = {}
@@ -95,29 +95,31 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
     evidence["classifier"] = f"{source.file_name(probes['cls'])} ({'present' if has_cls else 'absent'})"
     fields["posemb"] = "learn" if probes["posemb"] in shapes else "sincos2d"
     evidence["posemb"] = f"{source.file_name(probes['posemb'])} ({'present' if fields['posemb'] == 'learn' else 'absent'})"
-    fields["_has_cls"] = has_cls
+    tokens = None
     if fields["posemb"] == "learn":
         seq = shapes[probes["posemb"]]
         if len(seq) != 3:
             raise ConversionError(f"{source.path}: tensor {source.file_name(probes['posemb'])!r} has shape {seq}, "
                                   f"expected (1, tokens, {fields['hidden_size']})")
-        fields["_tokens"] = seq[1]
+        tokens = seq[1]
         evidence["image_size"] = f"{source.file_name(probes['posemb'])} {tuple(seq)}"
     fields["representation_size"], evidence["representation_size"] = None, "no pre-logits tensor"
     probe("pre_logits", required=False)
     fields["num_classes"], evidence["num_classes"] = 0, "no head tensor"
     probe("head", required=False)
-    return fields, evidence
+    return fields, evidence, has_cls, tokens
 
 
-def _grid_image_size(fields: dict[str, Any], wanted, path: str, evidence: str):
+def _grid_image_size(patch_size, tokens: int, has_cls: bool, wanted, path: str, evidence: str):
     """Image size from the position-embedding length (square grid, or the grid `wanted` implies)."""
-    patches = fields["_tokens"] - (1 if fields["_has_cls"] else 0)
-    ph, pw = (fields["patch_size"],) * 2 if isinstance(fields["patch_size"], int) else fields["patch_size"]
+    patches = tokens - (1 if has_cls else 0)
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
     if wanted is not None:
-        trial = ViTConfig(image_size=wanted, patch_size=fields["patch_size"], hidden_size=fields["hidden_size"],
-                          num_heads=1, classifier="token" if fields["_has_cls"] else "gap")
-        if trial.num_patches == patches:
+        try:
+            trial = ViTConfig(image_size=wanted, patch_size=patch_size, num_heads=1)
+        except ConfigError:
+            trial = None  # not a size for this patch; the tensors decide, and the claim is checked later
+        if trial is not None and trial.num_patches == patches:
             return wanted
     side = math.isqrt(max(patches, 0))
     if side * side != patches or patches == 0:
@@ -138,7 +140,7 @@ def build_config(
     full config (a JSON file, a ViTConfig object) also sets numerics and
     runtime fields. Any stated value that contradicts a tensor is an error.
     """
-    fields, evidence = infer_architecture(source)
+    fields, evidence, has_cls, tokens = infer_architecture(source)
     claims: list[tuple[str, dict[str, Any]]] = []
     image_hint = None
     if source.stated:
@@ -159,8 +161,6 @@ def build_config(
     for _, claim in claims:
         stated.update(claim)
 
-    has_cls = fields.pop("_has_cls")
-    tokens = fields.pop("_tokens", None)
     classifier = stated.get("classifier")
     if has_cls:
         fields["classifier"] = classifier if classifier in ("token", "token_unpooled") else "token"
@@ -182,9 +182,8 @@ def build_config(
         evidence["num_heads"] = "the config"
     wanted_image = stated.get("image_size", image_hint)
     if tokens is not None:
-        fields["_tokens"], fields["_has_cls"] = tokens, has_cls
-        fields["image_size"] = _grid_image_size(fields, wanted_image, source.path, evidence["image_size"])
-        del fields["_tokens"], fields["_has_cls"]
+        fields["image_size"] = _grid_image_size(fields["patch_size"], tokens, has_cls, wanted_image, source.path,
+                                                evidence["image_size"])
     elif wanted_image is not None:
         fields["image_size"], evidence["image_size"] = wanted_image, "the config"
     else:

@@ -42,15 +42,24 @@ def import_timm():
     """timm, importing it with the placeholders when torchvision is absent; None if timm is not installed."""
     if importlib.util.find_spec("timm") is None:
         return None
-    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
-        for name in MODULES:
-            module = _StubModule(name)
-            module.__path__ = []  # a package, so submodule imports resolve to the entries above
-            module.__version__ = "0.0.0+stub"
-            sys.modules[name] = module
-            parent, _, child = name.rpartition(".")
-            if parent:
-                setattr(sys.modules[parent], child, module)
-    import timm
+    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:
+        import timm  # a real torchvision is there: no placeholders
 
+        return timm
+    for name in MODULES:
+        module = _StubModule(name)
+        module.__path__ = []  # a package, so submodule imports resolve to the entries above
+        module.__version__ = "0.0.0+stub"
+        sys.modules[name] = module
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+    try:
+        import timm
+        import timm.models.vision_transformer  # noqa: F401  (everything the tests use, imported now)
+    finally:
+        # timm keeps the placeholders it imported; nothing else in the session may see a torchvision
+        # (transformers probes for it with importlib.util.find_spec).
+        for name in MODULES:
+            sys.modules.pop(name, None)
     return timm

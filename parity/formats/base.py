@@ -107,6 +107,10 @@ def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
     output behind (and an existing destination is untouched).
     """
     finals = [Path(d) for d in destinations]
+    for final in finals:
+        if final.is_dir() and not final.is_symlink():
+            # Never delete a directory to make room: it may be the user's own folder.
+            raise ConversionError(f"{final}: already exists as a directory; remove it or choose a new path")
     temps = []
     for final in finals:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -119,8 +123,8 @@ def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
         for temp, final in zip(temps, finals):
             if temp.is_file():  # some writers (safetensors) create files 0600; give the usual mode
                 os.chmod(temp, 0o666 & ~umask)
-            if final.exists() and (final.is_dir() or temp.is_dir()):
-                _remove(final)  # os.replace cannot overwrite a directory or put one over a file
+            if temp.is_dir() and final.exists():
+                _remove(final)  # os.replace cannot put a directory over a file
             os.replace(temp, final)
     except BaseException:
         for temp in temps:
