@@ -1,0 +1,379 @@
+"""Side-by-side speed of vit_jax (jit) and the PyTorch twin (eager, torch.compile).
+
+    python -m vit_jax.bench                       # ViT-Ti/16 and ViT-S/16, batch 32, 224 px
+    python -m vit_jax.bench --presets ViT-B_16 --batch 32 --memory --json bench.json
+
+For each preset and mode (inference; train step = forward + backward + AdamW
+update) every backend runs the same config, weights and batch with the same
+thread count. Warm-up calls are excluded; the backends are timed round-robin
+(`--repeats` rounds) so that machine noise hits them alike, and medians are
+reported with the JAX/torch-eager and JAX/torch.compile speed ratios. FLOPs
+are counted from the config (vit_jax.flops; attention included). `--memory`
+measures the peak resident memory of one train step per backend, each in a
+fresh process (peak RSS minus RSS after imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+# Peak dense matmul FLOP/s by (device kind substring, dtype), for MFU on accelerators.
+PEAK_FLOPS = {
+    ("H100", "bfloat16"): 989e12,
+    ("H200", "bfloat16"): 989e12,
+    ("A100", "bfloat16"): 312e12,
+    ("H100", "float32"): 67e12,
+    ("H200", "float32"): 67e12,
+    ("A100", "float32"): 19.5e12,
+}
+
+
+@dataclasses.dataclass
+class Runner:
+    """One backend's timed call for one (preset, mode)."""
+
+    name: str
+    call: Callable[[], None]
+    compile_s: float | None = None
+    times: list[float] = dataclasses.field(default_factory=list)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's high-water mark (VmHWM) so imports do not count."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- JAX ----------------------------------------------------------------------
+
+
+def _jax_runners(config, batch: int, modes: list[str], seed: int) -> list[Runner]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from vit_jax.model import VisionTransformer, init_params
+
+    model = VisionTransformer(config)
+    params = init_params(config, seed)
+    rng = np.random.default_rng(seed)
+    images = jnp.asarray(rng.uniform(-1, 1, (batch, *config.image_hw, config.num_channels)).astype(np.float32))
+    labels = jnp.asarray(rng.integers(0, max(config.num_classes, 1), batch), jnp.int32)
+    runners = []
+    if "infer" in modes:
+        t0 = time.perf_counter()
+        infer = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, images).compile()
+        compile_s = time.perf_counter() - t0
+        runners.append(Runner("jax", lambda: infer(params, images).block_until_ready(), compile_s))
+    if "train" in modes:
+        tx = optax.adamw(1e-4, weight_decay=0.05)
+        state = {"params": params, "opt": tx.init(params)}
+
+        def step(state, x, y):
+            def loss_fn(p):
+                logits = model.apply({"params": p}, x, train=True).astype(jnp.float32)
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+            loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+            updates, opt = tx.update(grads, state["opt"], state["params"])
+            return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
+
+        t0 = time.perf_counter()
+        train = jax.jit(step, donate_argnums=0).lower(state, images, labels).compile()
+        compile_s = time.perf_counter() - t0
+        holder = {"state": jax.tree.map(jnp.copy, state)}
+
+        def call():
+            holder["state"], loss = train(holder["state"], images, labels)
+            loss.block_until_ready()
+
+        runners.append(Runner("jax", call, compile_s))
+    return runners
+
+
+# -- PyTorch --------------------------------------------------------------------
+
+
+def _torch_runners(config, batch: int, modes: list[str], seed: int, compiled: bool) -> list[Runner]:
+    import torch
+
+    from vit_torch_ref import VisionTransformer
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    images = torch.from_numpy(rng.uniform(-1, 1, (batch, config.num_channels, *config.image_hw)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, max(config.num_classes, 1), batch))
+    name = "torch.compile" if compiled else "torch"
+    runners = []
+    if "infer" in modes:
+        model = VisionTransformer(config).eval()
+        fn = torch.compile(model) if compiled else model
+
+        def infer():
+            with torch.inference_mode():
+                fn(images)
+
+        t0 = time.perf_counter()
+        infer()  # torch.compile compiles on first call
+        runners.append(Runner(name, infer, time.perf_counter() - t0 if compiled else None))
+    if "train" in modes:
+        model = VisionTransformer(config).train()
+        fn = torch.compile(model) if compiled else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+
+        def train():
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(fn(images).float(), labels)
+            loss.backward()
+            opt.step()
+
+        t0 = time.perf_counter()
+        train()
+        runners.append(Runner(name, train, time.perf_counter() - t0 if compiled else None))
+    return runners
+
+
+# -- memory probe (runs in a fresh process) ---------------------------------------
+
+
+def _memory_probe(backend: str, preset: str, batch: int, image_size: int) -> dict:
+    """Peak RSS growth of building the model and running two train steps."""
+    import vit_jax  # noqa: F401  (imports counted in the baseline)
+    import torch  # noqa: F401
+
+    from vit_jax.config import get_config
+
+    config = get_config(preset, image_size=image_size)
+    baseline = _rss_mb()
+    _reset_peak_rss()
+    if backend == "jax":
+        (runner,) = _jax_runners(config, batch, ["train"], 0)
+    else:
+        (runner,) = _torch_runners(config, batch, ["train"], 0, compiled=False)
+    runner.call()
+    runner.call()
+    return {"backend": backend, "baseline_mb": baseline, "peak_mb": _peak_rss_mb(), "growth_mb": _peak_rss_mb() - baseline}
+
+
+def measure_memory(preset: str, batch: int, image_size: int) -> dict[str, dict]:
+    results = {}
+    for backend in ("jax", "torch"):
+        out = subprocess.run(
+            [sys.executable, "-m", "vit_jax.bench", "--memory-probe", backend, preset, str(batch), str(image_size)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"memory probe for {backend} {preset} failed:\n{out.stderr[-2000:]}")
+        results[backend] = json.loads(out.stdout.strip().splitlines()[-1])
+    return results
+
+
+# -- the benchmark ------------------------------------------------------------------
+
+
+def _device_info() -> dict:
+    import jax
+    import torch
+
+    dev = jax.devices()[0]
+    return {
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "jax_platform": dev.platform,
+        "jax_device_kind": dev.device_kind,
+        "jax_devices": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _mfu(flops_per_s: float, device_kind: str, dtype: str) -> float | None:
+    for (kind, peak_dtype), peak in PEAK_FLOPS.items():
+        if kind in device_kind and peak_dtype == dtype:
+            return flops_per_s / peak
+    return None
+
+
+def run(args) -> dict:
+    import torch
+
+    from vit_jax.config import get_config
+    from vit_jax.flops import forward_flops, train_step_flops
+
+    torch.set_num_threads(args.threads)
+    info = _device_info()
+    rows = []
+    for preset in args.presets:
+        config = get_config(
+            preset, image_size=args.image_size, dtype=args.dtype, attention_impl=args.attention_impl
+        )
+        for mode in args.modes:
+            runners = _jax_runners(config, args.batch, [mode], args.seed)
+            runners += _torch_runners(config, args.batch, [mode], args.seed, compiled=False)
+            if args.torch_compile:
+                runners += _torch_runners(config, args.batch, [mode], args.seed, compiled=True)
+            for r in runners:  # warm-up, excluded
+                for _ in range(args.warmup):
+                    r.call()
+            for _ in range(args.repeats):
+                for r in runners:
+                    t0 = time.perf_counter()
+                    r.call()
+                    r.times.append(time.perf_counter() - t0)
+            flops = (forward_flops if mode == "infer" else train_step_flops)(config) * args.batch
+            medians = {r.name: statistics.median(r.times) for r in runners}
+            row = {
+                "preset": preset,
+                "mode": mode,
+                "batch": args.batch,
+                "dtype": args.dtype,
+                "gflop_per_image": flops / args.batch / 1e9,
+                "backends": {
+                    r.name: {
+                        "median_s": medians[r.name],
+                        "images_per_s": args.batch / medians[r.name],
+                        "gflop_per_s": flops / medians[r.name] / 1e9,
+                        "mfu": _mfu(flops / medians[r.name], info["jax_device_kind"], args.dtype) if r.name == "jax" else None,
+                        "compile_s": r.compile_s,
+                        "times_s": r.times,
+                    }
+                    for r in runners
+                },
+            }
+            row["jax_over_torch"] = medians["torch"] / medians["jax"]
+            if "torch.compile" in medians:
+                row["jax_over_torch_compile"] = medians["torch.compile"] / medians["jax"]
+            rows.append(row)
+            print(_format_row(row), flush=True)
+    result = {"device": info, "args": vars(args), "rows": rows}
+    if args.memory:
+        result["memory"] = {p: measure_memory(p, args.batch, args.image_size) for p in args.memory_presets or args.presets}
+    return result
+
+
+def _format_row(row: dict) -> str:
+    b = row["backends"]
+    parts = [f"{row['preset']:<10} {row['mode']:<6} b{row['batch']:<4}"]
+    for name in ("jax", "torch", "torch.compile"):
+        if name in b:
+            compile_s = b[name]["compile_s"]
+            parts.append(
+                f"{name} {b[name]['images_per_s']:8.1f} img/s ({b[name]['gflop_per_s']:6.1f} GFLOP/s"
+                + (f", compile {compile_s:5.1f}s" if compile_s is not None else "")
+                + ")"
+            )
+    parts.append(f"jax/torch {row['jax_over_torch']:.2f}x")
+    if "jax_over_torch_compile" in row:
+        parts.append(f"jax/compile {row['jax_over_torch_compile']:.2f}x")
+    return " | ".join(parts)
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        "| preset | mode | batch | JAX img/s | torch eager img/s | torch.compile img/s | JAX/eager | JAX/compile | JAX GFLOP/s | JAX compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        b = row["backends"]
+        compiled = b.get("torch.compile")
+        cells = [
+            row["preset"],
+            row["mode"],
+            str(row["batch"]),
+            f"{b['jax']['images_per_s']:.1f}",
+            f"{b['torch']['images_per_s']:.1f}",
+            f"{compiled['images_per_s']:.1f}" if compiled else "-",
+            f"{row['jax_over_torch']:.2f}x",
+            f"{row['jax_over_torch_compile']:.2f}x" if compiled else "-",
+            f"{b['jax']['gflop_per_s']:.1f}",
+            f"{b['jax']['compile_s']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    for preset, mem in result.get("memory", {}).items():
+        lines.append("")
+        lines.append(
+            f"peak memory, {preset} train step b{result['args']['batch']}: "
+            f"JAX {mem['jax']['growth_mb']:.0f} MiB, torch {mem['torch']['growth_mb']:.0f} MiB (RSS growth over imports)"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vit_jax.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", type=lambda s: s.split(","), default=["ViT-Ti_16", "ViT-S_16"],
+                        help="comma-separated preset names (default: ViT-Ti_16,ViT-S_16)")
+    parser.add_argument("--modes", type=lambda s: s.split(","), default=["infer", "train"],
+                        help="comma-separated: infer, train (default: both)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    parser.add_argument("--attention-impl", default="auto", choices=["auto", "xla", "cudnn", "explicit"])
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per backend")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (XLA uses all cores)")
+    parser.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
+                        help="skip the torch.compile backend")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory of a train step per backend")
+    parser.add_argument("--memory-presets", type=lambda s: s.split(","), default=None,
+                        help="presets for --memory (default: --presets)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write the full results (every timing) to this file")
+    parser.add_argument("--memory-probe", nargs=4, metavar=("BACKEND", "PRESET", "BATCH", "IMAGE_SIZE"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_probe:
+        backend, preset, batch, image_size = args.memory_probe
+        print(json.dumps(_memory_probe(backend, preset, int(batch), int(image_size))))
+        return 0
+    from vit_jax.config import ConfigError, get_config
+
+    bad_modes = sorted(set(args.modes) - {"infer", "train"})
+    if bad_modes:
+        parser.error(f"unknown mode(s) {bad_modes}; expected infer and/or train")
+    if args.batch <= 0 or args.repeats <= 0:
+        parser.error("--batch and --repeats must be positive")
+    try:
+        for preset in args.presets + (args.memory_presets or []):
+            get_config(preset, image_size=args.image_size)
+    except ConfigError as e:
+        parser.error(str(e))
+    result = run(args)
+    print()
+    print(format_table(result))
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, args.json)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
