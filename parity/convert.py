@@ -290,6 +290,8 @@ def convert(
     to_format = to_format or target_format(dst)
     if Path(src).resolve() == dst.resolve():
         raise ConversionError(f"{dst}: destination is the source; choose another path")
+    if dst.is_dir():
+        raise ConversionError(f"{dst}: already exists as a directory; remove it or choose a new path")
     module, naming = FORMATS[to_format]
     # flax and hf targets are directories unless DST names a file container
     as_dir = (to_format == flax_ckpt.FORMAT and dst.suffix != ".msgpack") or (

@@ -231,3 +231,12 @@ def test_python_m_parity_convert_end_to_end(tmp_path, good_npz):
     assert run.returncode == 0, run.stderr
     assert "converted" in run.stderr and "wrote" in run.stderr  # progress
     assert (tmp_path / "o.safetensors").exists() and (tmp_path / "o.safetensors.json").exists()
+
+
+def test_an_existing_directory_is_never_replaced(tmp_path, capsys, good_npz):
+    src, _ = good_npz
+    mine = tmp_path / "my_folder"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert_fails_cleanly([src, mine], capsys, "my_folder", "already exists as a directory")
+    assert (mine / "notes.txt").read_text() == "keep me"

@@ -108,7 +108,7 @@ def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
     """
     finals = [Path(d) for d in destinations]
     for final in finals:
-        if final.is_dir() and not final.is_symlink():
+        if final.is_dir():
             # Never delete a directory to make room: it may be the user's own folder.
             raise ConversionError(f"{final}: already exists as a directory; remove it or choose a new path")
     temps = []
@@ -124,7 +124,7 @@ def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
             if temp.is_file():  # some writers (safetensors) create files 0600; give the usual mode
                 os.chmod(temp, 0o666 & ~umask)
             if temp.is_dir() and final.exists():
-                _remove(final)  # os.replace cannot put a directory over a file
+                final.unlink()  # os.replace cannot put a directory over a file
             os.replace(temp, final)
     except BaseException:
         for temp in temps:
