@@ -166,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     if args.train_step:
         timings = time_train_step(args.batch_size)
-        print(f"\ndefault run (ViT-digits, batch {args.batch_size}, 8x8), ms per step:")
+        from vit_jax.training.config import DIGITS_MODEL
+
+        height, width = DIGITS_MODEL.image_hw
+        print(f"\ndefault run ({DIGITS_MODEL.name} at {height}x{width}, batch {args.batch_size}), ms per step:")
         for name, ms in timings.items():
             print(f"  {name:<20} {ms:8.2f}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
