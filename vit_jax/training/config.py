@@ -24,8 +24,9 @@ def _field(default: Any, help: str, choices: tuple | None = None, flag_type: typ
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "type": flag_type})
 
 
-# The embedded default: a small ViT for the 8x8 digits, tuned to pass 97% test
-# accuracy in about two minutes on a 2-core CPU (see README "Training").
+# The embedded default: a small ViT for the 8x8 digits, tuned (with the default
+# optimiser flags and 100 epochs) to pass 97% test accuracy in a few minutes on a
+# 2-core CPU (see README "Training").
 DIGITS_MODEL = ViTConfig(
     name="ViT-digits",
     image_size=16,  # the 8x8 digits upsampled: smoother patches learn faster than 2x2 ones
@@ -35,6 +36,7 @@ DIGITS_MODEL = ViTConfig(
     mlp_dim=128,
     num_heads=4,
     num_layers=3,
+    classifier="gap",  # mean-pooled tokens: about 1 point better than the class token here, across seeds
 )
 TRAINING_PRESETS = {DIGITS_MODEL.name: DIGITS_MODEL}
 
@@ -103,7 +105,7 @@ class TrainConfig:
     eval_batch_size: int | None = _field(None, "global eval batch size (default: --batch-size)", flag_type=int)
     accum_steps: int = _field(1, "split each batch into this many micro-batches and accumulate their gradients")
     steps: int | None = _field(None, "total optimizer steps (default: from --epochs)", flag_type=int)
-    epochs: float = _field(60.0, "passes over the training split (used when --steps is not given)")
+    epochs: float = _field(100.0, "passes over the training split (used when --steps is not given)")
     seed: int = _field(0, "seed of the model init, the data order and the per-step RNG")
     # -- run --------------------------------------------------------------
     workdir: str | None = _field(None, "output directory (default: runs/<dataset>-<time>)")
