@@ -180,7 +180,8 @@ def run(config: TrainConfig) -> int:
     total_steps = config.steps or max(1, math.ceil(config.epochs * len(dataset.train) / config.batch_size))
     steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
     eval_every = config.eval_every or steps_per_epoch
-    checkpoint_every = config.checkpoint_every or eval_every
+    # About ten checkpoints per run by default, each at an eval step so "best" is known.
+    checkpoint_every = config.checkpoint_every or eval_every * max(1, round(total_steps / eval_every / 10))
     if params is None:  # shapes only; the checkpoint fills in the values
         params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(model))
     tx, schedule = create_optimizer(config, params, total_steps)
@@ -317,7 +318,7 @@ def _run_in(workdir, config, dataset, model, parallel, tx, schedule, host_state,
         if do_eval:
             last_eval = evaluate(eval_step, state.params, dataset, model, config, parallel)
             writer.write(step, "eval", last_eval)
-            if is_main and config.progress:
+            if is_main and config.progress and do_checkpoint:
                 bar.write(f"step {step}: eval accuracy {last_eval['accuracy']:.4f}  top-5 {last_eval['top5']:.4f}  "
                           f"loss {last_eval['loss']:.4f}")
             window_start = time.perf_counter()

@@ -111,7 +111,7 @@ class TrainConfig:
     workdir: str | None = _field(None, "output directory (default: runs/<dataset>-<time>)")
     resume: bool = _field(False, "continue from the latest checkpoint in --workdir")
     eval_every: int | None = _field(None, "evaluate every N steps (default: once per epoch)", flag_type=int)
-    checkpoint_every: int | None = _field(None, "checkpoint every N steps (default: --eval-every); always at the end", flag_type=int)
+    checkpoint_every: int | None = _field(None, "checkpoint every N steps (default: about 10 per run, at eval steps); always at the end", flag_type=int)
     keep_checkpoints: int = _field(3, "keep the last K checkpoints (and the best by eval accuracy)")
     log_every: int = _field(10, "write train metrics every N steps")
     progress: bool = _field(True, "show a progress bar")
