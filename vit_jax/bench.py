@@ -28,6 +28,8 @@ from typing import Callable
 
 import numpy as np
 
+from vit_jax.config import ATTENTION_IMPLS
+
 # Peak dense matmul FLOP/s by (device kind substring, dtype), for MFU on accelerators.
 PEAK_FLOPS = {
     ("H100", "bfloat16"): 989e12,
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
-    parser.add_argument("--attention-impl", default="auto", choices=["auto", "xla", "cudnn", "explicit"])
+    parser.add_argument("--attention-impl", default="auto", choices=list(ATTENTION_IMPLS), help="Flax attention core")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per backend")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (XLA uses all cores)")

@@ -17,7 +17,7 @@ CLASSIFIERS = ("token", "gap", "unpooled", "token_unpooled")
 GELU_FORMS = ("tanh", "exact")
 POSEMB_KINDS = ("learn", "sincos2d")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "explicit")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "recompute", "explicit")
 
 
 class ConfigError(ValueError):
@@ -65,9 +65,11 @@ class ViTConfig:
     head_bias_init: float = 0.0
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
-    # How the attention core runs in Flax: 'auto'/'xla'/'cudnn' go through
-    # jax.nn.dot_product_attention; 'explicit' is einsum + softmax. Attention
-    # probabilities or attention dropout always use the explicit form.
+    # How the attention core runs in Flax (vit_jax.attention): 'xla'/'cudnn' go
+    # through jax.nn.dot_product_attention; 'recompute' keeps no probabilities for
+    # the backward pass; 'explicit' is einsum + softmax; 'auto' picks
+    # jax.nn.dot_product_attention on accelerators and 'recompute' on CPU.
+    # Attention probabilities or attention dropout always use the explicit form.
     attention_impl: str = "auto"
     remat: bool = False  # rematerialise each block in the backward pass
     scan: bool = False  # nn.scan over blocks: stacked params, compile time flat in depth

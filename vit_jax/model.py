@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.attention import attention, explicit_attention
 from vit_jax.config import ViTConfig
 from vit_jax.posemb import sincos_2d
 
@@ -46,11 +47,18 @@ def _dtype(name: str):
 
 
 def _gelu(config: ViTConfig):
-    return functools.partial(nn.gelu, approximate=config.gelu == "tanh")
+    # Rematerialised: the backward pass keeps only the GELU input (which the
+    # MLP's first matmul produced anyway) instead of every elementwise
+    # temporary of the formula (five activations of the MLP's width).
+    return jax.checkpoint(functools.partial(nn.gelu, approximate=config.gelu == "tanh"))
+
+
+# Rematerialised for the same reason: saves the input, not four normalised copies.
+_RematLayerNorm = nn.remat(nn.LayerNorm)
 
 
 def _layer_norm(config: ViTConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
+    return _RematLayerNorm(
         epsilon=config.layer_norm_eps,
         dtype=_dtype(config.dtype),
         param_dtype=_dtype(config.param_dtype),
@@ -99,9 +107,9 @@ class MultiHeadDotProductAttention(nn.Module):
     """Self-attention with Flax's MHDPA parameter layout (query/key/value/out).
 
     Written out (rather than `nn.MultiHeadDotProductAttention`) to allow a qkv
-    bias switch independent of the output bias, to route the core through
-    `jax.nn.dot_product_attention` (cuDNN fused attention on GPU), and to
-    return the attention probabilities on request.
+    bias switch independent of the output bias, to choose the attention core
+    (vit_jax.attention: cuDNN fused attention on GPU through
+    `jax.nn.dot_product_attention`), and to return the probabilities on request.
     """
 
     config: ViTConfig
@@ -124,18 +132,13 @@ class MultiHeadDotProductAttention(nn.Module):
 
         attention_dropout = self.train and c.attention_dropout_rate > 0
         probs = None
-        if self.return_attention or attention_dropout or c.attention_impl == "explicit":
-            q = q / jnp.sqrt(head_dim).astype(q.dtype)
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-            # Softmax in at least float32 (bf16 logits lose too much); float64 stays float64.
-            probs = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1).astype(q.dtype)
-            weights = probs
+        if self.return_attention or attention_dropout:
+            out, probs = explicit_attention(q, k, v)
             if attention_dropout:
                 weights = nn.Dropout(rate=c.attention_dropout_rate)(probs, deterministic=False)
-            out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+                out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         else:
-            impl = None if c.attention_impl == "auto" else c.attention_impl
-            out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+            out = attention(q, k, v, c.attention_impl)
         out = dense(c.hidden_size, axis=(-2, -1), name="out")(out)
         return out, probs
 

@@ -1,0 +1,75 @@
+"""The attention core softmax(q k^T / sqrt(d)) v, in the forms the model can use.
+
+- `jax.nn.dot_product_attention` ('xla' / 'cudnn'): the library path; on GPU
+  'auto' picks cuDNN fused attention when it applies.
+- `recompute_attention`: exact attention whose backward pass recomputes the
+  probabilities from q, k and the saved log-sum-exp (as fused kernels do) instead
+  of keeping the (batch, heads, seq, seq) probabilities, and intermediate
+  logits, of every layer alive until the backward pass. On CPU this is the
+  default: it cuts a train step's peak memory and the memory traffic around
+  the small attention matmuls.
+- `explicit_attention`: einsum + softmax, returning the probabilities (for
+  inspection, attention dropout, and as the reference in tests).
+
+All take q, k, v as (batch, seq, heads, head_dim) and return (batch, seq,
+heads, head_dim). Softmax statistics are kept in float32 for any input dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _scores(q: Array, k: Array) -> Array:
+    """Scaled logits (batch, heads, q, k) in float32; q scaled before the product as in Flax."""
+    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    return jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+
+
+def explicit_attention(q: Array, k: Array, v: Array) -> tuple[Array, Array]:
+    """(output, probabilities); probabilities in the input dtype."""
+    probs = jax.nn.softmax(_scores(q, k), axis=-1).astype(q.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v), probs
+
+
+@jax.custom_vjp
+def recompute_attention(q: Array, k: Array, v: Array) -> Array:
+    out, _ = _recompute_fwd(q, k, v)
+    return out
+
+
+def _recompute_fwd(q, k, v):
+    scores = _scores(q, k)
+    lse = jax.nn.logsumexp(scores, axis=-1, keepdims=True)
+    probs = jnp.exp(scores - lse).astype(q.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    return out, (q, k, v, out, lse)
+
+
+def _recompute_bwd(residuals, d_out):
+    q, k, v, out, lse = residuals
+    probs = jnp.exp(_scores(q, k) - lse)  # float32, recomputed rather than stored
+    d_v = jnp.einsum("bhqk,bqhd->bkhd", probs.astype(q.dtype), d_out)
+    d_probs = jnp.einsum("bqhd,bkhd->bhqk", d_out, v, preferred_element_type=jnp.float32)
+    # softmax backward: dS = P * (dP - rowsum(dO * O))
+    row = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))[..., None]
+    d_scores = (probs * (d_probs - row)).astype(q.dtype)
+    scale = (1.0 / jnp.sqrt(q.shape[-1])).astype(q.dtype)
+    d_q = jnp.einsum("bhqk,bkhd->bqhd", d_scores, k) * scale
+    d_k = jnp.einsum("bhqk,bqhd->bkhd", d_scores, q) * scale
+    return d_q, d_k, d_v
+
+
+recompute_attention.defvjp(_recompute_fwd, _recompute_bwd)
+
+
+def attention(q: Array, k: Array, v: Array, impl: str = "auto") -> Array:
+    """The attention core without probabilities, by `ViTConfig.attention_impl`."""
+    if impl == "explicit":
+        return explicit_attention(q, k, v)[0]
+    if impl == "recompute" or (impl == "auto" and jax.default_backend() == "cpu"):
+        return recompute_attention(q, k, v)
+    return jax.nn.dot_product_attention(q, k, v, implementation=None if impl == "auto" else impl)
