@@ -12,7 +12,8 @@
   inspection, attention dropout, and as the reference in tests).
 
 All take q, k, v as (batch, seq, heads, head_dim) and return (batch, seq,
-heads, head_dim). Softmax statistics are kept in float32 for any input dtype.
+heads, head_dim). Softmax statistics are kept in float32 for any input dtype
+(float64 for float64 inputs, so float64 reference runs stay exact).
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def _stats_dtype(x: Array):
+    """float32 for bf16/f16/f32 inputs; float64 stays float64 (exact reference runs)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def _scores(q: Array, k: Array) -> Array:
-    """Scaled logits (batch, heads, q, k) in float32; q scaled before the product as in Flax."""
+    """Scaled logits (batch, heads, q, k) in float32 (float64 for float64 inputs); q scaled before the product as in Flax."""
     q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    return jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    return jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=_stats_dtype(q))
 
 
 def explicit_attention(q: Array, k: Array, v: Array) -> tuple[Array, Array]:
@@ -53,9 +59,10 @@ def _recompute_bwd(residuals, d_out):
     q, k, v, out, lse = residuals
     probs = jnp.exp(_scores(q, k) - lse)  # float32, recomputed rather than stored
     d_v = jnp.einsum("bhqk,bqhd->bkhd", probs.astype(q.dtype), d_out)
-    d_probs = jnp.einsum("bqhd,bkhd->bhqk", d_out, v, preferred_element_type=jnp.float32)
+    stats = _stats_dtype(q)
+    d_probs = jnp.einsum("bqhd,bkhd->bhqk", d_out, v, preferred_element_type=stats)
     # softmax backward: dS = P * (dP - rowsum(dO * O))
-    row = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))[..., None]
+    row = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(stats), out.astype(stats))[..., None]
     d_scores = (probs * (d_probs - row)).astype(q.dtype)
     scale = (1.0 / jnp.sqrt(q.shape[-1])).astype(q.dtype)
     d_q = jnp.einsum("bhqk,bkhd->bqhd", d_scores, k) * scale
