@@ -1,36 +1,41 @@
-"""Vision Transformer in JAX/Flax with Google-compatible parameter names."""
+"""Vision Transformer in JAX/Flax with Google-compatible parameter names.
 
-from vit_jax.config import PRESETS, ConfigError, ViTConfig, get_config, list_presets
-from vit_jax.model import VisionTransformer, count_params, init_params, param_shapes
-from vit_jax.params import resize_params, stack_block_params, to_layout, unstack_block_params
-from vit_jax.posemb import resize_pos_embed, sincos_2d
-from vit_jax.pretrained import load_pretrained
+Names are imported on first use, so that `import vit_jax.config` (the torch
+twin, data-loader workers) does not pay for importing JAX and Flax.
+"""
 
-__all__ = [
-    "PRESETS",
-    "ConfigError",
-    "ViTConfig",
-    "VisionTransformer",
-    "count_params",
-    "get_config",
-    "init_params",
-    "list_presets",
-    "load_pretrained",
-    "param_shapes",
-    "resize_params",
-    "resize_pos_embed",
-    "sincos_2d",
-    "stack_block_params",
-    "summary",
-    "to_layout",
-    "unstack_block_params",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "vit_jax.config": ("PRESETS", "ConfigError", "ViTConfig", "get_config", "list_presets"),
+    "vit_jax.model": ("VisionTransformer", "count_params", "init_params", "param_shapes"),
+    "vit_jax.params": ("resize_params", "stack_block_params", "to_layout", "unstack_block_params"),
+    "vit_jax.posemb": ("resize_pos_embed", "sincos_2d"),
+    "vit_jax.pretrained": ("load_pretrained",),
+    "vit_jax.model_summary": ("summary",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+if TYPE_CHECKING:
+    from vit_jax.config import PRESETS, ConfigError, ViTConfig, get_config, list_presets  # noqa: F401
+    from vit_jax.model import VisionTransformer, count_params, init_params, param_shapes  # noqa: F401
+    from vit_jax.model_summary import summary  # noqa: F401
+    from vit_jax.params import resize_params, stack_block_params, to_layout, unstack_block_params  # noqa: F401
+    from vit_jax.posemb import resize_pos_embed, sincos_2d  # noqa: F401
+    from vit_jax.pretrained import load_pretrained  # noqa: F401
 
 
-def __getattr__(name):
-    # Imported lazily so that `python -m vit_jax.model_summary` runs cleanly.
-    if name == "summary":
-        from vit_jax.model_summary import summary
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'vit_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value
 
-        return summary
-    raise AttributeError(f"module 'vit_jax' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
