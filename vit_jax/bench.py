@@ -163,7 +163,7 @@ def _torch_runners(config, batch: int, modes: list[str], seed: int, compiled: bo
 # -- memory probe (runs in a fresh process) ---------------------------------------
 
 
-def _memory_probe(backend: str, preset: str, batch: int, image_size: int) -> dict:
+def _memory_probe(backend: str, preset: str, batch: int, overrides: dict) -> dict:
     """Peak RSS of two train steps over the RSS after imports.
 
     The high-water mark is reset after the model, optimizer state and (for JAX)
@@ -171,12 +171,18 @@ def _memory_probe(backend: str, preset: str, batch: int, image_size: int) -> dic
     everything a step holds live (weights, optimizer state, activations,
     workspace) is.
     """
-    import vit_jax  # noqa: F401  (imports counted in the baseline)
+    # Both frameworks imported before the baseline, whichever one is measured.
+    import flax.linen  # noqa: F401
+    import jax  # noqa: F401
+    import optax  # noqa: F401
     import torch  # noqa: F401
+
+    import vit_jax.model  # noqa: F401
+    import vit_torch_ref  # noqa: F401
 
     from vit_jax.config import get_config
 
-    config = get_config(preset, image_size=image_size)
+    config = get_config(preset, **overrides)
     baseline = _rss_mb()
     if backend == "jax":
         (runner,) = _jax_runners(config, batch, ["train"], 0)
@@ -196,11 +202,11 @@ def _memory_probe(backend: str, preset: str, batch: int, image_size: int) -> dic
     }
 
 
-def measure_memory(preset: str, batch: int, image_size: int) -> dict[str, dict]:
+def measure_memory(preset: str, batch: int, overrides: dict) -> dict[str, dict]:
     results = {}
     for backend in ("jax", "torch"):
         out = subprocess.run(
-            [sys.executable, "-m", "vit_jax.bench", "--memory-probe", backend, preset, str(batch), str(image_size)],
+            [sys.executable, "-m", "vit_jax.bench", "--memory-probe", backend, preset, str(batch), json.dumps(overrides)],
             capture_output=True,
             text=True,
             check=False,
@@ -237,6 +243,17 @@ def _mfu(flops_per_s: float, device_kind: str, dtype: str) -> float | None:
     return None
 
 
+def config_overrides(args) -> dict:
+    """ViTConfig fields set from the command line (the same for every backend)."""
+    return {
+        "image_size": args.image_size,
+        "dtype": args.dtype,
+        "attention_impl": args.attention_impl,
+        "scan": args.scan,
+        "remat": args.remat,
+    }
+
+
 def run(args) -> dict:
     import torch
 
@@ -247,9 +264,7 @@ def run(args) -> dict:
     info = _device_info()
     rows = []
     for preset in args.presets:
-        config = get_config(
-            preset, image_size=args.image_size, dtype=args.dtype, attention_impl=args.attention_impl
-        )
+        config = get_config(preset, **config_overrides(args))
         for mode in args.modes:
             runners = _jax_runners(config, args.batch, [mode], args.seed)
             runners += _torch_runners(config, args.batch, [mode], args.seed, compiled=False)
@@ -290,7 +305,9 @@ def run(args) -> dict:
             print(_format_row(row), flush=True)
     result = {"device": info, "args": vars(args), "rows": rows}
     if args.memory:
-        result["memory"] = {p: measure_memory(p, args.batch, args.image_size) for p in args.memory_presets or args.presets}
+        result["memory"] = {
+            p: measure_memory(p, args.batch, config_overrides(args)) for p in args.memory_presets or args.presets
+        }
     return result
 
 
@@ -351,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     parser.add_argument("--attention-impl", default="auto", choices=list(ATTENTION_IMPLS), help="Flax attention core")
+    parser.add_argument("--scan", action="store_true", help="Flax: nn.scan over blocks")
+    parser.add_argument("--remat", action="store_true", help="Flax: rematerialise blocks in backward")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per backend")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (XLA uses all cores)")
@@ -361,12 +380,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="presets for --memory (default: --presets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the full results (every timing) to this file")
-    parser.add_argument("--memory-probe", nargs=4, metavar=("BACKEND", "PRESET", "BATCH", "IMAGE_SIZE"),
+    parser.add_argument("--memory-probe", nargs=4, metavar=("BACKEND", "PRESET", "BATCH", "OVERRIDES_JSON"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:
-        backend, preset, batch, image_size = args.memory_probe
-        print(json.dumps(_memory_probe(backend, preset, int(batch), int(image_size))))
+        backend, preset, batch, overrides = args.memory_probe
+        print(json.dumps(_memory_probe(backend, preset, int(batch), json.loads(overrides))))
         return 0
     from vit_jax.config import ConfigError, get_config
 
@@ -377,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch and --repeats must be positive")
     try:
         for preset in args.presets + (args.memory_presets or []):
-            get_config(preset, image_size=args.image_size)
+            get_config(preset, **config_overrides(args))
     except ConfigError as e:
         parser.error(str(e))
     result = run(args)
