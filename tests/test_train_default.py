@@ -68,18 +68,20 @@ def test_predict_prints_top_k_labels(run_dir, tmp_path, capsys):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
+    count = 20
     paths = []
-    for i in range(4):
+    for i in range(count):
         path = tmp_path / f"digit{i}.png"
-        Image.fromarray((digits.images[-1 - i] * 255 / 16).astype(np.uint8)).save(path)
+        Image.fromarray((digits.images[i] * 255 / 16).round().astype(np.uint8)).save(path)
         paths.append(str(path))
     assert train.main(["predict", "--checkpoint", run_dir, "--step", str(STEPS), "--top-k", "3", *paths]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(str(tmp_path))]
-    assert len(lines) == 4
+    assert len(lines) == count
     predicted = [line.split(": ")[1].split(",") for line in lines]
     assert all(len(p) == 3 for p in predicted)
     top1 = [int(p[0].split()[0]) for p in predicted]
-    assert sum(t == int(y) for t, y in zip(top1, digits.target[-1:-5:-1])) >= 2
+    # After 66 steps the model is right about 2 times in 3 (chance: 1 in 10).
+    assert sum(t == y for t, y in zip(top1, digits.target[:count])) >= 8
 
 
 def test_exported_torch_weights_compute_the_same_logits(run_dir):
