@@ -73,37 +73,49 @@ def _peak_rss_mb() -> float:
 # -- JAX ----------------------------------------------------------------------
 
 
-def _jax_runners(config, batch: int, modes: list[str], seed: int) -> list[Runner]:
+def _jax_train_step(config):
+    """(optimizer, step): one AdamW step of the Flax model, pure, for `jax.jit`."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    from vit_jax.model import VisionTransformer, init_params
+    from vit_jax.model import VisionTransformer
 
     model = VisionTransformer(config)
+    tx = optax.adamw(1e-4, weight_decay=0.05)
+
+    def step(state, x, y):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, x, train=True).astype(jnp.float32)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
+
+    return tx, step
+
+
+def _jax_runners(config, batch: int, modes: list[str], seed: int) -> list[Runner]:
+    import jax
+    import jax.numpy as jnp
+
+    from vit_jax.model import VisionTransformer, init_params
+
     params = init_params(config, seed)
     rng = np.random.default_rng(seed)
     images = jnp.asarray(rng.uniform(-1, 1, (batch, *config.image_hw, config.num_channels)).astype(np.float32))
     labels = jnp.asarray(rng.integers(0, max(config.num_classes, 1), batch), jnp.int32)
     runners = []
     if "infer" in modes:
+        model = VisionTransformer(config)
         t0 = time.perf_counter()
         infer = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, images).compile()
         compile_s = time.perf_counter() - t0
         runners.append(Runner("jax", lambda: infer(params, images).block_until_ready(), compile_s))
     if "train" in modes:
-        tx = optax.adamw(1e-4, weight_decay=0.05)
+        tx, step = _jax_train_step(config)
         state = {"params": params, "opt": tx.init(params)}
-
-        def step(state, x, y):
-            def loss_fn(p):
-                logits = model.apply({"params": p}, x, train=True).astype(jnp.float32)
-                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-            loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-            updates, opt = tx.update(grads, state["opt"], state["params"])
-            return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
-
         t0 = time.perf_counter()
         train = jax.jit(step, donate_argnums=0).lower(state, images, labels).compile()
         compile_s = time.perf_counter() - t0
@@ -116,6 +128,37 @@ def _jax_runners(config, batch: int, modes: list[str], seed: int) -> list[Runner
 
         runners.append(Runner("jax", call, compile_s))
     return runners
+
+
+def train_compile_seconds(config, batch: int) -> float:
+    """Seconds to compile one train step, on abstract shapes (no weights allocated)."""
+    import jax
+    import jax.numpy as jnp
+
+    from vit_jax.model import param_shapes
+
+    tx, step = _jax_train_step(config)
+    params = param_shapes(config)
+    state = {"params": params, "opt": jax.eval_shape(tx.init, params)}
+    images = jax.ShapeDtypeStruct((batch, *config.image_hw, config.num_channels), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    t0 = time.perf_counter()
+    jax.jit(step, donate_argnums=0).lower(state, images, labels).compile()
+    return time.perf_counter() - t0
+
+
+def compile_scaling(preset: str, depths: list[int], batch: int, overrides: dict) -> list[dict]:
+    """Train-step compile time against depth, unrolled and scanned."""
+    from vit_jax.config import get_config
+
+    rows = []
+    for scan in (False, True):
+        for depth in depths:
+            config = get_config(preset, **{**overrides, "num_layers": depth, "scan": scan})
+            seconds = train_compile_seconds(config, batch)
+            rows.append({"preset": preset, "num_layers": depth, "scan": scan, "compile_s": seconds})
+            print(f"compile {preset} {depth:>3} layers {'scan    ' if scan else 'unrolled'} {seconds:6.1f} s", flush=True)
+    return rows
 
 
 # -- PyTorch --------------------------------------------------------------------
@@ -304,6 +347,10 @@ def run(args) -> dict:
             rows.append(row)
             print(_format_row(row), flush=True)
     result = {"device": info, "args": vars(args), "rows": rows}
+    if args.compile_depths:
+        result["compile_scaling"] = compile_scaling(
+            args.compile_preset, args.compile_depths, args.batch, config_overrides(args)
+        )
     if args.memory:
         result["memory"] = {
             p: measure_memory(p, args.batch, config_overrides(args)) for p in args.memory_presets or args.presets
@@ -349,6 +396,13 @@ def format_table(result: dict) -> str:
             f"{b['jax']['compile_s']:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if "compile_scaling" in result:
+        lines += ["", "| preset | layers | unrolled compile s | scanned compile s |", "|---|---|---|---|"]
+        by_depth = {}
+        for r in result["compile_scaling"]:
+            by_depth.setdefault(r["num_layers"], {})[r["scan"]] = r["compile_s"]
+        for depth, times in sorted(by_depth.items()):
+            lines.append(f"| {result['compile_scaling'][0]['preset']} | {depth} | {times[False]:.1f} | {times[True]:.1f} |")
     for preset, mem in result.get("memory", {}).items():
         lines.append("")
         lines.append(
@@ -378,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true", help="also measure peak memory of a train step per backend")
     parser.add_argument("--memory-presets", type=lambda s: s.split(","), default=None,
                         help="presets for --memory (default: --presets)")
+    parser.add_argument("--compile-depths", type=lambda s: [int(d) for d in s.split(",")], default=None,
+                        help="also time train-step compilation at these depths, unrolled and scanned (e.g. 8,16,32)")
+    parser.add_argument("--compile-preset", default="ViT-H_14", help="preset for --compile-depths (default ViT-H_14)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the full results (every timing) to this file")
     parser.add_argument("--memory-probe", nargs=4, metavar=("BACKEND", "PRESET", "BATCH", "OVERRIDES_JSON"),
