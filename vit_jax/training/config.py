@@ -181,7 +181,10 @@ def resolve_model_config(config: TrainConfig, num_classes: int) -> ViTConfig:
     if config.model in TRAINING_PRESETS:
         model = TRAINING_PRESETS[config.model]
     else:
-        model = get_config(config.model)
+        try:
+            model = get_config(config.model)
+        except ConfigError as error:
+            raise ConfigError(f"{error} Training presets: {', '.join(TRAINING_PRESETS)}.") from None
     return apply_model_overrides(model, config, num_classes)
 
 
