@@ -142,6 +142,28 @@ class ViTConfig:
         names += ["norm", "pre_logits"]
         return names + (["logits"] if self.num_classes else [])
 
+    def check_image_shape(self, shape: tuple[int, ...], layout: str = "NHWC") -> None:
+        """Raise a ValueError naming what is wrong with an image batch shape ('NHWC' or 'NCHW')."""
+        shape = tuple(shape)
+        names = {"NHWC": "(batch, height, width, channels)", "NCHW": "(batch, channels, height, width)"}
+        if len(shape) != 4:
+            raise ValueError(f"images must be {layout} {names[layout]}, got shape {shape}")
+        if layout == "NHWC":
+            (_, h, w, ch), other_channels = shape, shape[1]
+        else:
+            (_, ch, h, w), other_channels = shape, shape[3]
+        if ch != self.num_channels:
+            other = "NCHW" if layout == "NHWC" else "NHWC"
+            raise ValueError(
+                f"images have {ch} channels, config expects {self.num_channels} "
+                f"(the model takes {layout}; {other} input would show channels = {other_channels})"
+            )
+        if (h, w) != self.image_hw:
+            raise ValueError(
+                f"image size {h}x{w} does not match config image size {self.image_hw[0]}x{self.image_hw[1]}; "
+                f"build the config for the new size and resize the position embeddings (vit_jax.resize_params)"
+            )
+
     # -- validation -------------------------------------------------------
     def validate(self) -> None:
         def positive_int(field):
@@ -224,14 +246,19 @@ class ViTConfig:
             return cls.from_dict(json.load(f))
 
 
+def unknown_field_hints(cls: type, values: dict[str, Any]) -> list[str]:
+    """Keys of `values` that are not fields of dataclass `cls`, each with a close match if any."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    hints = []
+    for key in sorted(set(values) - known):
+        close = difflib.get_close_matches(key, known, n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return hints
+
+
 def _check_fields(values: dict[str, Any]) -> None:
-    known = {f.name for f in dataclasses.fields(ViTConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, known, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    hints = unknown_field_hints(ViTConfig, values)
+    if hints:
         raise ConfigError(f"unknown config field(s): {', '.join(hints)}")
 
 

@@ -262,7 +262,7 @@ class VisionTransformer(nn.Module):
         return_attention: bool = False,
     ) -> Array | tuple[Array, Intermediates]:
         c = self.config
-        check_image_shape(c, images.shape)
+        c.check_image_shape(images.shape, "NHWC")
         dtype, param_dtype = _dtype(c.dtype), _dtype(c.param_dtype)
         x = images.astype(dtype)
         x = nn.Conv(
@@ -315,24 +315,6 @@ class VisionTransformer(nn.Module):
         if return_intermediates or return_attention:
             return x, inter
         return x
-
-
-def check_image_shape(config: ViTConfig, shape: tuple[int, ...]) -> None:
-    """Raise a ValueError naming what is wrong with an NHWC image batch shape."""
-    if len(shape) != 4:
-        raise ValueError(f"images must be NHWC (batch, height, width, channels), got shape {tuple(shape)}")
-    _, h, w, ch = shape
-    if ch != config.num_channels:
-        raise ValueError(
-            f"images have {ch} channels, config expects {config.num_channels} "
-            f"(the model takes NHWC; NCHW input would show channels = {shape[1]})"
-        )
-    if (h, w) != config.image_hw:
-        raise ValueError(
-            f"image size {h}x{w} does not match config image size "
-            f"{config.image_hw[0]}x{config.image_hw[1]}; build the config for the new size and "
-            f"resize the position embeddings (vit_jax.resize_params)"
-        )
 
 
 def init_params(config: ViTConfig, rng: Array | int = 0) -> dict[str, Any]:

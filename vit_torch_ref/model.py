@@ -196,7 +196,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor, return_intermediates: bool = False, return_attention: bool = False):
         c = self.config
-        check_image_shape(c, tuple(images.shape))
+        c.check_image_shape(tuple(images.shape), "NCHW")
         compute = torch_dtype(c.dtype)
         if compute != torch_dtype(c.param_dtype):  # e.g. bf16 compute over float32 params
             with torch.autocast(images.device.type, dtype=compute):
@@ -238,19 +238,3 @@ class VisionTransformer(nn.Module):
         if return_intermediates or return_attention:
             return x, inter
         return x
-
-
-def check_image_shape(config: ViTConfig, shape: tuple[int, ...]) -> None:
-    """Raise a ValueError naming what is wrong with an NCHW image batch shape."""
-    if len(shape) != 4:
-        raise ValueError(f"images must be NCHW (batch, channels, height, width), got shape {shape}")
-    _, ch, h, w = shape
-    if ch != config.num_channels:
-        raise ValueError(
-            f"images have {ch} channels, config expects {config.num_channels} "
-            f"(the twin takes NCHW; NHWC input would show channels = {shape[3]})"
-        )
-    if (h, w) != config.image_hw:
-        raise ValueError(
-            f"image size {h}x{w} does not match config image size {config.image_hw[0]}x{config.image_hw[1]}"
-        )

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import os
 from typing import Any
 
-from vit_jax.config import ConfigError, ViTConfig, get_config
+from vit_jax.config import ConfigError, ViTConfig, get_config, unknown_field_hints
 
 RUN_CONFIG_FILE = "config.json"  # the resolved config every run writes into its workdir
 
@@ -244,13 +243,8 @@ def load_config_file(path: str) -> dict[str, Any]:
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, known, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    hints = unknown_field_hints(TrainConfig, values)
+    if hints:
         raise ConfigError(f"{source}: unknown option(s) {', '.join(hints)}")
     return TrainConfig(**values)
 
