@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from vit_jax.config import ConfigError, ViTConfig
-from vit_jax.data import DataError, DatasetSpec, load_dataset, make_loader, skipped_corrupt_files
+from vit_jax.data import (
+    DataError,
+    DatasetSpec,
+    load_dataset,
+    make_loader,
+    reset_skipped_corrupt_files,
+    skipped_corrupt_files,
+)
 from vit_jax.training.checkpoint import CheckpointError, Checkpointer
 from vit_jax.training.config import RUN_CONFIG_FILE, TrainConfig, apply_model_overrides, parse_args, resolve_model_config
 from vit_jax.training.metrics import MetricsWriter, plot_curves
@@ -162,6 +169,7 @@ def run(config: TrainConfig) -> int:
     from vit_jax.training.state import create_train_state
 
     is_main = jax.process_index() == 0
+    reset_skipped_corrupt_files()  # summary.json counts this run's files only
     if config.workdir is None and jax.process_count() > 1:
         raise ConfigError("a multi-process run needs --workdir (a directory every process can reach)")
     workdir = os.path.abspath(config.workdir or default_workdir(config))

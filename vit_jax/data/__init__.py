@@ -8,7 +8,7 @@
 
 from vit_jax.data.dataset import KINDS, Dataset, DatasetSpec, load_dataset
 from vit_jax.data.errors import CorruptImageError, DataError
-from vit_jax.data.batches import skipped_corrupt_files
+from vit_jax.data.batches import reset_skipped_corrupt_files, skipped_corrupt_files
 from vit_jax.data.iterator import BatchIterator
 from vit_jax.data.loader import make_loader
 from vit_jax.data.records import ArrayRecords, AugmentDefaults, FileRecords
@@ -29,5 +29,6 @@ __all__ = [
     "decode_image_file",
     "load_dataset",
     "make_loader",
+    "reset_skipped_corrupt_files",
     "skipped_corrupt_files",
 ]

@@ -38,6 +38,11 @@ def skipped_corrupt_files() -> int:
     return len(_skipped_paths)
 
 
+def reset_skipped_corrupt_files() -> None:
+    """Start a new count (a training run counts only its own skipped files)."""
+    _skipped_paths.clear()
+
+
 def _note_corrupt(error: CorruptImageError) -> None:
     if error.path not in _skipped_paths:
         _skipped_paths.add(error.path)
