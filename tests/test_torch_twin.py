@@ -1,6 +1,5 @@
 """The PyTorch twin: goldens, timm's key names, shapes, determinism, bad input."""
 
-import numpy as np
 import pytest
 import torch
 from conftest import nchw, random_images
