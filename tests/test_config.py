@@ -92,6 +92,7 @@ def test_derived_geometry():
         ("ViT-B_16", {"num_layers": 0}, "num_layers must be a positive integer"),
         ("ViT-B_16", {"dropout_rate": 1.0}, "dropout_rate must be in [0, 1)"),
         ("ViT-B_16", {"dtype": "int8"}, "dtype 'int8' is not one of"),
+        ("ViT-B_16", {"remat_policy": "everything"}, "remat_policy 'everything' is not one of"),
         ("ViT-B_16", {"layer_norm_eps": 0.0}, "layer_norm_eps must be > 0"),
         ("ViT-B_16", {"num_channels": 1}, "pixel_mean has 3 values, expected one per channel (1)"),
         ("ViT-B_16", {"hidden_size": 30, "num_heads": 3, "posemb": "sincos2d"}, "divisible by 4"),

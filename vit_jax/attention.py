@@ -88,10 +88,12 @@ def _recompute_bwd(residuals, d_out):
     probs = jnp.exp(_scores_bhsd(q, k) - lse)  # float32, recomputed rather than stored
     d_v = jnp.einsum("bhqk,bhqd->bhkd", probs.astype(q.dtype), d_out)
     d_probs = jnp.einsum("bhqd,bhkd->bhqk", d_out, v, preferred_element_type=stats)
-    d_scores = (probs * (d_probs - row)).astype(q.dtype)
-    scale = (1.0 / jnp.sqrt(q.shape[-1])).astype(q.dtype)
-    d_q = jnp.einsum("bhqk,bhkd->bhqd", d_scores, k) * scale
-    d_k = jnp.einsum("bhqk,bhqd->bhkd", d_scores, q) * scale
+    # The 1/sqrt(d) of the scores is folded in here rather than applied to the
+    # products' outputs, so that XLA:CPU hands the products to its matmul library.
+    scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], stats))
+    d_scores = (probs * (d_probs - row) * scale).astype(q.dtype)
+    d_q = jnp.einsum("bhqk,bhkd->bhqd", d_scores, k)
+    d_k = jnp.einsum("bhqk,bhqd->bhkd", d_scores, q)
     return _to_bhsd(d_q), _to_bhsd(d_k), _to_bhsd(d_v)
 
 

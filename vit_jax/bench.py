@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from vit_jax.config import ATTENTION_IMPLS
+from vit_jax.config import ATTENTION_IMPLS, REMAT_POLICIES
 
 # Peak dense matmul FLOP/s by (device kind substring, dtype), for MFU on accelerators.
 PEAK_FLOPS = {
@@ -294,6 +294,7 @@ def config_overrides(args) -> dict:
         "attention_impl": args.attention_impl,
         "scan": args.scan,
         "remat": args.remat,
+        "remat_policy": args.remat_policy,
     }
 
 
@@ -424,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention-impl", default="auto", choices=list(ATTENTION_IMPLS), help="Flax attention core")
     parser.add_argument("--scan", action="store_true", help="Flax: nn.scan over blocks")
     parser.add_argument("--remat", action="store_true", help="Flax: rematerialise blocks in backward")
+    parser.add_argument("--remat-policy", default="nothing_saveable", choices=list(REMAT_POLICIES),
+                        help="Flax, with --remat: what each block keeps for the backward pass")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per backend")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (XLA uses all cores)")

@@ -18,6 +18,10 @@ GELU_FORMS = ("tanh", "exact")
 POSEMB_KINDS = ("learn", "sincos2d")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "recompute", "explicit")
+# With `remat`, what each block keeps for the backward pass (names from
+# jax.checkpoint_policies): nothing but its input, or also the outputs of its
+# matmuls (the linear layers only, or those and the attention products).
+REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
 
 
 class ConfigError(ValueError):
@@ -72,6 +76,11 @@ class ViTConfig:
     # Attention probabilities or attention dropout always use the explicit form.
     attention_impl: str = "auto"
     remat: bool = False  # rematerialise each block in the backward pass
+    # What a rematerialised block keeps (REMAT_POLICIES). On XLA:CPU remat takes
+    # effect with scan=True only. 'dots_with_no_batch_dims_saveable' keeps the
+    # linear layers' outputs and recomputes norms, GELU and the attention core:
+    # on the CPUs here that is both lighter and faster than keeping everything.
+    remat_policy: str = "nothing_saveable"
     scan: bool = False  # nn.scan over blocks: stacked params, compile time flat in depth
     # Input normalisation applied by data pipelines to images scaled to [0, 1].
     # 0.5/0.5 is Google's (x - 127.5) / 127.5.
@@ -198,6 +207,8 @@ class ViTConfig:
             )
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ConfigError(f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ConfigError(f"remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
         for field in ("dtype", "param_dtype"):
             if getattr(self, field) not in DTYPES:
                 raise ConfigError(f"{field} {getattr(self, field)!r} is not one of {DTYPES}")

@@ -215,7 +215,8 @@ class Encoder(nn.Module):
         )
         block_cls = Encoder1DBlock
         if c.remat:
-            block_cls = nn.remat(block_cls, prevent_cse=not c.scan)
+            policy = getattr(jax.checkpoint_policies, c.remat_policy)
+            block_cls = nn.remat(block_cls, prevent_cse=not c.scan, policy=policy)
         rates = c.drop_path_rates()
         if c.scan:
             scanned = nn.scan(

@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any
 
-from vit_jax.config import ConfigError, ViTConfig, get_config, unknown_field_hints
+from vit_jax.config import REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
 
 RUN_CONFIG_FILE = "config.json"  # the resolved config every run writes into its workdir
 
@@ -54,6 +54,7 @@ MODEL_OVERRIDES = (
     "stochastic_depth_rate",
     "scan",
     "remat",
+    "remat_policy",
 )
 
 
@@ -74,6 +75,12 @@ class TrainConfig:
     dtype: str = _field("float32", "compute dtype; master weights and optimizer state stay float32", ("float32", "bfloat16"))
     scan: bool | None = _field(None, "nn.scan over blocks (compile time flat in depth)", flag_type=bool)
     remat: bool | None = _field(None, "rematerialise blocks in the backward pass (less memory, more compute)", flag_type=bool)
+    remat_policy: str | None = _field(
+        None,
+        "with --remat, what each block keeps: nothing_saveable (least memory) or the matmul outputs "
+        "(dots_with_no_batch_dims_saveable: less memory than no remat and, on CPU, faster; dots_saveable)",
+        REMAT_POLICIES,
+    )
     init: str | None = _field(None, "fine-tune from this checkpoint (Google npz, Flax msgpack/orbax, timm safetensors, HF, torchvision)")
     freeze_backbone: bool = _field(False, "train only the head (and pre-logits); everything else stays at --init")
     # -- data -------------------------------------------------------------
