@@ -29,10 +29,12 @@ def _stats_dtype(x: Array):
     return jnp.promote_types(x.dtype, jnp.float32)
 
 
-def _scores(q: Array, k: Array) -> Array:
-    """Scaled logits (batch, heads, q, k) in float32 (float64 for float64 inputs); q scaled before the product as in Flax."""
+def _scores(q: Array, k: Array, spec: str = "bqhd,bkhd->bhqk") -> Array:
+    """Scaled logits (batch, heads, q, k) in float32 (float64 for float64 inputs); q scaled before the product as in Flax.
+
+    `spec` names the inputs' layout; (batch, seq, heads, dim) by default."""
     q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    return jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=_stats_dtype(q))
+    return jnp.einsum(spec, q, k, preferred_element_type=_stats_dtype(q))
 
 
 def explicit_attention(q: Array, k: Array, v: Array) -> tuple[Array, Array]:
@@ -51,8 +53,7 @@ def explicit_attention(q: Array, k: Array, v: Array) -> tuple[Array, Array]:
 
 
 def _scores_bhsd(q: Array, k: Array) -> Array:
-    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    return jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=_stats_dtype(q))
+    return _scores(q, k, "bhqd,bhkd->bhqk")
 
 
 def _to_bhsd(x: Array) -> Array:
