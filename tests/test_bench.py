@@ -28,7 +28,7 @@ def test_bench_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = bench.main([
         "--presets", "ViT-testing", "--image-size", "16", "--batch", "8", "--repeats", "2",
-        "--warmup", "1", "--no-torch-compile", "--json", str(out),
+        "--warmup", "1", "--no-torch-compile", "--no-keep-freed-memory", "--json", str(out),
     ])
     assert code == 0
     result = json.loads(out.read_text())

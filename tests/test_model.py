@@ -187,8 +187,19 @@ def test_remat_gives_the_same_gradients():
 
     g = jax.jit(jax.grad(loss), static_argnums=1)(params, TINY)
     g_remat = jax.jit(jax.grad(loss), static_argnums=1)(params, TINY.replace(remat=True))
-    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_remat)):
-        assert rel_l2(b, a) < 1e-6
+    _assert_same_gradients(g_remat, g)
+
+
+def _assert_same_gradients(got, want, rel: float = 1e-6):
+    """Per parameter within `rel`; the key biases, whose exact gradient is zero (softmax ignores
+    a shift shared by all keys), are rounding noise on both sides and only checked to be ~0."""
+    scale = np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in jax.tree.leaves(want)))
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got)):
+        name = jax.tree_util.keystr(path)
+        if "'key'" in name and "'bias'" in name:
+            assert max(np.linalg.norm(a), np.linalg.norm(b)) < 1e-6 * scale, name
+        else:
+            assert rel_l2(b, a) < rel, name
 
 
 @pytest.mark.parametrize("policy", REMAT_POLICIES)

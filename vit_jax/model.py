@@ -34,6 +34,7 @@ import numpy as np
 
 from vit_jax.attention import attention, explicit_attention
 from vit_jax.config import ViTConfig
+from vit_jax.layer_norm import LayerNorm
 from vit_jax.posemb import sincos_2d
 
 Array = jax.Array
@@ -53,12 +54,8 @@ def _gelu(config: ViTConfig):
     return jax.checkpoint(functools.partial(nn.gelu, approximate=config.gelu == "tanh"))
 
 
-# Rematerialised for the same reason: saves the input, not four normalised copies.
-_RematLayerNorm = nn.remat(nn.LayerNorm)
-
-
-def _layer_norm(config: ViTConfig, name: str) -> nn.LayerNorm:
-    return _RematLayerNorm(
+def _layer_norm(config: ViTConfig, name: str) -> LayerNorm:
+    return LayerNorm(
         epsilon=config.layer_norm_eps,
         dtype=_dtype(config.dtype),
         param_dtype=_dtype(config.param_dtype),
