@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from vit_jax.config import ConfigError, ViTConfig
-from vit_jax.host_memory import keep_freed_memory
 from vit_jax.data import (
     DataError,
     DatasetSpec,
@@ -380,9 +379,6 @@ def main(argv: list[str] | None = None) -> int:
         from vit_jax.predict import main as predict_main
 
         return predict_main(argv[1:])
-    # Before JAX starts: reuse freed host memory instead of page-faulting every
-    # step's XLA:CPU buffers anew (vit_jax/host_memory.py).
-    keep_freed_memory()
     try:
         return run(parse_args(argv))
     except (ConfigError, DataError, ParallelError, CheckpointError, TrainingStopped) as error:
