@@ -54,8 +54,14 @@ def _gelu(config: ViTConfig):
     return jax.checkpoint(functools.partial(nn.gelu, approximate=config.gelu == "tanh"))
 
 
+# Rematerialised: the backward pass recomputes the normalised output (one cheap
+# pass) for the next layer's weight gradient instead of keeping it; with the
+# hand-written backward of vit_jax.layer_norm, the input is all that is kept.
+_RematLayerNorm = nn.remat(LayerNorm)
+
+
 def _layer_norm(config: ViTConfig, name: str) -> LayerNorm:
-    return LayerNorm(
+    return _RematLayerNorm(
         epsilon=config.layer_norm_eps,
         dtype=_dtype(config.dtype),
         param_dtype=_dtype(config.param_dtype),
