@@ -395,7 +395,11 @@ def _format_row(row: dict) -> str:
 
 
 def format_table(result: dict) -> str:
+    d = result["device"]
     lines = [
+        f"{d['jax_platform']} ({d['jax_device_kind']}, {d['jax_devices']} device(s)), host CPU {d['cpu_model']}, "
+        f"{d['cpu_count']} cores; jax {d['jax']}, torch {d['torch']} with {d['torch_threads']} threads",
+        "",
         "| preset | mode | batch | JAX img/s | torch eager img/s | torch.compile img/s | JAX/eager | JAX/compile | JAX GFLOP/s | JAX compile s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
