@@ -1,54 +1,34 @@
-"""vit_jax.host_memory: freed large buffers are reused without new page faults."""
+"""vit_jax.host_memory: the malloc library loaded into a process is reported."""
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-_PROBE = textwrap.dedent(
-    """
-    import json, resource, sys
-    from vit_jax.host_memory import keep_freed_memory
-    took = keep_freed_memory() if sys.argv[1] == "keep" else None
-    import ctypes, ctypes.util
+from vit_jax.host_memory import malloc_library
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-
-    def touch():
-        # As XLA:CPU allocates a step's temporary buffer: plain malloc (numpy would
-        # ask for huge pages), far above glibc's mmap threshold, written, freed.
-        size = 256 << 20
-        buffer = libc.malloc(size)
-        ctypes.memset(buffer, 1, size)
-        libc.free(buffer)
-
-    touch()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    touch()
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    print(json.dumps({"took": took, "faults": faults}))
-    """
-)
+_PRELOADS = {
+    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+}
 
 
-def _faults(mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+def _reported(env: dict) -> str:
+    code = "from vit_jax.host_memory import malloc_library; print(malloc_library())"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_second_large_allocation_reuses_mapped_pages():
-    default = _faults("default")
-    kept = _faults("keep")
-    if not kept["took"]:
-        pytest.skip("not glibc: keep_freed_memory is a no-op here")
-    pages = (256 << 20) // 4096
-    # glibc by default unmaps the freed buffer, so every page faults again ...
-    assert default["faults"] > pages // 2, default
-    # ... and keeps it mapped after keep_freed_memory().
-    assert kept["faults"] < pages // 100, kept
+def test_plain_process_reports_the_system_malloc():
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    assert _reported(env) == "system"
+    assert malloc_library() in ("system", *_PRELOADS)
+
+
+@pytest.mark.parametrize("name", sorted(_PRELOADS))
+def test_preloaded_allocator_is_reported(name):
+    if not os.path.exists(_PRELOADS[name]):
+        pytest.skip(f"{_PRELOADS[name]} is not installed (Debian: libtcmalloc-minimal4 / libjemalloc2)")
+    assert _reported({**os.environ, "LD_PRELOAD": _PRELOADS[name]}) == name

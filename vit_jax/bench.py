@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from vit_jax.config import ATTENTION_IMPLS, REMAT_POLICIES
+from vit_jax.host_memory import malloc_library
 
 # Peak dense matmul FLOP/s by (device kind substring, dtype), for MFU on accelerators.
 PEAK_FLOPS = {
@@ -245,12 +246,10 @@ def _memory_probe(backend: str, preset: str, batch: int, overrides: dict) -> dic
     }
 
 
-def measure_memory(preset: str, batch: int, overrides: dict, keep_memory: bool = True) -> dict[str, dict]:
+def measure_memory(preset: str, batch: int, overrides: dict) -> dict[str, dict]:
     results = {}
     for backend in ("jax", "torch"):
         probe = ["--memory-probe", backend, preset, str(batch), json.dumps(overrides)]
-        if not keep_memory:
-            probe.append("--no-keep-freed-memory")
         out = subprocess.run(
             [sys.executable, "-m", "vit_jax.bench", *probe],
             capture_output=True,
@@ -293,6 +292,8 @@ def _device_info() -> dict:
         "jax_devices": jax.device_count(),
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
+        # malloc decides whether XLA:CPU page-faults its step buffers on every call (vit_jax/host_memory.py)
+        "malloc": malloc_library(),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -372,7 +373,7 @@ def run(args) -> dict:
         )
     if args.memory:
         result["memory"] = {
-            p: measure_memory(p, args.batch, config_overrides(args), args.keep_memory) for p in args.memory_presets or args.presets
+            p: measure_memory(p, args.batch, config_overrides(args)) for p in args.memory_presets or args.presets
         }
     return result
 
@@ -398,7 +399,7 @@ def format_table(result: dict) -> str:
     d = result["device"]
     lines = [
         f"{d['jax_platform']} ({d['jax_device_kind']}, {d['jax_devices']} device(s)), host CPU {d['cpu_model']}, "
-        f"{d['cpu_count']} cores; jax {d['jax']}, torch {d['torch']} with {d['torch_threads']} threads",
+        f"{d['cpu_count']} cores, malloc: {d['malloc']}; jax {d['jax']}, torch {d['torch']} with {d['torch_threads']} threads",
         "",
         "| preset | mode | batch | JAX img/s | torch eager img/s | torch.compile img/s | JAX/eager | JAX/compile | JAX GFLOP/s | JAX compile s |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -460,19 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-depths", type=lambda s: [int(d) for d in s.split(",")], default=None,
                         help="also time train-step compilation at these depths, unrolled and scanned (e.g. 8,16,32)")
     parser.add_argument("--compile-preset", default="ViT-H_14", help="preset for --compile-depths (default ViT-H_14)")
-    parser.add_argument("--no-keep-freed-memory", dest="keep_memory", action="store_false",
-                        help="leave glibc's allocator at its defaults (see vit_jax/host_memory.py): "
-                             "XLA:CPU's step buffers are then page-faulted anew on every call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the full results (every timing) to this file")
     parser.add_argument("--memory-probe", nargs=4, metavar=("BACKEND", "PRESET", "BATCH", "OVERRIDES_JSON"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.keep_memory:  # before JAX or torch start their threads; applies to both frameworks alike
-        from vit_jax.host_memory import keep_freed_memory
     if args.memory_probe:
-        if args.keep_memory:
-            keep_freed_memory()
         backend, preset, batch, overrides = args.memory_probe
         print(json.dumps(_memory_probe(backend, preset, int(batch), json.loads(overrides))))
         return 0
@@ -488,8 +482,6 @@ def main(argv: list[str] | None = None) -> int:
             get_config(preset, **config_overrides(args))
     except ConfigError as e:
         parser.error(str(e))
-    if args.keep_memory:
-        keep_freed_memory()
     result = run(args)
     print()
     print(format_table(result))
