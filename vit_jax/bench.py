@@ -249,9 +249,8 @@ def _memory_probe(backend: str, preset: str, batch: int, overrides: dict) -> dic
 def measure_memory(preset: str, batch: int, overrides: dict) -> dict[str, dict]:
     results = {}
     for backend in ("jax", "torch"):
-        probe = ["--memory-probe", backend, preset, str(batch), json.dumps(overrides)]
         out = subprocess.run(
-            [sys.executable, "-m", "vit_jax.bench", *probe],
+            [sys.executable, "-m", "vit_jax.bench", "--memory-probe", backend, preset, str(batch), json.dumps(overrides)],
             capture_output=True,
             text=True,
             check=False,

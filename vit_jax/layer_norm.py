@@ -26,13 +26,9 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def _stats_dtype(dtype):
-    return jnp.promote_types(dtype, jnp.float32)
-
-
 def _normalise(x: Array, eps: float) -> tuple[Array, Array, Array]:
     """(x_hat, mean, rstd) over the last axis, in the statistics dtype."""
-    x = x.astype(_stats_dtype(x.dtype))
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # float32 stats for bf16/f16; float64 stays
     mean = jnp.mean(x, axis=-1, keepdims=True)
     centred = x - mean
     rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
