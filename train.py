@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from vit_jax import cpu_matmuls
 from vit_jax.config import ConfigError, ViTConfig
 from vit_jax.data import (
     DataError,
@@ -162,6 +163,10 @@ def evaluate(eval_step, params, dataset, model: ViTConfig, config: TrainConfig, 
 
 
 def run(config: TrainConfig) -> int:
+    try:
+        cpu_matmuls.select(config.cpu_matmuls)  # XLA_FLAGS: before the backend starts
+    except RuntimeError as error:
+        raise ConfigError(str(error)) from None
     initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
     import jax
 

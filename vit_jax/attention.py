@@ -18,6 +18,8 @@ heads, head_dim). Softmax statistics are kept in float32 for any input dtype
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -30,11 +32,19 @@ def _stats_dtype(x: Array):
 
 
 def _scores(q: Array, k: Array, spec: str = "bqhd,bkhd->bhqk") -> Array:
-    """Scaled logits (batch, heads, q, k) in float32 (float64 for float64 inputs); q scaled before the product as in Flax.
+    """Scaled logits (batch, heads, q, k) in float32 (float64 for float64 inputs).
 
-    `spec` names the inputs' layout; (batch, seq, heads, dim) by default."""
-    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    return jnp.einsum(spec, q, k, preferred_element_type=_stats_dtype(q))
+    `spec` names the inputs' layout; (batch, seq, heads, dim) by default.
+    Flax scales q by 1/sqrt(head_dim) before the product; here the float32
+    product is scaled instead. For head_dim 64 (every official preset but
+    H/14) the scale is a power of two and the two orders give the same bits;
+    otherwise they differ by float32 rounding. Scaling after the product keeps
+    the product's operands as they are, which XLA:CPU's oneDNN path needs (it
+    cannot compile a product whose operand is computed in the same fusion; see
+    `vit_jax.cpu_matmuls`).
+    """
+    scores = jnp.einsum(spec, q, k, preferred_element_type=_stats_dtype(q))
+    return scores * (1.0 / math.sqrt(q.shape[-1]))
 
 
 def explicit_attention(q: Array, k: Array, v: Array) -> tuple[Array, Array]:

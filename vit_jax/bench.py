@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from vit_jax import cpu_matmuls
 from vit_jax.config import ATTENTION_IMPLS, REMAT_POLICIES
 from vit_jax.host_memory import malloc_library
 
@@ -293,6 +294,8 @@ def _device_info() -> dict:
         "cpu_model": _cpu_model(),
         # malloc decides whether XLA:CPU page-faults its step buffers on every call (vit_jax/host_memory.py)
         "malloc": malloc_library(),
+        # which library runs XLA:CPU's products (vit_jax/cpu_matmuls.py)
+        "xla_cpu_matmuls": "onednn" if cpu_matmuls.onednn_matmuls_enabled() else "xla",
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -398,7 +401,7 @@ def format_table(result: dict) -> str:
     d = result["device"]
     lines = [
         f"{d['jax_platform']} ({d['jax_device_kind']}, {d['jax_devices']} device(s)), host CPU {d['cpu_model']}, "
-        f"{d['cpu_count']} cores, malloc: {d['malloc']}; jax {d['jax']}, torch {d['torch']} with {d['torch_threads']} threads",
+        f"{d['cpu_count']} cores, malloc: {d['malloc']}, XLA:CPU matmuls: {d['xla_cpu_matmuls']}; jax {d['jax']}, torch {d['torch']} with {d['torch_threads']} threads",
         "",
         "| preset | mode | batch | JAX img/s | torch eager img/s | torch.compile img/s | JAX/eager | JAX/compile | JAX GFLOP/s | JAX compile s |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -449,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remat", action="store_true", help="Flax: rematerialise blocks in backward")
     parser.add_argument("--remat-policy", default="nothing_saveable", choices=list(REMAT_POLICIES),
                         help="Flax, with --remat: what each block keeps for the backward pass")
+    parser.add_argument("--cpu-matmuls", default="xla", choices=list(cpu_matmuls.CHOICES),
+                        help="XLA:CPU products: XLA's own or oneDNN's (vit_jax/cpu_matmuls.py)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per backend")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (XLA uses all cores)")
@@ -471,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from vit_jax.config import ConfigError, get_config
 
+    try:
+        cpu_matmuls.select(args.cpu_matmuls)  # XLA_FLAGS, inherited by the memory probes
+    except RuntimeError as e:
+        parser.error(str(e))
     bad_modes = sorted(set(args.modes) - {"infer", "train"})
     if bad_modes:
         parser.error(f"unknown mode(s) {bad_modes}; expected infer and/or train")

@@ -35,6 +35,7 @@ import numpy as np
 from vit_jax.attention import attention, explicit_attention
 from vit_jax.config import ViTConfig
 from vit_jax.layer_norm import LayerNorm
+from vit_jax.matmul import token_dot_general
 from vit_jax.posemb import sincos_2d
 
 Array = jax.Array
@@ -98,12 +99,37 @@ class MlpBlock(nn.Module):
             param_dtype=_dtype(c.param_dtype),
             kernel_init=xavier_uniform,
             bias_init=nn.initializers.normal(stddev=1e-6),
+            dot_general=token_dot_general,
         )
         x = dense(c.mlp_dim, name="Dense_0")(x)
         x = _gelu(c)(x)
         x = nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
         x = dense(c.hidden_size, name="Dense_1")(x)
         return nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
+
+
+class ProjectionParams(nn.Module):
+    """The kernel and bias an `nn.DenseGeneral(features)` over the last input axis
+    would create (same names, shapes and initial values), returned unapplied so
+    that several projections of one input can run as one matmul."""
+
+    features: tuple[int, ...]
+    use_bias: bool = True
+    param_dtype: Any = jnp.float32
+    kernel_init: Any = xavier_uniform
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[Array, Array | None]:
+        out_features = int(np.prod(self.features))
+
+        def kernel_init(rng, shape, dtype):  # DenseGeneral initialises the (in, out) matrix
+            return self.kernel_init(rng, (in_features, out_features), dtype).reshape(shape)
+
+        kernel = self.param("kernel", kernel_init, (in_features, *self.features), self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, self.features, self.param_dtype)
+        return kernel, bias
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -113,6 +139,11 @@ class MultiHeadDotProductAttention(nn.Module):
     bias switch independent of the output bias, to choose the attention core
     (vit_jax.attention: cuDNN fused attention on GPU through
     `jax.nn.dot_product_attention`), and to return the probabilities on request.
+    The query, key and value projections keep their three parameter sets (as
+    in Google's checkpoints) but run as one matmul over the concatenated
+    kernels: one product, and one input gradient, instead of three products
+    whose input gradients are summed (XLA:CPU's oneDNN path cannot compile
+    that sum of products; see `vit_jax.cpu_matmuls`).
     """
 
     config: ViTConfig
@@ -122,16 +153,17 @@ class MultiHeadDotProductAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, Array | None]:
         c = self.config
-        dense = functools.partial(
-            nn.DenseGeneral,
-            dtype=_dtype(c.dtype),
-            param_dtype=_dtype(c.param_dtype),
-            kernel_init=xavier_uniform,
-        )
+        dtype = _dtype(c.dtype)
         heads, head_dim = c.num_heads, c.head_dim
-        q = dense((heads, head_dim), use_bias=c.qkv_bias, name="query")(x)
-        k = dense((heads, head_dim), use_bias=c.qkv_bias, name="key")(x)
-        v = dense((heads, head_dim), use_bias=c.qkv_bias, name="value")(x)
+        projections = [
+            ProjectionParams((heads, head_dim), c.qkv_bias, _dtype(c.param_dtype), name=name)(x.shape[-1])
+            for name in ("query", "key", "value")
+        ]
+        kernel = jnp.concatenate([k for k, _ in projections], axis=1).astype(dtype)  # (D, 3 heads, hd)
+        qkv = token_dot_general(x.astype(dtype), kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        if c.qkv_bias:
+            qkv = qkv + jnp.concatenate([b for _, b in projections], axis=0).astype(dtype)
+        q, k, v = jnp.split(qkv, 3, axis=-2)
 
         attention_dropout = self.train and c.attention_dropout_rate > 0
         probs = None
@@ -142,7 +174,15 @@ class MultiHeadDotProductAttention(nn.Module):
                 out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         else:
             out = attention(q, k, v, c.attention_impl)
-        out = dense(c.hidden_size, axis=(-2, -1), name="out")(out)
+        out = nn.DenseGeneral(
+            c.hidden_size,
+            axis=(-2, -1),
+            dtype=dtype,
+            param_dtype=_dtype(c.param_dtype),
+            kernel_init=xavier_uniform,
+            dot_general=token_dot_general,
+            name="out",
+        )(out)
         return out, probs
 
 
@@ -299,7 +339,10 @@ class VisionTransformer(nn.Module):
         if c.classifier == "token":
             x = x[:, 0]
         elif c.classifier == "gap":
-            x = jnp.mean(x, axis=1)
+            # The mean as a sum of x / n: the scaling stays inside the reduction
+            # (a separate `* 1/n` before the head's product is a form XLA:CPU's
+            # oneDNN path cannot compile; vit_jax/cpu_matmuls.py).
+            x = jnp.sum(x * (1.0 / x.shape[1]), axis=1)
         if c.representation_size is not None:
             x = nn.Dense(c.representation_size, dtype=dtype, param_dtype=param_dtype, name="pre_logits")(x)
             x = jnp.tanh(x)

@@ -122,6 +122,11 @@ class TrainConfig:
     keep_checkpoints: int = _field(3, "keep the last K checkpoints (and the best by eval accuracy)")
     log_every: int = _field(10, "write train metrics every N steps")
     progress: bool = _field(True, "show a progress bar")
+    cpu_matmuls: str = _field(
+        "xla",
+        "XLA:CPU products: XLA's own, or oneDNN's (experimental XLA flags; faster on x86, see vit_jax/cpu_matmuls.py)",
+        ("xla", "onednn"),
+    )
     parallel: str = _field("jit", "data parallelism: jit over a device mesh, or pmap", ("jit", "pmap"))
     coordinator_address: str | None = _field(None, "host:port of process 0 for a multi-process run")
     num_processes: int | None = _field(None, "number of processes in a multi-process run", flag_type=int)
