@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from vit_jax.matmul import token_dot_general
+from vit_jax.matmul import shared_input_projections, token_dot_general
 from vit_jax.model import ProjectionParams, xavier_uniform
 
 # (lhs shape, rhs shape, dimension numbers): the projection forms the model uses.
@@ -87,3 +87,27 @@ def test_projection_params_are_what_dense_general_would_create(use_bias):
     kernel, bias = ProjectionParams((2, 6), use_bias=use_bias).apply({"params": got}, 12)
     np.testing.assert_array_equal(kernel, want["kernel"])
     assert (bias is None) == (not use_bias)
+
+
+@pytest.mark.parametrize("feature_shapes", [[(4,), (4,), (6,)], [(2, 3), (2, 3), (2, 3)]])
+def test_shared_input_projections_equal_separate_products_and_their_gradients_in_float64(feature_shapes):
+    with jax.enable_x64():
+        x = _random((3, 5, 8), 0)
+        kernels = [_random((8, *f), i + 1) for i, f in enumerate(feature_shapes)]
+        weights = [_random((3, 5, *f), i + 10) for i, f in enumerate(feature_shapes)]
+
+        def loss(project):
+            return lambda x, ks: sum(jnp.sum(jnp.sin(y) * w) for y, w in zip(project(x, ks), weights))
+
+        def separate(x, ks):
+            return [jnp.tensordot(x, k, axes=1) for k in ks]
+
+        ours = jax.value_and_grad(loss(shared_input_projections), argnums=(0, 1))(x, kernels)
+        reference = jax.value_and_grad(loss(separate), argnums=(0, 1))(x, kernels)
+        np.testing.assert_allclose(ours[0], reference[0], rtol=1e-13)
+        np.testing.assert_allclose(ours[1][0], reference[1][0], rtol=1e-12, atol=1e-13)
+        for got, want in zip(ours[1][1], reference[1][1]):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+        for y, k in zip(shared_input_projections(x, kernels), kernels):
+            assert y.shape == (3, 5, *k.shape[1:])

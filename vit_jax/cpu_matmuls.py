@@ -20,9 +20,10 @@ builds a oneDNN graph around each product also takes in neighbouring
 elementwise ops, and the graph then fails to compile ("partition compile
 failed", after which the process dies with SIGILL) when it holds two products
 whose results are added, or a product with an operand computed inside it
-(e.g. `(q * scale) @ k^T`). The model avoids both: one query/key/value
-product instead of three (`MultiHeadDotProductAttention`) and the attention
-scale applied to the scores (`vit_jax.attention._scores`).
+(e.g. `(q * scale) @ k^T`). The model avoids both: the query/key/value input
+gradient is one product over the concatenated kernels
+(`vit_jax.matmul.shared_input_projections`), the attention scale multiplies
+the scores (`vit_jax.attention._scores`) and mean pooling sums x / n.
 tests/test_cpu_matmuls.py compiles and runs train and inference steps of the
 configurations we ship under these flags and compares their numbers with the
 default path; other programs may still meet the failure.

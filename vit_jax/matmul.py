@@ -17,7 +17,11 @@ fast matmul path (the weight-gradient products ran at ~170 GFLOP/s against
 ~290 for the forward ones, 6304x192x768 float32 on a 2-core Xeon). Written as
 one 2-D product over the folded axis, the copies go and, with oneDNN matmuls
 (`vit_jax.cpu_matmuls`), so does the slow path: a ViT-Ti/16 train step went
-from 18.7 to 20.4 img/s with XLA's own matmuls and to 24 img/s with oneDNN's.
+from 18.7 to 20.4-20.9 img/s with XLA's own matmuls (tcmalloc, 2-core
+Xeon, alternating runs).
+
+`shared_input_projections` does the same for several projections of one
+input (query, key, value), with one input-gradient product for all of them.
 
 Forms other than "trailing input axes x leading kernel axes, no batch axes"
 fall through to `lax.dot_general` unchanged.
@@ -29,6 +33,8 @@ import functools
 import math
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
@@ -55,6 +61,45 @@ def _matmul_2d_bwd(precision, preferred_element_type, residuals, d_out):
 
 
 _matmul_2d.defvjp(_matmul_2d_fwd, _matmul_2d_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _shared_input_matmuls(x: Array, kernels: tuple[Array, ...], precision) -> tuple[Array, ...]:
+    return tuple(lax.dot_general(x, k, _MATMUL, precision=precision) for k in kernels)
+
+
+def _shared_input_matmuls_fwd(x, kernels, precision):
+    return _shared_input_matmuls(x, kernels, precision), (x, kernels)
+
+
+def _shared_input_matmuls_bwd(precision, residuals, d_outs):
+    x, kernels = residuals
+    # One product for the input gradient instead of a sum of one per kernel, and
+    # one weight-gradient product over the concatenated output gradients.
+    d_out = jnp.concatenate([d.astype(x.dtype) for d in d_outs], axis=1)
+    kernel = jnp.concatenate(kernels, axis=1)
+    d_x = lax.dot_general(d_out, kernel, (((1,), (1,)), ((), ())), precision=precision)
+    d_kernel = lax.dot_general(x, d_out, _WEIGHT_GRAD, precision=precision)
+    splits = np.cumsum([k.shape[1] for k in kernels])[:-1]
+    d_kernels = tuple(d.astype(k.dtype) for d, k in zip(jnp.split(d_kernel, splits, axis=1), kernels))
+    return d_x.astype(x.dtype), d_kernels
+
+
+_shared_input_matmuls.defvjp(_shared_input_matmuls_fwd, _shared_input_matmuls_bwd)
+
+
+def shared_input_projections(x: Array, kernels: list[Array], precision=None) -> list[Array]:
+    """`x` projected by each kernel (each (in features..., out features...), contracting x's last axis).
+
+    The forward pass runs one product per kernel; the backward pass runs one
+    product for the input gradient (over the concatenated kernels) and one for
+    all weight gradients, rather than a product per kernel whose input
+    gradients are then summed (three products and two additions for q/k/v).
+    """
+    features_in = x.shape[-1]
+    x2 = x.reshape(-1, features_in)
+    outs = _shared_input_matmuls(x2, tuple(k.reshape(features_in, -1) for k in kernels), precision)
+    return [o.reshape(*x.shape[:-1], *k.shape[1:]) for o, k in zip(outs, kernels)]
 
 
 def token_dot_general(

@@ -35,7 +35,7 @@ import numpy as np
 from vit_jax.attention import attention, explicit_attention
 from vit_jax.config import ViTConfig
 from vit_jax.layer_norm import LayerNorm
-from vit_jax.matmul import token_dot_general
+from vit_jax.matmul import shared_input_projections, token_dot_general
 from vit_jax.posemb import sincos_2d
 
 Array = jax.Array
@@ -140,10 +140,12 @@ class MultiHeadDotProductAttention(nn.Module):
     (vit_jax.attention: cuDNN fused attention on GPU through
     `jax.nn.dot_product_attention`), and to return the probabilities on request.
     The query, key and value projections keep their three parameter sets (as
-    in Google's checkpoints) but run as one matmul over the concatenated
-    kernels: one product, and one input gradient, instead of three products
-    whose input gradients are summed (XLA:CPU's oneDNN path cannot compile
-    that sum of products; see `vit_jax.cpu_matmuls`).
+    in Google's checkpoints) and their three forward products; their backward
+    pass is one input-gradient product over the concatenated kernels instead
+    of three products whose results are summed (`shared_input_projections`;
+    XLA:CPU's oneDNN path cannot compile that sum; see `vit_jax.cpu_matmuls`).
+    One forward product over the concatenated kernels measured slower
+    (Ti/16 inference ~65 vs ~70 img/s on a 2-core Xeon).
     """
 
     config: ViTConfig
@@ -159,11 +161,9 @@ class MultiHeadDotProductAttention(nn.Module):
             ProjectionParams((heads, head_dim), c.qkv_bias, _dtype(c.param_dtype), name=name)(x.shape[-1])
             for name in ("query", "key", "value")
         ]
-        kernel = jnp.concatenate([k for k, _ in projections], axis=1).astype(dtype)  # (D, 3 heads, hd)
-        qkv = token_dot_general(x.astype(dtype), kernel, (((x.ndim - 1,), (0,)), ((), ())))
+        q, k, v = shared_input_projections(x.astype(dtype), [kernel.astype(dtype) for kernel, _ in projections])
         if c.qkv_bias:
-            qkv = qkv + jnp.concatenate([b for _, b in projections], axis=0).astype(dtype)
-        q, k, v = jnp.split(qkv, 3, axis=-2)
+            q, k, v = (y + bias.astype(dtype) for y, (_, bias) in zip((q, k, v), projections))
 
         attention_dropout = self.train and c.attention_dropout_rate > 0
         probs = None
