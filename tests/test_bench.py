@@ -46,6 +46,7 @@ def test_bench_runs_and_writes_json(tmp_path, capsys):
     # results differ a lot between CPU families: the table and the JSON name the host CPU
     assert result["device"]["cpu_model"] and f"host CPU {result['device']['cpu_model']}" in printed
     assert result["device"]["malloc"] in ("system", "tcmalloc", "jemalloc", "mimalloc")
+    assert result["device"]["xla_cpu_matmuls"] == "xla" and "XLA:CPU matmuls: xla" in printed
 
 
 def test_bench_rejects_bad_arguments(capsys):

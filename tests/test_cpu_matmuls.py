@@ -141,3 +141,26 @@ def test_train_cli_rejects_onednn_once_jax_is_running(tmp_path, capsys):
     assert code == 1
     assert "before JAX initialises its backends" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_bench_cli_runs_with_onednn_matmuls_and_records_them(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--presets", "ViT-testing", "--image-size", "16", "--batch", "4", "--repeats", "1", "--warmup", "1",
+            "--no-torch-compile", "--cpu-matmuls", "onednn", "--json", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    run = subprocess.run([sys.executable, "-m", "vit_jax.bench", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["device"]["xla_cpu_matmuls"] == "onednn"
+    assert "XLA:CPU matmuls: onednn" in run.stdout
+    assert [(r["preset"], r["mode"]) for r in result["rows"]] == [("ViT-testing", "infer"), ("ViT-testing", "train")]
+
+
+def test_bench_cli_refuses_onednn_once_jax_is_running(capsys):
+    from vit_jax import bench
+
+    jax.devices()
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--cpu-matmuls", "onednn", "--presets", "ViT-testing"])
+    assert err.value.code == 2
+    assert "before JAX initialises its backends" in capsys.readouterr().err
