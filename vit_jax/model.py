@@ -111,7 +111,8 @@ class MlpBlock(nn.Module):
 class ProjectionParams(nn.Module):
     """The kernel and bias an `nn.DenseGeneral(features)` over the last input axis
     would create (same names, shapes and initial values), returned unapplied so
-    that several projections of one input can run as one matmul."""
+    that several projections of one input can share their backward pass
+    (`vit_jax.matmul.shared_input_projections`)."""
 
     features: tuple[int, ...]
     use_bias: bool = True
