@@ -23,8 +23,9 @@ Xeon, alternating runs).
 `shared_input_projections` does the same for several projections of one
 input (query, key, value), with one input-gradient product for all of them.
 
-Forms other than "trailing input axes x leading kernel axes, no batch axes"
-fall through to `lax.dot_general` unchanged.
+Forms other than "trailing input axes x leading kernel axes, no batch axes",
+and calls with a `preferred_element_type`, fall through to `lax.dot_general`
+unchanged.
 """
 
 from __future__ import annotations
@@ -43,28 +44,9 @@ _MATMUL = (((1,), (0,)), ((), ()))  # (m, k) x (k, n)
 _WEIGHT_GRAD = (((0,), (0,)), ((), ()))  # (m, k) x (m, n) -> (k, n)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _matmul_2d(x: Array, kernel: Array, precision, preferred_element_type) -> Array:
-    return lax.dot_general(x, kernel, _MATMUL, precision=precision, preferred_element_type=preferred_element_type)
-
-
-def _matmul_2d_fwd(x, kernel, precision, preferred_element_type):
-    return _matmul_2d(x, kernel, precision, preferred_element_type), (x, kernel)
-
-
-def _matmul_2d_bwd(precision, preferred_element_type, residuals, d_out):
-    x, kernel = residuals
-    d_out = d_out.astype(x.dtype)
-    d_x = lax.dot_general(d_out, kernel, (((1,), (1,)), ((), ())), precision=precision)
-    d_kernel = lax.dot_general(x, d_out, _WEIGHT_GRAD, precision=precision)
-    return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype)
-
-
-_matmul_2d.defvjp(_matmul_2d_fwd, _matmul_2d_bwd)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _shared_input_matmuls(x: Array, kernels: tuple[Array, ...], precision) -> tuple[Array, ...]:
+    """x (m, k) times each kernel (k, n_i); one kernel is the plain projection."""
     return tuple(lax.dot_general(x, k, _MATMUL, precision=precision) for k in kernels)
 
 
@@ -113,7 +95,8 @@ def token_dot_general(
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
     n = len(lhs_contract)
     projection = (
-        not lhs_batch
+        preferred_element_type is None  # Flax never asks for one; other callers keep lax's semantics
+        and not lhs_batch
         and not rhs_batch
         and 0 < n < lhs.ndim
         and tuple(lhs_contract) == tuple(range(lhs.ndim - n, lhs.ndim))
@@ -126,5 +109,5 @@ def token_dot_general(
     lead, features_in, features_out = lhs.shape[: lhs.ndim - n], rhs.shape[:n], rhs.shape[n:]
     x = lhs.reshape(math.prod(lead), math.prod(features_in))
     kernel = rhs.reshape(math.prod(features_in), math.prod(features_out))
-    out = _matmul_2d(x, kernel, precision, preferred_element_type)
+    (out,) = _shared_input_matmuls(x, (kernel,), precision)
     return out.reshape(*lead, *features_out)

@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+from vit_jax.cpu_matmuls import CHOICES as CPU_MATMUL_CHOICES
 from vit_jax.config import REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
 
 RUN_CONFIG_FILE = "config.json"  # the resolved config every run writes into its workdir
@@ -125,7 +126,7 @@ class TrainConfig:
     cpu_matmuls: str = _field(
         "xla",
         "XLA:CPU products: XLA's own, or oneDNN's (experimental XLA flags; faster on x86, see vit_jax/cpu_matmuls.py)",
-        ("xla", "onednn"),
+        CPU_MATMUL_CHOICES,
     )
     parallel: str = _field("jit", "data parallelism: jit over a device mesh, or pmap", ("jit", "pmap"))
     coordinator_address: str | None = _field(None, "host:port of process 0 for a multi-process run")
