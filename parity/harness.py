@@ -135,10 +135,14 @@ def run_flax(
         y = jax.device_put(jnp.asarray(targets), device)
         # One compiled function gives the intermediates, the loss and (with
         # backward) the gradients: compiling a ViT dominates small runs.
+        # Results are waited for while the compiled function is alive: with oneDNN
+        # matmuls, freeing a running executable aborts the process (vit_jax/cpu_matmuls.py).
         if backward:
-            (loss, inter), grads = jax.jit(jax.value_and_grad(forward, has_aux=True))(params, x, y)
+            step = jax.jit(jax.value_and_grad(forward, has_aux=True))
+            (loss, inter), grads = jax.block_until_ready(step(params, x, y))
             return RunResult({k: np.asarray(v) for k, v in inter.items()}, float(loss), flat_per_block(grads))
-        loss, inter = jax.jit(forward)(params, x, y)
+        step = jax.jit(forward)
+        loss, inter = jax.block_until_ready(step(params, x, y))
         return RunResult({k: np.asarray(v) for k, v in inter.items()}, float(loss))
 
 

@@ -60,8 +60,11 @@ def _numbers(name: str) -> dict:
         logits = model.apply({"params": p}, images, train=True, rngs={"dropout": dropout_rng})
         return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
 
-    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
-    logits, inter = jax.jit(lambda p: model.apply({"params": p}, images, return_attention=True))(params)
+    # Each result is waited for while its compiled function is alive (see vit_jax/cpu_matmuls.py).
+    train_grads = jax.jit(jax.value_and_grad(loss_fn))
+    loss, grads = jax.block_until_ready(train_grads(params))
+    infer = jax.jit(lambda p: model.apply({"params": p}, images, return_attention=True))
+    logits, inter = jax.block_until_ready(infer(params))
     flat = jax.tree_util.tree_leaves_with_path(grads)
     return {
         "loss": float(loss),
@@ -164,3 +167,4 @@ def test_bench_cli_refuses_onednn_once_jax_is_running(capsys):
         bench.main(["--cpu-matmuls", "onednn", "--presets", "ViT-testing"])
     assert err.value.code == 2
     assert "before JAX initialises its backends" in capsys.readouterr().err
+

@@ -15,7 +15,7 @@ weight-gradient products at ~260 instead of ~170. They must be in XLA_FLAGS
 before JAX starts its CPU backend: `enable_onednn_matmuls()` at the top of a
 program, `--cpu-matmuls onednn` for `train.py` and `python -m vit_jax.bench`.
 
-The flags are experimental in XLA and have two known failures. The pass that
+The flags are experimental in XLA and have three known failures. The pass that
 builds a oneDNN graph around each product also takes in neighbouring
 elementwise ops, and the graph then fails to compile ("partition compile
 failed", after which the process dies with SIGILL) when it holds two products
@@ -27,6 +27,14 @@ the scores (`vit_jax.attention._scores`) and mean pooling sums x / n.
 tests/test_cpu_matmuls.py compiles and runs train and inference steps of the
 configurations we ship under these flags and compares their numbers with the
 default path; other programs may still meet the failure.
+
+A third failure is a race: an executable freed while it still runs (a
+`jax.jit` of a temporary function, called and dropped before its result is
+ready) aborts the process ("Check failed: available_.size() == num_created_"
+in `OneDnnFusionThunk`'s destructor). With XLA's own matmuls the same program
+runs. Keep a compiled function alive until its results are ready, as this
+project's code does (`model.init_params`, the parity harness); a train step
+held for the whole run is safe.
 """
 
 from __future__ import annotations

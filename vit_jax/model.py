@@ -370,7 +370,10 @@ def init_params(config: ViTConfig, rng: Array | int = 0) -> dict[str, Any]:
     if isinstance(rng, int):
         rng = jax.random.key(rng)
     images = jnp.zeros((1, *config.image_hw, config.num_channels), jnp.float32)
-    return jax.jit(lambda r: VisionTransformer(config).init(r, images, train=False))(rng)["params"]
+    init = jax.jit(lambda r: VisionTransformer(config).init(r, images, train=False))
+    # Wait while `init` is alive: with oneDNN matmuls, freeing an executable that
+    # is still running aborts the process (vit_jax/cpu_matmuls.py).
+    return jax.block_until_ready(init(rng)["params"])
 
 
 def param_shapes(config: ViTConfig) -> dict[str, Any]:
