@@ -119,6 +119,29 @@ def test_intermediates_and_attention_have_canonical_names():
     assert set(only_attn) == {f"blocks.{i}.attn_probs" for i in range(TINY.num_layers)}
 
 
+def test_class_token_path_matches_the_full_final_norm_forward_and_backward():
+    # With classifier 'token' the model normalises only the class token at the end;
+    # with return_intermediates it normalises every token (the 'norm' intermediate).
+    params = vit_jax.init_params(TINY)
+    images = random_images(TINY)
+    model = VisionTransformer(TINY)
+
+    def loss(p, **kw):
+        out = model.apply({"params": p}, images, **kw)
+        logits = out[0] if kw else out
+        return jnp.sum(jnp.sin(logits))
+
+    class_only = jax.jit(jax.value_and_grad(loss))(params)
+    full_norm = jax.jit(jax.value_and_grad(functools.partial(loss, return_intermediates=True)))(params)
+    np.testing.assert_allclose(class_only[0], full_norm[0], rtol=1e-6)
+    grads, ref = jax.tree.leaves(class_only[1]), jax.tree.leaves(full_norm[1])
+    scale = max(float(jnp.abs(g).max()) for g in ref)
+    assert scale > 1.0 and float(jnp.abs(full_norm[1]["embedding"]["kernel"]).max()) > 0.1
+    for a, b in zip(grads, ref):
+        # elementwise against the largest gradient: some leaves (the key bias) are 0 up to rounding
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale)
+
+
 def test_dot_product_attention_and_explicit_core_agree():
     params = vit_jax.init_params(TINY)
     images = random_images(TINY)
