@@ -65,11 +65,16 @@ def _numbers(name: str) -> dict:
     loss, grads = jax.block_until_ready(train_grads(params))
     infer = jax.jit(lambda p: model.apply({"params": p}, images, return_attention=True))
     logits, inter = jax.block_until_ready(infer(params))
+    # The plain forward differs from the two above: the attention core undifferentiated,
+    # and the final norm on the class token only.
+    infer_plain = jax.jit(lambda p: model.apply({"params": p}, images))
+    plain_logits = jax.block_until_ready(infer_plain(params))
     flat = jax.tree_util.tree_leaves_with_path(grads)
     return {
         "loss": float(loss),
         "grad_norms": {jax.tree_util.keystr(k): float(jnp.linalg.norm(v.astype(jnp.float32))) for k, v in flat},
         "logits": np.asarray(logits, np.float32).tolist(),
+        "plain_logits": np.asarray(plain_logits, np.float32).tolist(),
         "attn_probs_0": float(jnp.sum(inter["blocks.0.attn_probs"].astype(jnp.float32) ** 2)),
     }
 
@@ -95,6 +100,8 @@ def _check_close(name: str, got: dict, want: dict) -> None:
     tol = 1e-2 if CASES[name][1].get("dtype") == "bfloat16" else 1e-5
     assert _rel(got["loss"], want["loss"]) < tol, (name, got["loss"], want["loss"])
     assert _rel(got["logits"], want["logits"]) < tol, name
+    assert _rel(got["plain_logits"], want["plain_logits"]) < tol, name
+    assert _rel(got["plain_logits"], want["logits"]) < tol, name  # the plain forward is the same function
     assert _rel(got["attn_probs_0"], want["attn_probs_0"]) < tol, name
     assert got["grad_norms"].keys() == want["grad_norms"].keys()
     norms_got = np.array([got["grad_norms"][k] for k in sorted(want["grad_norms"])])

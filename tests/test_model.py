@@ -318,3 +318,19 @@ def test_attention_cores_agree_forward_and_backward(impl):
     got = jax.jit(lambda: vjp(lambda q, k, v: attention(q, k, v, impl)))()
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
         assert rel_l2(a, b) < 1e-5, name
+
+
+@pytest.mark.parametrize("head_dim,dtype", [(64, "float32"), (64, "bfloat16"), (16, "float32"), (80, "float32")])
+def test_recompute_core_inference_matches_its_training_forward(head_dim, dtype):
+    """Undifferentiated, the recompute core scales q (power-of-two scales) instead of
+    the scores: same bits as the forward that training runs; other head dims take
+    the training form unchanged."""
+    from vit_jax.attention import explicit_attention, recompute_attention
+
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 33, 3, head_dim)) * 3, dtype) for _ in range(3))
+    inference = jax.jit(recompute_attention)(q, k, v)
+    training_forward = jax.jit(lambda q, k, v: jax.vjp(recompute_attention, q, k, v)[0])(q, k, v)
+    np.testing.assert_array_equal(np.asarray(inference, np.float32), np.asarray(training_forward, np.float32))
+    reference = explicit_attention(*(x.astype(jnp.float32) for x in (q, k, v)))[0]
+    assert rel_l2(inference, reference) < (1e-2 if dtype == "bfloat16" else 1e-5)
