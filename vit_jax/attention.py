@@ -47,6 +47,13 @@ def _scores(q: Array, k: Array, spec: str = "bqhd,bkhd->bhqk", scale: bool = Tru
     return scores * (1.0 / math.sqrt(q.shape[-1])) if scale else scores
 
 
+def _softmax_parts(scores: Array) -> tuple[Array, Array, Array]:
+    """(exp(scores - row max), its row sums, the row max): a softmax before its division."""
+    row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    unnormalised = jnp.exp(scores - row_max)  # the one pass of exp over (seq, seq)
+    return unnormalised, jnp.sum(unnormalised, axis=-1, keepdims=True), row_max
+
+
 def explicit_attention(q: Array, k: Array, v: Array) -> tuple[Array, Array]:
     """(output, probabilities); probabilities in the input dtype.
 
@@ -55,9 +62,7 @@ def explicit_attention(q: Array, k: Array, v: Array) -> tuple[Array, Array]:
     computed in the same fusion (here, the division by the row sums) is a form
     XLA:CPU's oneDNN path cannot compile (`vit_jax.cpu_matmuls`).
     """
-    scores = _scores(q, k)
-    unnormalised = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
-    row_sum = jnp.sum(unnormalised, axis=-1, keepdims=True)
+    unnormalised, row_sum, _ = _softmax_parts(_scores(q, k))
     probs = (unnormalised / row_sum).astype(q.dtype)
     out = jnp.einsum("bhqk,bkhd->bhqd", unnormalised.astype(v.dtype), v, preferred_element_type=row_sum.dtype)
     return jnp.swapaxes(out / row_sum, 1, 2).astype(q.dtype), probs
@@ -99,10 +104,7 @@ def recompute_attention(q: Array, k: Array, v: Array) -> Array:
 
 def _recompute_fwd(q, k, v, scale: bool = True):
     q, k, v = _to_bhsd(q), _to_bhsd(k), _to_bhsd(v)
-    scores = _scores_bhsd(q, k, scale)
-    row_max = jnp.max(scores, axis=-1, keepdims=True)
-    unnormalised = jnp.exp(scores - row_max)  # the one pass of exp over (seq, seq)
-    row_sum = jnp.sum(unnormalised, axis=-1, keepdims=True)
+    unnormalised, row_sum, row_max = _softmax_parts(_scores_bhsd(q, k, scale))
     # Normalise after the product: a (seq, head_dim) division, not (seq, seq).
     out = jnp.einsum("bhqk,bhkd->bhqd", unnormalised.astype(v.dtype), v, preferred_element_type=row_sum.dtype)
     out = (out / row_sum).astype(q.dtype)

@@ -229,23 +229,16 @@ class Encoder1DBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Position embeddings, the blocks and the final norm (Google's 'Transformer')."""
+    """Position embeddings, the blocks and the final norm (Google's 'Transformer').
+
+    Returns every token, except with classifier 'token' and no intermediates:
+    then the normalised class token alone, (n, 1, d).
+    """
 
     config: ViTConfig
     train: bool = False
     return_intermediates: bool = False
     return_attention: bool = False
-    # The caller reads only the class token: the final norm (per token, so the
-    # numbers are the same) is applied to it alone and the output is (n, 1, d).
-    # The point is speed, not the ~0.2% of work saved: with oneDNN matmuls
-    # (vit_jax/cpu_matmuls.py), XLA:CPU's YNNPACK fusion grew from a norm over
-    # every token into the whole last block after its attention core, one
-    # kernel 26 ms long where its parts take 15 ms, fed by four broadcast
-    # constants of MLP width materialised first. Without it, ViT-Ti/16 b32
-    # inference on a 2-core Xeon is 4-6% faster (both forms compiled and timed
-    # alternately in one process; +3% with XLA's matmuls, train step unchanged).
-    # With intermediates requested every token is normalised.
-    class_token_only: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, Intermediates]:
@@ -292,7 +285,18 @@ class Encoder(nn.Module):
             for key, value in aux.items():
                 inter[f"blocks.{i}" if key == "out" else f"blocks.{i}.{key}"] = value
 
-        if self.class_token_only and not self.return_intermediates:
+        if c.classifier == "token" and not self.return_intermediates:
+            # The head reads only the class token: the final norm (per token, so
+            # the numbers are the same) is applied to it alone; the output is
+            # (n, 1, d). The point is speed, not the ~0.2% of work saved: with
+            # oneDNN matmuls (vit_jax/cpu_matmuls.py), XLA:CPU's YNNPACK fusion
+            # grew from a norm over every token into the whole last block after
+            # its attention core, one kernel 26 ms long where its parts take
+            # 15 ms, fed by four broadcast constants of MLP width materialised
+            # first. Without it, ViT-Ti/16 b32 inference on a 2-core Xeon is 4-6%
+            # faster (both forms compiled and timed alternately in one process;
+            # +3% with XLA's matmuls, train step unchanged). With intermediates
+            # requested every token is normalised.
             x = x[:, :1]
         x = _layer_norm(c, "encoder_norm")(x)
         if self.return_intermediates:
@@ -346,7 +350,6 @@ class VisionTransformer(nn.Module):
             train=train,
             return_intermediates=return_intermediates,
             return_attention=return_attention,
-            class_token_only=c.classifier == "token",
             name="Transformer",
         )(x)
         inter.update(encoder_inter)
