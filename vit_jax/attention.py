@@ -23,6 +23,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from vit_jax.ordering import after
+
 Array = jax.Array
 
 
@@ -103,6 +105,7 @@ def recompute_attention(q: Array, k: Array, v: Array) -> Array:
 
 
 def _recompute_fwd(q, k, v, scale: bool = True):
+    q_in = q
     q, k, v = _to_bhsd(q), _to_bhsd(k), _to_bhsd(v)
     unnormalised, row_sum, row_max = _softmax_parts(_scores_bhsd(q, k, scale))
     # Normalise after the product: a (seq, head_dim) division, not (seq, seq).
@@ -110,7 +113,8 @@ def _recompute_fwd(q, k, v, scale: bool = True):
     out = (out / row_sum).astype(q.dtype)
     lse = row_max + jnp.log(row_sum)
     out = _to_bhsd(out)
-    return out, (q, k, v, out, lse)
+    # q is kept as it came in, (batch, seq, heads, dim): see _recompute_bwd.
+    return out, (q_in, k, v, out, lse)
 
 
 def _recompute_bwd(residuals, d_out):
@@ -118,6 +122,15 @@ def _recompute_bwd(residuals, d_out):
     stats = _stats_dtype(q)
     # softmax backward: dS = P * (dP - rowsum(dO * O)); the row sums in (batch, seq, heads) order
     row = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(stats), out.astype(stats))[..., None]
+    # The recomputation starts from a q that exists only once d_out does
+    # (vit_jax.ordering). Without that, XLA:CPU merged the recomputed scores
+    # with the forward's and computed these probabilities in the forward
+    # pass, keeping a (batch, heads, seq, seq) buffer per layer until here.
+    # The dependence enters through q's transposition to (batch, heads, seq,
+    # dim), a copy that runs anyway: on q in that layout, XLA fused it into the
+    # product's operand, which oneDNN's matmul fusion cannot compile
+    # (`vit_jax.cpu_matmuls`).
+    q = _to_bhsd(after(q, d_out))
     d_out = _to_bhsd(d_out)
     probs = jnp.exp(_scores_bhsd(q, k) - lse)  # float32, recomputed rather than stored
     d_v = jnp.einsum("bhqk,bhqd->bhkd", probs.astype(q.dtype), d_out)

@@ -55,14 +55,13 @@ def _gelu(config: ViTConfig):
     return jax.checkpoint(functools.partial(nn.gelu, approximate=config.gelu == "tanh"))
 
 
-# Rematerialised: the backward pass recomputes the normalised output (one cheap
-# pass) for the next layer's weight gradient instead of keeping it; with the
-# hand-written backward of vit_jax.layer_norm, the input is all that is kept.
-_RematLayerNorm = nn.remat(LayerNorm)
-
-
 def _layer_norm(config: ViTConfig, name: str) -> LayerNorm:
-    return _RematLayerNorm(
+    # Not rematerialised: vit_jax.layer_norm's backward keeps the input and two
+    # numbers per row, and the output is kept by the next layer's product for
+    # its weight gradient whether or not the norm is recomputed. Under
+    # `nn.remat` XLA:CPU ran the recomputation in the forward pass and kept
+    # three full-width buffers per norm (vit_jax.ordering).
+    return LayerNorm(
         epsilon=config.layer_norm_eps,
         dtype=_dtype(config.dtype),
         param_dtype=_dtype(config.param_dtype),
