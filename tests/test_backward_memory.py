@@ -33,15 +33,16 @@ def _train_step_temp_bytes(config, batch: int) -> int:
 
 
 def test_each_block_keeps_about_what_its_backward_needs():
-    """XLA's temp allocation grows per block by little more than the activations
-    the backward pass must keep: the block input and the attention residual's
-    input, two norm outputs, q, k, v, the attention output (batch x seq x width
-    each), the MLP's pre-activation and activation (batch x seq x MLP width each),
-    as PyTorch keeps. Before vit_jax.ordering, XLA:CPU ran the attention and norm
-    recomputations in the forward pass and each block took ~1.4x that."""
+    """XLA's temp allocation grows per block by about the activations the
+    backward pass must keep: the block input and the attention residual's sum
+    (the norms' inputs), two norm outputs, q, k, v, the attention output
+    (batch x seq x width each), the MLP's pre-activation and activation
+    (batch x seq x MLP width each), as PyTorch keeps. Measured: 1.00x. Before
+    vit_jax.ordering, XLA:CPU ran the attention and norm recomputations in the
+    forward pass and each block took 1.38x that."""
     batch = 8
     config = vit_jax.get_config("ViT-Ti_16", num_layers=2)
     deeper = config.replace(num_layers=4)
     per_block = (_train_step_temp_bytes(deeper, batch) - _train_step_temp_bytes(config, batch)) / 2
     needed = batch * config.seq_len * (8 * config.hidden_size + 2 * config.mlp_dim) * 4
-    assert per_block < 1.2 * needed, (per_block / needed, per_block, needed)
+    assert per_block < 1.1 * needed, (per_block / needed, per_block, needed)
