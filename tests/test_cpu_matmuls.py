@@ -174,4 +174,3 @@ def test_bench_cli_refuses_onednn_once_jax_is_running(capsys):
         bench.main(["--cpu-matmuls", "onednn", "--presets", "ViT-testing"])
     assert err.value.code == 2
     assert "before JAX initialises its backends" in capsys.readouterr().err
-

@@ -105,16 +105,15 @@ def recompute_attention(q: Array, k: Array, v: Array) -> Array:
 
 
 def _recompute_fwd(q, k, v, scale: bool = True):
-    q_in = q
-    q, k, v = _to_bhsd(q), _to_bhsd(k), _to_bhsd(v)
-    unnormalised, row_sum, row_max = _softmax_parts(_scores_bhsd(q, k, scale))
+    qh, kh, vh = _to_bhsd(q), _to_bhsd(k), _to_bhsd(v)
+    unnormalised, row_sum, row_max = _softmax_parts(_scores_bhsd(qh, kh, scale))
     # Normalise after the product: a (seq, head_dim) division, not (seq, seq).
-    out = jnp.einsum("bhqk,bhkd->bhqd", unnormalised.astype(v.dtype), v, preferred_element_type=row_sum.dtype)
+    out = jnp.einsum("bhqk,bhkd->bhqd", unnormalised.astype(vh.dtype), vh, preferred_element_type=row_sum.dtype)
     out = (out / row_sum).astype(q.dtype)
     lse = row_max + jnp.log(row_sum)
     # q is kept as it came in, (batch, seq, heads, dim), and the output not at
     # all: see _recompute_bwd.
-    return _to_bhsd(out), (q_in, k, v, lse)
+    return _to_bhsd(out), (q, kh, vh, lse)
 
 
 def _recompute_bwd(residuals, d_out):
