@@ -43,6 +43,25 @@ def test_each_block_keeps_about_what_its_backward_needs():
     batch = 8
     config = vit_jax.get_config("ViT-Ti_16", num_layers=2)
     deeper = config.replace(num_layers=4)
-    per_block = (_train_step_temp_bytes(deeper, batch) - _train_step_temp_bytes(config, batch)) / 2
+    per_block = _per_block_temp_bytes(config, batch)
     needed = batch * config.seq_len * (8 * config.hidden_size + 2 * config.mlp_dim) * 4
     assert per_block < 1.1 * needed, (per_block / needed, per_block, needed)
+
+
+def _per_block_temp_bytes(config, batch: int) -> float:
+    deeper = config.replace(num_layers=config.num_layers + 2)
+    return (_train_step_temp_bytes(deeper, batch) - _train_step_temp_bytes(config, batch)) / 2
+
+
+def test_recompute_gelu_keeps_one_mlp_width_activation_less_per_block():
+    """With recompute_gelu each block keeps the MLP's pre-activation only, not
+    GELU's output as well: per block, XLA's temp shrinks by about one
+    (batch x seq x MLP width) buffer and stays below 1.1x what is left."""
+    batch = 8
+    config = vit_jax.get_config("ViT-Ti_16", num_layers=2)
+    keeping = _per_block_temp_bytes(config, batch)
+    recomputing = _per_block_temp_bytes(config.replace(recompute_gelu=True), batch)
+    mlp_buffer = batch * config.seq_len * config.mlp_dim * 4
+    needed = batch * config.seq_len * (8 * config.hidden_size + config.mlp_dim) * 4
+    assert keeping - recomputing > 0.8 * mlp_buffer, ((keeping - recomputing) / mlp_buffer, keeping, recomputing)
+    assert recomputing < 1.1 * needed, (recomputing / needed, recomputing, needed)

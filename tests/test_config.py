@@ -98,6 +98,7 @@ def test_derived_geometry():
         ("ViT-B_16", {"hidden_size": 30, "num_heads": 3, "posemb": "sincos2d"}, "divisible by 4"),
         ("ViT-B_16", {"representation_size": 0}, "representation_size must be a positive integer"),
         ("ViT-B_16", {"num_clases": 10}, "unknown config field(s): 'num_clases' (did you mean 'num_classes'?)"),
+        ("ViT-B_16", {"recompute_gelu": True, "dropout_rate": 0.1}, "recompute_gelu needs dropout_rate 0, got 0.1"),
     ],
 )
 def test_invalid_configs_name_the_problem(name, overrides, message):

@@ -38,6 +38,13 @@ CASES = {
     ),
     "Ti16_explicit_pre_logits": ("ViT-Ti_16", {"num_layers": 2, "attention_impl": "explicit", "representation_size": 96}, 64),
     "Ti16_bf16": ("ViT-Ti_16", {"num_layers": 2, "dtype": "bfloat16"}, 64),
+    "Ti16_recompute_gelu": ("ViT-Ti_16", {"num_layers": 2, "recompute_gelu": True}, 64),
+    "S16_recompute_exact_gelu_scan_remat": (
+        "ViT-S_16",
+        {"num_layers": 2, "recompute_gelu": True, "gelu": "exact", "scan": True, "remat": True,
+         "remat_policy": "dots_with_no_batch_dims_saveable"},
+        64,
+    ),
     "digits": ("ViT-digits", {}, 16),  # train.py's default model
 }
 

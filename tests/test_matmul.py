@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from vit_jax.matmul import shared_input_projections, token_dot_general
+from vit_jax.matmul import gelu_projection, shared_input_projections, token_dot_general
 from vit_jax.model import ProjectionParams, xavier_uniform
 
 # (lhs shape, rhs shape, dimension numbers): the projection forms the model uses.
@@ -111,3 +111,31 @@ def test_shared_input_projections_equal_separate_products_and_their_gradients_in
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
         for y, k in zip(shared_input_projections(x, kernels), kernels):
             assert y.shape == (3, 5, *k.shape[1:])
+
+
+@pytest.mark.parametrize("approximate", [True, False])
+def test_gelu_projection_equals_gelu_then_projection_forward_and_backward(approximate):
+    def loss(project, weights):
+        return lambda pre, kernel: jnp.sum(jnp.sin(project(pre, kernel)) * weights)
+
+    def plain(pre, kernel):
+        return token_dot_general(jax.nn.gelu(pre, approximate=approximate), kernel, (((2,), (0,)), ((), ())))
+
+    def ours(pre, kernel):
+        return gelu_projection(pre, kernel, approximate)
+
+    with jax.enable_x64():
+        pre, kernel, weights = _random((3, 7, 16), 0) * 2, _random((16, 5), 1), _random((3, 7, 5), 2)
+        got = jax.value_and_grad(loss(ours, weights), argnums=(0, 1))(pre, kernel)
+        want = jax.value_and_grad(loss(plain, weights), argnums=(0, 1))(pre, kernel)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-13)
+        for a, b in zip(got[1], want[1]):
+            assert a.shape == b.shape and a.dtype == jnp.float64
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    # float32 under jit, where XLA fuses the recomputation
+    pre, kernel, weights = (np.asarray(t, np.float32) for t in (pre, kernel, weights))
+    got = jax.jit(jax.value_and_grad(loss(ours, weights), argnums=(0, 1)))(pre, kernel)
+    want = jax.jit(jax.value_and_grad(loss(plain, weights), argnums=(0, 1)))(pre, kernel)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    for a, b in zip(got[1], want[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -225,6 +225,31 @@ def _assert_same_gradients(got, want, rel: float = 1e-6):
             assert rel_l2(b, a) < rel, name
 
 
+@pytest.mark.parametrize("gelu", ["tanh", "exact"])
+@pytest.mark.parametrize("scan", [False, True])
+def test_recompute_gelu_gives_the_same_outputs_and_gradients(gelu, scan):
+    """recompute_gelu changes what the backward pass keeps, not the numbers, in
+    training with stochastic depth and, with scan, under remat."""
+    base = TINY.replace(gelu=gelu, scan=scan, remat=scan, stochastic_depth_rate=0.2)
+    params = vit_jax.init_params(base, 4)
+    images = random_images(base)
+    rngs = {"dropout": jax.random.key(5)}
+
+    def loss(p, config):
+        logits = VisionTransformer(config).apply({"params": p}, images, train=True, rngs=rngs)
+        return jnp.sum(jnp.sin(logits))
+
+    step = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    (want, g), (got, g_recompute) = step(params, base), step(params, base.replace(recompute_gelu=True))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    _assert_same_gradients(g_recompute, g)
+    recompute = base.replace(recompute_gelu=True)
+    assert jax.tree.structure(vit_jax.init_params(recompute, 4)) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(vit_jax.init_params(recompute, 4)), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
+    np.testing.assert_array_equal(apply(recompute, params, images), apply(base, params, images))
+
+
 @pytest.mark.parametrize("policy", REMAT_POLICIES)
 def test_remat_policies_give_the_same_gradients_and_save_memory(policy):
     """Every remat policy computes the same gradients as keeping everything, and

@@ -316,6 +316,7 @@ def config_overrides(args) -> dict:
         "scan": args.scan,
         "remat": args.remat,
         "remat_policy": args.remat_policy,
+        "recompute_gelu": args.recompute_gelu,
     }
 
 
@@ -449,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     parser.add_argument("--attention-impl", default="auto", choices=list(ATTENTION_IMPLS), help="Flax attention core")
     parser.add_argument("--scan", action="store_true", help="Flax: nn.scan over blocks")
+    parser.add_argument("--recompute-gelu", action="store_true",
+                        help="Flax: the MLP's backward recomputes GELU's output (less memory)")
     parser.add_argument("--remat", action="store_true", help="Flax: rematerialise blocks in backward")
     parser.add_argument("--remat-policy", default="nothing_saveable", choices=list(REMAT_POLICIES),
                         help="Flax, with --remat: what each block keeps for the backward pass")

@@ -23,6 +23,11 @@ Xeon, alternating runs).
 `shared_input_projections` does the same for several projections of one
 input (query, key, value), with one input-gradient product for all of them.
 
+`gelu_projection` is the MLP's second layer with the GELU in front of it:
+its backward pass recomputes GELU's output for the weight gradient from the
+GELU input, which the GELU backward keeps anyway, instead of keeping both
+(one MLP-width buffer less per block; see its docstring).
+
 Forms other than "trailing input axes x leading kernel axes, no batch axes",
 and calls with a `preferred_element_type`, fall through to `lax.dot_general`
 unchanged.
@@ -38,10 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vit_jax.ordering import after
+
 Array = jax.Array
 
 _MATMUL = (((1,), (0,)), ((), ()))  # (m, k) x (k, n)
 _WEIGHT_GRAD = (((0,), (0,)), ((), ()))  # (m, k) x (m, n) -> (k, n)
+_INPUT_GRAD = (((1,), (1,)), ((), ()))  # (m, n) x (k, n) -> (m, k)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -60,7 +68,7 @@ def _shared_input_matmuls_bwd(precision, residuals, d_outs):
     # one weight-gradient product over the concatenated output gradients.
     d_out = jnp.concatenate([d.astype(x.dtype) for d in d_outs], axis=1)
     kernel = jnp.concatenate(kernels, axis=1)
-    d_x = lax.dot_general(d_out, kernel, (((1,), (1,)), ((), ())), precision=precision)
+    d_x = lax.dot_general(d_out, kernel, _INPUT_GRAD, precision=precision)
     d_kernel = lax.dot_general(x, d_out, _WEIGHT_GRAD, precision=precision)
     splits = np.cumsum([k.shape[1] for k in kernels])[:-1]
     d_kernels = tuple(d.astype(k.dtype) for d, k in zip(jnp.split(d_kernel, splits, axis=1), kernels))
@@ -82,6 +90,73 @@ def shared_input_projections(x: Array, kernels: list[Array], precision=None) -> 
     x2 = x.reshape(-1, features_in)
     outs = _shared_input_matmuls(x2, tuple(k.reshape(features_in, -1) for k in kernels), precision)
     return [o.reshape(*x.shape[:-1], *k.shape[1:]) for o, k in zip(outs, kernels)]
+
+
+def _tokens(x: Array) -> Array:
+    """(..., features) folded to (tokens, features)."""
+    return x.reshape(-1, x.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _gelu_matmul(pre: Array, kernel: Array, approximate: bool, precision) -> Array:
+    """gelu(pre) (..., k), folded to (m, k), times kernel (k, n)."""
+    # GELU runs in pre's own shape and its result is folded afterwards. XLA
+    # turns the fold into a bitcast, which keeps the GELU out of the product's
+    # fusion: oneDNN's matmul fusion cannot compile an elementwise operand
+    # producer ("partition compile failed", vit_jax.cpu_matmuls).
+    h = jax.nn.gelu(pre, approximate=approximate)
+    return lax.dot_general(_tokens(h), kernel, _MATMUL, precision=precision)
+
+
+def _gelu_matmul_fwd(pre, kernel, approximate, precision):
+    return _gelu_matmul(pre, kernel, approximate, precision), (pre, kernel)
+
+
+def _gelu_matmul_bwd(approximate, precision, residuals, d_out):
+    pre, kernel = residuals
+    d_out = d_out.astype(pre.dtype)
+    gelu = functools.partial(jax.nn.gelu, approximate=approximate)
+    # GELU's output, recomputed for the weight gradient. Without the dependence
+    # on d_out XLA:CPU would compute it in the forward pass (or reuse the
+    # forward's) and keep it across the later layers (vit_jax.ordering).
+    h = gelu(after(pre, d_out))
+    d_kernel = lax.dot_general(_tokens(h), d_out, _WEIGHT_GRAD, precision=precision)
+    d_h = lax.dot_general(d_out, kernel, _INPUT_GRAD, precision=precision)
+    # GELU's derivative at a second copy of pre, dependent on d_h: two distinct
+    # expressions, each fused whole into its one consumer. Shared (jax.vjp at
+    # the first copy), XLA:CPU wrote the tanh's (or erfc's) costly pieces to
+    # memory for both users: the exact GELU's backward took 1.35x as long
+    # (ViT-Ti/16 width, micro-benchmark). At pre itself, CSE merged it with the
+    # forward's GELU, whose pieces were then kept across layers.
+    _, gelu_vjp = jax.vjp(gelu, after(pre, d_h))
+    (d_pre,) = gelu_vjp(d_h.reshape(pre.shape))
+    return d_pre, d_kernel.astype(kernel.dtype)
+
+
+_gelu_matmul.defvjp(_gelu_matmul_fwd, _gelu_matmul_bwd)
+
+
+def gelu_projection(pre: Array, kernel: Array, approximate: bool, precision=None) -> Array:
+    """gelu(pre) projected by `kernel` (in, out), contracting pre's last axis; no bias.
+
+    The same numbers as `token_dot_general(jax.nn.gelu(pre), kernel, ...)`,
+    forward and backward. What the backward pass keeps differs: the plain form
+    keeps GELU's input for GELU's own backward and its output for the
+    projection's weight gradient, two buffers of the MLP's width per block.
+    Here only the input is kept and the output is recomputed in the backward
+    pass: at ViT-B/16 batch 32, 74 MiB less per block (XLA temp of the train
+    step 3,739 -> 2,926 MiB with oneDNN's matmuls), for one more GELU
+    evaluation and one more write and read of that buffer per block (train
+    step 0.96-0.97x on a 2-core Xeon, A/B in one process). The model uses it
+    with `ViTConfig.recompute_gelu`.
+
+    `pre` must have a leading token axis besides the feature axis (the model's
+    (batch, seq, features)): GELU runs in that shape and the fold to 2-D
+    follows, see `_gelu_matmul`.
+    """
+    features_in = pre.shape[-1]
+    out = _gelu_matmul(pre, kernel.reshape(features_in, -1), approximate, precision)
+    return out.reshape(*pre.shape[:-1], *kernel.shape[1:])
 
 
 def token_dot_general(

@@ -35,13 +35,14 @@ import numpy as np
 from vit_jax.attention import attention, explicit_attention
 from vit_jax.config import ViTConfig
 from vit_jax.layer_norm import LayerNorm
-from vit_jax.matmul import shared_input_projections, token_dot_general
+from vit_jax.matmul import gelu_projection, shared_input_projections, token_dot_general
 from vit_jax.posemb import sincos_2d
 
 Array = jax.Array
 Intermediates = dict[str, Array]
 
 xavier_uniform = nn.initializers.xavier_uniform()
+_MLP_BIAS_INIT = nn.initializers.normal(stddev=1e-6)
 
 
 def _dtype(name: str):
@@ -97,14 +98,27 @@ class MlpBlock(nn.Module):
             dtype=_dtype(c.dtype),
             param_dtype=_dtype(c.param_dtype),
             kernel_init=xavier_uniform,
-            bias_init=nn.initializers.normal(stddev=1e-6),
+            bias_init=_MLP_BIAS_INIT,
             dot_general=token_dot_general,
         )
         x = dense(c.mlp_dim, name="Dense_0")(x)
-        x = _gelu(c)(x)
-        x = nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
-        x = dense(c.hidden_size, name="Dense_1")(x)
-        return nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
+        if not c.recompute_gelu:
+            x = _gelu(c)(x)
+            x = nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
+            x = dense(c.hidden_size, name="Dense_1")(x)
+            return nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
+        # GELU and the second layer as one op whose backward pass recomputes
+        # GELU's output instead of keeping it (gelu_projection); the config
+        # allows this only without dropout. Same parameters as the path above.
+        dtype = _dtype(c.dtype)
+        kernel, bias = ProjectionParams(
+            (c.hidden_size,),
+            param_dtype=_dtype(c.param_dtype),
+            bias_init=_MLP_BIAS_INIT,
+            name="Dense_1",
+        )(c.mlp_dim)
+        y = gelu_projection(x.astype(dtype), kernel.astype(dtype), approximate=c.gelu == "tanh")
+        return y + bias.astype(dtype)
 
 
 class ProjectionParams(nn.Module):
@@ -117,6 +131,7 @@ class ProjectionParams(nn.Module):
     use_bias: bool = True
     param_dtype: Any = jnp.float32
     kernel_init: Any = xavier_uniform
+    bias_init: Any = nn.initializers.zeros
 
     @nn.compact
     def __call__(self, in_features: int) -> tuple[Array, Array | None]:
@@ -128,7 +143,7 @@ class ProjectionParams(nn.Module):
         kernel = self.param("kernel", kernel_init, (in_features, *self.features), self.param_dtype)
         bias = None
         if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, self.features, self.param_dtype)
+            bias = self.param("bias", self.bias_init, self.features, self.param_dtype)
         return kernel, bias
 
 

@@ -56,6 +56,7 @@ MODEL_OVERRIDES = (
     "scan",
     "remat",
     "remat_policy",
+    "recompute_gelu",
 )
 
 
@@ -81,6 +82,9 @@ class TrainConfig:
         "with --remat, what each block keeps: nothing_saveable (least memory) or the matmul outputs "
         "(dots_with_no_batch_dims_saveable: less memory than no remat and, on CPU, faster; dots_saveable)",
         REMAT_POLICIES,
+    )
+    recompute_gelu: bool | None = _field(
+        None, "the MLP's backward pass recomputes GELU's output instead of keeping it (less memory, needs dropout 0)", flag_type=bool
     )
     init: str | None = _field(None, "fine-tune from this checkpoint (Google npz, Flax msgpack/orbax, timm safetensors, HF, torchvision)")
     freeze_backbone: bool = _field(False, "train only the head (and pre-logits); everything else stays at --init")
