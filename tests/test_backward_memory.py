@@ -42,7 +42,6 @@ def test_each_block_keeps_about_what_its_backward_needs():
     forward pass and each block took 1.38x that."""
     batch = 8
     config = vit_jax.get_config("ViT-Ti_16", num_layers=2)
-    deeper = config.replace(num_layers=4)
     per_block = _per_block_temp_bytes(config, batch)
     needed = batch * config.seq_len * (8 * config.hidden_size + 2 * config.mlp_dim) * 4
     assert per_block < 1.1 * needed, (per_block / needed, per_block, needed)

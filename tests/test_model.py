@@ -231,6 +231,7 @@ def test_recompute_gelu_gives_the_same_outputs_and_gradients(gelu, scan):
     """recompute_gelu changes what the backward pass keeps, not the numbers, in
     training with stochastic depth and, with scan, under remat."""
     base = TINY.replace(gelu=gelu, scan=scan, remat=scan, stochastic_depth_rate=0.2)
+    recompute = base.replace(recompute_gelu=True)
     params = vit_jax.init_params(base, 4)
     images = random_images(base)
     rngs = {"dropout": jax.random.key(5)}
@@ -240,12 +241,12 @@ def test_recompute_gelu_gives_the_same_outputs_and_gradients(gelu, scan):
         return jnp.sum(jnp.sin(logits))
 
     step = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-    (want, g), (got, g_recompute) = step(params, base), step(params, base.replace(recompute_gelu=True))
+    (want, g), (got, g_recompute) = step(params, base), step(params, recompute)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     _assert_same_gradients(g_recompute, g)
-    recompute = base.replace(recompute_gelu=True)
-    assert jax.tree.structure(vit_jax.init_params(recompute, 4)) == jax.tree.structure(params)
-    for a, b in zip(jax.tree.leaves(vit_jax.init_params(recompute, 4)), jax.tree.leaves(params)):
+    recompute_params = vit_jax.init_params(recompute, 4)
+    assert jax.tree.structure(recompute_params) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(recompute_params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
     np.testing.assert_array_equal(apply(recompute, params, images), apply(base, params, images))
 

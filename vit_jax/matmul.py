@@ -52,6 +52,11 @@ _WEIGHT_GRAD = (((0,), (0,)), ((), ()))  # (m, k) x (m, n) -> (k, n)
 _INPUT_GRAD = (((1,), (1,)), ((), ()))  # (m, n) x (k, n) -> (m, k)
 
 
+def _tokens(x: Array) -> Array:
+    """(..., features) folded to (tokens, features)."""
+    return x.reshape(-1, x.shape[-1])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _shared_input_matmuls(x: Array, kernels: tuple[Array, ...], precision) -> tuple[Array, ...]:
     """x (m, k) times each kernel (k, n_i); one kernel is the plain projection."""
@@ -87,14 +92,8 @@ def shared_input_projections(x: Array, kernels: list[Array], precision=None) -> 
     gradients are then summed (three products and two additions for q/k/v).
     """
     features_in = x.shape[-1]
-    x2 = x.reshape(-1, features_in)
-    outs = _shared_input_matmuls(x2, tuple(k.reshape(features_in, -1) for k in kernels), precision)
+    outs = _shared_input_matmuls(_tokens(x), tuple(k.reshape(features_in, -1) for k in kernels), precision)
     return [o.reshape(*x.shape[:-1], *k.shape[1:]) for o, k in zip(outs, kernels)]
-
-
-def _tokens(x: Array) -> Array:
-    """(..., features) folded to (tokens, features)."""
-    return x.reshape(-1, x.shape[-1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

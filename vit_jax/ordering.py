@@ -23,7 +23,8 @@ XLA's temp allocation for that step went from 5,180 to 4,062 MiB, its peak
 RSS growth from 6,811 to 5,539-5,658 MiB, and it ran 7% faster (in-process
 A/B; 2-core Xeon, system malloc). With the attention output no longer kept
 either (`vit_jax.attention._recompute_bwd`): 3,841 MiB temp, 5,413 MiB RSS
-growth against the PyTorch twin's 5,420.
+growth against the PyTorch twin's 5,420. `vit_jax.matmul.gelu_projection`
+(`ViTConfig.recompute_gelu`) uses it for GELU's output as well.
 
 `after(x, cotangent)` returns x with a data dependence on `cotangent`, the
 gradient that arrives when the backward pass reaches this layer: x plus zero
