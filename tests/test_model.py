@@ -346,17 +346,30 @@ def test_attention_cores_agree_forward_and_backward(impl):
         assert rel_l2(a, b) < 1e-5, name
 
 
-@pytest.mark.parametrize("head_dim,dtype", [(64, "float32"), (64, "bfloat16"), (16, "float32"), (80, "float32")])
-def test_recompute_core_inference_matches_its_training_forward(head_dim, dtype):
-    """Undifferentiated, the recompute core scales q (power-of-two scales) instead of
-    the scores: same bits as the forward that training runs; other head dims take
-    the training form unchanged."""
+@pytest.mark.parametrize("head_dim,dtype", [(64, "float32"), (64, "bfloat16"), (16, "float32")])
+def test_recompute_core_scales_q_with_the_same_bits(head_dim, dtype, monkeypatch):
+    """With a power-of-two 1/sqrt(head_dim) the recompute core scales q (and, in the
+    backward pass, d_q) instead of the scores (and dS): the same bits, forward and
+    backward, as the scores-scaled form it takes for other head dims."""
+    import vit_jax.attention as attention_module
     from vit_jax.attention import explicit_attention, recompute_attention
 
+    assert attention_module._exact_scale(head_dim) == head_dim**-0.5
+    assert attention_module._exact_scale(80) is None  # ViT-H/14: the scores-scaled form
     rng = np.random.default_rng(1)
-    q, k, v = (jnp.asarray(rng.standard_normal((2, 33, 3, head_dim)) * 3, dtype) for _ in range(3))
-    inference = jax.jit(recompute_attention)(q, k, v)
-    training_forward = jax.jit(lambda q, k, v: jax.vjp(recompute_attention, q, k, v)[0])(q, k, v)
-    np.testing.assert_array_equal(np.asarray(inference, np.float32), np.asarray(training_forward, np.float32))
+    q, k, v, d_out = (jnp.asarray(rng.standard_normal((2, 33, 3, head_dim)) * 3, dtype) for _ in range(4))
+
+    def forward_and_grads():  # traced afresh on each call
+        def run():
+            out, pullback = jax.vjp(recompute_attention, q, k, v)
+            return (out, *pullback(d_out), recompute_attention(q, k, v))
+
+        return [np.asarray(x, np.float32) for x in jax.jit(run)()]
+
+    scaled_q = forward_and_grads()
+    monkeypatch.setattr(attention_module, "_exact_scale", lambda head_dim: None)
+    scaled_scores = forward_and_grads()
+    for name, a, b in zip(("out", "dq", "dk", "dv", "inference out"), scaled_q, scaled_scores):
+        np.testing.assert_array_equal(a, b, err_msg=name)
     reference = explicit_attention(*(x.astype(jnp.float32) for x in (q, k, v)))[0]
-    assert rel_l2(inference, reference) < (1e-2 if dtype == "bfloat16" else 1e-5)
+    assert rel_l2(scaled_q[0], reference) < (1e-2 if dtype == "bfloat16" else 1e-5)

@@ -87,26 +87,30 @@ def _to_bhsd(x: Array) -> Array:
     return jnp.swapaxes(x, 1, 2)
 
 
+def _exact_scale(head_dim: int) -> float | None:
+    """1/sqrt(head_dim) when it is a power of two (head_dim 4, 16, 64, 256: every
+    official preset but H/14), else None. Multiplying by it is then exact, so it
+    can go on q (or on a product's output) instead of on the scores with the
+    same bits."""
+    scale = 1.0 / math.sqrt(head_dim)
+    return scale if math.frexp(scale)[0] == 0.5 else None
+
+
 @jax.custom_vjp
 def recompute_attention(q: Array, k: Array, v: Array) -> Array:
-    # Not differentiated (inference). When 1/sqrt(head_dim) is a power of two
-    # (head_dim 64, every official preset but H/14) scaling q gives the same
-    # bits as scaling the scores, and it is cheaper here: the multiply joins
-    # q's transposition to (batch, heads, seq, dim), which runs anyway, while on
-    # the (seq, seq) scores XLA:CPU's YNNPACK fusion reads the scale from a
-    # materialised broadcast (ViT-Ti/16 b32 inference +5% on a 2-core Xeon, A/B
-    # in one process). The differentiated path keeps the scale on the scores:
-    # oneDNN's matmul fusion cannot take a computed operand (`_scores`).
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    if math.frexp(scale)[0] != 0.5:  # not a power of two: q * scale would round
-        return _recompute_fwd(q, k, v)[0]
-    out, _ = _recompute_fwd(q * jnp.asarray(scale, q.dtype), k, v, scale=False)
-    return out
+    return _recompute_fwd(q, k, v)[0]
 
 
-def _recompute_fwd(q, k, v, scale: bool = True):
-    qh, kh, vh = _to_bhsd(q), _to_bhsd(k), _to_bhsd(v)
-    unnormalised, row_sum, row_max = _softmax_parts(_scores_bhsd(qh, kh, scale))
+def _recompute_fwd(q, k, v):
+    # With an exact scale, q is scaled, not the (seq, seq) scores: the multiply
+    # joins q's transposition to (batch, heads, seq, dim), which runs anyway.
+    # On the scores it cost a pass over a materialised (batch, heads, seq, seq)
+    # broadcast of the scale: in YNNPACK's fusion at inference (+5% Ti/16
+    # inference without it) and as a post-op of oneDNN's product in training.
+    scale = _exact_scale(q.shape[-1])
+    qh = _to_bhsd(q if scale is None else q * scale)
+    kh, vh = _to_bhsd(k), _to_bhsd(v)
+    unnormalised, row_sum, row_max = _softmax_parts(_scores_bhsd(qh, kh, scale=scale is None))
     # Normalise after the product: a (seq, head_dim) division, not (seq, seq).
     out = jnp.einsum("bhqk,bhkd->bhqd", unnormalised.astype(vh.dtype), vh, preferred_element_type=row_sum.dtype)
     out = (out / row_sum).astype(q.dtype)
@@ -119,17 +123,19 @@ def _recompute_fwd(q, k, v, scale: bool = True):
 def _recompute_bwd(residuals, d_out):
     q, k, v, lse = residuals
     stats = _stats_dtype(q)
+    scale = _exact_scale(q.shape[-1])
     # The recomputation starts from a q that exists only once d_out does
     # (vit_jax.ordering). Without that, XLA:CPU merged the recomputed scores
     # with the forward's and computed these probabilities in the forward
     # pass, keeping a (batch, heads, seq, seq) buffer per layer until here.
-    # The dependence enters through q's transposition to (batch, heads, seq,
-    # dim), a copy that runs anyway: on q in that layout, XLA fused it into the
-    # product's operand, which oneDNN's matmul fusion cannot compile
-    # (`vit_jax.cpu_matmuls`).
-    q = _to_bhsd(after(q, d_out))
+    # The dependence (and an exact scale, as in the forward pass) enters
+    # through q's transposition to (batch, heads, seq, dim), a copy that runs
+    # anyway: on q in that layout, XLA fused it into the product's operand,
+    # which oneDNN's matmul fusion cannot compile (`vit_jax.cpu_matmuls`).
+    q = after(q, d_out)
+    q = _to_bhsd(q if scale is None else q * scale)
     d_out = _to_bhsd(d_out)
-    probs = jnp.exp(_scores_bhsd(q, k) - lse)  # float32, recomputed rather than stored
+    probs = jnp.exp(_scores_bhsd(q, k, scale=scale is None) - lse)  # float32, recomputed rather than stored
     d_v = jnp.einsum("bhqk,bhqd->bhkd", probs.astype(q.dtype), d_out)
     d_probs = jnp.einsum("bhqd,bhkd->bhqk", d_out, v, preferred_element_type=stats)
     # softmax backward: dS = P * (dP - rowsum(P * dP)). The row sums equal
@@ -140,11 +146,25 @@ def _recompute_bwd(residuals, d_out):
     # no measurable time (ViT-Ti/16 train step 1.01x, A/B in one process,
     # either matmul library).
     row = jnp.sum(probs * d_probs, axis=-1, keepdims=True)
-    # The 1/sqrt(d) of the scores is folded in here rather than applied to the
-    # products' outputs, so that XLA:CPU hands the products to its matmul library.
-    scale = 1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], stats))
-    d_scores = (probs * (d_probs - row) * scale).astype(q.dtype)
-    d_q = jnp.einsum("bhqk,bhkd->bhqd", d_scores, k)
+    d_scores = probs * (d_probs - row)
+    if scale is None:
+        # The 1/sqrt(d) of the scores folded into dS rather than applied to
+        # the products' outputs, so that XLA:CPU hands the products to its
+        # matmul library; q is unscaled here.
+        d_scores = (d_scores * (1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], stats)))).astype(q.dtype)
+        d_q = jnp.einsum("bhqk,bhkd->bhqd", d_scores, k)
+    else:
+        # dS is the gradient of the scores of the scaled q, itself in hand:
+        # d_k = dS^T q_scaled, d_q = scale * dS k. On dS the scale was read
+        # from a materialised (batch, heads, seq, seq) broadcast, inside
+        # YNNPACK's fusion of the softmax backward; on d_q, with oneDNN's
+        # matmuls, it is a post-op of the product reading a (batch, heads,
+        # seq, dim) one, a third the size at 197 tokens. ViT-Ti/16 b32 train
+        # step with both changes (exact scale on q and here): +2.6% with
+        # oneDNN's matmuls, +1.5% with XLA's; S/16 +0.7% / +1.4% (A/B in one
+        # process, 2-core Xeon); the same bits as before.
+        d_scores = d_scores.astype(q.dtype)
+        d_q = jnp.einsum("bhqk,bhkd->bhqd", d_scores, k) * scale
     d_k = jnp.einsum("bhqk,bhqd->bhkd", d_scores, q)
     return _to_bhsd(d_q), _to_bhsd(d_k), _to_bhsd(d_v)
 

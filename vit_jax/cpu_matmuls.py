@@ -22,8 +22,10 @@ failed", after which the process dies with SIGILL) when it holds two products
 whose results are added, or a product with an operand computed inside it
 (e.g. `(q * scale) @ k^T`). The model avoids both: the query/key/value input
 gradient is one product over the concatenated kernels
-(`vit_jax.matmul.shared_input_projections`), the attention scale multiplies
-the scores (`vit_jax.attention._scores`) and mean pooling sums x / n.
+(`vit_jax.matmul.shared_input_projections`), the attention scale goes on q
+inside q's transposition to the core's layout (a copy of its own, not the
+product's fusion) or, when it is not a power of two, on the scores
+(`vit_jax.attention._recompute_fwd`), and mean pooling sums x / n.
 tests/test_cpu_matmuls.py compiles and runs train and inference steps of the
 configurations we ship under these flags and compares their numbers with the
 default path; other programs may still meet the failure.
