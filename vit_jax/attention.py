@@ -148,9 +148,9 @@ def _recompute_bwd(residuals, d_out):
     row = jnp.sum(probs * d_probs, axis=-1, keepdims=True)
     d_scores = probs * (d_probs - row)
     if scale is None:
-        # The 1/sqrt(d) of the scores folded into dS rather than applied to
-        # the products' outputs, so that XLA:CPU hands the products to its
-        # matmul library; q is unscaled here.
+        # q is unscaled here, as the forward's scores were: the 1/sqrt(d) goes
+        # into dS (a scale that is not a power of two rounds, so it stays where
+        # the forward applied it), and both products take dS as it is.
         d_scores = (d_scores * (1.0 / jnp.sqrt(jnp.asarray(q.shape[-1], stats)))).astype(q.dtype)
         d_q = jnp.einsum("bhqk,bhkd->bhqd", d_scores, k)
     else:
