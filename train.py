@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from vit_jax import cpu_matmuls
+from vit_jax.cpu import onednn as cpu_matmuls
 from vit_jax.config import ConfigError, ViTConfig
 from vit_jax.data import (
     DataError,

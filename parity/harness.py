@@ -136,7 +136,7 @@ def run_flax(
         # One compiled function gives the intermediates, the loss and (with
         # backward) the gradients: compiling a ViT dominates small runs.
         # Results are waited for while the compiled function is alive: with oneDNN
-        # matmuls, freeing a running executable aborts the process (vit_jax/cpu_matmuls.py).
+        # matmuls, freeing a running executable aborts the process (vit_jax/cpu/onednn.py).
         if backward:
             step = jax.jit(jax.value_and_grad(forward, has_aux=True))
             (loss, inter), grads = jax.block_until_ready(step(params, x, y))

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from vit_jax import bench, get_config
+from benchmarks import model_bench as bench
+from vit_jax import get_config
 from vit_jax.flops import forward_flops, train_step_flops
 
 # DESIGN.md: training FLOPs per image at 224 px (3x forward).

@@ -6,23 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_images, rel_l2
+from conftest import apply, assert_same_gradients, random_images, rel_l2
 
 import vit_jax
 from vit_jax import VisionTransformer, get_config
 from vit_jax.config import REMAT_POLICIES
 
 TINY = get_config("ViT-testing", head_zero_init=False)
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted_apply(config, **kw):
-    return jax.jit(lambda p, x, r: VisionTransformer(config).apply({"params": p}, x, rngs=r, **kw))
-
-
-def apply(config, params, images, rngs=None, **kw):
-    """Jitted apply, compiled once per (config, flags): eager dispatch is slow on CPU."""
-    return _jitted_apply(config, **kw)(params, images, rngs)
 
 
 def google_tree(config, seed=0):
@@ -119,29 +109,6 @@ def test_intermediates_and_attention_have_canonical_names():
     assert set(only_attn) == {f"blocks.{i}.attn_probs" for i in range(TINY.num_layers)}
 
 
-def test_class_token_path_matches_the_full_final_norm_forward_and_backward():
-    # With classifier 'token' the model normalises only the class token at the end;
-    # with return_intermediates it normalises every token (the 'norm' intermediate).
-    params = vit_jax.init_params(TINY)
-    images = random_images(TINY)
-    model = VisionTransformer(TINY)
-
-    def loss(p, **kw):
-        out = model.apply({"params": p}, images, **kw)
-        logits = out[0] if kw else out
-        return jnp.sum(jnp.sin(logits))
-
-    class_only = jax.jit(jax.value_and_grad(loss))(params)
-    full_norm = jax.jit(jax.value_and_grad(functools.partial(loss, return_intermediates=True)))(params)
-    np.testing.assert_allclose(class_only[0], full_norm[0], rtol=1e-6)
-    grads, ref = jax.tree.leaves(class_only[1]), jax.tree.leaves(full_norm[1])
-    scale = max(float(jnp.abs(g).max()) for g in ref)
-    assert scale > 1.0 and float(jnp.abs(full_norm[1]["embedding"]["kernel"]).max()) > 0.1
-    for a, b in zip(grads, ref):
-        # elementwise against the largest gradient: some leaves (the key bias) are 0 up to rounding
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale)
-
-
 def test_dot_product_attention_and_explicit_core_agree():
     params = vit_jax.init_params(TINY)
     images = random_images(TINY)
@@ -210,45 +177,7 @@ def test_remat_gives_the_same_gradients():
 
     g = jax.jit(jax.grad(loss), static_argnums=1)(params, TINY)
     g_remat = jax.jit(jax.grad(loss), static_argnums=1)(params, TINY.replace(remat=True))
-    _assert_same_gradients(g_remat, g)
-
-
-def _assert_same_gradients(got, want, rel: float = 1e-6):
-    """Per parameter within `rel`; the key biases, whose exact gradient is zero (softmax ignores
-    a shift shared by all keys), are rounding noise on both sides and only checked to be ~0."""
-    scale = np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in jax.tree.leaves(want)))
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got)):
-        name = jax.tree_util.keystr(path)
-        if "'key'" in name and "'bias'" in name:
-            assert max(np.linalg.norm(a), np.linalg.norm(b)) < 1e-6 * scale, name
-        else:
-            assert rel_l2(b, a) < rel, name
-
-
-@pytest.mark.parametrize("gelu", ["tanh", "exact"])
-@pytest.mark.parametrize("scan", [False, True])
-def test_recompute_gelu_gives_the_same_outputs_and_gradients(gelu, scan):
-    """recompute_gelu changes what the backward pass keeps, not the numbers, in
-    training with stochastic depth and, with scan, under remat."""
-    base = TINY.replace(gelu=gelu, scan=scan, remat=scan, stochastic_depth_rate=0.2)
-    recompute = base.replace(recompute_gelu=True)
-    params = vit_jax.init_params(base, 4)
-    images = random_images(base)
-    rngs = {"dropout": jax.random.key(5)}
-
-    def loss(p, config):
-        logits = VisionTransformer(config).apply({"params": p}, images, train=True, rngs=rngs)
-        return jnp.sum(jnp.sin(logits))
-
-    step = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-    (want, g), (got, g_recompute) = step(params, base), step(params, recompute)
-    np.testing.assert_allclose(got, want, rtol=1e-6)
-    _assert_same_gradients(g_recompute, g)
-    recompute_params = vit_jax.init_params(recompute, 4)
-    assert jax.tree.structure(recompute_params) == jax.tree.structure(params)
-    for a, b in zip(jax.tree.leaves(recompute_params), jax.tree.leaves(params)):
-        np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
-    np.testing.assert_array_equal(apply(recompute, params, images), apply(base, params, images))
+    assert_same_gradients(g_remat, g)
 
 
 @pytest.mark.parametrize("policy", REMAT_POLICIES)
@@ -325,51 +254,3 @@ def test_summary_lists_layers_and_totals():
     text = vit_jax.summary(get_config("ViT-B_16"))
     assert "blocks.11.mlp" in text and "(1, 197, 768)" in text
     assert "86,567,656" in text
-
-
-@pytest.mark.parametrize("impl", ["recompute", "xla", "explicit"])
-def test_attention_cores_agree_forward_and_backward(impl):
-    """Every attention core computes the same function and gradients as the explicit one."""
-    from vit_jax.attention import attention, explicit_attention
-
-    rng = np.random.default_rng(0)
-    q, k, v = (jnp.asarray(rng.standard_normal((2, 17, 3, 8)), jnp.float32) for _ in range(3))
-    d_out = jnp.asarray(rng.standard_normal((2, 17, 3, 8)), jnp.float32)
-
-    def vjp(fn):
-        out, pullback = jax.vjp(fn, q, k, v)
-        return (out, *pullback(d_out))
-
-    ref = vjp(lambda q, k, v: explicit_attention(q, k, v)[0])
-    got = jax.jit(lambda: vjp(lambda q, k, v: attention(q, k, v, impl)))()
-    for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
-        assert rel_l2(a, b) < 1e-5, name
-
-
-@pytest.mark.parametrize("head_dim,dtype", [(64, "float32"), (64, "bfloat16"), (16, "float32")])
-def test_recompute_core_scales_q_with_the_same_bits(head_dim, dtype, monkeypatch):
-    """With a power-of-two 1/sqrt(head_dim) the recompute core scales q (and, in the
-    backward pass, d_q) instead of the scores (and dS): the same bits, forward and
-    backward, as the scores-scaled form it takes for other head dims."""
-    import vit_jax.attention as attention_module
-    from vit_jax.attention import explicit_attention, recompute_attention
-
-    assert attention_module._exact_scale(head_dim) == head_dim**-0.5
-    assert attention_module._exact_scale(80) is None  # ViT-H/14: the scores-scaled form
-    rng = np.random.default_rng(1)
-    q, k, v, d_out = (jnp.asarray(rng.standard_normal((2, 33, 3, head_dim)) * 3, dtype) for _ in range(4))
-
-    def forward_and_grads():  # traced afresh on each call
-        def run():
-            out, pullback = jax.vjp(recompute_attention, q, k, v)
-            return (out, *pullback(d_out), recompute_attention(q, k, v))
-
-        return [np.asarray(x, np.float32) for x in jax.jit(run)()]
-
-    scaled_q = forward_and_grads()
-    monkeypatch.setattr(attention_module, "_exact_scale", lambda head_dim: None)
-    scaled_scores = forward_and_grads()
-    for name, a, b in zip(("out", "dq", "dk", "dv", "inference out"), scaled_q, scaled_scores):
-        np.testing.assert_array_equal(a, b, err_msg=name)
-    reference = explicit_attention(*(x.astype(jnp.float32) for x in (q, k, v)))[0]
-    assert rel_l2(scaled_q[0], reference) < (1e-2 if dtype == "bfloat16" else 1e-5)

@@ -17,7 +17,11 @@ CLASSIFIERS = ("token", "gap", "unpooled", "token_unpooled")
 GELU_FORMS = ("tanh", "exact")
 POSEMB_KINDS = ("learn", "sincos2d")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "recompute", "explicit")
+KERNELS = ("reference", "cpu")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "explicit", "recompute")
+# Fields that choose how the function is computed, not which function: the
+# torch twin and the converters ignore them, and a parity run may vary them.
+RUNTIME_FIELDS = ("kernels", "attention_impl", "remat", "remat_policy", "scan", "recompute_gelu")
 # With `remat`, what each block keeps for the backward pass (names from
 # jax.checkpoint_policies): nothing but its input, or also the outputs of its
 # matmuls (the linear layers only, or those and the attention products).
@@ -69,29 +73,26 @@ class ViTConfig:
     head_bias_init: float = 0.0
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
-    # How the attention core runs in Flax (vit_jax.attention): 'xla'/'cudnn' go
-    # through jax.nn.dot_product_attention; 'recompute' keeps no probabilities for
-    # the backward pass; 'explicit' is einsum + softmax; 'auto' picks
-    # jax.nn.dot_product_attention on accelerators and 'recompute' on CPU.
-    # Attention probabilities or attention dropout always use the explicit form.
-    attention_impl: str = "auto"
-    remat: bool = False  # rematerialise each block in the backward pass
-    # What a rematerialised block keeps (REMAT_POLICIES). On XLA:CPU remat takes
-    # effect with scan=True only. 'dots_with_no_batch_dims_saveable' keeps the
-    # linear layers' outputs and recomputes norms, GELU and the attention core:
-    # on the CPUs here that is both lighter and faster than keeping everything.
-    remat_policy: str = "nothing_saveable"
-    scan: bool = False  # nn.scan over blocks: stacked params, compile time flat in depth
-    # The MLP's backward pass recomputes GELU's output for the second layer's
-    # weight gradient instead of keeping it (vit_jax.matmul.gelu_projection):
-    # one MLP-width activation less per block (ViT-B/16 b32 train step: XLA
-    # temp -0.8 GB, ~22%) for a 3-4% slower step on a 2-core CPU. Needs
-    # dropout_rate 0: a dropout mask between the two layers would be kept too.
-    recompute_gelu: bool = False
     # Input normalisation applied by data pipelines to images scaled to [0, 1].
     # 0.5/0.5 is Google's (x - 127.5) / 127.5.
     pixel_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    # -- runtime: how the function is computed, never what it is (RUNTIME_FIELDS) --
+    # 'reference': plain Flax and JAX on every backend; 'cpu': the XLA:CPU forms
+    # of vit_jax/cpu (same function, faster on CPU, reverse-mode autodiff only).
+    kernels: str = "reference"
+    # The attention core without probabilities: 'auto'/'xla'/'cudnn' through
+    # jax.nn.dot_product_attention, 'explicit' einsum + softmax, 'recompute' the
+    # CPU kernels' core. Probabilities or attention dropout use the explicit form.
+    attention_impl: str = "auto"
+    remat: bool = False  # rematerialise each block in the backward pass
+    remat_policy: str = "nothing_saveable"  # what a rematerialised block keeps (REMAT_POLICIES)
+    scan: bool = False  # nn.scan over blocks: stacked params, compile time flat in depth
+    # kernels='cpu' only: the MLP's backward pass recomputes GELU's output
+    # instead of keeping it (one MLP-width activation less per block); needs
+    # dropout_rate 0. On accelerators, `remat` is the memory knob.
+    recompute_gelu: bool = False
 
     def __post_init__(self):
         # JSON gives lists; keep tuples so the dataclass stays hashable.
@@ -211,8 +212,17 @@ class ViTConfig:
             raise ConfigError(
                 f"posemb 'sincos2d' needs hidden_size divisible by 4, got {self.hidden_size}"
             )
+        if self.kernels not in KERNELS:
+            raise ConfigError(f"kernels {self.kernels!r} is not one of {KERNELS}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ConfigError(f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+        if self.kernels != "cpu" and self.attention_impl == "recompute":
+            raise ConfigError("attention_impl 'recompute' is a CPU kernel: set kernels='cpu' or another attention_impl")
+        if self.kernels != "cpu" and self.recompute_gelu:
+            raise ConfigError(
+                "recompute_gelu is a CPU kernel option: set kernels='cpu', or use remat=True to save memory "
+                "with the reference kernels"
+            )
         if self.remat_policy not in REMAT_POLICIES:
             raise ConfigError(f"remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
         for field in ("dtype", "param_dtype"):
@@ -253,6 +263,10 @@ class ViTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def function_dict(self) -> dict[str, Any]:
+        """The fields that define the function (all but RUNTIME_FIELDS)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

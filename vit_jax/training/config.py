@@ -14,8 +14,9 @@ import json
 import os
 from typing import Any
 
-from vit_jax.cpu_matmuls import CHOICES as CPU_MATMUL_CHOICES
-from vit_jax.config import REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
+from vit_jax.cpu.onednn import CHOICES as CPU_MATMUL_CHOICES
+from vit_jax.config import KERNELS, REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
+from vit_jax.kernels import resolve_kernels
 
 RUN_CONFIG_FILE = "config.json"  # the resolved config every run writes into its workdir
 
@@ -86,6 +87,12 @@ class TrainConfig:
     recompute_gelu: bool | None = _field(
         None, "the MLP's backward pass recomputes GELU's output instead of keeping it (less memory, needs dropout 0)", flag_type=bool
     )
+    kernels: str = _field(
+        "auto",
+        "how the model's operations run: reference (plain Flax/JAX, any backend), cpu (XLA:CPU forms of the same "
+        "function, faster there; reverse-mode autodiff only) or auto (cpu on a CPU backend, else reference)",
+        ("auto", *KERNELS),
+    )
     init: str | None = _field(None, "fine-tune from this checkpoint (Google npz, Flax msgpack/orbax, timm safetensors, HF, torchvision)")
     freeze_backbone: bool = _field(False, "train only the head (and pre-logits); everything else stays at --init")
     # -- data -------------------------------------------------------------
@@ -129,7 +136,7 @@ class TrainConfig:
     progress: bool = _field(True, "show a progress bar")
     cpu_matmuls: str = _field(
         "xla",
-        "XLA:CPU products: XLA's own, or oneDNN's (experimental XLA flags; faster on x86, see vit_jax/cpu_matmuls.py)",
+        "XLA:CPU products: XLA's own, or oneDNN's (experimental XLA flags; faster on x86, see vit_jax/cpu/onednn.py)",
         CPU_MATMUL_CHOICES,
     )
     parallel: str = _field("jit", "data parallelism: jit over a device mesh, or pmap", ("jit", "pmap"))
@@ -213,7 +220,8 @@ def apply_model_overrides(model: ViTConfig, config: TrainConfig, num_classes: in
             pixel_mean=(model.pixel_mean[0],) * channels,
             pixel_std=(model.pixel_std[0],) * channels,
         )
-    return model.replace(num_classes=num_classes, num_channels=channels, dtype=config.dtype, **overrides)
+    kernels = resolve_kernels(config.kernels)
+    return model.replace(num_classes=num_classes, num_channels=channels, dtype=config.dtype, kernels=kernels, **overrides)
 
 
 def _field_type(f: dataclasses.Field) -> type:

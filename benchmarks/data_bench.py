@@ -1,6 +1,6 @@
 """Input-pipeline throughput: decode + augment images/s for one worker.
 
-    python -m vit_jax.data.bench [--seconds 2] [--batch-size 128] [--workers 0 2] [--train-step]
+    python -m benchmarks.data_bench [--seconds 2] [--batch-size 128] [--workers 0 2] [--train-step]
 
 Each row runs make_loader synchronously in this process (no background
 threads or workers), so its images/s is what one Grain worker delivers.
@@ -150,7 +150,7 @@ def format_table(rows) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vit_jax.data.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="timing window per row")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (capped at 32 for 224 px rows)")
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="worker-process counts to add rows for")

@@ -1,4 +1,4 @@
-"""vit_jax.host_memory: the malloc library loaded into a process is reported."""
+"""benchmarks.host_memory: the malloc library loaded into a process is reported."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vit_jax.host_memory import malloc_library
+from benchmarks.host_memory import malloc_library
 
 _PRELOADS = {
     "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
@@ -17,7 +17,7 @@ _PRELOADS = {
 
 
 def _reported(env: dict) -> str:
-    code = "from vit_jax.host_memory import malloc_library; print(malloc_library())"
+    code = "from benchmarks.host_memory import malloc_library; print(malloc_library())"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 

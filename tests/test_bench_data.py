@@ -2,7 +2,7 @@
 
 import pytest
 
-from vit_jax.data import bench
+from benchmarks import data_bench as bench
 
 
 def test_bench_rows_and_table():

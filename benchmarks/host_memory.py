@@ -23,7 +23,7 @@ memory to the system, they hold the step's buffers at a stable size (peak RSS
     LD_PRELOAD=libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 python train.py ...
 
 It must be set before the process starts, which is why this module only
-reports it (`python -m vit_jax.bench` records it next to its figures).
+reports it (`python -m benchmarks.model_bench` records it next to its figures).
 """
 
 from __future__ import annotations

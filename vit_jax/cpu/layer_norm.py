@@ -1,18 +1,12 @@
 """LayerNorm with a hand-written backward pass, under Flax's parameter names.
 
-Same function and parameters as `flax.linen.LayerNorm` (`scale`, `bias`;
-statistics in float32 for bf16/f16 inputs, float64 for float64), but:
-
-- the backward pass keeps only the input (which the residual stream holds
-  anyway) and two numbers per row, the mean and 1/std, and computes
-  dx = r * (g - mean(g) - x_hat * mean(g * x_hat)), g = dy * scale, in one
-  pass, as PyTorch's native LayerNorm does. Autodiff of the formula instead
-  keeps several normalised copies of the input or, rematerialised, computes
-  the forward twice (measured: LayerNorm was ~6% of a ViT-Ti/16 CPU train step
-  that way, 3x PyTorch's time);
-- the variance is the two-pass mean((x - mean)^2) (Flax's default is the
-  faster E[x^2] - E[x]^2, which loses digits when |mean| >> std); this is
-  also what PyTorch computes, so the twin agrees more closely.
+Same function and parameters as `nn.LayerNorm(use_fast_variance=False)`
+(`scale`, `bias`; two-pass variance; statistics in float32 for bf16/f16
+inputs, float64 for float64). The backward pass keeps only the input and two
+numbers per row (mean and 1/std) and computes
+dx = r * (g - mean(g) - x_hat * mean(g * x_hat)), g = dy * scale, in one pass,
+as PyTorch's native LayerNorm does; autodiff of the formula on XLA:CPU kept
+several normalised copies of the input (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -23,7 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.ordering import after
+from vit_jax.cpu.autodiff import reverse_mode_only
+from vit_jax.cpu.ordering import after
 
 Array = jax.Array
 
@@ -54,9 +49,9 @@ def _layer_norm_bwd(eps, out_dtype, residuals, dy):
     x, mean, rstd, scale, bias = residuals
     stats = mean.dtype
     dy = dy.astype(stats)
-    # Computed only once dy exists (vit_jax.ordering): otherwise XLA:CPU ran
-    # x_hat, and full-width broadcasts of 1/std and of the scale, in the
-    # forward pass and kept them until here (~110 MB per ViT-B/16 block at b32).
+    # Computed only once dy exists (vit_jax/cpu/ordering.py): otherwise XLA:CPU
+    # ran x_hat and full-width broadcasts of 1/std and the scale in the forward
+    # pass and kept them until here.
     mean, rstd, scale = after((mean, rstd, scale), dy)
     x_hat = (x.astype(stats) - mean) * rstd
     rows = tuple(range(x.ndim - 1))
@@ -85,4 +80,4 @@ class LayerNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
         out_dtype = self.dtype or jnp.result_type(x, scale)
-        return layer_norm(x, scale, bias, self.epsilon, jnp.dtype(out_dtype))
+        return reverse_mode_only(layer_norm)(x, scale, bias, self.epsilon, jnp.dtype(out_dtype))

@@ -7,7 +7,7 @@ import pytest
 
 import vit_jax
 from vit_jax import VisionTransformer
-from vit_jax.ordering import after
+from vit_jax.cpu.ordering import after
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
@@ -38,10 +38,10 @@ def test_each_block_keeps_about_what_its_backward_needs():
     (the norms' inputs), two norm outputs, q, k, v, the attention output
     (batch x seq x width each), the MLP's pre-activation and activation
     (batch x seq x MLP width each), as PyTorch keeps. Measured: 1.00x. Before
-    vit_jax.ordering, XLA:CPU ran the attention and norm recomputations in the
+    vit_jax.cpu.ordering, XLA:CPU ran the attention and norm recomputations in the
     forward pass and each block took 1.38x that."""
     batch = 8
-    config = vit_jax.get_config("ViT-Ti_16", num_layers=2)
+    config = vit_jax.get_config("ViT-Ti_16", num_layers=2, kernels="cpu")
     per_block = _per_block_temp_bytes(config, batch)
     needed = batch * config.seq_len * (8 * config.hidden_size + 2 * config.mlp_dim) * 4
     assert per_block < 1.1 * needed, (per_block / needed, per_block, needed)
@@ -57,7 +57,7 @@ def test_recompute_gelu_keeps_one_mlp_width_activation_less_per_block():
     GELU's output as well: per block, XLA's temp shrinks by about one
     (batch x seq x MLP width) buffer and stays below 1.1x what is left."""
     batch = 8
-    config = vit_jax.get_config("ViT-Ti_16", num_layers=2)
+    config = vit_jax.get_config("ViT-Ti_16", num_layers=2, kernels="cpu")
     keeping = _per_block_temp_bytes(config, batch)
     recomputing = _per_block_temp_bytes(config.replace(recompute_gelu=True), batch)
     mlp_buffer = batch * config.seq_len * config.mlp_dim * 4

@@ -1,42 +1,26 @@
-"""Opt-in oneDNN matmuls for XLA:CPU, and why they are worth it.
+"""Opt-in oneDNN matmuls for XLA:CPU (`--cpu-matmuls onednn`).
 
-jaxlib 0.10's XLA:CPU hands float32 products to YNNPACK (plain 2-D products)
-or Eigen. On a 2-core Xeon (AVX-512, AMX) the batched attention products of a
-ViT-Ti/16 step at batch 32, (96 x 197 x 64) x (96 x 64 x 197) and the like,
-ran at 105-135 GFLOP/s there against 235-290 in PyTorch (oneDNN/MKL). XLA:CPU
-can also hand products to oneDNN, behind experimental flags:
+jaxlib 0.10's XLA:CPU hands float32 products to YNNPACK or Eigen; behind
+experimental flags it hands them to oneDNN instead, which runs the ViT's
+batched attention and weight-gradient products much faster on x86
+(docs/performance.md):
 
     --xla_cpu_use_onednn=true
     --xla_cpu_experimental_onednn_fusion_type=dot     products to oneDNN
     --xla_cpu_experimental_ynn_fusion_type=reduce     YNNPACK keeps the reductions
 
-With them the same attention products ran at 190-300 GFLOP/s and the
-weight-gradient products at ~260 instead of ~170. They must be in XLA_FLAGS
-before JAX starts its CPU backend: `enable_onednn_matmuls()` at the top of a
-program, `--cpu-matmuls onednn` for `train.py` and `python -m vit_jax.bench`.
+They must be in XLA_FLAGS before JAX starts its CPU backend:
+`enable_onednn_matmuls()` at the top of a program.
 
-The flags are experimental in XLA and have three known failures. The pass that
-builds a oneDNN graph around each product also takes in neighbouring
-elementwise ops, and the graph then fails to compile ("partition compile
-failed", after which the process dies with SIGILL) when it holds two products
-whose results are added, or a product with an operand computed inside it
-(e.g. `(q * scale) @ k^T`). The model avoids both: the query/key/value input
-gradient is one product over the concatenated kernels
-(`vit_jax.matmul.shared_input_projections`), the attention scale goes on q
-inside q's transposition to the core's layout (a copy of its own, not the
-product's fusion) or, when it is not a power of two, on the scores
-(`vit_jax.attention._recompute_fwd`), and mean pooling sums x / n.
-tests/test_cpu_matmuls.py compiles and runs train and inference steps of the
-configurations we ship under these flags and compares their numbers with the
-default path; other programs may still meet the failure.
-
-A third failure is a race: an executable freed while it still runs (a
-`jax.jit` of a temporary function, called and dropped before its result is
-ready) aborts the process ("Check failed: available_.size() == num_created_"
-in `OneDnnFusionThunk`'s destructor). With XLA's own matmuls the same program
-runs. Keep a compiled function alive until its results are ready, as this
-project's code does (`model.init_params`, the parity harness); a train step
-held for the whole run is safe.
+Known failures of these experimental flags, which the CPU kernels avoid:
+- a oneDNN graph holding two products whose results are added, or a product
+  with an operand computed in the same fusion (e.g. `(q * scale) @ k^T`),
+  fails to compile ("partition compile failed") and the process dies;
+- an executable freed while it still runs aborts the process ("Check failed:
+  available_.size() == num_created_"): keep a compiled function alive until
+  its results are ready.
+tests/test_cpu_matmuls.py compiles and runs the configurations we ship under
+these flags; the reference kernels are not checked against them.
 """
 
 from __future__ import annotations

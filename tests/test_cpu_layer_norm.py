@@ -1,4 +1,4 @@
-"""vit_jax.layer_norm: the hand-written backward equals autodiff of the formula, and the module matches Flax's."""
+"""vit_jax.cpu.layer_norm: the hand-written backward equals autodiff of the formula, and the module matches Flax's."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import rel_l2
-from vit_jax.layer_norm import LayerNorm, layer_norm
+from vit_jax.cpu.layer_norm import LayerNorm, layer_norm
 
 
 def _reference(x, scale, bias, eps):

@@ -1,4 +1,4 @@
-"""oneDNN matmuls on XLA:CPU (vit_jax/cpu_matmuls.py): the flags, and the model under them.
+"""oneDNN matmuls on XLA:CPU (vit_jax/cpu/onednn.py): the flags, and the model under them.
 
 XLA reads its flags once per process, so the model runs under the oneDNN flags
 in a child process; its losses, gradients and logits must match this process's
@@ -21,7 +21,7 @@ import optax
 import pytest
 
 import vit_jax
-from vit_jax import cpu_matmuls
+from vit_jax.cpu import onednn as cpu_matmuls
 from vit_jax.model import VisionTransformer, init_params
 from vit_jax.training.config import TRAINING_PRESETS
 
@@ -53,9 +53,9 @@ def _numbers(name: str) -> dict:
     """Loss, gradient norms per top-level module, and inference logits for CASES[name]."""
     preset, overrides, size = CASES[name]
     if preset in TRAINING_PRESETS:
-        config = dataclasses.replace(TRAINING_PRESETS[preset], head_zero_init=False, **overrides)
+        config = dataclasses.replace(TRAINING_PRESETS[preset], head_zero_init=False, kernels="cpu", **overrides)
     else:
-        config = vit_jax.get_config(preset, image_size=size, num_classes=10, head_zero_init=False, **overrides)
+        config = vit_jax.get_config(preset, image_size=size, num_classes=10, head_zero_init=False, kernels="cpu", **overrides)
     model = VisionTransformer(config)
     params = init_params(config, 0)
     rng = np.random.default_rng(0)
@@ -67,7 +67,7 @@ def _numbers(name: str) -> dict:
         logits = model.apply({"params": p}, images, train=True, rngs={"dropout": dropout_rng})
         return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
 
-    # Each result is waited for while its compiled function is alive (see vit_jax/cpu_matmuls.py).
+    # Each result is waited for while its compiled function is alive (see vit_jax/cpu/onednn.py).
     train_grads = jax.jit(jax.value_and_grad(loss_fn))
     loss, grads = jax.block_until_ready(train_grads(params))
     infer = jax.jit(lambda p: model.apply({"params": p}, images, return_attention=True))
@@ -89,8 +89,8 @@ def _numbers(name: str) -> dict:
 def _numbers_under_onednn(names: list[str]) -> dict:
     env = dict(os.environ, XLA_FLAGS=cpu_matmuls.with_onednn_flags(""), JAX_PLATFORMS="cpu")
     code = (
-        "import json, sys; sys.path.insert(0, %r); import test_cpu_matmuls as t; "
-        "from vit_jax import cpu_matmuls; assert cpu_matmuls.onednn_matmuls_enabled(); "
+        "import json, sys; sys.path.insert(0, %r); import test_cpu_onednn as t; "
+        "from vit_jax.cpu import onednn as cpu_matmuls; assert cpu_matmuls.onednn_matmuls_enabled(); "
         "print(json.dumps({n: t._numbers(n) for n in %r}))" % (os.path.dirname(__file__), names)
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
@@ -165,7 +165,7 @@ def test_bench_cli_runs_with_onednn_matmuls_and_records_them(tmp_path):
     args = ["--presets", "ViT-testing", "--image-size", "16", "--batch", "4", "--repeats", "1", "--warmup", "1",
             "--no-torch-compile", "--cpu-matmuls", "onednn", "--json", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    run = subprocess.run([sys.executable, "-m", "vit_jax.bench", *args], env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-m", "benchmarks.model_bench", *args], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["device"]["xla_cpu_matmuls"] == "onednn"
@@ -174,7 +174,7 @@ def test_bench_cli_runs_with_onednn_matmuls_and_records_them(tmp_path):
 
 
 def test_bench_cli_refuses_onednn_once_jax_is_running(capsys):
-    from vit_jax import bench
+    from benchmarks import model_bench as bench
 
     jax.devices()
     with pytest.raises(SystemExit) as err:

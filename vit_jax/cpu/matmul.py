@@ -1,36 +1,22 @@
 """The token-wise projections as 2-D matmuls with a hand-written backward pass.
 
 `token_dot_general` is a drop-in `dot_general` for Flax's `Dense` and
-`DenseGeneral` (their `dot_general=` argument). A ViT projection contracts the
-trailing feature axes of a (batch, seq, ...) input with the leading axes of the
-kernel. Here the input is folded to (batch * seq, in) and the kernel to
-(in, out) first, and the backward pass is written out as the two products
+`DenseGeneral`: the (batch, seq, ...) input is folded to (batch * seq, in), the
+kernel to (in, out), and the backward pass is the two 2-D products
 
-    d_input  = d_out @ kernel^T          (batch * seq, out) x (out, in)
-    d_kernel = input^T @ d_out           (in, batch * seq) x (batch * seq, out)
+    d_input  = d_out @ kernel^T          d_kernel = input^T @ d_out
 
-The numbers are those of autodiff through `lax.dot_general` (same products,
-same dtypes); only the program XLA sees changes. Autodiff of the 3-D form
-contracts the kernel gradient over two axes (batch, seq) and XLA:CPU then
-copied one operand into a transposed layout and ran the product outside its
-fast matmul path (the weight-gradient products ran at ~170 GFLOP/s against
-~290 for the forward ones, 6304x192x768 float32 on a 2-core Xeon). Written as
-one 2-D product over the folded axis, the copies go and, with oneDNN matmuls
-(`vit_jax.cpu_matmuls`), so does the slow path: a ViT-Ti/16 train step went
-from 18.7 to 20.4-20.9 img/s with XLA's own matmuls (tcmalloc, 2-core
-Xeon, alternating runs).
+The numbers are those of autodiff through `lax.dot_general`; only the program
+changes. Autodiff of the 3-D form contracts the kernel gradient over two axes,
+which XLA:CPU ran outside its fast matmul path after a layout copy.
 
-`shared_input_projections` does the same for several projections of one
-input (query, key, value), with one input-gradient product for all of them.
-
-`gelu_projection` is the MLP's second layer with the GELU in front of it:
-its backward pass recomputes GELU's output for the weight gradient from the
-GELU input, which the GELU backward keeps anyway, instead of keeping both
-(one MLP-width buffer less per block; see its docstring).
+`shared_input_projections` does the same for several projections of one input
+(query, key, value), with one input-gradient product for all of them.
+`gelu_projection` is the MLP's second layer with GELU in front: its backward
+pass recomputes GELU's output instead of keeping it (`recompute_gelu`).
 
 Forms other than "trailing input axes x leading kernel axes, no batch axes",
-and calls with a `preferred_element_type`, fall through to `lax.dot_general`
-unchanged.
+and calls with a `preferred_element_type`, fall through to `lax.dot_general`.
 """
 
 from __future__ import annotations
@@ -43,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from vit_jax.ordering import after
+from vit_jax.cpu.ordering import after
 
 Array = jax.Array
 
@@ -99,10 +85,9 @@ def shared_input_projections(x: Array, kernels: list[Array], precision=None) -> 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _gelu_matmul(pre: Array, kernel: Array, approximate: bool, precision) -> Array:
     """gelu(pre) (..., k), folded to (m, k), times kernel (k, n)."""
-    # GELU runs in pre's own shape and its result is folded afterwards. XLA
-    # turns the fold into a bitcast, which keeps the GELU out of the product's
-    # fusion: oneDNN's matmul fusion cannot compile an elementwise operand
-    # producer ("partition compile failed", vit_jax.cpu_matmuls).
+    # GELU runs in pre's own shape and is folded afterwards (a bitcast), which
+    # keeps it out of the product's fusion: oneDNN's matmul fusion cannot
+    # compile an elementwise operand producer (vit_jax/cpu/onednn.py).
     h = jax.nn.gelu(pre, approximate=approximate)
     return lax.dot_general(_tokens(h), kernel, _MATMUL, precision=precision)
 
@@ -115,18 +100,15 @@ def _gelu_matmul_bwd(approximate, precision, residuals, d_out):
     pre, kernel = residuals
     d_out = d_out.astype(pre.dtype)
     gelu = functools.partial(jax.nn.gelu, approximate=approximate)
-    # GELU's output, recomputed for the weight gradient. Without the dependence
-    # on d_out XLA:CPU would compute it in the forward pass (or reuse the
-    # forward's) and keep it across the later layers (vit_jax.ordering).
+    # GELU's output, recomputed for the weight gradient; the dependence on d_out
+    # keeps XLA:CPU from computing it in the forward pass (ordering.py).
     h = gelu(after(pre, d_out))
     d_kernel = lax.dot_general(_tokens(h), d_out, _WEIGHT_GRAD, precision=precision)
     d_h = lax.dot_general(d_out, kernel, _INPUT_GRAD, precision=precision)
     # GELU's derivative at a second copy of pre, dependent on d_h: two distinct
-    # expressions, each fused whole into its one consumer. Shared (jax.vjp at
-    # the first copy), XLA:CPU wrote the tanh's (or erfc's) costly pieces to
-    # memory for both users: the exact GELU's backward took 1.35x as long
-    # (ViT-Ti/16 width, micro-benchmark). At pre itself, CSE merged it with the
-    # forward's GELU, whose pieces were then kept across layers.
+    # expressions, each fused whole into its one consumer (shared, XLA:CPU wrote
+    # the tanh's or erfc's pieces to memory for both; at pre itself, CSE merged
+    # it with the forward's GELU).
     _, gelu_vjp = jax.vjp(gelu, after(pre, d_h))
     (d_pre,) = gelu_vjp(d_h.reshape(pre.shape))
     return d_pre, d_kernel.astype(kernel.dtype)
@@ -138,20 +120,11 @@ _gelu_matmul.defvjp(_gelu_matmul_fwd, _gelu_matmul_bwd)
 def gelu_projection(pre: Array, kernel: Array, approximate: bool, precision=None) -> Array:
     """gelu(pre) projected by `kernel` (in, out), contracting pre's last axis; no bias.
 
-    The same numbers as `token_dot_general(jax.nn.gelu(pre), kernel, ...)`,
-    forward and backward. What the backward pass keeps differs: the plain form
-    keeps GELU's input for GELU's own backward and its output for the
-    projection's weight gradient, two buffers of the MLP's width per block.
-    Here only the input is kept and the output is recomputed in the backward
-    pass: at ViT-B/16 batch 32, 74 MiB less per block (XLA temp of the train
-    step 3,739 -> 2,926 MiB with oneDNN's matmuls), for one more GELU
-    evaluation and one more write and read of that buffer per block (train
-    step 0.96-0.97x on a 2-core Xeon, A/B in one process). The model uses it
-    with `ViTConfig.recompute_gelu`.
-
-    `pre` must have a leading token axis besides the feature axis (the model's
-    (batch, seq, features)): GELU runs in that shape and the fold to 2-D
-    follows, see `_gelu_matmul`.
+    The numbers of `token_dot_general(jax.nn.gelu(pre), kernel, ...)`, forward
+    and backward, but only GELU's input is kept for the backward pass; its
+    output is recomputed there (one MLP-width buffer less per block, for one
+    more GELU evaluation). `pre` must keep a token axis besides the feature
+    axis: GELU runs in that shape and the fold to 2-D follows.
     """
     features_in = pre.shape[-1]
     out = _gelu_matmul(pre, kernel.reshape(features_in, -1), approximate, precision)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from vit_jax.matmul import gelu_projection, shared_input_projections, token_dot_general
-from vit_jax.model import ProjectionParams, xavier_uniform
+from vit_jax.cpu.matmul import gelu_projection, shared_input_projections, token_dot_general
+from vit_jax.cpu import ProjectionParams
 
 # (lhs shape, rhs shape, dimension numbers): the projection forms the model uses.
 PROJECTIONS = {
@@ -78,9 +78,9 @@ def test_flax_dense_with_it_matches_flax_dense_in_a_jitted_gradient():
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_projection_params_are_what_dense_general_would_create(use_bias):
     x = jnp.zeros((1, 3, 12))
-    dense = nn.DenseGeneral((2, 6), use_bias=use_bias, kernel_init=xavier_uniform)
+    dense = nn.DenseGeneral((2, 6), use_bias=use_bias, kernel_init=nn.initializers.xavier_uniform())
     want = dense.init(jax.random.key(7), x)["params"]
-    got = ProjectionParams((2, 6), use_bias=use_bias).init(jax.random.key(7), 12)["params"]
+    got = ProjectionParams((2, 6), use_bias=use_bias, kernel_init=nn.initializers.xavier_uniform()).init(jax.random.key(7), 12)["params"]
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(a, b)

@@ -1,7 +1,7 @@
 """Side-by-side speed of vit_jax (jit) and the PyTorch twin (eager, torch.compile).
 
-    python -m vit_jax.bench                       # ViT-Ti/16 and ViT-S/16, batch 32, 224 px
-    python -m vit_jax.bench --presets ViT-B_16 --batch 32 --memory --json bench.json
+    python -m benchmarks.model_bench                       # ViT-Ti/16 and ViT-S/16, batch 32, 224 px
+    python -m benchmarks.model_bench --presets ViT-B_16 --batch 32 --memory --json bench.json
 
 For each preset and mode (inference; train step = forward + backward + AdamW
 update) every backend runs the same config, weights and batch with the same
@@ -28,9 +28,10 @@ from typing import Callable
 
 import numpy as np
 
-from vit_jax import cpu_matmuls
-from vit_jax.config import ATTENTION_IMPLS, REMAT_POLICIES
-from vit_jax.host_memory import malloc_library
+from vit_jax.cpu import onednn as cpu_matmuls
+from vit_jax.config import ATTENTION_IMPLS, KERNELS, REMAT_POLICIES
+from vit_jax.kernels import resolve_kernels
+from benchmarks.host_memory import malloc_library
 
 # Peak dense matmul FLOP/s by (device kind substring, dtype), for MFU on accelerators.
 PEAK_FLOPS = {
@@ -75,20 +76,25 @@ def _peak_rss_mb() -> float:
 # -- JAX ----------------------------------------------------------------------
 
 
-def _jax_train_step(config):
+def _our_apply(config) -> Callable:
+    from vit_jax.model import VisionTransformer
+
+    model = VisionTransformer(config)
+    return lambda params, images, train=False: model.apply({"params": params}, images, train=train)
+
+
+def _jax_train_step(config, apply: Callable | None = None):
     """(optimizer, step): one AdamW step of the Flax model, pure, for `jax.jit`."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    from vit_jax.model import VisionTransformer
-
-    model = VisionTransformer(config)
+    apply = apply or _our_apply(config)
     tx = optax.adamw(1e-4, weight_decay=0.05)
 
     def step(state, x, y):
         def loss_fn(p):
-            logits = model.apply({"params": p}, x, train=True).astype(jnp.float32)
+            logits = apply(p, x, train=True).astype(jnp.float32)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
@@ -98,25 +104,26 @@ def _jax_train_step(config):
     return tx, step
 
 
-def _jax_runners(config, batch: int, modes: list[str], seed: int) -> list[Runner]:
+def _jax_runners(config, batch: int, modes: list[str], seed: int, name: str = "jax", apply: Callable | None = None) -> list[Runner]:
+    """Timed calls of `apply` (default: our model for `config`) with our params for `config`."""
     import jax
     import jax.numpy as jnp
 
-    from vit_jax.model import VisionTransformer, init_params
+    from vit_jax.model import init_params
 
+    apply = apply or _our_apply(config)
     params = init_params(config, seed)
     rng = np.random.default_rng(seed)
     images = jnp.asarray(rng.uniform(-1, 1, (batch, *config.image_hw, config.num_channels)).astype(np.float32))
     labels = jnp.asarray(rng.integers(0, max(config.num_classes, 1), batch), jnp.int32)
     runners = []
     if "infer" in modes:
-        model = VisionTransformer(config)
         t0 = time.perf_counter()
-        infer = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, images).compile()
+        infer = jax.jit(lambda p, x: apply(p, x)).lower(params, images).compile()
         compile_s = time.perf_counter() - t0
-        runners.append(Runner("jax", lambda: infer(params, images).block_until_ready(), compile_s))
+        runners.append(Runner(name, lambda: infer(params, images).block_until_ready(), compile_s))
     if "train" in modes:
-        tx, step = _jax_train_step(config)
+        tx, step = _jax_train_step(config, apply)
         state = {"params": params, "opt": tx.init(params)}
         t0 = time.perf_counter()
         train = jax.jit(step, donate_argnums=0).lower(state, images, labels).compile()
@@ -128,7 +135,7 @@ def _jax_runners(config, batch: int, modes: list[str], seed: int) -> list[Runner
             holder["state"], loss = train(holder["state"], images, labels)
             loss.block_until_ready()
 
-        runners.append(Runner("jax", call, compile_s))
+        runners.append(Runner(name, call, compile_s))
     return runners
 
 
@@ -251,7 +258,7 @@ def measure_memory(preset: str, batch: int, overrides: dict) -> dict[str, dict]:
     results = {}
     for backend in ("jax", "torch"):
         out = subprocess.run(
-            [sys.executable, "-m", "vit_jax.bench", "--memory-probe", backend, preset, str(batch), json.dumps(overrides)],
+            [sys.executable, "-m", "benchmarks.model_bench", "--memory-probe", backend, preset, str(batch), json.dumps(overrides)],
             capture_output=True,
             text=True,
             check=False,
@@ -292,9 +299,9 @@ def _device_info() -> dict:
         "jax_devices": jax.device_count(),
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
-        # malloc decides whether XLA:CPU page-faults its step buffers on every call (vit_jax/host_memory.py)
+        # malloc decides whether XLA:CPU page-faults its step buffers on every call (benchmarks/host_memory.py)
         "malloc": malloc_library(),
-        # which library runs XLA:CPU's products (vit_jax/cpu_matmuls.py)
+        # which library runs XLA:CPU's products (vit_jax/cpu/onednn.py)
         "xla_cpu_matmuls": "onednn" if cpu_matmuls.onednn_matmuls_enabled() else "xla",
         "torch_threads": torch.get_num_threads(),
     }
@@ -317,7 +324,21 @@ def config_overrides(args) -> dict:
         "remat": args.remat,
         "remat_policy": args.remat_policy,
         "recompute_gelu": args.recompute_gelu,
+        "kernels": resolve_kernels(args.kernels),
     }
+
+
+def _comparison_runners(config, args, mode: str) -> list[Runner]:
+    """The same model with the other kernel set (--ab-kernels) and Google's official model (--google-vit)."""
+    runners = []
+    if args.ab_kernels:
+        other = "reference" if config.kernels == "cpu" else "cpu"
+        runners += _jax_runners(config.replace(kernels=other, recompute_gelu=False), args.batch, [mode], args.seed, f"jax:{other}")
+    if args.google_vit:
+        from benchmarks.google_vit import official_apply
+
+        runners += _jax_runners(config, args.batch, [mode], args.seed, "google", official_apply(args.google_vit, config))
+    return runners
 
 
 def run(args) -> dict:
@@ -333,6 +354,7 @@ def run(args) -> dict:
         config = get_config(preset, **config_overrides(args))
         for mode in args.modes:
             runners = _jax_runners(config, args.batch, [mode], args.seed)
+            runners += _comparison_runners(config, args, mode)
             runners += _torch_runners(config, args.batch, [mode], args.seed, compiled=False)
             if args.torch_compile:
                 runners += _torch_runners(config, args.batch, [mode], args.seed, compiled=True)
@@ -351,6 +373,7 @@ def run(args) -> dict:
                 "mode": mode,
                 "batch": args.batch,
                 "dtype": args.dtype,
+                "kernels": config.kernels,
                 "gflop_per_image": flops / args.batch / 1e9,
                 "backends": {
                     r.name: {
@@ -365,6 +388,8 @@ def run(args) -> dict:
                 },
             }
             row["jax_over_torch"] = medians["torch"] / medians["jax"]
+            # speed of ours over each comparison model, timed round-robin in this process
+            row["jax_over"] = {r.name: medians[r.name] / medians["jax"] for r in runners if r.name not in ("jax", "torch", "torch.compile")}
             if "torch.compile" in medians:
                 row["jax_over_torch_compile"] = medians["torch.compile"] / medians["jax"]
             rows.append(row)
@@ -395,6 +420,7 @@ def _format_row(row: dict) -> str:
     parts.append(f"jax/torch {row['jax_over_torch']:.2f}x")
     if "jax_over_torch_compile" in row:
         parts.append(f"jax/compile {row['jax_over_torch_compile']:.2f}x")
+    parts += [f"jax/{name} {ratio:.3f}x" for name, ratio in row.get("jax_over", {}).items()]
     return " | ".join(parts)
 
 
@@ -423,6 +449,10 @@ def format_table(result: dict) -> str:
             f"{b['jax']['compile_s']:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    comparisons = [(row, name, ratio) for row in result["rows"] for name, ratio in row.get("jax_over", {}).items()]
+    if comparisons:
+        lines += ["", f"| preset | mode | ours ({result['rows'][0]['kernels']} kernels) over | ratio (>1: ours faster) |", "|---|---|---|---|"]
+        lines += [f"| {row['preset']} | {row['mode']} | {name} | {ratio:.3f}x |" for row, name, ratio in comparisons]
     if "compile_scaling" in result:
         lines += ["", "| preset | layers | unrolled compile s | scanned compile s |", "|---|---|---|---|"]
         by_depth = {}
@@ -440,7 +470,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vit_jax.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.model_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--presets", type=lambda s: s.split(","), default=["ViT-Ti_16", "ViT-S_16"],
                         help="comma-separated preset names (default: ViT-Ti_16,ViT-S_16)")
     parser.add_argument("--modes", type=lambda s: s.split(","), default=["infer", "train"],
@@ -449,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     parser.add_argument("--attention-impl", default="auto", choices=list(ATTENTION_IMPLS), help="Flax attention core")
+    parser.add_argument("--kernels", default="auto", choices=["auto", *KERNELS],
+                        help="Flax model's operations: reference, cpu, or auto (cpu on a CPU backend)")
+    parser.add_argument("--ab-kernels", action="store_true",
+                        help="also time the other kernel set, round-robin in this process (an A/B of the two)")
+    parser.add_argument("--google-vit", metavar="DIR",
+                        help="also time Google's official Flax ViT from this vision_transformer checkout (same params)")
     parser.add_argument("--scan", action="store_true", help="Flax: nn.scan over blocks")
     parser.add_argument("--recompute-gelu", action="store_true",
                         help="Flax: the MLP's backward recomputes GELU's output (less memory)")
@@ -456,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remat-policy", default="nothing_saveable", choices=list(REMAT_POLICIES),
                         help="Flax, with --remat: what each block keeps for the backward pass")
     parser.add_argument("--cpu-matmuls", default="xla", choices=list(cpu_matmuls.CHOICES),
-                        help="XLA:CPU products: XLA's own or oneDNN's (vit_jax/cpu_matmuls.py)")
+                        help="XLA:CPU products: XLA's own or oneDNN's (vit_jax/cpu/onednn.py)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per backend")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (XLA uses all cores)")

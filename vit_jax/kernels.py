@@ -1,0 +1,69 @@
+"""The seam between the model and how its operations are computed.
+
+`VisionTransformer` takes a few operations from a `Kernels` set chosen by
+`ViTConfig.kernels`: 'reference' (plain Flax and JAX, every backend, full JAX
+semantics: jvp, vmap, grad of grad) or 'cpu' (vit_jax/cpu: the same function
+with hand-written backward passes that XLA:CPU runs faster and in less
+memory; reverse-mode autodiff only). tests/test_kernels.py checks that both
+compute the same function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from vit_jax.attention import dot_product_attention
+from vit_jax.config import KERNELS, ConfigError, ViTConfig
+
+Array = jax.Array
+Layer = Callable[[], nn.Module]  # a functools.partial of nn.Dense/DenseGeneral, name included
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    name: str
+    layer_norm: Callable[..., nn.Module]  # takes nn.LayerNorm's epsilon, dtype, param_dtype, name
+    dot_general: Callable  # lax.dot_general's signature: the blocks' Dense layers use it
+    project: Callable[[Array, Sequence[Layer]], list[Array]]  # several layers applied to one input
+    attention: Callable[[Array, Array, Array, str], Array]  # the core without probabilities
+    gelu: Callable[[Array, bool], Array]  # (x, approximate)
+    gelu_dense: Callable[[Array, Layer, bool], Array] | None  # recompute_gelu: GELU then a Dense, as one op
+    mean_tokens: Callable[[Array], Array]  # (n, seq, d) -> (n, d)
+    norm_class_token_only: bool  # a 'token' head: the final norm may run on the class token alone
+
+
+REFERENCE = Kernels(
+    name="reference",
+    layer_norm=functools.partial(nn.LayerNorm, use_fast_variance=False),  # two-pass variance, as torch
+    dot_general=lax.dot_general,
+    project=lambda x, layers: [layer()(x) for layer in layers],
+    attention=dot_product_attention,
+    gelu=lambda x, approximate: jax.nn.gelu(x, approximate=approximate),
+    gelu_dense=None,
+    mean_tokens=lambda x: jnp.mean(x, axis=1),
+    norm_class_token_only=False,
+)
+
+
+def kernels_for(config: ViTConfig) -> Kernels:
+    if config.kernels == "cpu":
+        from vit_jax.cpu import CPU_KERNELS  # imported only when asked for
+
+        return CPU_KERNELS
+    return REFERENCE
+
+
+def resolve_kernels(choice: str) -> str:
+    """A `--kernels` choice as a config value: 'auto' is 'cpu' on JAX's CPU backend, else 'reference'."""
+    if choice == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "reference"
+    if choice not in KERNELS:
+        raise ConfigError(f"kernels {choice!r} is not one of {('auto', *KERNELS)}")
+    return choice
