@@ -27,7 +27,8 @@ _PROBS_KEY = re.compile(r"^blocks\.(\d+)\.attn_probs$")
 
 def _to_numpy(array: Any) -> np.ndarray:
     if hasattr(array, "detach"):  # a torch tensor, possibly on an accelerator or needing grad
-        array = array.detach().float().cpu().numpy()
+        array = array.detach().cpu()
+        array = (array.double() if array.is_floating_point() else array).numpy()  # NumPy has no bfloat16
     return np.asarray(array, dtype=np.float64)
 
 
