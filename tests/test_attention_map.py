@@ -166,6 +166,14 @@ def test_bad_input_is_one_line_and_writes_nothing(files, tmp_path, capsys, extra
     assert not out.exists() or not os.listdir(out)
 
 
+def test_output_directory_that_is_a_file_is_reported(files, tmp_path, capsys):
+    _, weights, _, images = files
+    (tmp_path / "out").write_text("a file")
+    assert main([weights, *images, "--out", str(tmp_path / "out")]) == 1
+    assert "exists as a file" in capsys.readouterr().err
+    assert (tmp_path / "out").read_text() == "a file"
+
+
 def test_bad_checkpoint_is_reported(tmp_path, capsys):
     bad = tmp_path / "weights.npz"
     bad.write_bytes(b"not a checkpoint")

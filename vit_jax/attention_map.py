@@ -163,9 +163,18 @@ def output_paths(images: Sequence[str], out_dir: str) -> list[tuple[str, str, st
             for stem in stems]
 
 
+def check_options(head_fusion: str, discard_ratio: float, batch_size: int) -> None:
+    if head_fusion not in HEAD_FUSIONS:
+        raise ConfigError(f"--head-fusion {head_fusion!r} is not one of {HEAD_FUSIONS}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ConfigError(f"--discard-ratio must be in [0, 1), got {discard_ratio}")
+    if batch_size <= 0:
+        raise ConfigError(f"--batch-size must be positive, got {batch_size}")
+
+
 def prepare_out_dir(out_dir: str) -> None:
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"--out {out_dir} exists and is not a directory")
+        raise ConfigError(f"output directory {out_dir} exists as a file")
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as error:
@@ -188,12 +197,7 @@ def write_attention_maps(
 
     Every image is decoded before anything is written, so a bad file leaves no output.
     """
-    if head_fusion not in HEAD_FUSIONS:
-        raise ConfigError(f"head fusion {head_fusion!r} is not one of {HEAD_FUSIONS}")
-    if not 0.0 <= discard_ratio < 1.0:
-        raise ConfigError(f"--discard-ratio must be in [0, 1), got {discard_ratio}")
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be positive, got {batch_size}")
+    check_options(head_fusion, discard_ratio, batch_size)
     outputs = output_paths(images, out_dir)
     inputs = np.stack(
         [decode_image_file(p, config.image_hw, config.pixel_mean, config.pixel_std, config.num_channels, crop_fraction)
@@ -251,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     from parity.formats import ConversionError
 
     try:
-        if not 0.0 <= args.discard_ratio < 1.0:
-            raise ConfigError(f"--discard-ratio must be in [0, 1), got {args.discard_ratio}")
-        output_paths(args.images, args.out)  # name clashes are reported before the model loads
+        # Bad options and name clashes are reported before the model loads.
+        check_options(args.head_fusion, args.discard_ratio, args.batch_size)
+        output_paths(args.images, args.out)
         config, params, crop_fraction = load_checkpoint(args.checkpoint, args.step)
         write_attention_maps(config, params, args.images, args.out, crop_fraction, args.framework,
                              args.head_fusion, args.discard_ratio, args.batch_size)
