@@ -94,11 +94,12 @@ def test_pictures_have_the_expected_size_for_a_non_square_model(tmp_path, capsys
 
 
 def test_overlay_puts_the_heat_where_the_map_is_high():
-    image = np.full((64, 64, 3), 128, np.uint8)
-    grid_map = np.zeros((4, 4), np.float32)
-    grid_map[0, 3] = 1.0  # top-right patch
+    image = np.full((64, 96, 3), 128, np.uint8)
+    grid_map = np.zeros((4, 6), np.float32)
+    grid_map[0, 5] = 1.0  # top-right patch
     out = heat_overlay(image, grid_map).astype(int)
-    hot, cold = out[8, 56], out[56, 8]
+    assert out.shape == (64, 96, 3)
+    hot, cold = out[8, 88], out[56, 8]
     assert hot[0] > hot[2] + 60  # red over blue where the map peaks (jet)
     assert cold[2] > cold[0] + 60  # blue over red elsewhere
 
