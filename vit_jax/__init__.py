@@ -15,6 +15,7 @@ _EXPORTS = {
     "vit_jax.params": ("resize_params", "stack_block_params", "to_layout", "unstack_block_params"),
     "vit_jax.posemb": ("resize_pos_embed", "sincos_2d"),
     "vit_jax.pretrained": ("load_pretrained",),
+    "vit_jax.rollout": ("attention_rollout",),
     "vit_jax.model_summary": ("summary",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from vit_jax.params import resize_params, stack_block_params, to_layout, unstack_block_params  # noqa: F401
     from vit_jax.posemb import resize_pos_embed, sincos_2d  # noqa: F401
     from vit_jax.pretrained import load_pretrained  # noqa: F401
+    from vit_jax.rollout import attention_rollout  # noqa: F401
 
 
 def __getattr__(name: str):

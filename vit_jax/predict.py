@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the best by eval accuracy, else the latest)")
     parser.add_argument("--top-k", type=int, default=5, help="labels to print per image")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--attention-map", metavar="DIR", default=None,
+                        help="also write each image's attention rollout and per-head maps into DIR (vit_jax.attention_map)")
     return parser
 
 
@@ -77,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
                 for path in args.images
             ]
         )
+        if args.attention_map:
+            from vit_jax.attention_map import output_paths, prepare_out_dir
+
+            output_paths(args.images, args.attention_map)
+            prepare_out_dir(args.attention_map)
     except (ConfigError, DataError, CheckpointError) as error:
         print(f"predict: error: {error}", file=sys.stderr)
         return 1
@@ -86,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     for path, p in zip(args.images, probs):
         top = np.argsort(-p)[:k]
         print(f"{path}: " + ", ".join(f"{class_names[i]} {p[i]:.3f}" for i in top))
+    if args.attention_map:
+        from vit_jax.attention_map import write_attention_maps
+
+        write_attention_maps(model, params, args.images, args.attention_map, crop_fraction, batch_size=args.batch_size)
     return 0
 
 
