@@ -30,6 +30,7 @@ import numpy as np
 
 from vit_jax import cpu_matmuls
 from vit_jax.config import ATTENTION_IMPLS, REMAT_POLICIES
+from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.host_memory import malloc_library
 
 # Peak dense matmul FLOP/s by (device kind substring, dtype), for MFU on accelerators.
@@ -440,7 +441,8 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vit_jax.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vit_jax.bench", description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--presets", type=lambda s: s.split(","), default=["ViT-Ti_16", "ViT-S_16"],
                         help="comma-separated preset names (default: ViT-Ti_16,ViT-S_16)")
     parser.add_argument("--modes", type=lambda s: s.split(","), default=["infer", "train"],
@@ -459,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="XLA:CPU products: XLA's own or oneDNN's (vit_jax/cpu_matmuls.py)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per backend")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (XLA uses all cores)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (default: every core; XLA uses all cores)")
     parser.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
                         help="skip the torch.compile backend")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory of a train step per backend")
