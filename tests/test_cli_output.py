@@ -38,7 +38,8 @@ def test_help_names_every_default_once(name):
             continue
         text = helps[action.option_strings[0]]
         assert text.count("(default") <= 1 and "default: None" not in text, text
-        has_default = action.default not in (None, argparse.SUPPRESS, []) and not action.required
+        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))  # off unless given
+        has_default = action.default not in (None, argparse.SUPPRESS, []) and not action.required and not switch
         if name == "train.py" and action.dest != "config":  # defaults SUPPRESSed; the dataclass's are named
             field = train_config.TrainConfig.__dataclass_fields__[action.dest]
             has_default = field.default is not None or action.dest in train_config.MODEL_OVERRIDES

@@ -447,8 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated preset names (default: ViT-Ti_16,ViT-S_16)")
     parser.add_argument("--modes", type=lambda s: s.split(","), default=["infer", "train"],
                         help="comma-separated: infer, train (default: both)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32, help="images per step")
+    parser.add_argument("--image-size", type=int, default=224, help="input resolution in pixels")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     parser.add_argument("--attention-impl", default="auto", choices=list(ATTENTION_IMPLS), help="Flax attention core")
     parser.add_argument("--scan", action="store_true", help="Flax: nn.scan over blocks")
@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-depths", type=lambda s: [int(d) for d in s.split(",")], default=None,
                         help="also time train-step compilation at these depths, unrolled and scanned (e.g. 8,16,32)")
     parser.add_argument("--compile-preset", default="ViT-H_14", help="preset for --compile-depths (default ViT-H_14)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     parser.add_argument("--json", help="write the full results (every timing) to this file")
     parser.add_argument("--memory-probe", nargs=4, metavar=("BACKEND", "PRESET", "BATCH", "OVERRIDES_JSON"),
                         help=argparse.SUPPRESS)
