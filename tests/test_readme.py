@@ -230,3 +230,14 @@ def test_links_between_pages_resolve():
             elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
                 broken.append(f"{page.name}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+@pytest.mark.slow  # a ViT-B/16 init and forward: ~10-30 s on 2 cores
+def test_readme_python_runs():
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    assert blocks, "README.md has no python example"
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, "README.md", "exec"), namespace)
+    logits, inter = namespace["logits"], namespace["inter"]
+    assert logits.shape == (2, 10) and inter["blocks.11.attn_probs"].shape == (2, 12, 197, 197)
