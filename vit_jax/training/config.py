@@ -27,7 +27,7 @@ def _field(default: Any, help: str, choices: tuple | None = None, flag_type: typ
 
 # The embedded default: a small ViT for the 8x8 digits, tuned (with the default
 # optimiser flags and 150 epochs) to pass 97% test accuracy in under two minutes
-# on a 2-core CPU (see README "Training").
+# on a 2-core CPU (see docs/training.md, "The default run").
 DIGITS_MODEL = ViTConfig(
     name="ViT-digits",
     image_size=16,  # the 8x8 digits upsampled: smoother patches learn faster than 2x2 ones
