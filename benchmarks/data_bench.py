@@ -24,6 +24,7 @@ from PIL import Image
 
 from vit_jax.data.dataset import DatasetSpec, load_dataset
 from vit_jax.data.errors import DataError
+from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.data.loader import make_loader
 from vit_jax.data.records import ARRAY_DEFAULTS, ArrayRecords
 
@@ -150,7 +151,8 @@ def format_table(rows) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.data_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data_bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0, help="timing window per row")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (capped at 32 for 224 px rows)")
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="worker-process counts to add rows for")

@@ -31,6 +31,7 @@ import numpy as np
 from vit_jax.cpu import onednn as cpu_matmuls
 from vit_jax.config import ATTENTION_IMPLS, KERNELS, REMAT_POLICIES
 from vit_jax.kernels import resolve_kernels
+from vit_jax.help_format import DefaultsHelpFormatter
 from benchmarks.host_memory import malloc_library
 
 # Peak dense matmul FLOP/s by (device kind substring, dtype), for MFU on accelerators.
@@ -470,13 +471,14 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.model_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.model_bench", description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--presets", type=lambda s: s.split(","), default=["ViT-Ti_16", "ViT-S_16"],
                         help="comma-separated preset names (default: ViT-Ti_16,ViT-S_16)")
     parser.add_argument("--modes", type=lambda s: s.split(","), default=["infer", "train"],
                         help="comma-separated: infer, train (default: both)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32, help="images per step")
+    parser.add_argument("--image-size", type=int, default=224, help="input resolution in pixels")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     parser.add_argument("--attention-impl", default="auto", choices=list(ATTENTION_IMPLS), help="Flax attention core")
     parser.add_argument("--kernels", default="auto", choices=["auto", *KERNELS],
@@ -495,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="XLA:CPU products: XLA's own or oneDNN's (vit_jax/cpu/onednn.py)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per backend")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (XLA uses all cores)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (default: every core; XLA uses all cores)")
     parser.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
                         help="skip the torch.compile backend")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory of a train step per backend")
@@ -504,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-depths", type=lambda s: [int(d) for d in s.split(",")], default=None,
                         help="also time train-step compilation at these depths, unrolled and scanned (e.g. 8,16,32)")
     parser.add_argument("--compile-preset", default="ViT-H_14", help="preset for --compile-depths (default ViT-H_14)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     parser.add_argument("--json", help="write the full results (every timing) to this file")
     parser.add_argument("--memory-probe", nargs=4, metavar=("BACKEND", "PRESET", "BATCH", "OVERRIDES_JSON"),
                         help=argparse.SUPPRESS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +31,8 @@ from vit_jax.config import ConfigError, ViTConfig, get_config
 from vit_jax.posemb import resize_pos_embed
 
 Progress = Callable[[str], None]
+# Per-tensor progress lines only for models this large (ViT-L and up: ~20 s or more to convert).
+PROGRESS_MIN_ELEMENTS = 100_000_000
 POSEMB_KEY = {FLAX: "Transformer/posembed_input/pos_embedding", TIMM: "pos_embed"}
 HEAD_KEYS = {FLAX: ("head/kernel", "head/bias"), TIMM: ("head.weight", "head.bias")}
 
@@ -166,6 +169,8 @@ def _convert_tensors(source: TensorSource, config: ViTConfig, naming: str, progr
     rules = param_rules(config)
     out: dict[str, np.ndarray] = {}
     step = max(1, len(rules) // 10)
+    if sum(math.prod(shape) for shape in source.shapes.values()) < PROGRESS_MIN_ELEMENTS:
+        progress = None  # a small model converts in seconds: per-tensor lines would be noise
     for done, rule in enumerate(rules, 1):
         if source.naming == naming:
             for key in (rule.flax if naming == FLAX else (rule.torch,)):

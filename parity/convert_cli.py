@@ -67,11 +67,12 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from parity.formats import FORMATS
+    from vit_jax.help_format import DefaultsHelpFormatter
 
     parser = _Parser(
         prog="python -m parity convert",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("src", metavar="SRC", help="checkpoint to read (file or directory)")
     parser.add_argument("dst", metavar="DST", help="where to write; nothing appears here unless conversion succeeds")
@@ -85,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "a config that contradicts a tensor shape is an error")
     parser.add_argument("--image-size", type=_image_size, metavar="N|HxW",
                         help="resize the learned position embeddings to this resolution "
-                             "(Google's bilinear zoom, class token kept apart)")
+                             "(Google's bilinear zoom, class token kept apart; default: the source's)")
     parser.add_argument("--num-classes", type=int, metavar="N",
-                        help="replace the head by a fresh zero head with N classes (0: no head)")
+                        help="replace the head by a fresh zero head with N classes (0: no head; default: keep the source's head)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return parser
 

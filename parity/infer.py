@@ -49,7 +49,7 @@ ARCHITECTURE = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_lay
                 "posemb", "representation_size", "classifier", "image_size", "num_classes")
 # Of those, a preset's defaults that are not a claim about the checkpoint (a B/16 preset says 224 px, 1000 classes).
 _PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb")
-# Standard ViT widths (hidden size -> heads) for fused-qkv files with no config (DESIGN.md presets).
+# Standard ViT widths (hidden size -> heads) for fused-qkv files with no config (docs/design.md, "Presets").
 STANDARD_HEADS = {c.hidden_size: c.num_heads for name, c in PRESETS.items() if name != "ViT-testing"}
 
 

@@ -25,6 +25,7 @@ from parity.mapping import MappingError
 from parity.render import write_report
 from parity.tolerances import RELATIVE_ERROR_DEFINITION, ZERO_GRADIENT_FRACTION, tolerances_for
 from vit_jax.config import ConfigError, ViTConfig, get_config
+from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.model import init_params
 from vit_jax.pretrained import load_pretrained
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the Flax ViT and its PyTorch twin on the same weights and inputs and report, layer by "
         "layer, how far apart they are (and how far each is from a float64 run).",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--config", help="preset name (ViT-B_16, B/16, ViT-testing, ...) or a ViTConfig .json file: random "
                         "weights; with --checkpoint, the config that fills what the tensors do not show (GELU form, ...)")

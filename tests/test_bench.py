@@ -1,4 +1,4 @@
-"""FLOP counting against DESIGN.md's yardsticks, and a real (tiny) benchmark run."""
+"""FLOP counting against docs/design.md's yardsticks, and a real (tiny) benchmark run."""
 
 import json
 
@@ -8,7 +8,7 @@ from benchmarks import model_bench as bench
 from vit_jax import get_config
 from vit_jax.flops import forward_flops, train_step_flops
 
-# DESIGN.md: training FLOPs per image at 224 px (3x forward).
+# docs/design.md: training FLOPs per image at 224 px (3x forward).
 YARDSTICKS_GFLOP = {"ViT-Ti_16": 7.5, "ViT-S_16": 27.6, "ViT-B_16": 105.0, "ViT-L_16": 369.0}
 
 

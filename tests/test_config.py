@@ -5,7 +5,7 @@ import pytest
 import vit_jax
 from vit_jax import ConfigError, ViTConfig, get_config
 
-# DESIGN.md goldens: 224 px, 1000 classes, token pooling.
+# docs/design.md goldens: 224 px, 1000 classes, token pooling.
 GOLDEN_PARAM_COUNTS = {
     "ViT-Ti_16": 5_717_416,
     "ViT-S_16": 22_050_664,

@@ -229,7 +229,7 @@ def test_python_m_parity_convert_end_to_end(tmp_path, good_npz):
     run = subprocess.run([sys.executable, "-m", "parity", "convert", str(src), str(tmp_path / "o.safetensors")],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert "converted" in run.stderr and "wrote" in run.stderr  # progress
+    assert "read" in run.stderr and "wrote" in run.stderr and "converted" not in run.stderr  # no per-tensor lines for a small model
     assert (tmp_path / "o.safetensors").exists() and (tmp_path / "o.safetensors.json").exists()
 
 

@@ -55,7 +55,7 @@ def _python(code: str, *args, check=True) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_vit_l16_conversion_memory_and_round_trip(tmp_path):
-    weights = 304_326_632 * 4  # ViT-L/16 float32 bytes (DESIGN.md param count)
+    weights = 304_326_632 * 4  # ViT-L/16 float32 bytes (docs/design.md param count)
     _python(WRITE_NPZ, tmp_path / "l16.npz")
     for src, dst, to in (("l16.npz", "l16.safetensors", ""), ("l16.safetensors", "back.npz", "")):
         run = _python(MEASURE, tmp_path / src, tmp_path / dst, *([to] if to else []))

@@ -298,7 +298,7 @@ def _check_fields(values: dict[str, Any]) -> None:
         raise ConfigError(f"unknown config field(s): {', '.join(hints)}")
 
 
-# hidden, mlp, heads, layers (DESIGN.md)
+# hidden, mlp, heads, layers (docs/design.md, "Presets")
 _WIDTHS = {
     "Ti": (192, 768, 3, 12),
     "S": (384, 1536, 6, 12),

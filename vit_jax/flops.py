@@ -5,7 +5,7 @@ projections, the attention core (q.k^T and probs.v, both 2*S*S*D), the two MLP
 matmuls, the pre-logits and head matmuls. Not counted: layer norms, softmax,
 GELU, bias adds, residuals (a few percent of the total at these widths). A
 training step is taken as 3x the forward (backward = 2x forward), the usual
-convention; DESIGN.md's yardsticks (Ti/16 7.5 G, B/16 105 G per image) follow it.
+convention; docs/design.md's yardsticks (Ti/16 7.5 G, B/16 105 G per image) follow it.
 """
 
 from __future__ import annotations

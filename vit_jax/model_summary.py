@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.config import ConfigError, ViTConfig, get_config
+from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.model import VisionTransformer, param_shapes
 
 
@@ -66,10 +67,11 @@ def summary(config: ViTConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vit_jax.model_summary", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vit_jax.model_summary", description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("preset", help="preset name, e.g. ViT-B_16 or B/16")
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--num-classes", type=int)
+    parser.add_argument("--image-size", type=int, help="input resolution in pixels (default: the preset's)")
+    parser.add_argument("--num-classes", type=int, help="classes of the head, 0 for none (default: the preset's)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in (("image_size", args.image_size), ("num_classes", args.num_classes)) if v is not None}
     try:

@@ -18,6 +18,7 @@ import numpy as np
 
 from vit_jax.config import ConfigError, ViTConfig
 from vit_jax.data import DataError, decode_image_file
+from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.training.checkpoint import CheckpointError, Checkpointer
 from vit_jax.training.config import RUN_CONFIG_FILE
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train.py predict",
         description="Print the top-k labels of a trained ViT for each image file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("images", nargs="+", help="image files (any format PIL reads; grey and RGBA are converted)")
     parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run's --workdir (holds config.json and checkpoints/)")

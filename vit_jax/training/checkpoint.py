@@ -13,6 +13,7 @@ Kept: the last `keep` checkpoints plus the one with the best eval accuracy.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -24,6 +25,10 @@ from orbax.checkpoint import checkpoint_managers as policies
 from vit_jax.training.state import TrainState
 
 BEST_METRIC = "accuracy"
+
+# Orbax warns "Given directory is read only" whenever a manager is opened read-only, which is
+# exactly what evaluation and predict ask for; drop that one message and keep every other.
+logging.getLogger("absl").addFilter(lambda record: not record.getMessage().startswith("Given directory is read only"))
 
 
 class CheckpointError(RuntimeError):

@@ -17,6 +17,7 @@ from typing import Any
 from vit_jax.cpu.onednn import CHOICES as CPU_MATMUL_CHOICES
 from vit_jax.config import KERNELS, REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
 from vit_jax.kernels import resolve_kernels
+from vit_jax.help_format import DefaultsHelpFormatter
 
 RUN_CONFIG_FILE = "config.json"  # the resolved config every run writes into its workdir
 
@@ -27,7 +28,7 @@ def _field(default: Any, help: str, choices: tuple | None = None, flag_type: typ
 
 # The embedded default: a small ViT for the 8x8 digits, tuned (with the default
 # optimiser flags and 150 epochs) to pass 97% test accuracy in under two minutes
-# on a 2-core CPU (see README "Training").
+# on a 2-core CPU (see docs/training.md, "The default run").
 DIGITS_MODEL = ViTConfig(
     name="ViT-digits",
     image_size=16,  # the 8x8 digits upsampled: smoother patches learn faster than 2x2 ones
@@ -230,6 +231,15 @@ def _field_type(f: dataclasses.Field) -> type:
     return type(f.default) if f.default is not None else str
 
 
+def _help_with_default(f: dataclasses.Field) -> str:
+    text = f.metadata["help"]
+    if "(default" in text:
+        return text
+    if f.default is None:
+        return f"{text} (default: the preset's)" if f.name in MODEL_OVERRIDES else text
+    return f"{text} (default: {f.default})"
+
+
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -237,12 +247,13 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
             "Train or fine-tune a Vision Transformer. With no arguments, trains a small ViT "
             "from scratch on scikit-learn's digits. `python train.py predict --help` for prediction."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="JSON file of training options; flags override it")
     for f in dataclasses.fields(TrainConfig):
         name = "--" + _flag(f.name)
-        kwargs: dict[str, Any] = {"help": f.metadata["help"], "default": argparse.SUPPRESS, "dest": f.name}
+        # Defaults are SUPPRESSed so that only flags given override --config; the help names the dataclass's.
+        kwargs: dict[str, Any] = {"help": _help_with_default(f), "default": argparse.SUPPRESS, "dest": f.name}
         if _field_type(f) is bool or isinstance(f.default, bool):
             parser.add_argument(name, action=argparse.BooleanOptionalAction, **kwargs)
             continue
