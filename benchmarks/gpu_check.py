@@ -58,7 +58,7 @@ def speed_summary(out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0],
                                      formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="folder for each step's log, the reports and bench.json")
+    parser.add_argument("--out", default="gpu_check", help="folder for each step's log, the reports and bench.json")
     parser.add_argument("--dry-run", action="store_true", help="tiny configs, any backend: checks that the steps still run")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per step")
     args = parser.parse_args(argv)
