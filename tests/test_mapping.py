@@ -44,9 +44,10 @@ def layer_table(errors):
     return "\n".join(f"  {name:<22} rel {err:.2e}" for name, err in errors.items())
 
 
+@pytest.mark.parametrize("kernels", ["reference", "cpu"])
 @pytest.mark.parametrize("name", list(OPTION_CONFIGS))
-def test_same_weights_same_function_at_every_layer(name):
-    config = OPTION_CONFIGS[name]
+def test_same_weights_same_function_at_every_layer(name, kernels):
+    config = OPTION_CONFIGS[name].replace(kernels=kernels)
     params = vit_jax.init_params(config, 7)
     images = random_images(config, batch=3, seed=1)
     _, flax_inter = _flax_forward(config)(params, images)
@@ -57,6 +58,33 @@ def test_same_weights_same_function_at_every_layer(name):
     errors = {k: rel_l2(flax_inter[k], torch_inter[k].numpy()) for k in config.layer_names(attention=True)}
     bad = {k: e for k, e in errors.items() if not e <= 1e-5}
     assert not bad, f"{name}: layers over 1e-5 relative L2 (first: {next(iter(bad))}):\n{layer_table(errors)}"
+
+
+@pytest.mark.parametrize("kernels", ["reference", "cpu"])
+@pytest.mark.parametrize("name", ["token/tanh/learn", "gap/exact/no-qkv-bias/eps1e-5/repr", "scan+remat/3-layers/heads4"])
+def test_same_gradients_as_the_twin(name, kernels):
+    """Both kernel sets' gradients equal the twin's, parameter by parameter, through the mapping."""
+    config = OPTION_CONFIGS[name].replace(kernels=kernels)
+    params = vit_jax.init_params(config, 7)
+    images = random_images(config, batch=3, seed=1)
+    weights = np.random.default_rng(2).standard_normal((3, config.num_classes or config.hidden_size)).astype(np.float32)
+
+    def loss(p):
+        return jax.numpy.sum(jax.numpy.sin(VisionTransformer(config).apply({"params": p}, images)) * weights)
+
+    flax_grads = jax.jit(jax.grad(loss))(params)
+    model = parity.torch_model_from_flax(params, config)
+    torch.sum(torch.sin(model(nchw(images))) * torch.from_numpy(weights)).backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.grad)
+    torch_grads = parity.flax_params_from_torch(model, config)
+    flat = lambda tree: np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree.leaves(tree)])
+    assert jax.tree.structure(torch_grads) == jax.tree.structure(flax_grads)
+    assert rel_l2(flat(flax_grads), flat(torch_grads)) < 1e-5
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(flax_grads), jax.tree.leaves(torch_grads)):
+        if "'key'" not in jax.tree_util.keystr(path):  # the key bias's exact gradient is 0: noise on both sides
+            assert rel_l2(a, b) < 1e-4, jax.tree_util.keystr(path)
 
 
 @pytest.mark.parametrize("name", list(OPTION_CONFIGS))
