@@ -540,12 +540,13 @@ def export_torch(params: Any, model: ViTConfig, path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        if argv[:1] == ["predict"]:
-            from vit_jax.predict import main as predict_main
+    if argv[:1] == ["predict"]:
+        from vit_jax.predict import main as predict_main
 
-            return predict_main(argv[1:])
-        return run(parse_args(argv))
+        return predict_main(argv[1:])
+    try:
+        with cli.interruptible():
+            return run(parse_args(argv))
     except (ConfigError, DataError, ParallelError, CheckpointError, TrainingStopped) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1

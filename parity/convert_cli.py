@@ -121,13 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     from parity.convert import convert
     from parity.formats import ConversionError
 
+    from vit_jax.training import cli
+
     progress = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     try:
-        result = convert(
-            args.src, args.dst, from_format=args.from_format, to_format=args.to_format, config=args.config,
-            image_size=args.image_size, num_classes=args.num_classes, progress=progress, step=args.step,
-            allow_nonfinite=args.allow_nonfinite,
-        )
+        with cli.interruptible():
+            result = convert(
+                args.src, args.dst, from_format=args.from_format, to_format=args.to_format, config=args.config,
+                image_size=args.image_size, num_classes=args.num_classes, progress=progress, step=args.step,
+                allow_nonfinite=args.allow_nonfinite,
+            )
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

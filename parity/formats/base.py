@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import os
 import re
@@ -184,4 +185,6 @@ def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
             _finish_interrupted(finals[0])  # the renames had begun: finish them rather than leave a mixed pair
         for temp in temps + ([marker_temp] if marker_temp else []):
             _remove(temp)
+            for entry in temp.parent.glob(glob.escape(temp.name) + "*"):  # writers' own temporaries (orbax's)
+                _remove(entry)
         raise

@@ -2,15 +2,19 @@
 
 A Python signal handler runs only between bytecodes of the main thread, so an
 interrupt can be lost (raised inside a garbage-collection callback, where
-Python prints "Exception ignored" and carries on) or held back for as long as
-the main thread sits in native code (an XLA compile, an orbax write). Here the
-handler raises `Interrupted` and also records the signal; a watchdog thread,
-woken by the signal's wakeup byte, ends the process with 128 + signum if the
-main thread has not finished within `GRACE_SECONDS`.
+Python prints "Exception ignored" and carries on: JAX installs one) or held
+back for as long as the main thread sits in native code (an XLA compile, an
+orbax write). Here, inside `interruptible()` the handler raises `Interrupted`
+(re-sending the signal to itself when it lands in a gc callback, so that it
+is raised just after); outside, the process ends at once, as nothing needs
+undoing there. A watchdog thread, woken by the signal's wakeup byte, ends the
+process with 128 + signum if the main thread has not within `GRACE_SECONDS`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import signal
 import socket
@@ -18,7 +22,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Callable
+from typing import Callable, Iterator
 
 GRACE_SECONDS = 10.0
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -26,6 +30,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
 _emergency_cleanups: list[Callable[[], None]] = []
 _sockets: list[socket.socket] = []  # the wakeup pair lives as long as the process
+_state = {"raise": False, "deferred": False}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -54,11 +59,39 @@ def _flush_and_exit(code: int) -> None:
     os._exit(code)
 
 
+def _in_gc_callback(frame) -> bool:
+    codes = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _handler(signum: int, frame) -> None:
-    if _received:  # a second Ctrl-C: stop now
+    if _state["deferred"]:
+        _state["deferred"] = False
+    elif _received or not _state["raise"]:  # a second Ctrl-C, or nothing to undo yet: stop now
+        print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
         _flush_and_exit(128 + signum)
-    _received.append(signum)
+    else:
+        _received.append(signum)
+    if _in_gc_callback(frame):  # an exception here would be printed and dropped
+        _state["deferred"] = True
+        signal.raise_signal(signum)
+        return
     raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Within the block, Ctrl-C / SIGTERM raise `Interrupted` (so cleanup runs) instead of ending the process."""
+    previous = _state["raise"]
+    _state["raise"] = True
+    try:
+        yield
+    finally:
+        _state["raise"] = previous
 
 
 def _watchdog(reader: socket.socket) -> None:
