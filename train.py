@@ -129,8 +129,9 @@ def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None
     try:
         pretrained, params = load_pretrained(config.init, image_size=config.image_size, num_classes=num_classes,
                                              step=config.init_step, allow_nonfinite=config.allow_nonfinite_init)
-    except ConversionError as error:
-        raise ConfigError(f"--init {config.init}: {error}") from None
+    except ConversionError as error:  # (the converter's flag is --allow-nonfinite; here it has a name of its own)
+        message = str(error).replace("--allow-nonfinite", "--allow-nonfinite-init")
+        raise ConfigError(f"--init {config.init}: {message}") from None
     # Architecture comes from the checkpoint; flags may change numerics and runtime options only.
     fixed = ("patch_size", "hidden_size", "mlp_dim", "num_heads", "num_layers", "classifier")
     changed = [f for f in fixed if getattr(config, f) is not None and getattr(config, f) != getattr(pretrained, f)]

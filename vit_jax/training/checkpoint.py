@@ -28,6 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from vit_jax.training.orbax_output import quiet_failures
 from vit_jax.training.state import TrainState
 
 BEST_METRIC = "accuracy"
@@ -195,7 +196,8 @@ class Checkpointer:
         damaged = []
         for candidate in candidates:
             try:
-                return load(candidate)
+                with quiet_failures():
+                    return load(candidate)
             except CheckpointError:
                 raise
             except Exception as error:
