@@ -285,6 +285,13 @@ def test_predict_with_a_config_that_does_not_match_the_checkpoint(run_copy, tmp_
     assert "Traceback" not in err
 
 
+def test_predict_refuses_special_files(run_dir, tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe.png")  # opening it would block forever
+    assert train.main(["predict", "--checkpoint", run_dir, str(tmp_path / "pipe.png")]) == 1
+    err = capsys.readouterr().err
+    assert "pipe.png' is a FIFO, not an image file" in err and "Traceback" not in err, err
+
+
 # -- item 9: runs that cannot mean anything warn ---------------------------------------------------
 
 def test_one_class_data_and_a_batch_larger_than_the_data_warn(tmp_path):
