@@ -315,3 +315,17 @@ def test_a_two_class_dataset_with_a_small_batch_does_not_warn(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train.warn_about_data(config, train.load_data(config))
+
+
+def test_help_says_which_step_what_happens_on_damage_and_on_ctrl_c(capsys):
+    from vit_jax.training.config import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    for phrase in ("best step by eval accuracy, else the latest", "damaged checkpoint is named in a warning",
+                   "Ctrl-C or SIGTERM stops within seconds (exit 130 / 143)", "--init-step", "--allow-nonfinite-init"):
+        assert phrase in text, phrase
+    assert convert_main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("--step N picks another", "a damaged --step N is an error", "Ctrl-C or SIGTERM exits 130 / 143",
+                   "--allow-nonfinite", "readers refuse"):
+        assert phrase in text, phrase
