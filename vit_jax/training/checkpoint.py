@@ -207,7 +207,7 @@ class Checkpointer:
                                           f"saved steps: {self.steps()}") from None
                 damaged.append(candidate)
                 warnings.warn(f"checkpoint step {candidate} in {self.directory} is damaged ({reason}); "
-                              f"trying an older one", DamagedCheckpointWarning, stacklevel=2)
+                              f"using the newest intact one instead", DamagedCheckpointWarning, stacklevel=2)
                 if not self.read_only:
                     self._set_aside(candidate, reason)
                     self.manager.reload()
@@ -223,6 +223,8 @@ class Checkpointer:
 
     def _set_aside(self, step: int, reason: str) -> None:
         """Move damaged step `step` to <workdir>/damaged_checkpoints/ (kept for inspection, out of orbax's way)."""
+        if jax.process_index() != 0:  # one process moves it; the others' restores fail on it alike
+            return
         aside = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
         os.makedirs(aside, exist_ok=True)
         target = os.path.join(aside, str(step))
