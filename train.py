@@ -48,8 +48,8 @@ from vit_jax.data import (
     reset_skipped_corrupt_files,
     skipped_corrupt_files,
 )
-from vit_jax.training.checkpoint import CheckpointError, Checkpointer
 from vit_jax.training import cli
+from vit_jax.training.checkpoint import CheckpointError, Checkpointer
 from vit_jax.training.config import (
     MODEL_OVERRIDES,
     RUN_CONFIG_FILE,

@@ -49,7 +49,7 @@ and the newest intact step is used; a damaged --step N is an error.
 safety: weights must be floating point (int and bool tensors are refused by
 name) and finite (unless --allow-nonfinite). DST and its config JSON are
 replaced together: a conversion killed between the two renames leaves a
-DST.replacing marker that readers refuse and the next conversion to DST
+.DST.replacing marker that readers refuse and the next conversion to DST
 completes; temporaries of a killed conversion are removed by the next one.
 A failed write (a full disk) prints one error line, exits 2 and leaves DST
 as it was. Ctrl-C or SIGTERM exits 130 / 143 and writes nothing.

@@ -122,8 +122,8 @@ def _finish_interrupted(first: Path) -> None:
         pairs = json.loads(marker.read_text())["renames"]
     except (OSError, ValueError, KeyError, TypeError):
         pairs = []  # the marker itself was cut short: the renames had not started
-    for temp, final in pairs:
-        temp, final = Path(temp), Path(final)
+    for temp, final in pairs:  # relative to the marker's directory, which may have been moved since
+        temp, final = marker.parent / temp, marker.parent / final
         if temp.exists():
             if temp.is_dir() and final.is_file():
                 final.unlink()
@@ -172,7 +172,8 @@ def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
             if temp.is_file():  # some writers (safetensors) create files 0600; give the usual mode
                 os.chmod(temp, 0o666 & ~umask)
         if marker is not None:
-            marker_temp.write_text(json.dumps({"renames": [[str(t), str(f)] for t, f in zip(temps, finals)]}))
+            renames = [[os.path.relpath(p, marker.parent) for p in pair] for pair in zip(temps, finals)]
+            marker_temp.write_text(json.dumps({"renames": renames}))
             os.replace(marker_temp, marker)
         for temp, final in zip(temps, finals):
             if temp.is_dir() and final.exists():
