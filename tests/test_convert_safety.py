@@ -178,3 +178,27 @@ def test_a_config_head_dropped_for_lack_of_head_tensors_warns(tmp_path):
         warnings.simplefilter("error")
         config, params = read_flax_params(tmp_path / "headless.npz", config=config_json, num_classes=10)
     assert params["head"]["kernel"].shape == (CONFIG.hidden_size, 10)
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_conversion_exits_143_and_leaves_nothing(tmp_path):
+    import signal
+    import time
+
+    big = CONFIG.replace(hidden_size=512, mlp_dim=2048, num_heads=8, num_layers=4)  # about 50 MB: long enough to catch
+    write_google_npz(tmp_path / "big.npz", random_flax_params(big))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "parity", "convert", str(tmp_path / "big.npz"),
+                             str(out_dir / "big.safetensors")], env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        line = proc.stderr.readline()
+        if "converted" in line:  # reading and converting: temporaries may appear any moment
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "interrupted" in err, err
+    assert list(out_dir.iterdir()) == []
