@@ -8,9 +8,15 @@
     python train.py --eval-only --workdir runs/NAME
     python train.py predict --checkpoint runs/NAME image.png ...
 
-Reads top to bottom: create the state, the train and eval steps (pure, jitted
-once, in vit_jax/training/steps.py), then the loop, which owns the I/O: data,
-logging, evaluation and checkpoints.
+Reads top to bottom: `prepare` checks the inputs and creates the model and
+optimizer state (writing nothing); `evaluate` runs the eval step; `train`
+restores a checkpoint, compiles the train step (pure, jitted once, in
+vit_jax/training/steps.py) and runs `train_loop`, which owns the I/O: data,
+logging, evaluation and checkpoints; `finish` writes the summary. `run` ties
+them together and undoes a fresh run that stops before its first checkpoint.
+
+Ctrl-C or SIGTERM ends the run within seconds with exit status 130 or 143;
+checkpoints already written stay, so `--resume` continues from the last one.
 """
 
 from __future__ import annotations
@@ -22,7 +28,13 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from typing import Any
+
+if __name__ == "__main__":  # first, so that Ctrl-C during the imports below already ends the run cleanly
+    from vit_jax.training import cli
+
+    cli.install("train.py")
 
 import numpy as np
 
@@ -36,8 +48,16 @@ from vit_jax.data import (
     reset_skipped_corrupt_files,
     skipped_corrupt_files,
 )
+from vit_jax.training import cli
 from vit_jax.training.checkpoint import CheckpointError, Checkpointer
-from vit_jax.training.config import RUN_CONFIG_FILE, TrainConfig, apply_model_overrides, parse_args, resolve_model_config
+from vit_jax.training.config import (
+    MODEL_OVERRIDES,
+    RUN_CONFIG_FILE,
+    TrainConfig,
+    apply_model_overrides,
+    parse_args,
+    resolve_model_config,
+)
 from vit_jax.training.metrics import MetricsWriter, plot_curves
 from vit_jax.training.parallel import DataParallel, ParallelError, initialize_distributed
 
@@ -61,11 +81,42 @@ def load_data(config: TrainConfig):
     return load_dataset(spec)
 
 
+def warn_about_data(config: TrainConfig, dataset) -> None:
+    """Inputs that train without error but cannot give a meaningful run."""
+    classes = np.unique(dataset.train.labels)
+    if len(classes) < 2:
+        warnings.warn(f"the training data has a single class ({len(dataset.train)} examples of label "
+                      f"{int(classes[0])}): accuracy will be 1.0 and the loss near 0 whatever the model learns")
+    if config.batch_size > len(dataset.train):
+        warnings.warn(f"--batch-size {config.batch_size} is larger than the training set ({len(dataset.train)} "
+                      f"examples): every batch repeats examples")
+
+
+def check_same_model(config: TrainConfig, saved: dict, workdir: str) -> None:
+    """--resume / --eval-only keep the run's model: a model flag that differs from it is an error."""
+    model = ViTConfig.from_dict(saved["model"])
+    where = os.path.join(workdir, RUN_CONFIG_FILE)
+    keep = "a resumed or evaluated run keeps its model; drop the flag or start a new --workdir"
+    saved_preset = saved.get("train", {}).get("model")
+    if saved_preset is not None and config.model != saved_preset:
+        raise ConfigError(f"--model {config.model} differs from the run's model {saved_preset} ({where}); {keep}")
+    requested = {name: getattr(config, name) for name in MODEL_OVERRIDES if getattr(config, name) is not None}
+    requested.update(num_channels=config.channels, dtype=config.dtype)
+    for name, value in requested.items():
+        try:
+            differs = getattr(model.replace(**{name: value}), name) != getattr(model, name)
+        except ConfigError:
+            differs = True
+        if differs:
+            flag = "--channels" if name == "num_channels" else "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {value} differs from the run's {name} {getattr(model, name)} ({where}); {keep}")
+
+
 def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None):
     """(ViTConfig, initial params or None when a checkpoint will supply them)."""
     import jax
 
-    from vit_jax import init_params, load_pretrained
+    from vit_jax import init_params
 
     if saved_model is not None:  # resume / eval-only: the run's own architecture
         return ViTConfig.from_dict(saved_model), None
@@ -73,11 +124,14 @@ def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None
         model = resolve_model_config(config, num_classes)
         return model, jax.device_get(init_params(model, config.seed))
     from parity.formats import ConversionError  # imports torch: only when fine-tuning
+    from vit_jax.pretrained import load_pretrained
 
     try:
-        pretrained, params = load_pretrained(config.init, image_size=config.image_size, num_classes=num_classes)
-    except ConversionError as error:
-        raise ConfigError(f"--init {config.init}: {error}") from None
+        pretrained, params = load_pretrained(config.init, image_size=config.image_size, num_classes=num_classes,
+                                             step=config.init_step, allow_nonfinite=config.allow_nonfinite_init)
+    except ConversionError as error:  # (the converter's flag is --allow-nonfinite; here it has a name of its own)
+        message = str(error).replace("--allow-nonfinite", "--allow-nonfinite-init")
+        raise ConfigError(f"--init {config.init}: {message}") from None
     # Architecture comes from the checkpoint; flags may change numerics and runtime options only.
     fixed = ("patch_size", "hidden_size", "mlp_dim", "num_heads", "num_layers", "classifier")
     changed = [f for f in fixed if getattr(config, f) is not None and getattr(config, f) != getattr(pretrained, f)]
@@ -128,8 +182,71 @@ def read_run_config(workdir: str) -> dict:
     path = os.path.join(workdir, RUN_CONFIG_FILE)
     if not os.path.exists(path):
         raise CheckpointError(f"{workdir} is not a run directory: {RUN_CONFIG_FILE} is missing")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable run config ({error})") from None
+
+
+@dataclasses.dataclass
+class Run:
+    """What every phase of one run reads: its inputs, model, optimizer and schedule of steps."""
+
+    config: TrainConfig
+    workdir: str
+    dataset: Any
+    model: ViTConfig
+    parallel: DataParallel
+    tx: Any
+    schedule: Any
+    host_state: Any  # the initial TrainState as NumPy (shapes only when a checkpoint supplies the values)
+    total_steps: int
+    eval_every: int
+    checkpoint_every: int
+    is_main: bool
+    checkpoints: Checkpointer | None = None
+
+
+def prepare(config: TrainConfig) -> Run:
+    """Everything that can reject the inputs, before anything is written."""
+    try:
+        cpu_matmuls.select(config.cpu_matmuls)  # XLA_FLAGS: before the backend starts
+    except RuntimeError as error:
+        raise ConfigError(str(error)) from None
+    initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
+    import jax
+
+    from vit_jax import param_shapes
+    from vit_jax.training.state import create_train_state
+
+    if config.workdir is None and jax.process_count() > 1:
+        raise ConfigError("a multi-process run needs --workdir (a directory every process can reach)")
+    workdir = os.path.abspath(config.workdir or default_workdir(config))
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} is a file; expected a run directory (or a path to create one)")
+    saved = None
+    if config.resume or config.eval_only:
+        saved = read_run_config(workdir)
+        check_same_model(config, saved, workdir)
+    elif os.path.isdir(workdir) and os.listdir(workdir):
+        raise ConfigError(f"--workdir {workdir} already holds files; pass --resume to continue that run or choose another")
+
+    dataset = load_data(config)
+    warn_about_data(config, dataset)
+    model, params = create_model(config, dataset.num_classes, saved and saved["model"])
+    parallel = DataParallel(config.parallel, config.batch_size, config.global_eval_batch_size, config.accum_steps)
+    total_steps = config.steps or max(1, math.ceil(config.epochs * len(dataset.train) / config.batch_size))
+    steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
+    eval_every = config.eval_every or steps_per_epoch
+    # About ten checkpoints per run by default, each at an eval step so "best" is known.
+    checkpoint_every = config.checkpoint_every or eval_every * max(1, round(total_steps / eval_every / 10))
+    if params is None:  # shapes only; the checkpoint fills in the values
+        params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(model))
+    tx, schedule = create_optimizer(config, params, total_steps)
+    host_state = jax.device_get(create_train_state(params, tx, config.seed))
+    return Run(config, workdir, dataset, model, parallel, tx, schedule, host_state, total_steps, eval_every,
+               checkpoint_every, is_main=jax.process_index() == 0)
 
 
 # -- evaluation ---------------------------------------------------------------------
@@ -159,92 +276,29 @@ def evaluate(eval_step, params, dataset, model: ViTConfig, config: TrainConfig, 
     return {name: value / count for name, value in sums.items()}
 
 
-# -- the run ------------------------------------------------------------------------
+def evaluate_checkpoint(run: Run, eval_step) -> int:
+    """--eval-only: the metrics of one checkpoint (--eval-step, else the best, else the latest intact one)."""
+    checkpoints = run.checkpoints
+    step, (restored, _) = checkpoints.first_intact(lambda s: (s, checkpoints.restore(s, run.host_state)),
+                                                   run.config.eval_step)
+    metrics = evaluate(eval_step, run.parallel.put_state(restored).params, run.dataset, run.model, run.config,
+                       run.parallel)
+    if run.is_main:
+        print(json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}))
+    return 0
 
 
-def run(config: TrainConfig) -> int:
-    try:
-        cpu_matmuls.select(config.cpu_matmuls)  # XLA_FLAGS: before the backend starts
-    except RuntimeError as error:
-        raise ConfigError(str(error)) from None
-    initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
-    import jax
-
-    from vit_jax import param_shapes
-    from vit_jax.training.state import create_train_state
-
-    is_main = jax.process_index() == 0
-    reset_skipped_corrupt_files()  # summary.json counts this run's files only
-    if config.workdir is None and jax.process_count() > 1:
-        raise ConfigError("a multi-process run needs --workdir (a directory every process can reach)")
-    workdir = os.path.abspath(config.workdir or default_workdir(config))
-    continuing = config.resume or config.eval_only
-    if continuing:
-        saved = read_run_config(workdir)
-    elif os.path.isdir(workdir) and os.listdir(workdir):
-        raise ConfigError(f"--workdir {workdir} already holds files; pass --resume to continue that run or choose another")
-    else:
-        saved = None
-
-    # Everything that can reject the inputs runs before anything is written.
-    dataset = load_data(config)
-    model, params = create_model(config, dataset.num_classes, saved and saved["model"])
-    parallel = DataParallel(config.parallel, config.batch_size, config.global_eval_batch_size, config.accum_steps)
-    total_steps = config.steps or max(1, math.ceil(config.epochs * len(dataset.train) / config.batch_size))
-    steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
-    eval_every = config.eval_every or steps_per_epoch
-    # About ten checkpoints per run by default, each at an eval step so "best" is known.
-    checkpoint_every = config.checkpoint_every or eval_every * max(1, round(total_steps / eval_every / 10))
-    if params is None:  # shapes only; the checkpoint fills in the values
-        params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(model))
-    tx, schedule = create_optimizer(config, params, total_steps)
-    host_state = create_train_state(params, tx, config.seed)
-    host_state = jax.device_get(host_state)
-
-    created = not os.path.isdir(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    checkpoints = None
-    try:
-        checkpoints = Checkpointer(workdir, keep=config.keep_checkpoints, read_only=config.eval_only)
-        return _run_in(workdir, config, dataset, model, parallel, tx, schedule, host_state, checkpoints,
-                       total_steps, eval_every, checkpoint_every, is_main)
-    except BaseException:
-        # A fresh run that fails before its first checkpoint leaves nothing behind.
-        if created and is_main and (checkpoints is None or checkpoints.latest_step() is None):
-            shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    finally:
-        if checkpoints is not None:
-            checkpoints.close()
+# -- training -----------------------------------------------------------------------
 
 
-def _run_in(workdir, config, dataset, model, parallel, tx, schedule, host_state, checkpoints,
-            total_steps, eval_every, checkpoint_every, is_main) -> int:
-    import jax
-    from tqdm import tqdm
-
-    from vit_jax import VisionTransformer
-    from vit_jax.training.steps import StepOptions
-
-    apply_fn = VisionTransformer(model).apply
-    eval_step = parallel.compile_eval_step(apply_fn)
-
-    if config.eval_only:
-        step = config.eval_step or checkpoints.best_step() or checkpoints.latest_step()
-        if step is None:
-            raise CheckpointError(f"no checkpoint to evaluate in {checkpoints.directory}")
-        restored, _ = checkpoints.restore(step, host_state)
-        metrics = evaluate(eval_step, parallel.put_state(restored).params, dataset, model, config, parallel)
-        if is_main:
-            print(json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}))
-        return 0
-
-    loader = make_loader(
-        dataset.train,
-        batch_size=parallel.process_batch_size,
-        image_size=model.image_hw,
-        mean=model.pixel_mean,
-        std=model.pixel_std,
+def make_train_loader(run: Run):
+    config = run.config
+    return make_loader(
+        run.dataset.train,
+        batch_size=run.parallel.process_batch_size,
+        image_size=run.model.image_hw,
+        mean=run.model.pixel_mean,
+        std=run.model.pixel_std,
         train=True,
         seed=config.seed,
         num_epochs=None,
@@ -252,117 +306,224 @@ def _run_in(workdir, config, dataset, model, parallel, tx, schedule, host_state,
         augment=config.augment,
         on_corrupt=config.on_corrupt,
     )
-    start_step = 0
-    if config.resume:
-        latest = checkpoints.latest_step()
-        if latest is None:
-            raise CheckpointError(f"--resume: no checkpoint in {checkpoints.directory}")
-        host_state, data_state = checkpoints.restore(latest, host_state)
-        loader.set_state(data_state)
-        start_step = int(host_state.step)
-    if is_main:
-        write_json_atomic(
-            os.path.join(workdir, RUN_CONFIG_FILE),
-            {
-                "train": {**config.to_dict(), "workdir": workdir, "resume": False, "eval_only": False, "eval_step": None},
-                "model": model.to_dict(),
-                "data": dataset.info,
-                "eval_crop_fraction": dataset.eval.defaults.crop_fraction,  # predict applies the same transform
-                "seed": config.seed,
-                "total_steps": total_steps,
-                "devices": jax.device_count(),
-                "processes": jax.process_count(),
-                "parallel": config.parallel,
-                "jax_version": jax.__version__,
-            },
-        )
 
-    state = parallel.put_state(host_state)
-    train_step = parallel.compile_train_step(
-        apply_fn=apply_fn,
-        tx=tx,
-        schedule=schedule,
+
+def restore_latest(run: Run, loader) -> tuple[Any, int]:
+    """(host state, its step) of the newest intact checkpoint, the loader moved to its data position."""
+    restored = run.checkpoints.restore_latest(run.host_state)
+    if restored is None:  # only a run stopped before its first checkpoint leaves none: start it over
+        print(f"train.py: no checkpoint yet in {run.checkpoints.directory}; starting the run from step 0",
+              file=sys.stderr)
+        return run.host_state, 0
+    _, host_state, data_state = restored
+    loader.set_state(data_state)
+    return host_state, int(host_state.step)
+
+
+def write_run_config(run: Run) -> None:
+    import jax
+
+    config = run.config
+    write_json_atomic(
+        os.path.join(run.workdir, RUN_CONFIG_FILE),
+        {
+            "train": {**config.to_dict(), "workdir": run.workdir, "resume": False, "eval_only": False,
+                      "eval_step": None},
+            "model": run.model.to_dict(),
+            "data": run.dataset.info,
+            "eval_crop_fraction": run.dataset.eval.defaults.crop_fraction,  # predict applies the same transform
+            "seed": config.seed,
+            "total_steps": run.total_steps,
+            "devices": jax.device_count(),
+            "processes": jax.process_count(),
+            "parallel": config.parallel,
+            "jax_version": jax.__version__,
+        },
+    )
+
+
+class TrainLog:
+    """Per-step metrics: kept on device until a log step, then checked, averaged and written."""
+
+    def __init__(self, run: Run, start_step: int):
+        from tqdm import tqdm
+
+        config = run.config
+        self.run = run
+        self.writer = MetricsWriter(run.workdir, enabled=run.is_main, resume_step=start_step if config.resume else None)
+        self.bar = tqdm(total=run.total_steps, initial=start_step, disable=not (config.progress and run.is_main),
+                        unit="step", dynamic_ncols=True, file=sys.stdout)
+        self.pending: list[tuple[int, dict]] = []
+        self.window_start = time.perf_counter()
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+        self.bar.update(1)
+
+    def flush(self, step: int) -> None:
+        """Fetch the pending per-step metrics, stop on a non-finite loss, log the window mean."""
+        if not self.pending:
+            return
+        run = self.run
+        fetched = [(s, run.parallel.host_metrics(m)) for s, m in self.pending]
+        for s, values in fetched:
+            if not math.isfinite(values["loss"]):
+                last_good = run.checkpoints.latest_step()
+                where = (f"the last good checkpoint is step {last_good} in {run.checkpoints.directory} "
+                         f"(continue with --resume --workdir {run.workdir}, e.g. with a lower --lr)"
+                         if last_good is not None else "no checkpoint was saved before it")
+                raise TrainingStopped(f"loss became {values['loss']} at step {s}; stopped. {where}")
+        elapsed = time.perf_counter() - self.window_start
+        mean = {k: float(np.mean([v[k] for _, v in fetched])) for k in fetched[0][1]}
+        mean["step_time"] = elapsed / len(fetched)
+        mean["images_per_sec"] = run.config.batch_size * len(fetched) / elapsed
+        self.writer.write(step, "train", mean)
+        self.bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}",
+                             img_s=f"{mean['images_per_sec']:.0f}", refresh=False)
+        self.pending, self.window_start = [], time.perf_counter()
+
+    def eval(self, step: int, metrics: dict, announce: bool) -> None:
+        self.writer.write(step, "eval", metrics)
+        if announce and self.run.is_main and self.run.config.progress:
+            self.bar.write(f"step {step}: eval accuracy {metrics['accuracy']:.4f}  top-5 {metrics['top5']:.4f}  "
+                           f"loss {metrics['loss']:.4f}")
+        self.window_start = time.perf_counter()  # the eval's time is not a train step's
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+
+
+def train_loop(run: Run, state, loader, start_step: int, train_step, eval_step, log: TrainLog):
+    """Steps start_step+1 .. total_steps: train, log, evaluate and checkpoint on schedule. (state, last eval)."""
+    config, checkpoints = run.config, run.checkpoints
+    last_eval: dict[str, float] = {}
+    for step in range(start_step + 1, run.total_steps + 1):
+        cli.check_interrupted()
+        state, metrics = train_step(state, run.parallel.put_batch(next(loader)))
+        log.add(step, metrics)
+        last = step == run.total_steps
+        do_eval, do_checkpoint = step % run.eval_every == 0 or last, step % run.checkpoint_every == 0 or last
+        if step % config.log_every == 0 or do_eval or do_checkpoint:
+            log.flush(step)
+        if do_eval:
+            last_eval = evaluate(eval_step, state.params, run.dataset, run.model, config, run.parallel)
+            log.eval(step, last_eval, announce=do_checkpoint)
+        if do_checkpoint:
+            checkpoints.save(step, run.parallel.host_state(state), loader.get_state(),
+                             {"accuracy": last_eval["accuracy"]} if do_eval else None)
+    return state, last_eval
+
+
+def finish(run: Run, state, last_eval: dict, metrics_path: str, wall: float) -> int:
+    """Curves, the optional torch export, summary.json and the closing lines."""
+    if not run.is_main:
+        return 0
+    final_params = run.parallel.host_state(state).params
+    outputs = {"workdir": run.workdir, "checkpoints": run.checkpoints.directory, "metrics": metrics_path,
+               "curves": plot_curves(run.workdir)}
+    if run.config.export_torch:
+        outputs["torch"] = export_torch(final_params, run.model, run.config.export_torch)
+    summary = {
+        "final_step": run.total_steps,
+        "eval": last_eval,
+        "best_checkpoint_step": run.checkpoints.best_step(),
+        "train_seconds": wall,
+        "skipped_corrupt_files": skipped_corrupt_files(),
+    }
+    write_json_atomic(os.path.join(run.workdir, "summary.json"), summary)
+    print(f"eval accuracy {last_eval['accuracy']:.4f} (top-5 {last_eval['top5']:.4f}) after {run.total_steps} steps "
+          f"in {wall:.0f} s of training")
+    for name, path in outputs.items():
+        print(f"{name:12s} {path}")
+    return 0
+
+
+def train(run: Run, eval_step) -> int:
+    """Restore (on --resume), then the loop, then the closing outputs."""
+    from vit_jax import VisionTransformer
+    from vit_jax.training.steps import StepOptions
+
+    config = run.config
+    loader = make_train_loader(run)
+    host_state, start_step = restore_latest(run, loader) if config.resume else (run.host_state, 0)
+    if start_step >= run.total_steps:
+        loader.close()
+        print(f"train.py: the run in {run.workdir} is complete: its latest checkpoint is step {start_step} and "
+              f"it trains for {run.total_steps} steps; nothing to do (pass a larger --steps to train further)")
+        return 0
+    if run.is_main:
+        write_run_config(run)
+    train_step = run.parallel.compile_train_step(
+        apply_fn=VisionTransformer(run.model).apply,
+        tx=run.tx,
+        schedule=run.schedule,
         options=StepOptions(
-            num_classes=model.num_classes,
+            num_classes=run.model.num_classes,
             label_smoothing=config.label_smoothing,
             mixup_alpha=config.mixup_alpha,
             cutmix_alpha=config.cutmix_alpha,
             accum_steps=config.accum_steps,
         ),
     )
-    writer = MetricsWriter(workdir, enabled=is_main, resume_step=start_step if config.resume else None)
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (config.progress and is_main),
-               unit="step", dynamic_ncols=True, file=sys.stdout)
-    pending: list[tuple[int, dict]] = []
-    window_start = time.perf_counter()
-    last_eval: dict[str, float] = {}
+    log = TrainLog(run, start_step)
     started = time.perf_counter()
-
-    def flush(step: int) -> None:
-        """Fetch the pending per-step metrics, stop on a non-finite loss, log the window mean."""
-        nonlocal pending, window_start
-        if not pending:
-            return
-        fetched = [(s, parallel.host_metrics(m)) for s, m in pending]
-        for s, values in fetched:
-            if not math.isfinite(values["loss"]):
-                last_good = checkpoints.latest_step()
-                where = (f"the last good checkpoint is step {last_good} in {checkpoints.directory} "
-                         f"(continue with --resume --workdir {workdir}, e.g. with a lower --lr)"
-                         if last_good is not None else "no checkpoint was saved before it")
-                raise TrainingStopped(f"loss became {values['loss']} at step {s}; stopped. {where}")
-        elapsed = time.perf_counter() - window_start
-        mean = {k: float(np.mean([v[k] for _, v in fetched])) for k in fetched[0][1]}
-        mean["step_time"] = elapsed / len(fetched)
-        mean["images_per_sec"] = config.batch_size * len(fetched) / elapsed
-        writer.write(step, "train", mean)
-        bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}",
-                        img_s=f"{mean['images_per_sec']:.0f}", refresh=False)
-        pending, window_start = [], time.perf_counter()
-
-    for step in range(start_step + 1, total_steps + 1):
-        state, metrics = train_step(state, parallel.put_batch(next(loader)))
-        pending.append((step, metrics))
-        bar.update(1)
-        last = step == total_steps
-        do_eval, do_checkpoint = step % eval_every == 0 or last, step % checkpoint_every == 0 or last
-        if step % config.log_every == 0 or do_eval or do_checkpoint or last:
-            flush(step)
-        if do_eval:
-            last_eval = evaluate(eval_step, state.params, dataset, model, config, parallel)
-            writer.write(step, "eval", last_eval)
-            if is_main and config.progress and do_checkpoint:
-                bar.write(f"step {step}: eval accuracy {last_eval['accuracy']:.4f}  top-5 {last_eval['top5']:.4f}  "
-                          f"loss {last_eval['loss']:.4f}")
-            window_start = time.perf_counter()
-        if do_checkpoint:
-            checkpoints.save(step, parallel.host_state(state), loader.get_state(),
-                             {"accuracy": last_eval["accuracy"]} if do_eval else None)
-    bar.close()
-    loader.close()
-    checkpoints.wait()
+    try:
+        state, last_eval = train_loop(run, run.parallel.put_state(host_state), loader, start_step, train_step,
+                                      eval_step, log)
+    finally:
+        log.bar.close()
+        loader.close()
+    run.checkpoints.wait()
     wall = time.perf_counter() - started
-    writer.close()
+    log.close()
+    return finish(run, state, last_eval, log.writer.path, wall)
 
-    final_params = parallel.host_state(state).params
-    outputs = {"workdir": workdir, "checkpoints": checkpoints.directory, "metrics": writer.path}
-    if is_main:
-        outputs["curves"] = plot_curves(workdir)
-        if config.export_torch:
-            outputs["torch"] = export_torch(final_params, model, config.export_torch)
-        summary = {
-            "final_step": total_steps,
-            "eval": last_eval,
-            "best_checkpoint_step": checkpoints.best_step(),
-            "train_seconds": wall,
-            "skipped_corrupt_files": skipped_corrupt_files(),
-        }
-        write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-        print(f"eval accuracy {last_eval['accuracy']:.4f} (top-5 {last_eval['top5']:.4f}) after {total_steps} steps "
-              f"in {wall:.0f} s of training")
-        for name, path in outputs.items():
-            print(f"{name:12s} {path}")
-    return 0
+
+# -- the run ------------------------------------------------------------------------
+
+
+def _remove_unfinished(workdir: str, created: bool, before: set[str]) -> None:
+    """Undo a fresh run that stopped before its first checkpoint: what it wrote goes, so a new start works."""
+    if created:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    for name in set(os.listdir(workdir)) - before:
+        path = os.path.join(workdir, name)
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+
+def run(config: TrainConfig) -> int:
+    from vit_jax import VisionTransformer
+
+    reset_skipped_corrupt_files()  # summary.json counts this run's files only
+    setup = prepare(config)
+    workdir = setup.workdir
+    fresh = not (config.resume or config.eval_only)
+    created = not os.path.isdir(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    before = set(os.listdir(workdir))
+
+    def unfinished() -> bool:
+        return fresh and setup.is_main and (setup.checkpoints is None or setup.checkpoints.latest_step() is None)
+
+    forget = cli.on_forced_exit(lambda: unfinished() and _remove_unfinished(workdir, created, before))
+    try:
+        setup.checkpoints = Checkpointer(workdir, keep=config.keep_checkpoints, read_only=config.eval_only)
+        eval_step = setup.parallel.compile_eval_step(VisionTransformer(setup.model).apply)
+        return evaluate_checkpoint(setup, eval_step) if config.eval_only else train(setup, eval_step)
+    except BaseException:
+        if unfinished():
+            _remove_unfinished(workdir, created, before)
+        raise
+    finally:
+        forget()
+        if setup.checkpoints is not None:
+            try:
+                setup.checkpoints.close()
+            except Exception:
+                if not cli.interrupted():
+                    raise
 
 
 def export_torch(params: Any, model: ViTConfig, path: str) -> str:
@@ -385,14 +546,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return predict_main(argv[1:])
     try:
-        return run(parse_args(argv))
+        with cli.interruptible():
+            return run(parse_args(argv))
     except (ConfigError, DataError, ParallelError, CheckpointError, TrainingStopped) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("train.py: interrupted", file=sys.stderr)
-        return 130
+        return getattr(interrupt, "exit_code", 130)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit(main())

@@ -27,4 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vit_jax.training import cli  # one-line warnings; Ctrl-C / SIGTERM end the process with 130 / 143
+
+    cli.install("python -m parity")
+    cli.exit(main())

@@ -6,7 +6,8 @@
 
 Formats: google-npz, flax (msgpack / orbax directory), torch (timm naming,
 .safetensors or .pt/.pth), hf (Hugging Face ViT), torchvision (vit_b_16
-naming). Tensors are read lazily and converted one mapping rule at a time, so
+naming); and, as a source, a train.py run directory (one saved step).
+Weights must be floating point, and finite unless `allow_nonfinite`. Tensors are read lazily and converted one mapping rule at a time, so
 peak memory is about two copies of the weights (the converted tensors, and the
 serialised file while it is written).
 """
@@ -18,13 +19,15 @@ import functools
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import ml_dtypes
 import numpy as np
 
 from parity.formats import FLAX, FORMATS, TIMM, ConversionError, TensorSource, config_sidecar
-from parity.formats import flax_ckpt, google_npz, hf, torch_sd
+from parity.formats import flax_ckpt, google_npz, hf, torch_sd, training_run
 from parity.infer import build_config
 from parity.mapping import expected_flax_shapes, expected_torch_shapes, param_rules, unflatten
 from vit_jax.config import ConfigError, ViTConfig, get_config
@@ -105,7 +108,13 @@ def _user_config(config: ViTConfig | str | os.PathLike | None) -> tuple[ViTConfi
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
+    from parity.formats.base import replacing_marker
+
     sidecar = config_sidecar(path)
+    if replacing_marker(path).exists():
+        raise ConversionError(f"{path}: a conversion was interrupted while replacing it and {sidecar.name} "
+                              f"({replacing_marker(path).name} is still there), so the two may come from different "
+                              f"conversions; convert again to {path} (which completes the interrupted one)")
     if not sidecar.is_file():
         return {}
     try:
@@ -146,39 +155,82 @@ def open_checkpoint(
     path: str | os.PathLike,
     format: str | None = None,
     config: ViTConfig | str | os.PathLike | None = None,
+    step: int | None = None,
+    new_head: bool = False,
 ) -> tuple[ViTConfig, TensorSource]:
-    """Read a checkpoint's tensor index and work out its config; tensors stay on disk until loaded."""
+    """Read a checkpoint's tensor index and work out its config; tensors stay on disk until loaded.
+
+    `step` picks the checkpoint of a training run directory (default: its best
+    by eval accuracy, else its latest); `new_head` says a fresh head replaces
+    the checkpoint's (so a config's head that the file lacks is not news).
+    """
     _check_format(format, "--from")
     path = Path(path)
-    format = format or detect_format(path)
-    if not path.exists():
-        raise ConversionError(f"{path}: no such file or directory")
-    module, _ = FORMATS[format]
-    source = module.read(path)
-    sidecar = _read_sidecar(path)
-    if sidecar:
-        source.stated = {**source.stated, **sidecar}
+    if format in (None, flax_ckpt.FORMAT) and training_run.locate(path) is not None:
+        source = training_run.read(path, step)
+    else:
+        if step is not None:
+            raise ConversionError(f"{path}: --step picks a checkpoint of a training run directory; this is not one")
+        format = format or detect_format(path)
+        if not path.exists():
+            raise ConversionError(f"{path}: no such file or directory")
+        module, _ = FORMATS[format]
+        source = module.read(path)
+        sidecar = _read_sidecar(path)
+        if sidecar:
+            source.stated = {**source.stated, **sidecar}
     user, is_preset = _user_config(config)
     resolved = build_config(source, user, is_preset)
     _check_tensors(source, resolved)
+    if user is not None and not is_preset and user.num_classes and not resolved.num_classes and not new_head:
+        warnings.warn(f"{path} has no head tensors, so the {user.num_classes}-class head of the given config is "
+                      f"dropped (the model outputs features); pass --num-classes {user.num_classes} for a fresh "
+                      f"zero head")
     return resolved, source
 
 
-def _convert_tensors(source: TensorSource, config: ViTConfig, naming: str, progress: Progress | None) -> dict[str, np.ndarray]:
+def _is_floating(dtype: np.dtype) -> bool:
+    try:
+        ml_dtypes.finfo(dtype)  # NumPy's floats and bfloat16 / float8
+    except ValueError:
+        return False
+    return True
+
+
+def _load_checked(source: TensorSource, key: str, allow_nonfinite: bool) -> np.ndarray:
+    """One tensor, refused by name when it is not floating point, or (unless allowed) not finite."""
+    array = source.load(key)
+    if not _is_floating(array.dtype):
+        raise ConversionError(f"{source.path}: tensor {source.file_name(key)!r} is {array.dtype}; ViT weights must "
+                              f"be floating point (float32, float16, bfloat16)")
+    if not allow_nonfinite:
+        bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ConversionError(f"{source.path}: tensor {source.file_name(key)!r} holds {bad} non-finite value(s) "
+                                  f"(NaN or infinity) of {array.size}; pass --allow-nonfinite to accept them")
+    return array
+
+
+def _convert_tensors(source: TensorSource, config: ViTConfig, naming: str, progress: Progress | None,
+                     allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
     """All tensors in `naming`, one mapping rule at a time (source tensors are read as needed)."""
     rules = param_rules(config)
     out: dict[str, np.ndarray] = {}
     step = max(1, len(rules) // 10)
     if sum(math.prod(shape) for shape in source.shapes.values()) < PROGRESS_MIN_ELEMENTS:
         progress = None  # a small model converts in seconds: per-tensor lines would be noise
+
+    def load(key: str) -> np.ndarray:
+        return _load_checked(source, key, allow_nonfinite)
+
     for done, rule in enumerate(rules, 1):
         if source.naming == naming:
             for key in (rule.flax if naming == FLAX else (rule.torch,)):
-                out[key] = source.load(key)
+                out[key] = load(key)
         elif naming == TIMM:
-            out[rule.torch] = rule.transform.to_torch([source.load(p) for p in rule.flax])
+            out[rule.torch] = rule.transform.to_torch([load(p) for p in rule.flax])
         else:
-            out.update(zip(rule.flax, rule.transform.to_flax(source.load(rule.torch), config)))
+            out.update(zip(rule.flax, rule.transform.to_flax(load(rule.torch), config)))
         if progress and (done % step == 0 or done == len(rules)):
             progress(f"  converted {done}/{len(rules)} parameters")
     return out
@@ -223,12 +275,14 @@ def read_tensors(
     num_classes: int | None = None,
     progress: Progress | None = None,
     check: Callable[[ViTConfig], None] | None = None,
+    step: int | None = None,
+    allow_nonfinite: bool = False,
 ) -> tuple[ViTConfig, dict[str, np.ndarray], TensorSource]:
     """(config, flat tensors in `naming`, source) for any checkpoint, resized/re-headed on request.
 
     `check` sees the final config before any tensor is read (a target format refusing it).
     """
-    resolved, source = open_checkpoint(path, format, config)
+    resolved, source = open_checkpoint(path, format, config, step, new_head=num_classes is not None)
     target = _target_config(resolved, image_size, num_classes)
     if check is not None:
         check(target)
@@ -236,22 +290,26 @@ def read_tensors(
         progress(f"read {source.path} ({source.format}, {len(source.shapes)} tensors): {describe(resolved)}")
         for note in source.notes:
             progress(f"  note: {note}")
-    tensors = _convert_tensors(source, resolved, naming, progress)
+    tensors = _convert_tensors(source, resolved, naming, progress, allow_nonfinite)
     _adapt(tensors, resolved, target, naming, new_head=num_classes is not None)
     return target, tensors, source
 
 
-def read_flax_params(path, format=None, config=None, image_size=None, num_classes=None, progress=None):
+def read_flax_params(path, format=None, config=None, image_size=None, num_classes=None, progress=None, step=None,
+                     allow_nonfinite=False):
     """(ViTConfig, nested Flax params of NumPy arrays, in the config's layout) from any format."""
     from vit_jax.params import to_layout
 
-    resolved, flat, _ = read_tensors(path, FLAX, format, config, image_size, num_classes, progress)
+    resolved, flat, _ = read_tensors(path, FLAX, format, config, image_size, num_classes, progress, step=step,
+                                     allow_nonfinite=allow_nonfinite)
     return resolved, to_layout(unflatten(flat), resolved)
 
 
-def read_state_dict(path, format=None, config=None, image_size=None, num_classes=None, progress=None):
+def read_state_dict(path, format=None, config=None, image_size=None, num_classes=None, progress=None, step=None,
+                    allow_nonfinite=False):
     """(ViTConfig, timm-named state dict of NumPy arrays) from any format."""
-    resolved, flat, _ = read_tensors(path, TIMM, format, config, image_size, num_classes, progress)
+    resolved, flat, _ = read_tensors(path, TIMM, format, config, image_size, num_classes, progress, step=step,
+                                     allow_nonfinite=allow_nonfinite)
     return resolved, flat
 
 
@@ -282,10 +340,13 @@ def convert(
     image_size: int | tuple[int, int] | None = None,
     num_classes: int | None = None,
     progress: Progress | None = None,
+    step: int | None = None,
+    allow_nonfinite: bool = False,
 ) -> ConversionResult:
     """Convert the checkpoint `src` to `dst`, writing the ViTConfig JSON beside `dst`.
 
-    Nothing appears at `dst` unless the whole conversion succeeds.
+    Nothing appears at `dst` unless the whole conversion succeeds; the weights
+    and their config JSON are replaced as one unit (see atomic_outputs).
     """
     from parity.formats.base import atomic_outputs
 
@@ -303,16 +364,23 @@ def convert(
         to_format == hf.FORMAT and dst.suffix not in torch_sd.EXTENSIONS)
     check = getattr(module, "check_expressible", None)
     resolved, tensors, source = read_tensors(src, naming, from_format, config, image_size, num_classes, progress,
-                                             check)
+                                             check, step, allow_nonfinite)
     count = len(tensors)
     if progress:
         progress(f"writing {dst} ({to_format}): {describe(resolved)}")
     sidecar = config_sidecar(dst, is_dir=as_dir)
     targets = (dst,) if as_dir else (dst, sidecar)
-    with atomic_outputs(*targets) as temps:
-        module.write(temps[0], tensors, resolved, dst)
-        config_file = temps[0] / sidecar.name if as_dir else temps[1]
-        config_file.write_text(resolved.to_json())
+    try:
+        with atomic_outputs(*targets) as temps:
+            module.write(temps[0], tensors, resolved, dst)
+            config_file = temps[0] / sidecar.name if as_dir else temps[1]
+            config_file.write_text(resolved.to_json())
+    except (ConversionError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a full disk surfaces as OSError, or as each writer's own error type
+        first = str(e).strip().splitlines()
+        reason = first[0][:300] if first else ""
+        raise ConversionError(f"{dst}: cannot write ({type(e).__name__}: {reason}); nothing was written there") from None
     if progress:
         progress(f"wrote {dst} and {sidecar}")
     return ConversionResult(resolved, source.format, to_format, dst, sidecar, count)

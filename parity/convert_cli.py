@@ -39,10 +39,26 @@ Without --from the source format is detected from the file; without --to the
 target follows DST's extension: .npz -> google-npz, .msgpack or a directory ->
 flax, .safetensors/.pt/.pth -> torch.
 
+training runs: SRC may be a train.py run directory (its --workdir), its
+checkpoints/ directory or one step directory checkpoints/<step>. The params
+come from one saved step, the architecture and numerics from the run's
+config.json. A directory resolves to the best step by eval accuracy, else the
+latest; --step N picks another. A damaged default step is named in a warning
+and the newest intact step is used; a damaged --step N is an error.
+
+safety: weights must be floating point (int and bool tensors are refused by
+name) and finite (unless --allow-nonfinite). DST and its config JSON are
+replaced together: a conversion killed between the two renames leaves a
+.DST.replacing marker that readers refuse and the next conversion to DST
+completes; temporaries of a killed conversion are removed by the next one.
+A failed write (a full disk) prints one error line, exits 2 and leaves DST
+as it was. Ctrl-C or SIGTERM exits 130 / 143 and writes nothing.
+
 examples:
   python -m parity convert ViT-B_16.npz vit_b16.safetensors
   python -m parity convert vit_b16.safetensors hf_vit_b16/ --to hf
   python -m parity convert ViT-B_16.npz ft.npz --image-size 384 --num-classes 10
+  python -m parity convert runs/digits-1 digits.safetensors --step 400
 """
 
 
@@ -89,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(Google's bilinear zoom, class token kept apart; default: the source's)")
     parser.add_argument("--num-classes", type=int, metavar="N",
                         help="replace the head by a fresh zero head with N classes (0: no head; default: keep the source's head)")
+    parser.add_argument("--step", type=int, metavar="N",
+                        help="with a training run as SRC: the checkpoint step (default: the best by eval accuracy, "
+                             "else the latest)")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="convert weights holding NaN or infinity (refused by default)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return parser
 
@@ -101,18 +122,25 @@ def main(argv: list[str] | None = None) -> int:
     from parity.convert import convert
     from parity.formats import ConversionError
 
+    from vit_jax.training import cli
+
     progress = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     try:
-        result = convert(
-            args.src, args.dst, from_format=args.from_format, to_format=args.to_format, config=args.config,
-            image_size=args.image_size, num_classes=args.num_classes, progress=progress,
-        )
+        with cli.interruptible():
+            result = convert(
+                args.src, args.dst, from_format=args.from_format, to_format=args.to_format, config=args.config,
+                image_size=args.image_size, num_classes=args.num_classes, progress=progress, step=args.step,
+                allow_nonfinite=args.allow_nonfinite,
+            )
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # unwritable destination, disk full
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C / SIGTERM: the temporaries are already removed
+        print(f"error: interrupted; nothing was written to {args.dst}", file=sys.stderr)
+        return getattr(interrupt, "exit_code", 130)
     if not args.quiet:
         print(f"{result.source_format} -> {result.target_format}: {result.output} ({result.num_tensors} tensors), "
               f"config {result.config_path}")

@@ -125,3 +125,48 @@ def test_missing_or_empty_folders_are_clear_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(DataError, match="not a directory"):
         load_dataset(DatasetSpec(kind="folder", path=str(tmp_path / "file")))
+
+
+def test_directory_links_back_into_the_dataset_are_not_followed(tmp_path, caplog):
+    root = tmp_path / "d"
+    write_image_folder(str(root), {"a": 3, "b": 3})
+    os.symlink("..", root / "a" / "loop")  # -> d itself: 3 classes' worth again, and recursively
+    os.symlink(str(root / "b"), root / "a" / "sibling")  # b's images would be labelled a
+    outside = tmp_path / "extra"
+    write_image_folder(str(outside), {"x": 2})
+    os.symlink(str(outside / "x"), root / "b" / "more")  # a link out of the dataset is followed
+    with caplog.at_level(logging.WARNING, logger="vit_jax.data.folder"):
+        ds = load_dataset(DatasetSpec(kind="folder", path=str(root), split_fraction=0.25))
+    assert len(ds.train) + len(ds.eval) == 3 + 3 + 2
+    paths = ds.train.paths + ds.eval.paths
+    assert len({os.path.realpath(p) for p in paths}) == len(paths)  # no file twice, so none in train and eval
+    labels = np.concatenate([ds.train.labels, ds.eval.labels])
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1, 1, 1]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "loop" in warned and "sibling" in warned
+
+
+def test_special_files_are_skipped_unopened_and_broken_links_count_as_corrupt(tmp_path, caplog):
+    write_image_folder(str(tmp_path / "train"), {"a": 3, "b": 3})
+    write_image_folder(str(tmp_path / "val"), {"a": 1, "b": 1})
+    os.mkfifo(tmp_path / "train" / "a" / "pipe.png")  # opening it would block forever
+    os.symlink(str(tmp_path / "gone.png"), tmp_path / "train" / "b" / "dangling.png")
+    with caplog.at_level(logging.WARNING, logger="vit_jax.data.folder"):
+        ds = load_dataset(DatasetSpec(kind="folder", path=str(tmp_path)))
+    assert any("pipe.png" in r.getMessage() and "a FIFO" in r.getMessage() for r in caplog.records)
+    assert not any(p.endswith("pipe.png") for p in ds.train.paths)
+    dangling = ds.train.paths.index(str(tmp_path / "train" / "b" / "dangling.png"))
+    with pytest.raises(CorruptImageError, match="broken symbolic link"):
+        ds.train[dangling]
+    batch = next(loader(ds.train, batch_size=7, seed=0, num_epochs=1))  # skipped like a corrupt image
+    assert batch["image"].shape == (7, 12, 12, 3)
+
+
+def test_decoding_refuses_special_files_without_opening_them(tmp_path):
+    from vit_jax.data.decode import decode_image
+
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(DataError, match="is a FIFO, not an image file"):
+        decode_image(str(tmp_path / "pipe.png"), 3)
+    with pytest.raises(DataError, match="is a character device"):
+        decode_image("/dev/null", 3)

@@ -22,6 +22,7 @@ def load_train_module():
     """train.py as a module, whatever the working directory of pytest."""
     spec = importlib.util.spec_from_file_location("train", TRAIN_PY)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["train"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
+import json
 import os
+import re
 import shutil
 import secrets
 from pathlib import Path
@@ -99,34 +102,90 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def replacing_marker(path: str | os.PathLike) -> Path:
+    """The file that says a multi-file write to `path` (weights + config JSON) is between its renames."""
+    path = Path(path)
+    return path.parent / f".{path.name}.replacing"
+
+
+def _temp_name(final: Path) -> Path:
+    # A fresh name (not mkstemp: its 0600 mode would stick to the output); writers create it.
+    return final.parent / f".{final.name}.{secrets.token_hex(6)}.tmp"
+
+
+def _finish_interrupted(first: Path) -> None:
+    """Complete the renames of a write killed between them (all its temporaries were whole by then)."""
+    marker = replacing_marker(first)
+    if not marker.is_file():
+        return
+    try:
+        pairs = json.loads(marker.read_text())["renames"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pairs = []  # the marker itself was cut short: the renames had not started
+    for temp, final in pairs:  # relative to the marker's directory, which may have been moved since
+        temp, final = marker.parent / temp, marker.parent / final
+        if temp.exists():
+            if temp.is_dir() and final.is_file():
+                final.unlink()
+            os.replace(temp, final)
+    marker.unlink()
+
+
+def _remove_stale_temps(final: Path) -> None:
+    """Temporaries that a killed write to `final` left beside it (orbax's own temporaries included)."""
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.[0-9a-f]{{12}}\.tmp.*", re.DOTALL)
+    if final.parent.is_dir():
+        for entry in final.parent.iterdir():
+            if pattern.fullmatch(entry.name):
+                _remove(entry)
+
+
 @contextlib.contextmanager
 def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
     """Temporary paths beside each destination, renamed into place only if the block succeeds.
 
     On any error every temporary is removed, so a failed conversion leaves no
-    output behind (and an existing destination is untouched).
+    output behind (and an existing destination is untouched). With several
+    destinations (weights and their config JSON) a marker file is written
+    before the renames and removed after them: a reader that finds it refuses
+    the pair, and the next write to the same place completes those renames.
+    Temporaries left by a killed write are removed by the next write there.
     """
-    finals = [Path(d) for d in destinations]
+    finals = [Path(d).absolute() for d in destinations]
     for final in finals:
         if final.is_dir():
             # Never delete a directory to make room: it may be the user's own folder.
             raise ConversionError(f"{final}: already exists as a directory; remove it or choose a new path")
-    temps = []
     for final in finals:
         final.parent.mkdir(parents=True, exist_ok=True)
-        # A fresh name (not mkstemp: its 0600 mode would stick to the output); writers create it.
-        temps.append(final.parent / f".{final.name}.{secrets.token_hex(6)}.tmp")
+    _finish_interrupted(finals[0])
+    marker = replacing_marker(finals[0]) if len(finals) > 1 else None
+    for final in finals + ([marker] if marker else []):
+        _remove_stale_temps(final)
+    temps = [_temp_name(final) for final in finals]
+    marker_temp = _temp_name(marker) if marker else None
     try:
         yield temps
         umask = os.umask(0)
         os.umask(umask)
-        for temp, final in zip(temps, finals):
+        for temp in temps:
             if temp.is_file():  # some writers (safetensors) create files 0600; give the usual mode
                 os.chmod(temp, 0o666 & ~umask)
+        if marker is not None:
+            renames = [[os.path.relpath(p, marker.parent) for p in pair] for pair in zip(temps, finals)]
+            marker_temp.write_text(json.dumps({"renames": renames}))
+            os.replace(marker_temp, marker)
+        for temp, final in zip(temps, finals):
             if temp.is_dir() and final.exists():
                 final.unlink()  # os.replace cannot put a directory over a file
             os.replace(temp, final)
+        if marker is not None:
+            marker.unlink()
     except BaseException:
-        for temp in temps:
+        if marker is not None and marker.exists():
+            _finish_interrupted(finals[0])  # the renames had begun: finish them rather than leave a mixed pair
+        for temp in temps + ([marker_temp] if marker_temp else []):
             _remove(temp)
+            for entry in temp.parent.glob(glob.escape(temp.name) + "*"):  # writers' own temporaries (orbax's)
+                _remove(entry)
         raise

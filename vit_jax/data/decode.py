@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 
 import numpy as np
@@ -10,6 +12,32 @@ from PIL import Image
 from vit_jax.data.errors import CorruptImageError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+              stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory"}
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages."""
+    return FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def check_regular_file(path: str) -> None:
+    """Refuse what must never be opened as an image: a FIFO would block forever, a device read without end.
+
+    A broken symbolic link counts as a corrupt image (skipped with a warning
+    when training); a missing file or a special file is a DataError.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise CorruptImageError(path, f"broken symbolic link to '{os.readlink(path)}'") from None
+        raise DataError(f"image file '{path}' does not exist") from None
+    except OSError as error:
+        raise CorruptImageError(path, f"{type(error).__name__}: {error}") from error
+    if not stat.S_ISREG(mode):
+        raise DataError(f"'{path}' is {file_kind(mode)}, not an image file")
 
 # ITU-R 601-2 luma weights, the ones PIL's convert('L') uses.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -29,6 +57,7 @@ def decode_image(path: str, channels: int) -> np.ndarray:
     file is not a readable image, including truncated files.
     """
     check_channels(channels)
+    check_regular_file(path)
     try:
         with warnings.catch_warnings():
             # A palette image with transparency warns on convert; we drop alpha on purpose.

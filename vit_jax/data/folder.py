@@ -1,15 +1,26 @@
-"""Image folders: root/<class>/<image files>, split by subfolders or by fraction."""
+"""Image folders: root/<class>/<image files>, split by subfolders or by fraction.
+
+Symbolic links are followed, except a directory link that leads back into the
+dataset root (or above it) or to a directory already walked: those would loop
+or count the same images twice, under another class. Special files with an
+image extension (FIFOs, sockets, devices) are skipped with a warning and never
+opened; a broken file link is kept and later skipped like a corrupt image.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 
 import numpy as np
 
-from vit_jax.data.decode import IMAGE_EXTENSIONS
+from vit_jax.data.decode import IMAGE_EXTENSIONS, file_kind
 from vit_jax.data.errors import DataError
 from vit_jax.data.records import FileRecords
 from vit_jax.data.split import stratified_split
+
+log = logging.getLogger(__name__)
 
 
 def _class_dirs(root: str) -> list[str]:
@@ -23,16 +34,45 @@ def _class_dirs(root: str) -> list[str]:
     return names
 
 
-def _image_files(class_dir: str) -> list[str]:
-    """Image files under one class folder (recursively), in a stable order."""
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def _image_files(class_dir: str, root: str, walked: set[str]) -> list[str]:
+    """Image files under one class folder (recursively), in a stable order.
+
+    `walked` holds the real paths of directories already indexed (all classes).
+    """
     found = []
+    real_root = os.path.realpath(root)
+    walked.add(os.path.realpath(class_dir))
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(
-            os.path.join(dirpath, f)
-            for f in sorted(filenames)
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        kept = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            full = os.path.join(dirpath, name)
+            real = os.path.realpath(full)
+            if os.path.islink(full) and (_inside(real, real_root) or _inside(real_root, real) or real in walked):
+                log.warning("skipping directory link '%s' -> '%s': it leads back into the dataset or to a "
+                            "directory already indexed", full, real)
+                continue
+            if real in walked:
+                continue
+            walked.add(real)
+            kept.append(name)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            full = os.path.join(dirpath, name)
+            try:
+                mode = os.stat(full).st_mode
+            except OSError:  # a broken link: kept, and skipped like a corrupt image when read
+                found.append(full)
+                continue
+            if not stat.S_ISREG(mode):
+                log.warning("skipping '%s': it is %s, not an image file", full, file_kind(mode))
+                continue
+            found.append(full)
     return found
 
 
@@ -53,8 +93,9 @@ def index_folder(root: str, class_names: list[str] | None = None) -> tuple[list[
                 f"(training classes: {class_names})"
             )
     paths, labels = [], []
+    walked: set[str] = set()
     for name in found:
-        files = _image_files(os.path.join(root, name))
+        files = _image_files(os.path.join(root, name), root, walked)
         if not files:
             raise DataError(
                 f"class folder '{os.path.join(root, name)}' has no image files; expected files ending in "

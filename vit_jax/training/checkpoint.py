@@ -8,6 +8,11 @@ previous checkpoints intact; the half-written temporary is removed when a
 resumed run next saves.
 
 Kept: the last `keep` checkpoints plus the one with the best eval accuracy.
+
+A damaged checkpoint (a file of it truncated or missing) is named in a
+warning and the newest intact one is used instead, unless the caller asked
+for that step by number. A run that writes (`--resume`) moves damaged steps
+to `<workdir>/damaged_checkpoints/` so that it can save those steps again.
 """
 
 from __future__ import annotations
@@ -15,16 +20,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+import shutil
+import warnings
+from typing import Any, Callable, TypeVar
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from vit_jax.training.orbax_output import quiet_failures
 from vit_jax.training.state import TrainState
 
 BEST_METRIC = "accuracy"
+DAMAGED_DIR = "damaged_checkpoints"
+T = TypeVar("T")
 
 # Orbax warns "Given directory is read only" whenever a manager is opened read-only, which is
 # exactly what evaluation and predict ask for; drop that one message and keep every other.
@@ -33,6 +43,31 @@ logging.getLogger("absl").addFilter(lambda record: not record.getMessage().start
 
 class CheckpointError(RuntimeError):
     """A missing or unreadable checkpoint."""
+
+
+class DamagedCheckpointWarning(UserWarning):
+    """A checkpoint could not be read and an older intact one is used instead."""
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def _unreadable_metrics(directory: str) -> dict[int, str]:
+    """Steps whose metrics file is not JSON (orbax cannot even list the checkpoints then), with the reason."""
+    damaged = {}
+    if not os.path.isdir(directory):
+        return damaged
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name, "metrics", "metrics")
+        if name.isdigit() and os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    json.load(f)
+            except (OSError, ValueError) as error:
+                damaged[int(name)] = _reason(error)
+    return damaged
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -80,7 +115,16 @@ class Checkpointer:
         )
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointError(f"no checkpoints found: {self.directory} does not exist")
+        self.read_only = read_only
+        for step, reason in sorted(_unreadable_metrics(self.directory).items()):
+            if read_only:
+                raise CheckpointError(f"checkpoint step {step} in {self.directory} is damaged (its metrics file: "
+                                      f"{reason}); move that step directory away to use the others")
+            self._set_aside(step, f"its metrics file: {reason}")
         self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data"), options=options)
+
+    def steps(self) -> list[int]:
+        return list(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -89,7 +133,10 @@ class Checkpointer:
         """The saved step with the highest eval accuracy (None if no step has metrics)."""
         best, best_value = None, -np.inf
         for step in self.manager.all_steps():
-            metrics = self.manager.metrics(step)
+            try:
+                metrics = self.manager.metrics(step)
+            except Exception:  # damaged: restoring it will say so
+                continue
             if metrics and metrics.get(BEST_METRIC, -np.inf) > best_value:
                 best, best_value = step, metrics[BEST_METRIC]
         return best
@@ -112,10 +159,7 @@ class Checkpointer:
 
     def restore(self, step: int, template: TrainState) -> tuple[TrainState, Any]:
         """Checkpoint `step` as (NumPy TrainState shaped like `template`, this process's data state)."""
-        if step not in self.manager.all_steps():
-            raise CheckpointError(
-                f"no checkpoint for step {step} in {self.directory}; saved steps: {list(self.manager.all_steps())}"
-            )
+        self._check_saved(step)
         abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
         restored = self.manager.restore(
             step,
@@ -131,15 +175,70 @@ class Checkpointer:
         return state, processes[jax.process_index()]
 
     def restore_params(self, step: int | None = None) -> tuple[int, Any]:
-        """(step, params as NumPy) of checkpoint `step` (default: the best, else the latest)."""
-        step = step if step is not None else (self.best_step() or self.latest_step())
-        if step is None or step not in self.manager.all_steps():
-            raise CheckpointError(
-                f"no checkpoint {'' if step is None else f'for step {step} '}in {self.directory}; "
-                f"saved steps: {list(self.manager.all_steps())}"
-            )
+        """(step, params as NumPy) of checkpoint `step` (default: the best, else the latest, else older intact ones)."""
+        return self.first_intact(self._params, step)
+
+    def restore_latest(self, template: TrainState) -> tuple[int, TrainState, Any] | None:
+        """(step, state, data state) of the newest intact checkpoint, or None when there is none at all."""
+        if self.latest_step() is None:
+            return None
+        return self.first_intact(lambda step: (step, *self.restore(step, template)), prefer_latest=True)
+
+    def first_intact(self, load: Callable[[int], T], step: int | None = None, prefer_latest: bool = False) -> T:
+        """`load(s)` for the first step s that reads back: `step`, else the best (or latest), then newer to older.
+
+        A damaged step is named in a warning and skipped; a damaged `step`
+        (asked for by number) is an error instead. A writable checkpointer
+        moves damaged steps aside so the run can save those steps again.
+        """
+        if step is not None:
+            self._check_saved(step)
+        best = None if prefer_latest else self.best_step()
+        preferred = step if step is not None else (best or self.latest_step())
+        if preferred is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        candidates = [preferred] + sorted((s for s in self.steps() if s != preferred), reverse=True)
+        damaged = []
+        for candidate in candidates:
+            try:
+                with quiet_failures():
+                    return load(candidate)
+            except CheckpointError:
+                raise
+            except Exception as error:
+                reason = _reason(error)
+                if step is not None:
+                    raise CheckpointError(f"checkpoint step {candidate} in {self.directory} is damaged ({reason}); "
+                                          f"saved steps: {self.steps()}") from None
+                damaged.append(candidate)
+                warnings.warn(f"checkpoint step {candidate} in {self.directory} is damaged ({reason}); "
+                              f"using the newest intact one instead", DamagedCheckpointWarning, stacklevel=2)
+                if not self.read_only:
+                    self._set_aside(candidate, reason)
+                    self.manager.reload()
+        raise CheckpointError(f"every checkpoint in {self.directory} is damaged (steps {damaged})")
+
+    def _params(self, step: int) -> tuple[int, Any]:
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
         return step, jax.tree.map(np.asarray, restored.state["params"])
+
+    def _check_saved(self, step: int) -> None:
+        if step not in self.steps():
+            raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; saved steps: {self.steps()}")
+
+    def _set_aside(self, step: int, reason: str) -> None:
+        """Move damaged step `step` to <workdir>/damaged_checkpoints/ (kept for inspection, out of orbax's way)."""
+        if jax.process_index() != 0:  # one process moves it; the others' restores fail on it alike
+            return
+        aside = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
+        os.makedirs(aside, exist_ok=True)
+        target = os.path.join(aside, str(step))
+        suffix = 1
+        while os.path.exists(target):
+            target, suffix = os.path.join(aside, f"{step}.{suffix}"), suffix + 1
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        warnings.warn(f"checkpoint step {step} is damaged ({reason}); moved it to {target}", DamagedCheckpointWarning,
+                      stacklevel=3)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -94,7 +94,14 @@ class TrainConfig:
         "function, faster there; reverse-mode autodiff only) or auto (cpu on a CPU backend, else reference)",
         ("auto", *KERNELS),
     )
-    init: str | None = _field(None, "fine-tune from this checkpoint (Google npz, Flax msgpack/orbax, timm safetensors, HF, torchvision)")
+    init: str | None = _field(
+        None,
+        "fine-tune from this checkpoint (Google npz, Flax msgpack/orbax, timm safetensors, HF, torchvision), or from "
+        "a training run: its --workdir, its checkpoints/ directory or one step directory (the run's config.json "
+        "gives the architecture; a directory resolves to its best step by eval accuracy, else the latest)",
+    )
+    init_step: int | None = _field(None, "with --init a training run: the checkpoint step to start from", flag_type=int)
+    allow_nonfinite_init: bool = _field(False, "accept --init weights holding NaN or infinity (refused by default)")
     freeze_backbone: bool = _field(False, "train only the head (and pre-logits); everything else stays at --init")
     # -- data -------------------------------------------------------------
     dataset: str = _field("digits", "data source", ("digits", "folder", "cifar10", "cifar100", "npz"))
@@ -129,7 +136,11 @@ class TrainConfig:
     seed: int = _field(0, "seed of the model init, the data order and the per-step RNG")
     # -- run --------------------------------------------------------------
     workdir: str | None = _field(None, "output directory (default: runs/<dataset>-<time>)")
-    resume: bool = _field(False, "continue from the latest checkpoint in --workdir")
+    resume: bool = _field(
+        False,
+        "continue from the latest checkpoint in --workdir (a damaged one is named, moved to "
+        "damaged_checkpoints/ and the newest intact one used); model flags must match the run's",
+    )
     eval_every: int | None = _field(None, "evaluate every N steps (default: once per epoch)", flag_type=int)
     checkpoint_every: int | None = _field(None, "checkpoint every N steps (default: about 10 per run, at eval steps); always at the end", flag_type=int)
     keep_checkpoints: int = _field(3, "keep the last K checkpoints (and the best by eval accuracy)")
@@ -146,7 +157,9 @@ class TrainConfig:
     process_id: int | None = _field(None, "this process's index in a multi-process run", flag_type=int)
     export_torch: str | None = _field(None, "write the final params as a timm-named PyTorch .safetensors file")
     eval_only: bool = _field(False, "evaluate a checkpoint of --workdir (the best, or --eval-step) and exit")
-    eval_step: int | None = _field(None, "checkpoint step for --eval-only (default: best, else latest)", flag_type=int)
+    eval_step: int | None = _field(
+        None, "checkpoint step for --eval-only (default: best by eval accuracy, else latest; a damaged default is "
+        "skipped with a warning for the newest intact one)", flag_type=int)
 
     def __post_init__(self):
         self.validate()
@@ -179,6 +192,8 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 raise ConfigError(f"--{_flag(f.name)} {value!r} is not one of {choices}")
+        if self.init_step is not None and self.init is None:
+            raise ConfigError("--init-step needs --init (a training run to start from)")
         if self.freeze_backbone and self.init is None:
             raise ConfigError("--freeze-backbone needs --init (a pretrained backbone to keep)")
         if self.dataset != "digits" and self.data_path is None:
@@ -246,6 +261,14 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         description=(
             "Train or fine-tune a Vision Transformer. With no arguments, trains a small ViT "
             "from scratch on scikit-learn's digits. `python train.py predict --help` for prediction."
+        ),
+        epilog=(
+            "Checkpoints go to WORKDIR/checkpoints/<step>. A run directory read as a checkpoint (--eval-only, "
+            "predict, --init) resolves to its best step by eval accuracy, else the latest; a damaged checkpoint "
+            "is named in a warning and the newest intact one is used, unless a step was asked for by number. "
+            "Ctrl-C or SIGTERM stops within seconds (exit 130 / 143), keeps the checkpoints already written "
+            "(--resume continues from the last), and a fresh run stopped before its first checkpoint leaves "
+            "nothing behind. See docs/training.md."
         ),
         formatter_class=DefaultsHelpFormatter,
     )

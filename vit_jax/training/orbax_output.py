@@ -1,0 +1,54 @@
+"""Orbax's own output on failure: held back, so that the caller's one error line is all the user sees."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def quiet_failures() -> Iterator[None]:
+    """Hold orbax's output back during a read or write, and print it only if the block succeeds.
+
+    A failed orbax read or write (a damaged checkpoint, a full disk) prints a
+    traceback per background thread, some from native callbacks; the error
+    the caller raises says it once. Hence stderr's file descriptor, not only
+    absl's logger, is redirected for the block.
+    """
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            logger.setLevel(level)
+            if not failed:
+                held.seek(0)
+                os.write(2, held.read())
+            elif sys.unraisablehook is not _drop_closed_loop_callbacks:
+                _previous_hook.append(sys.unraisablehook)
+                sys.unraisablehook = _drop_closed_loop_callbacks
+
+
+_previous_hook: list = []
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+    """After a failed read or write, orbax's storage threads keep calling back into its closed event loop."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    _previous_hook[0](unraisable)
