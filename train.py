@@ -40,6 +40,7 @@ import numpy as np
 
 from vit_jax.cpu import onednn as cpu_matmuls
 from vit_jax.config import ConfigError, ViTConfig
+from vit_jax.kernels import resolve_kernels
 from vit_jax.data import (
     DataError,
     DatasetSpec,
@@ -118,8 +119,10 @@ def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None
 
     from vit_jax import init_params
 
-    if saved_model is not None:  # resume / eval-only: the run's own architecture
-        return ViTConfig.from_dict(saved_model), None
+    if saved_model is not None:  # resume / eval-only: the run's own architecture; kernels as this run asks
+        kernels = resolve_kernels(config.kernels)
+        model = ViTConfig.from_dict(saved_model)
+        return model.replace(kernels=kernels, recompute_gelu=model.recompute_gelu and kernels == "cpu"), None
     if config.init is None:
         model = resolve_model_config(config, num_classes)
         return model, jax.device_get(init_params(model, config.seed))
