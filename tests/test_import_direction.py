@@ -33,3 +33,19 @@ def test_pretrained_has_no_call_time_import_of_parity():
 
     source = inspect.getsource(vit_jax.pretrained.load_pretrained)
     assert "import" not in source
+
+
+def test_the_torch_twin_imports_and_runs_without_jax_or_flax():
+    """vit_torch_ref needs the framework-neutral config only: with JAX and Flax unimportable it still builds and runs."""
+    code = (
+        "import sys\n"
+        "for name in ('jax', 'jaxlib', 'flax', 'optax'):\n"
+        "    sys.modules[name] = None  # any import of them now fails\n"
+        "import torch, vit_torch_ref\n"
+        "model = vit_torch_ref.VisionTransformer(vit_torch_ref.get_config('ViT-testing'))\n"
+        "print(tuple(model(torch.zeros(1, 3, 16, 16)).shape))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=train_env(), cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "(1, 10)"

@@ -181,30 +181,21 @@ def test_remat_gives_the_same_gradients():
 
 
 @pytest.mark.parametrize("policy", REMAT_POLICIES)
-def test_remat_policies_give_the_same_gradients_and_save_memory(policy):
-    """Every remat policy computes the same gradients as keeping everything, and
-    with scan each keeps less for the backward pass (XLA's temp allocation)."""
-    # The MLP at 4x the width as in every ViT preset (TINY's is 2x): with a narrower MLP
-    # the (batch, heads, seq, seq) products that dots_saveable keeps outweigh what it saves.
-    config = TINY.replace(scan=True, num_layers=3, image_size=32, mlp_dim=4 * TINY.hidden_size)
+def test_remat_policies_give_the_same_gradients(policy):
+    """Every remat policy, scanned, computes the same gradients as keeping everything."""
+    config = TINY.replace(scan=True, num_layers=3)
     params = vit_jax.init_params(config, 3)
     images = random_images(config)
 
     def loss(p, config):
         return jnp.mean(VisionTransformer(config).apply({"params": p}, images) ** 2)
 
-    def grad_and_temp(config):
-        step = jax.jit(jax.grad(loss), static_argnums=1)
-        temp = step.lower(params, config).compile().memory_analysis().temp_size_in_bytes
-        return step(params, config), temp
-
-    g, temp = grad_and_temp(config)
-    g_remat, temp_remat = grad_and_temp(config.replace(remat=True, remat_policy=policy))
+    step = jax.jit(jax.grad(loss), static_argnums=1)
+    g, g_remat = step(params, config), step(params, config.replace(remat=True, remat_policy=policy))
     # One vector: the key bias's gradient is zero in exact arithmetic (softmax is
     # shift-invariant), so per tensor it would compare rounding noise.
     flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
     assert rel_l2(flat(g_remat), flat(g)) < 1e-6
-    assert temp_remat < temp, (policy, temp_remat, temp)
 
 
 def test_bf16_compute_with_float32_params():

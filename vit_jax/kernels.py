@@ -11,7 +11,6 @@ compute the same function.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -41,7 +40,7 @@ class Kernels:
 
 REFERENCE = Kernels(
     name="reference",
-    layer_norm=functools.partial(nn.LayerNorm, use_fast_variance=False),  # two-pass variance, as torch
+    layer_norm=nn.LayerNorm,
     dot_general=lax.dot_general,
     project=lambda x, layers: [layer()(x) for layer in layers],
     attention=dot_product_attention,

@@ -1,8 +1,8 @@
 """LayerNorm with a hand-written backward pass, under Flax's parameter names.
 
-Same function and parameters as `nn.LayerNorm(use_fast_variance=False)`
-(`scale`, `bias`; two-pass variance; statistics in float32 for bf16/f16
-inputs, float64 for float64). The backward pass keeps only the input and two
+Same function and parameters as `nn.LayerNorm` (`scale`, `bias`; statistics
+in float32 for bf16/f16 inputs, float64 for float64), with the two-pass
+variance mean((x - mean)^2) that PyTorch also computes. The backward pass keeps only the input and two
 numbers per row (mean and 1/std) and computes
 dx = r * (g - mean(g) - x_hat * mean(g * x_hat)), g = dy * scale, in one pass,
 as PyTorch's native LayerNorm does; autodiff of the formula on XLA:CPU kept
