@@ -56,7 +56,7 @@ def _json_safe(value: Any) -> Any:
 
 # -- tables -------------------------------------------------------------------
 def _columns(section: str) -> list[tuple[str, str]]:
-    cols = [("name", "layer" if section == "forward" else "parameter")]
+    cols = [("name", {"forward": "layer", "loss": "step"}.get(section, "parameter"))]
     if section in ("gradients", "update"):
         cols.append(("torch_name", "torch key"))
     if section == "loss":

@@ -189,11 +189,10 @@ RELATIVE_ERROR_DEFINITION = (
 
 
 RULE = (
-    "A float32/bfloat16 row passes when (1) the two float64 runs agree: rel_l2(f64 jax, f64 torch) <= "
-    f"{FLOAT64_AGREEMENT:g} (the same function); (2) the jax-torch difference is explained by rounding: "
-    f"{ROUNDING.describe()}, the rounding ratio ||jax - torch|| / (||jax - f64 jax|| + ||torch - f64 torch||) is "
-    "printed per row (k = 1 is the triangle inequality, so a correct pair passes on any machine; a one-side bug "
-    "makes the ratio far above 1); and (3) forward layers and gradients also meet the absolute bound of the table "
-    "(their rounding is bounded on any machine; the updated parameters and losses, where Adam turns rounding of "
-    "near-zero gradients into steps of up to lr, have none)."
+    f"Rule: a row passes when (1) the float64 runs agree, rel_l2(f64 jax, f64 torch) <= {FLOAT64_AGREEMENT:g} "
+    f"(the same function); (2) rounding explains the difference, {ROUNDING.describe()}; the rounding ratio "
+    "||jax - torch|| / (||jax - f64 jax|| + ||torch - f64 torch||) is printed per row: k = 1 is the triangle "
+    "inequality, so correct code passes on any machine, and a one-side bug pushes the ratio far above 1; "
+    "(3) forward layers and gradients also meet the absolute bounds below, updated parameters and losses have "
+    "none (Adam turns rounding of near-zero gradients into steps of up to lr)."
 )

@@ -8,6 +8,7 @@ caught, named as the first failing layer, and turn the exit code to 1.
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import os
 
@@ -101,7 +102,7 @@ def test_float32_forward_backward_adamw_pass(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert md.splitlines()[2].startswith("**PASS**") and "| blocks.0.attn_probs |" in md
     assert "rel_l2 <= 1e-05" in md  # tolerances are printed
-    for text in (md, page, json.dumps(report)):  # and the rule, in one paragraph
+    for text in (md, html.unescape(page), json.dumps(report)):  # and the rule, in one paragraph
         assert "||jax - torch|| <= 1 x (||jax - f64 jax|| + ||torch - f64 torch||) + 1e-10 x ||f64 torch||" in text
     assert "rounding ratio" in md and set(report["summary"]["worst_rounding_ratio"]) == set(judge.SECTIONS)
     assert (out / "error_vs_depth.png").read_bytes().startswith(b"\x89PNG")
