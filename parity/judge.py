@@ -61,10 +61,7 @@ def _judged_row(
     if problem:
         passed, checks, ratio = False, [problem], float("nan")
     else:
-        ok, text, ratio = tol.rounding.judge(
-            _distance(jax_value, torch_value), _distance(jax_value, jax64_value),
-            _distance(torch_value, torch64_value), scale,
-        )
+        ok, text, ratio = tol.rounding.judge(metrics.l2, jax_f64.l2, torch_f64.l2, scale)
         passed, checks = ok, [text]
         if criterion is not None:
             ok, text = criterion.judge(metrics)
@@ -76,11 +73,6 @@ def _judged_row(
         jax_vs_f64=jax_f64.rel_l2, torch_vs_f64=torch_f64.rel_l2, f64_jax_vs_torch=agreement.rel_l2,
         rounding_ratio=ratio, **extra,
     )
-
-
-def _distance(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b)) if a.shape == b.shape else float("nan")
 
 
 def _floors(references: dict[str, np.ndarray], groups: dict[str, str]) -> dict[str, float]:
