@@ -164,7 +164,9 @@ TOLERANCES = {
         dtype="bfloat16",
         layer=Criterion(min_cosine=0.999),
         logits=Criterion(min_cosine=0.999, max_rel_l2=2e-2),
-        gradient=Criterion(min_cosine=0.99),
+        # Measured worst 0.9919 (S/16, torch's autocast backward of LayerNorm biases, ~0.12
+        # from exact): 0.98 leaves 2.5x that distance for other machines and presets.
+        gradient=Criterion(min_cosine=0.98),
         float64=Criterion(max_rel_l2=FLOAT64_AGREEMENT),
         rounding=ROUNDING,
     ),
