@@ -26,6 +26,7 @@ class Metrics:
     shape: tuple[int, ...]
     max_abs: float  # max |candidate - reference|
     mean_abs: float  # mean |candidate - reference|
+    l2: float  # ||candidate - reference||
     rel_l2: float  # ||candidate - reference|| / max(||reference||, floor)
     cosine: float | None  # None where the reference is below the floor (direction is noise)
     ref_norm: float  # ||reference||
@@ -65,8 +66,9 @@ def compare(candidate, reference, floor: float = 0.0) -> Metrics:
     a, b = _f64(candidate), _f64(reference)
     if a.shape != b.shape:
         nan = float("nan")
-        return Metrics(tuple(b.shape), nan, nan, nan, None, nan, floor, nan, f"shape {a.shape} != reference {b.shape}")
+        return Metrics(tuple(b.shape), nan, nan, nan, nan, None, nan, floor, nan, f"shape {a.shape} != reference {b.shape}")
     diff = a - b
+    l2 = float(np.linalg.norm(diff))
     ref_norm = float(np.linalg.norm(b))
     cand_norm = float(np.linalg.norm(a))
     tiny = np.finfo(np.float64).tiny
@@ -82,7 +84,8 @@ def compare(candidate, reference, floor: float = 0.0) -> Metrics:
         shape=tuple(b.shape),
         max_abs=float(np.max(np.abs(diff))) if diff.size else 0.0,
         mean_abs=float(np.mean(np.abs(diff))) if diff.size else 0.0,
-        rel_l2=float(np.linalg.norm(diff)) / denominator,
+        l2=l2,
+        rel_l2=l2 / denominator,
         cosine=cosine,
         ref_norm=ref_norm,
         floor=floor,

@@ -3,7 +3,9 @@
 Sections, in the order the first failure is looked for: forward (canonical
 layers in forward order, attention maps included), gradients and updated
 parameters (model order, Flax paths with the torch key they map to), losses of
-the short training run.
+the short training run. Every judged row gets the same three checks
+(parity.tolerances): float64 agreement, the rounding rule and, for forward
+layers and gradients, an absolute bound.
 """
 
 from __future__ import annotations
@@ -22,14 +24,7 @@ SECTIONS = ("forward", "gradients", "update", "loss")
 ZERO_GRADIENT_NOTE = "exact (float64) gradient is zero, both sides compute rounding noise"
 
 
-def _row(
-    section: str, name: str, metrics: Metrics, criterion: Criterion | None,
-    float64: tuple[Metrics, Criterion] | None = None, **extra: Any,
-) -> dict[str, Any]:
-    passed, checked = criterion.judge(metrics) if criterion else (True, "not judged")
-    if criterion and float64:
-        ok, text = float64[1].judge(float64[0])
-        passed, checked = passed and ok, f"{checked}; float64 jax vs torch {text}"
+def _row(section: str, name: str, metrics: Metrics, judged: bool, passed: bool, checked: str, **extra: Any) -> dict[str, Any]:
     return {
         "section": section,
         "name": name,
@@ -40,11 +35,44 @@ def _row(
         "cosine": metrics.cosine,
         "ref_norm": metrics.ref_norm,
         "floored": bool(metrics.floored),
-        "judged": criterion is not None,
+        "judged": judged,
         "passed": bool(passed),
         "check": checked,
         **extra,
     }
+
+
+def _judged_row(
+    section: str, name: str, tol: Tolerances, criterion: Criterion | None, jax_value, torch_value,
+    jax64_value, torch64_value, floor: float, judged: bool = True, **extra: Any,
+) -> dict[str, Any]:
+    """One row: the absolute bound (where there is one), the rounding rule and the float64 agreement.
+
+    The f64 columns are relative to the same floored norms as rel_l2; the rounding
+    rule compares plain L2 distances (printed relative to the float64 torch norm).
+    """
+    metrics = compare(jax_value, torch_value, floor)
+    jax_f64 = compare(jax_value, jax64_value, floor)
+    torch_f64 = compare(torch_value, torch64_value, floor)
+    agreement = compare(jax64_value, torch64_value, floor)
+    scale = max(agreement.ref_norm, floor, np.finfo(np.float64).tiny)
+    passed, checks = True, []
+    problem = next((m.problem for m in (metrics, jax_f64, torch_f64, agreement) if m.problem), None)
+    if problem:
+        passed, checks, ratio = False, [problem], float("nan")
+    else:
+        ok, text, ratio = tol.rounding.judge(metrics.l2, jax_f64.l2, torch_f64.l2, scale)
+        passed, checks = ok, [text]
+        if criterion is not None:
+            ok, text = criterion.judge(metrics)
+            passed, checks = passed and ok, checks + [text]
+        ok, text = tol.float64.judge(agreement)
+        passed, checks = passed and ok, checks + [f"float64 jax vs torch {text}"]
+    return _row(
+        section, name, metrics, judged, passed or not judged, "; ".join(checks) if judged else "not judged",
+        jax_vs_f64=jax_f64.rel_l2, torch_vs_f64=torch_f64.rel_l2, f64_jax_vs_torch=agreement.rel_l2,
+        rounding_ratio=ratio, **extra,
+    )
 
 
 def _floors(references: dict[str, np.ndarray], groups: dict[str, str]) -> dict[str, float]:
@@ -55,37 +83,22 @@ def _floors(references: dict[str, np.ndarray], groups: dict[str, str]) -> dict[s
     return {k: norm_floor(np.size(v), typical[groups[k]], NORM_FLOOR_FRACTION) for k, v in references.items()}
 
 
-def _f64_columns(key: str, jax_run, torch_run, jax64, torch64, floor: float) -> tuple[dict[str, float], Metrics]:
-    """Each side's distance from its own float64 run; the float64 runs' agreement (also as Metrics, to judge)."""
-    agreement = compare(jax64[key], torch64[key], floor)
-    columns = {
-        "jax_vs_f64": compare(jax_run[key], jax64[key], floor).rel_l2,
-        "torch_vs_f64": compare(torch_run[key], torch64[key], floor).rel_l2,
-        "f64_jax_vs_torch": agreement.rel_l2,
-    }
-    return columns, agreement
-
-
 def forward_rows(
     config: ViTConfig, tol: Tolerances, jax_run: RunResult, torch_run: RunResult,
     jax64: RunResult, torch64: RunResult,
 ) -> list[dict[str, Any]]:
     names = config.layer_names(attention=True)
-    torch_inter = torch_run.intermediates
-    missing = [n for n in names if n not in jax_run.intermediates or n not in torch_inter]
+    runs = (jax_run.intermediates, torch_run.intermediates, jax64.intermediates, torch64.intermediates)
+    missing = [n for n in names if any(n not in run for run in runs)]
     if missing:
         raise KeyError(f"canonical layer(s) {missing} missing from a model's intermediates")
     groups = {n: "attention" if n.endswith("attn_probs") else "activations" for n in names}
-    floors = _floors({n: torch_inter[n] for n in names}, groups)
+    floors = _floors({n: torch_run.intermediates[n] for n in names}, groups)
     rows = []
     for depth, name in enumerate(names):
-        metrics = compare(jax_run.intermediates[name], torch_inter[name], floors[name])
         criterion = tol.logits if name == "logits" else tol.layer
-        f64, agreement = _f64_columns(
-            name, jax_run.intermediates, torch_inter, jax64.intermediates, torch64.intermediates, floors[name]
-        )
-        rows.append(_row("forward", name, metrics, criterion, (agreement, tol.float64), depth=depth,
-                         group=groups[name], **f64))
+        rows.append(_judged_row("forward", name, tol, criterion, *(run[name] for run in runs), floors[name],
+                                depth=depth, group=groups[name]))
     return rows
 
 
@@ -99,20 +112,27 @@ def _flax_paths_in_model_order(config: ViTConfig) -> list[tuple[str, str]]:
     return pairs
 
 
+def _parameter_rows(
+    section: str, config: ViTConfig, tol: Tolerances, criterion: Criterion | None, trees: tuple[dict, dict, dict, dict],
+    group: str, zero_grad: set[str],
+) -> list[dict[str, Any]]:
+    """Rows for per-parameter tensors (gradients or updated values), judged unless the exact gradient is zero."""
+    pairs = _flax_paths_in_model_order(config)
+    floors = _floors({p: trees[1][p] for p, _ in pairs}, {p: group for p, _ in pairs})
+    rows = []
+    for path, torch_name in pairs:
+        judged = path not in zero_grad
+        rows.append(_judged_row(section, path, tol, criterion, *(tree[path] for tree in trees), floors[path],
+                                judged=judged, torch_name=torch_name, note=None if judged else ZERO_GRADIENT_NOTE))
+    return rows
+
+
 def gradient_rows(
     config: ViTConfig, tol: Tolerances, jax_run: RunResult, torch_run: RunResult,
     jax64: RunResult, torch64: RunResult, zero_grad: set[str],
 ) -> list[dict[str, Any]]:
-    pairs = _flax_paths_in_model_order(config)
-    floors = _floors({p: torch_run.grads[p] for p, _ in pairs}, {p: "gradients" for p, _ in pairs})
-    rows = []
-    for path, torch_name in pairs:
-        metrics = compare(jax_run.grads[path], torch_run.grads[path], floors[path])
-        f64, agreement = _f64_columns(path, jax_run.grads, torch_run.grads, jax64.grads, torch64.grads, floors[path])
-        criterion, note = (None, ZERO_GRADIENT_NOTE) if path in zero_grad else (tol.gradient, None)
-        rows.append(_row("gradients", path, metrics, criterion, (agreement, tol.float64), torch_name=torch_name,
-                         note=note, **f64))
-    return rows
+    trees = (jax_run.grads, torch_run.grads, jax64.grads, torch64.grads)
+    return _parameter_rows("gradients", config, tol, tol.gradient, trees, "gradients", zero_grad)
 
 
 def zero_gradient_params(config: ViTConfig, grads64: dict[str, np.ndarray]) -> set[str]:
@@ -126,24 +146,23 @@ def zero_gradient_params(config: ViTConfig, grads64: dict[str, np.ndarray]) -> s
 
 
 def update_rows(
-    config: ViTConfig, tol: Tolerances, jax_train: TrainResult, torch_train: TrainResult, zero_grad: set[str]
+    config: ViTConfig, tol: Tolerances, jax_train: TrainResult, torch_train: TrainResult,
+    jax64: TrainResult, torch64: TrainResult, zero_grad: set[str],
 ) -> list[dict[str, Any]]:
-    pairs = _flax_paths_in_model_order(config)
-    jax_p, torch_p = jax_train.params_after_first_step, torch_train.params_after_first_step
-    floors = _floors({p: torch_p[p] for p, _ in pairs}, {p: "parameters" for p, _ in pairs})
-    rows = []
-    for path, torch_name in pairs:
-        metrics = compare(jax_p[path], torch_p[path], floors[path])
-        criterion, note = (None, ZERO_GRADIENT_NOTE) if path in zero_grad else (tol.update, None)
-        rows.append(_row("update", path, metrics, criterion, torch_name=torch_name, note=note))
-    return rows
+    trees = tuple(t.params_after_first_step for t in (jax_train, torch_train, jax64, torch64))
+    return _parameter_rows("update", config, tol, tol.update, trees, "parameters", zero_grad)
 
 
-def loss_rows(tol: Tolerances, jax_train: TrainResult, torch_train: TrainResult) -> list[dict[str, Any]]:
+def loss_rows(
+    tol: Tolerances, jax_train: TrainResult, torch_train: TrainResult, jax64: TrainResult, torch64: TrainResult,
+) -> list[dict[str, Any]]:
+    """The loss at each step, judged by its drift from each side's float64 run (rounding accumulated over steps)."""
     rows = []
-    for step, (a, b) in enumerate(zip(jax_train.losses, torch_train.losses), start=1):
-        metrics = compare(np.float64(a), np.float64(b))
-        rows.append(_row("loss", f"step {step}", metrics, tol.loss, jax=a, torch=b))
+    curves = zip(jax_train.losses, torch_train.losses, jax64.losses, torch64.losses)
+    for step, values in enumerate(curves, start=1):
+        a, b, a64, b64 = (np.float64(v) for v in values)
+        rows.append(_judged_row("loss", f"step {step}", tol, tol.loss, a, b, a64, b64, 0.0,
+                                jax=float(a), torch=float(b), jax_f64=float(a64), torch_f64=float(b64)))
     return rows
 
 

@@ -38,6 +38,8 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
+        if math.isinf(value):
+            return "inf"
         return f"{value:.6f}" if 0.9 <= value <= 1.0 else f"{value:.2e}"
     return str(value)
 
@@ -54,16 +56,16 @@ def _json_safe(value: Any) -> Any:
 
 # -- tables -------------------------------------------------------------------
 def _columns(section: str) -> list[tuple[str, str]]:
-    cols = [("name", "layer" if section == "forward" else "parameter")]
+    cols = [("name", {"forward": "layer", "loss": "step"}.get(section, "parameter"))]
     if section in ("gradients", "update"):
         cols.append(("torch_name", "torch key"))
     if section == "loss":
-        cols += [("jax", "jax loss"), ("torch", "torch loss")]
+        cols += [("jax", "jax loss"), ("torch", "torch loss"), ("jax_f64", "f64 jax loss"), ("torch_f64", "f64 torch loss")]
     else:
         cols.append(("shape", "shape"))
     cols += [("max_abs", "max abs"), ("mean_abs", "mean abs"), ("rel_l2", "rel L2"), ("cosine", "cosine")]
-    if section in ("forward", "gradients"):
-        cols += [("jax_vs_f64", "jax vs f64"), ("torch_vs_f64", "torch vs f64"), ("f64_jax_vs_torch", "f64 jax vs torch")]
+    cols += [("jax_vs_f64", "jax vs f64"), ("torch_vs_f64", "torch vs f64"), ("f64_jax_vs_torch", "f64 jax vs torch"),
+             ("rounding_ratio", "rounding ratio")]
     return cols + [("status", "pass")]
 
 
@@ -132,14 +134,15 @@ def _setup_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
 def _tolerance_lines(report: dict[str, Any]) -> list[str]:
     tol = report["tolerances"]
     lines = ["| rows | bound |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in tol["criteria"].items()]
+    # A bound such as ||jax - torch|| holds pipes, which would split the markdown cell.
+    lines += [f"| {k} | {v.replace('|', chr(92) + '|')} |" for k, v in tol["criteria"].items()]
     return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# Parity report: JAX/Flax vs PyTorch, {report['config']['name']}, {report['dtype']}", "", _headline(report), ""]
     lines += [f"- **{k}**: {v}" for k, v in _setup_lines(report)]
-    lines += ["", f"## Tolerances ({report['dtype']})", ""] + _tolerance_lines(report)
+    lines += ["", f"## Tolerances ({report['dtype']})", "", report["tolerances"]["rule"], ""] + _tolerance_lines(report)
     lines += ["", report["tolerances"]["relative_error"], ""]
     lines += [f"Zero-gradient rule: {report['tolerances']['zero_gradient']}", ""]
     for section in ("forward", "gradients", "update", "loss"):
@@ -188,7 +191,8 @@ def html_page(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     for name, png in plots.items():
         parts.append(f"<img alt='{name}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
     tol = report["tolerances"]
-    parts.append(f"<h2>Tolerances ({report['dtype']})</h2><table><tr><th>rows</th><th>bound</th></tr>")
+    parts.append(f"<h2>Tolerances ({report['dtype']})</h2><p>{html.escape(tol['rule'])}</p>"
+                 "<table><tr><th>rows</th><th>bound</th></tr>")
     parts += [f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in tol["criteria"].items()]
     parts.append(f"</table><p>{html.escape(tol['relative_error'])}</p><p>Zero-gradient rule: {html.escape(tol['zero_gradient'])}</p>")
     for section in ("forward", "gradients", "update", "loss"):

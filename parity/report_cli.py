@@ -23,7 +23,7 @@ import torch
 from parity import harness, inputs, judge
 from parity.mapping import MappingError
 from parity.render import write_report
-from parity.tolerances import RELATIVE_ERROR_DEFINITION, ZERO_GRADIENT_FRACTION, tolerances_for
+from parity.tolerances import RELATIVE_ERROR_DEFINITION, RULE, ZERO_GRADIENT_FRACTION, tolerances_for
 from vit_jax.config import ConfigError, ViTConfig, get_config
 from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.model import init_params
@@ -199,8 +199,12 @@ def run_report(args: argparse.Namespace, config: ViTConfig, params: Any, source:
             batches, labels = [images] * args.steps, [targets] * args.steps
             jax_train = timed("jax adamw", harness.train_flax, config, params, batches, labels, settings, jax_device)
             torch_train = timed("torch adamw", harness.train_torch, config, params, batches, labels, settings, torch_device)
-            rows += judge.update_rows(config, tol, jax_train, torch_train, zero_grad)
-            rows += judge.loss_rows(tol, jax_train, torch_train)
+            # The same steps in float64 (optax and torch.optim.AdamW): the rounding references.
+            jax_train64 = timed("jax adamw float64", harness.train_flax, config64, params64, batches, labels, settings, cpu)
+            torch_train64 = timed("torch adamw float64", harness.train_torch, config64, params64, batches, labels,
+                                  settings, "cpu")
+            rows += judge.update_rows(config, tol, jax_train, torch_train, jax_train64, torch_train64, zero_grad)
+            rows += judge.loss_rows(tol, jax_train, torch_train, jax_train64, torch_train64)
             optimizer = {
                 "hyperparameters": {"lr": settings.learning_rate, "b1": settings.b1, "b2": settings.b2,
                                     "eps": settings.eps, "weight_decay": settings.weight_decay},
@@ -212,15 +216,17 @@ def run_report(args: argparse.Namespace, config: ViTConfig, params: Any, source:
 
     passed, first = judge.verdict(rows)
     judged = [r for r in rows if r["judged"]]
-    worst = {}
+    worst, worst_ratio = {}, {}
     for section in judge.SECTIONS:
-        values = [r["rel_l2"] for r in judged if r["section"] == section]
-        if values:
-            worst[section] = float(np.nanmax(values))
+        in_section = [r for r in judged if r["section"] == section]
+        if in_section:
+            worst[section] = float(np.nanmax([r["rel_l2"] for r in in_section]))
+            worst_ratio[section] = float(np.nanmax([r["rounding_ratio"] for r in in_section]))
     return {
         "verdict": "pass" if passed else "fail",
         "first_failure": first,
-        "summary": {"judged": len(judged), "failed": sum(not r["passed"] for r in judged), "worst_rel_l2": worst},
+        "summary": {"judged": len(judged), "failed": sum(not r["passed"] for r in judged), "worst_rel_l2": worst,
+                    "worst_rounding_ratio": worst_ratio},
         "command": "python -m parity report " + " ".join(args.argv),
         "config": config.to_dict(),
         "dtype": config.dtype,
@@ -231,6 +237,7 @@ def run_report(args: argparse.Namespace, config: ViTConfig, params: Any, source:
         "environment": _environment(jax_device, torch_device, config.dtype),
         "zero_gradient_params": sorted(zero_grad),
         "tolerances": {
+            "rule": RULE,
             "criteria": tol.as_dict(),
             "layer_bounds": {"max_rel_l2": tol.layer.max_rel_l2, "min_cosine": tol.layer.min_cosine},
             "relative_error": RELATIVE_ERROR_DEFINITION,
@@ -273,8 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         report["timings_s"] = {"weights and inputs": setup_s, **report["timings_s"]}
     paths = write_report(report, args.out)
     worst = ", ".join(f"{k} {v:.2e}" for k, v in report["summary"]["worst_rel_l2"].items())
+    ratios = ", ".join(f"{k} {v:.2f}" for k, v in report["summary"]["worst_rounding_ratio"].items())
     print(f"{report['verdict'].upper()}: {report['config']['name']} {report['dtype']}, "
-          f"{report['summary']['failed']} of {report['summary']['judged']} judged rows out of tolerance; worst rel L2: {worst}")
+          f"{report['summary']['failed']} of {report['summary']['judged']} judged rows out of tolerance; worst rel L2: {worst}; "
+          f"worst rounding ratio: {ratios}")
     if report["first_failure"]:
         failure = report["first_failure"]
         print(f"first failure: {failure['name']} ({failure['section']}): {failure['check']}")

@@ -1,18 +1,39 @@
-"""Every tolerance of the parity report, in one place (the report prints this table).
+"""Every tolerance of the parity report, in one place (the report prints this table and the rule).
 
-Both dtypes also require the float64 runs of the two frameworks to agree to
-1e-10 (they differ by float64 rounding, ~1e-15): a check of the function
-itself, independent of the dtype under test.
+Three checks, each applied to every judged row (layer, gradient, updated
+parameter, loss):
 
-float32 on CPU: the two frameworks differ by rounding only (~1e-7..1e-6
-relative), so each canonical layer must agree to 1e-5 relative L2 and the
-logits to 1e-5 of their largest magnitude. Gradients pass through roughly
-twice as many operations: 1e-4. One AdamW step moves parameters by ~lr, so the
-updated parameters agree to 1e-6 relative.
+1. Same function: the float64 runs of the two frameworks agree to 1e-10
+   relative (they differ by float64 rounding, ~1e-15). This is the check that
+   sees a one-side bug smaller than low-precision noise (a LayerNorm eps 1e-5
+   larger, weight decay 10% off).
 
-bfloat16 compute keeps 8 bits of mantissa: values agree in direction (cosine),
-not to many digits. The backward pass and the optimizer step accumulate more
-bf16 rounding than the forward, hence their looser (measured) bounds.
+2. Rounding rule: the float32/bfloat16 difference must be explained by the two
+   sides' own rounding, ||jax - torch|| <= k (||jax - f64_jax|| +
+   ||torch - f64_torch||) + floor x ||f64_torch||. k = 1 because that is the
+   triangle inequality: with the float64 runs within `floor` of each other, a
+   correct pair passes on any machine, whatever its summation order, however
+   much Adam amplifies rounding (no measured number enters). Any k < 1 is
+   unsafe: where one side's rounding dominates, or the two sides round in
+   opposite directions, a correct pair reaches a ratio of 1. floor = the
+   float64 agreement bound, the only term the triangle inequality leaves. The
+   rule fails when the difference is larger than all the rounding of both
+   sides, i.e. a different function (or a run that is not the one judged).
+
+3. Absolute bounds, only where rounding itself is bounded independently of the
+   machine: the forward layers and the gradients (compositions of matmuls,
+   softmax, LayerNorm and GELU: error ~ eps x sqrt(depth x reduction) with no
+   division by a near-zero quantity). They catch a bug confined to the
+   low-precision run, which checks 1 and 2 cannot see. The updated parameters
+   and the loss curve get none: Adam divides each gradient element by its own
+   running magnitude, so the rounding of elements with |g| near 0 or eps
+   becomes an update difference of up to lr whose count depends on the
+   machine's summation order; the losses inherit that drift step by step.
+
+float32 bounds: each canonical layer agrees to 1e-5 relative L2 and the logits
+to 1e-5 of their largest magnitude; gradients pass through roughly twice as
+many operations: 1e-4. bfloat16 compute keeps 8 bits of mantissa: values agree
+in direction (cosine), not to many digits.
 """
 
 from __future__ import annotations
@@ -82,16 +103,53 @@ class Tolerances:
     layer: Criterion  # every canonical intermediate, attention maps included
     logits: Criterion  # the model output (replaces `layer` for the logits row)
     gradient: Criterion  # per parameter
-    update: Criterion  # parameters after one AdamW step
-    loss: Criterion  # the loss at every step of the short training run
-    # The two float64 runs (forward and gradient rows): they differ by float64
-    # rounding only, so this catches a functional difference far smaller than
-    # the float32 bounds can see (e.g. LayerNorm eps 1e-5 instead of 1e-6).
+    # The two float64 runs (every judged row): they differ by float64 rounding
+    # only, so this catches a functional difference far smaller than the
+    # low-precision bounds can see (e.g. LayerNorm eps 1e-5 larger).
     float64: Criterion
+    rounding: RoundingRule
+    # Absolute bounds on the parameters after one AdamW step and on the losses:
+    # none (see the module docstring), the rounding rule and float64 judge them.
+    update: Criterion | None = None
+    loss: Criterion | None = None
 
     def as_dict(self) -> dict[str, str]:
-        return {field.name: getattr(self, field.name).describe() for field in dataclasses.fields(self)[1:]}
+        described = {}
+        for field in dataclasses.fields(self)[1:]:
+            value = getattr(self, field.name)
+            described[field.name] = value.describe() if value is not None else "rounding rule and float64 only"
+        return described
 
+
+@dataclasses.dataclass(frozen=True)
+class RoundingRule:
+    """||jax - torch|| <= k (||jax - f64_jax|| + ||torch - f64_torch||) + floor x ||f64_torch||."""
+
+    k: float
+    floor: float  # relative to max(||f64 torch||, the group's norm floor), like the float64 check
+
+    def judge(self, distance: float, jax_rounding: float, torch_rounding: float, scale: float) -> tuple[bool, str, float]:
+        """(passed, the check with its values, ratio of the distance to the rounding distance).
+
+        All distances are L2 norms; `scale` is the denominator of the relative figures printed.
+        """
+        values = (distance, jax_rounding, torch_rounding)
+        if not all(math.isfinite(v) for v in values):
+            return False, "non-finite values", float("nan")
+        rounding = jax_rounding + torch_rounding
+        ratio = distance / rounding if rounding > 0 else (0.0 if distance == 0 else math.inf)
+        passed = distance <= self.k * rounding + self.floor * scale
+        d, a, b = (v / scale for v in values)
+        text = f"rounding ratio {ratio:.2f}: {d:.2e} <= {self.k:g} x ({a:.2e} + {b:.2e}) + {self.floor:g}"
+        return passed, text, ratio
+
+    def describe(self) -> str:
+        return f"||jax - torch|| <= {self.k:g} x (||jax - f64 jax|| + ||torch - f64 torch||) + {self.floor:g} x ||f64 torch||"
+
+
+# The float64 agreement bound, also the rounding rule's floor (see the docstring).
+FLOAT64_AGREEMENT = 1e-10
+ROUNDING = RoundingRule(k=1.0, floor=FLOAT64_AGREEMENT)
 
 TOLERANCES = {
     "float32": Tolerances(
@@ -99,20 +157,18 @@ TOLERANCES = {
         layer=Criterion(max_rel_l2=1e-5),
         logits=Criterion(max_rel_l2=1e-5, max_abs_over_scale=1e-5),
         gradient=Criterion(max_rel_l2=1e-4),
-        update=Criterion(max_rel_l2=1e-6),
-        loss=Criterion(max_rel_l2=1e-5),
-        float64=Criterion(max_rel_l2=1e-10),
+        float64=Criterion(max_rel_l2=FLOAT64_AGREEMENT),
+        rounding=ROUNDING,
     ),
     "bfloat16": Tolerances(
         dtype="bfloat16",
         layer=Criterion(min_cosine=0.999),
         logits=Criterion(min_cosine=0.999, max_rel_l2=2e-2),
-        gradient=Criterion(min_cosine=0.99),
-        # Adam's first step is ~lr * sign(g): bf16 gradient noise flips the sign
-        # of the elements whose |g| is near zero, a few percent of them.
-        update=Criterion(min_cosine=0.9),
-        loss=Criterion(max_rel_l2=2e-2),
-        float64=Criterion(max_rel_l2=1e-10),
+        # Measured worst 0.9919 (S/16, torch's autocast backward of LayerNorm biases, ~0.12
+        # from exact): 0.98 leaves 2.5x that distance for other machines and presets.
+        gradient=Criterion(min_cosine=0.98),
+        float64=Criterion(max_rel_l2=FLOAT64_AGREEMENT),
+        rounding=ROUNDING,
     ),
 }
 
@@ -131,4 +187,14 @@ RELATIVE_ERROR_DEFINITION = (
     "of the group's typical magnitude, and cosine is n/a (for cosine bounds the row is then judged on "
     "rel_l2 <= sqrt(2 (1 - min_cosine))). The f64 columns use the same definition against each framework's "
     "own float64 run on CPU."
+)
+
+
+RULE = (
+    f"Rule: a row passes when (1) the float64 runs agree, rel_l2(f64 jax, f64 torch) <= {FLOAT64_AGREEMENT:g} "
+    f"(the same function); (2) rounding explains the difference, {ROUNDING.describe()}; the rounding ratio "
+    "||jax - torch|| / (||jax - f64 jax|| + ||torch - f64 torch||) is printed per row: k = 1 is the triangle "
+    "inequality, so correct code passes on any machine, and a one-side bug pushes the ratio far above 1; "
+    "(3) forward layers and gradients also meet the absolute bounds below, updated parameters and losses have "
+    "none (Adam turns rounding of near-zero gradients into steps of up to lr)."
 )

@@ -8,6 +8,7 @@ caught, named as the first failing layer, and turn the exit code to 1.
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import os
 
@@ -17,11 +18,11 @@ from PIL import Image
 
 import parity.mapping
 import vit_jax
-from parity import harness
+from parity import harness, judge
 from parity.compare import compare, group_rms, norm_floor
 from parity.inputs import load_images, random_images
 from parity.report_cli import main
-from parity.tolerances import TOLERANCES, Criterion
+from parity.tolerances import ROUNDING, TOLERANCES, Criterion
 from vit_jax.config import get_config
 
 SMALL = "ViT-testing"  # 16 px, patch 4, hidden 32, 2 heads, 2 layers, 10 classes
@@ -48,6 +49,10 @@ def check_passing_report(report: dict, config, backward: bool) -> None:
     forward = rows(report, "forward")
     assert [r["name"] for r in forward] == config.layer_names(attention=True)
     tol = TOLERANCES[report["dtype"]]
+    # every judged row is explained by rounding: k = 1 is the triangle inequality
+    for r in report["rows"]:
+        if r["judged"]:
+            assert r["rounding_ratio"] <= tol.rounding.k + 1e-6 and r["f64_jax_vs_torch"] <= 1e-10, r
     for r in forward:
         assert r["passed"] and r["judged"], r
         if report["dtype"] == "float32":
@@ -82,9 +87,11 @@ def test_float32_forward_backward_adamw_pass(tmp_path, capsys):
     check_passing_report(report, config, backward=True)
     updates = rows(report, "update")
     assert len(updates) == flax_param_count(config) and all(r["passed"] and r["judged"] for r in updates)
-    assert max(r["rel_l2"] for r in updates) <= 1e-6
+    # the float64 optimizer runs are real: each float32 side sits at rounding distance from its own
+    assert all(0 < r["jax_vs_f64"] < 1e-5 and 0 < r["torch_vs_f64"] < 1e-5 for r in updates)
     losses = rows(report, "loss")
     assert len(losses) == 3 and all(r["passed"] for r in losses)
+    assert all(abs(r["jax_f64"] - r["torch_f64"]) <= 1e-10 * abs(r["torch_f64"]) != 0 for r in losses)
     assert losses[-1]["jax"] < losses[0]["jax"] and losses[-1]["torch"] < losses[0]["torch"]  # it trains
     assert report["optimizer"]["hyperparameters"]["weight_decay"] == harness.AdamWSettings.weight_decay
     # every artefact is there and self-contained
@@ -95,6 +102,9 @@ def test_float32_forward_backward_adamw_pass(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert md.splitlines()[2].startswith("**PASS**") and "| blocks.0.attn_probs |" in md
     assert "rel_l2 <= 1e-05" in md  # tolerances are printed
+    for text in (md, html.unescape(page), json.dumps(report)):  # and the rule, in one paragraph
+        assert "||jax - torch|| <= 1 x (||jax - f64 jax|| + ||torch - f64 torch||) + 1e-10 x ||f64 torch||" in text
+    assert "rounding ratio" in md and set(report["summary"]["worst_rounding_ratio"]) == set(judge.SECTIONS)
     assert (out / "error_vs_depth.png").read_bytes().startswith(b"\x89PNG")
     assert "PASS" in capsys.readouterr().out
 
@@ -121,6 +131,7 @@ def test_swapped_query_key_mapping_fails_at_first_attention_map(tmp_path, monkey
     assert report["first_failure"]["name"] == "blocks.0.attn_probs"
     forward = {r["name"]: r for r in rows(report, "forward")}
     assert forward["embed"]["passed"] and forward["blocks.0.attn_probs"]["rel_l2"] > 1e-2
+    assert forward["blocks.0.attn_probs"]["rounding_ratio"] > 100
     assert not forward["logits"]["passed"]
     assert "first failure: blocks.0.attn_probs" in capsys.readouterr().out
     md = (tmp_path / "out" / "report.md").read_text()
@@ -179,6 +190,24 @@ def test_criteria_judge_every_bound():
     assert not Criterion(min_cosine=0.999).judge(compare(np.array([1.0, 0.0]), np.array([0.0, 1.0])))[0]
 
 
+def test_rounding_rule_passes_any_rounding_and_fails_a_shift():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=1000)
+    scale = float(np.linalg.norm(truth))
+    for jax_noise, torch_noise in [(1e-7, 1e-7), (1e-7, -1e-7), (1e-4, 1e-9), (0.0, 0.0)]:
+        # opposite rounding on the two sides reaches the bound exactly: k < 1 would fail a correct pair
+        direction = rng.normal(size=1000)
+        jax, torch = truth + jax_noise * direction, truth + torch_noise * direction
+        d, a, b = (float(np.linalg.norm(x - y)) for x, y in ((jax, torch), (jax, truth), (torch, truth)))
+        passed, text, ratio = ROUNDING.judge(d, a, b, scale)
+        assert passed and ratio <= 1 + 1e-12, text
+    shifted = truth + 1e-7 * rng.normal(size=1000) + 1e-6  # a different function, well inside float32 noise bounds
+    d, a = float(np.linalg.norm(shifted - truth)), float(np.linalg.norm(shifted - (truth + 1e-6)))
+    passed, text, ratio = ROUNDING.judge(d, a, 0.0, scale)
+    assert not passed and ratio > 3 and text.startswith("rounding ratio")
+    assert not ROUNDING.judge(float("nan"), 0.0, 0.0, 1.0)[0]
+
+
 def test_images_are_decoded_resized_and_normalised_with_config_statistics(tmp_path):
     config = get_config(SMALL, pixel_mean=(0.5, 0.25, 0.0), pixel_std=(0.5, 0.25, 1.0))
     Image.new("RGB", (40, 30), (255, 0, 51)).save(tmp_path / "a.png")
@@ -223,7 +252,7 @@ def test_layer_norm_epsilon_changed_in_the_twin_fails_at_that_block(tmp_path, mo
 
     def twin_with_wrong_eps(params, config, device):
         model = build(params, config, device)
-        model.blocks[1].norm2.eps = 1e-5  # torch's default instead of the config's 1e-6
+        model.blocks[1].norm2.eps += 1e-5  # 1.1e-5 instead of the config's 1e-6, in both twin runs
         return model
 
     monkeypatch.setattr(harness, "build_torch_model", twin_with_wrong_eps)
@@ -232,8 +261,9 @@ def test_layer_norm_epsilon_changed_in_the_twin_fails_at_that_block(tmp_path, mo
     assert report["first_failure"]["name"] == "blocks.1.mlp"
     forward = {r["name"]: r for r in rows(report, "forward")}
     assert forward["blocks.1.attn"]["passed"] and not forward["blocks.1.mlp"]["passed"]
-    # The shift (~5e-6 relative) hides under the float32 bound; the float64 runs expose it.
+    # The shift (~5e-6 relative) hides under the float32 bound; the float64 runs and the rounding rule expose it.
     assert forward["blocks.1.mlp"]["rel_l2"] < 1e-5 and forward["blocks.1.mlp"]["f64_jax_vs_torch"] > 1e-7
+    assert forward["blocks.1.mlp"]["rounding_ratio"] > 2
     assert "float64 jax vs torch rel_l2" in report["first_failure"]["check"]
     assert any(not r["passed"] for r in rows(report, "gradients"))
 
