@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import sys
@@ -24,7 +23,7 @@ from parity import harness, inputs, judge
 from parity.mapping import MappingError
 from parity.render import write_report
 from parity.tolerances import RELATIVE_ERROR_DEFINITION, ZERO_GRADIENT_FRACTION, tolerances_for
-from vit_jax.config import ConfigError, ViTConfig, get_config
+from vit_jax.config import ConfigError, ViTConfig, get_config, parse_assignment
 from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.model import init_params
 from vit_jax.pretrained import load_pretrained
@@ -70,16 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise UsageError(f"--set expects FIELD=VALUE, got {text!r}")
-    field, raw = text.split("=", 1)
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw  # a bare string such as gelu=exact
-    if isinstance(value, list):
-        value = tuple(value)
-    return field.strip(), value
+        return parse_assignment(text)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_args(args: argparse.Namespace) -> None:

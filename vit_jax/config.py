@@ -310,6 +310,18 @@ def unknown_field_hints(cls: type, values: dict[str, Any]) -> list[str]:
     return hints
 
 
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """A command line's `FIELD=VALUE` (`--set`): the value as JSON, else the bare string (gelu=exact)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects FIELD=VALUE, got {text!r}")
+    field, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return field.strip(), tuple(value) if isinstance(value, list) else value
+
+
 def _check_fields(values: dict[str, Any]) -> None:
     hints = unknown_field_hints(ViTConfig, values)
     if hints:

@@ -49,6 +49,8 @@ class TensorSource:
     stated: dict[str, Any] = dataclasses.field(default_factory=dict)
     numerics: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # heads = q/k/v width / this, when nothing states the heads (a format's own default head width)
+    default_head_dim: int | None = None
 
     def file_name(self, key: str) -> str:
         return self.names.get(key, key)
