@@ -331,7 +331,9 @@ def describe(config: ViTConfig) -> str:
     return (f"patch {config.patch_size}, image {config.image_size}, hidden {config.hidden_size}, "
             f"mlp {config.mlp_dim}, heads {config.num_heads}, layers {config.num_layers}, "
             f"classifier {config.classifier}, representation {config.representation_size}, "
-            f"classes {config.num_classes}, gelu {config.gelu}, eps {config.layer_norm_eps:g}")
+            f"classes {config.num_classes}, gelu {config.gelu}, eps {config.layer_norm_eps:g}"
+            + (f", head dim {config.attention_head_dim}" if config.attention_head_dim else "")
+            + (", patch norm" if config.patch_norm else "") + ("" if config.attention_out_proj else ", no out proj"))
 
 
 # -- writing ----------------------------------------------------------------

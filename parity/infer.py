@@ -3,8 +3,9 @@
 Visible in the tensors: patch size, channels, hidden size, MLP width, depth,
 class token (token vs gap pooling), learned vs fixed position embeddings, the
 grid (hence image size, when square), qkv bias, representation size, number of
-classes, and in Flax naming the number of heads. Not visible: the heads in a
-fused-qkv (PyTorch) naming, and numerics (GELU form, LayerNorm epsilon, input
+classes, the patch-embedding norms, the q/k/v width and an output projection,
+and in Flax naming the number of heads. Not visible: the heads in a fused-qkv
+(PyTorch) naming, how a normed patch embedding's ph*pw*C pixels split, and numerics (GELU form, LayerNorm epsilon, input
 normalisation). Those come, in rising priority, from the format's own
 conventions, what the checkpoint states (a config JSON beside it, an HF
 config.json, safetensors metadata), then the user's config.

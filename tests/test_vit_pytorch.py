@@ -189,3 +189,18 @@ def test_a_google_vit_is_refused_by_the_vit_pytorch_writer(tmp_path, capsys):
     assert "vit-pytorch's ViT cannot express this model: patch_norm=False" in err
     assert "qkv_bias=True" in err and "gelu 'tanh'" in err
     assert not (tmp_path / "g.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dim_head", "identity_out"])
+def test_parity_report_on_a_converted_vit_pytorch_model_passes(tmp_path, name):
+    from parity.report_cli import main as report_main
+    from test_parity_report import check_passing_report
+
+    torch.save(randomize(vp.ViT(**_kwargs(name)), seed=6).state_dict(), tmp_path / "m.pt")
+    assert convert_main([str(tmp_path / "m.pt"), str(tmp_path / "m.msgpack"), *_sets(VARIANTS[name][1]), "-q"]) == 0
+    out = tmp_path / "report"
+    assert report_main(["--checkpoint", str(tmp_path / "m.msgpack"), "--backward", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    config = ViTConfig.from_json(str(config_sidecar(tmp_path / "m.msgpack")))
+    check_passing_report(report, config, backward=True)
