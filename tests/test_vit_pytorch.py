@@ -204,3 +204,13 @@ def test_parity_report_on_a_converted_vit_pytorch_model_passes(tmp_path, name):
     report = json.loads((out / "report.json").read_text())
     config = ViTConfig.from_json(str(config_sidecar(tmp_path / "m.msgpack")))
     check_passing_report(report, config, backward=True)
+
+
+@pytest.mark.parametrize("target", ["hf", "torchvision"])
+def test_google_layout_targets_refuse_the_vit_pytorch_options(tmp_path, capsys, target):
+    kwargs = _kwargs("identity_out")
+    torch.save(vp.ViT(**kwargs).state_dict(), tmp_path / "m.pt")
+    assert convert_main([str(tmp_path / "m.pt"), str(tmp_path / "m.bin"), "--to", target, "--set", "num_heads=1"]) == 2
+    err = capsys.readouterr().err
+    assert "patch_norm" in err and "attention_out_proj=False" in err and "Traceback" not in err
+    assert not (tmp_path / "m.bin").exists()

@@ -74,6 +74,18 @@ class TensorSource:
         return array
 
 
+def vit_pytorch_option_problems(config, who: str) -> list[str]:
+    """The vit-pytorch architecture options of `config` that `who` (a format holding Google's ViT) cannot hold."""
+    problems = []
+    if config.patch_norm:
+        problems.append(f"patch_norm (vit-pytorch's normed patch embedding; {who} has a plain convolution)")
+    if config.attention_head_dim is not None and config.inner_dim != config.hidden_size:
+        problems.append(f"q/k/v width {config.inner_dim} != hidden_size {config.hidden_size} (attention_head_dim)")
+    if not config.attention_out_proj:
+        problems.append(f"attention_out_proj=False ({who} always projects the attention output)")
+    return problems
+
+
 def fix_void_bfloat16(array: np.ndarray) -> np.ndarray:
     """bfloat16 saved by NumPy without ml_dtypes reads back as 2-byte void ('|V2'): reinterpret it."""
     if array.dtype.kind == "V" and array.dtype.itemsize == 2 and array.dtype.names is None:
