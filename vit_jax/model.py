@@ -8,7 +8,7 @@ released param trees load unchanged:
     cls                                (1, 1, D)            token classifiers only
     Transformer/posembed_input/pos_embedding  (1, seq, D)   learned posemb only
     Transformer/encoderblock_{i}/LayerNorm_0, MultiHeadDotProductAttention_0
-        {query,key,value}/kernel (D, H, hd), bias (H, hd); out/kernel (H, hd, D)
+        {query,key,value}/kernel (D, H, hd), bias (H, hd); out/kernel (H, hd, D) unless not attention_out_proj
     Transformer/encoderblock_{i}/LayerNorm_1, MlpBlock_0/Dense_{0,1}
     Transformer/encoder_norm
     pre_logits/{kernel,bias}           representation_size only
