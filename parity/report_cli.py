@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="weights in any format vit_jax.load_pretrained reads (Google .npz, Flax, "
                         "timm/HF .safetensors or .pth, ...); its config is inferred from the tensors")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a config field (JSON value, e.g. --set num_layers=2 --set gelu=exact); repeatable")
+                        help="override a config field (JSON value, e.g. --set num_layers=2 --set gelu=exact); repeatable; "
+                             "with --checkpoint, states what the tensors do not show (a vit-pytorch file's num_heads)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype of both models (params stay float32)")
     parser.add_argument("--batch", type=int, help="images per batch (default 2; with --images, all images in the folder)")
     parser.add_argument("--images", help="folder of images to decode, resize and normalise instead of random pixels")
@@ -94,8 +95,8 @@ def load_model(args: argparse.Namespace) -> tuple[ViTConfig, Any, str]:
     """(config in the requested dtype, float32 Flax params, a description of where the weights came from)."""
     overrides = dict(_parse_override(o) for o in args.overrides)
     if args.checkpoint:
-        config, params = load_pretrained(args.checkpoint, config=args.config)
-        config = config.replace(**overrides) if overrides else config
+        # --set states fields the tensors may not show (a vit-pytorch file's heads): read with them.
+        config, params = load_pretrained(args.checkpoint, config=args.config, overrides=overrides)
         source = f"checkpoint {args.checkpoint}"
     else:
         if args.config.endswith(".json"):
