@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             from parity.formats.vit_pytorch import vit_kwargs
 
             arguments = ", ".join(f"{k}={v!r}" for k, v in vit_kwargs(result.config).items())
-            print(f"load it with vit_pytorch.ViT({arguments}).load_state_dict(state_dict, strict=True)")
+            read = "safetensors.torch.load_file" if result.output.suffix == ".safetensors" else "torch.load"
+            print(f"load it with vit_pytorch.ViT({arguments}).load_state_dict({read}({str(result.output)!r}), "
+                  f"strict=True)")
     return 0
 
 
