@@ -207,9 +207,9 @@ def build_config(
                                 f"{fields['hidden_size']}; pass --config to override")
         else:
             raise ConversionError(
-                f"{source.path}: the number of attention heads is not stored in {source.format} naming and hidden "
-                f"size {fields['hidden_size']} is not a standard ViT width; pass --config (a preset such as "
-                f"'B/16' or a config JSON)"
+                f"{source.path}: the number of attention heads is not stored in {source.format} naming and "
+                f"{'hidden size' if inner == fields['hidden_size'] else 'q/k/v width'} {inner} is not a standard ViT "
+                f"width; pass --set num_heads=N or --config (a preset such as 'B/16' or a config JSON)"
             )
         evidence["num_heads"] = "the config"
     heads = fields["num_heads"]
