@@ -6,7 +6,7 @@
 
 Formats: google-npz, flax (msgpack / orbax directory), torch (timm naming,
 .safetensors or .pt/.pth), hf (Hugging Face ViT), torchvision (vit_b_16
-naming); and, as a source, a train.py run directory (one saved step).
+naming), vit-pytorch (lucidrains' vit_pytorch.ViT); and, as a source, a train.py run directory (one saved step).
 Weights must be floating point, and finite unless `allow_nonfinite`. Tensors are read lazily and converted one mapping rule at a time, so
 peak memory is about two copies of the weights (the converted tensors, and the
 serialised file while it is written).
@@ -61,8 +61,9 @@ def detect_format(path: str | os.PathLike) -> str:
         naming = torch_sd.classify_keys(list(torch_sd.read(path).shapes))
         if naming is None:
             raise ConversionError(f"{path}: a PyTorch state dict, but not in a known ViT naming (timm "
-                                  f"'patch_embed.proj.weight', torchvision 'conv_proj.weight' or Hugging Face "
-                                  f"'embeddings.patch_embeddings.projection.weight')")
+                                  f"'patch_embed.proj.weight', torchvision 'conv_proj.weight', Hugging Face "
+                                  f"'embeddings.patch_embeddings.projection.weight' or vit-pytorch "
+                                  f"'to_patch_embedding.2.weight')")
         return naming
     if path.suffix == ".msgpack" or flax_ckpt.is_msgpack(path):
         return flax_ckpt.FORMAT
@@ -157,12 +158,14 @@ def open_checkpoint(
     config: ViTConfig | str | os.PathLike | None = None,
     step: int | None = None,
     new_head: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[ViTConfig, TensorSource]:
     """Read a checkpoint's tensor index and work out its config; tensors stay on disk until loaded.
 
     `step` picks the checkpoint of a training run directory (default: its best
     by eval accuracy, else its latest); `new_head` says a fresh head replaces
-    the checkpoint's (so a config's head that the file lacks is not news).
+    the checkpoint's (so a config's head that the file lacks is not news);
+    `overrides` are config fields stated outright (`--set`), checked against the tensors.
     """
     _check_format(format, "--from")
     path = Path(path)
@@ -180,13 +183,22 @@ def open_checkpoint(
         if sidecar:
             source.stated = {**source.stated, **sidecar}
     user, is_preset = _user_config(config)
-    resolved = build_config(source, user, is_preset)
+    _check_overrides(overrides)
+    resolved = build_config(source, user, is_preset, overrides)
     _check_tensors(source, resolved)
     if user is not None and not is_preset and user.num_classes and not resolved.num_classes and not new_head:
         warnings.warn(f"{path} has no head tensors, so the {user.num_classes}-class head of the given config is "
                       f"dropped (the model outputs features); pass --num-classes {user.num_classes} for a fresh "
                       f"zero head")
     return resolved, source
+
+
+def _check_overrides(overrides: dict[str, Any] | None) -> None:
+    from vit_jax.config import unknown_field_hints
+
+    hints = unknown_field_hints(ViTConfig, overrides or {})
+    if hints:
+        raise ConversionError(f"--set: unknown config field(s): {', '.join(hints)}")
 
 
 def _is_floating(dtype: np.dtype) -> bool:
@@ -277,12 +289,14 @@ def read_tensors(
     check: Callable[[ViTConfig], None] | None = None,
     step: int | None = None,
     allow_nonfinite: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[ViTConfig, dict[str, np.ndarray], TensorSource]:
     """(config, flat tensors in `naming`, source) for any checkpoint, resized/re-headed on request.
 
     `check` sees the final config before any tensor is read (a target format refusing it).
     """
-    resolved, source = open_checkpoint(path, format, config, step, new_head=num_classes is not None)
+    resolved, source = open_checkpoint(path, format, config, step, new_head=num_classes is not None,
+                                       overrides=overrides)
     target = _target_config(resolved, image_size, num_classes)
     if check is not None:
         check(target)
@@ -296,20 +310,20 @@ def read_tensors(
 
 
 def read_flax_params(path, format=None, config=None, image_size=None, num_classes=None, progress=None, step=None,
-                     allow_nonfinite=False):
+                     allow_nonfinite=False, overrides=None):
     """(ViTConfig, nested Flax params of NumPy arrays, in the config's layout) from any format."""
     from vit_jax.params import to_layout
 
     resolved, flat, _ = read_tensors(path, FLAX, format, config, image_size, num_classes, progress, step=step,
-                                     allow_nonfinite=allow_nonfinite)
+                                     allow_nonfinite=allow_nonfinite, overrides=overrides)
     return resolved, to_layout(unflatten(flat), resolved)
 
 
 def read_state_dict(path, format=None, config=None, image_size=None, num_classes=None, progress=None, step=None,
-                    allow_nonfinite=False):
+                    allow_nonfinite=False, overrides=None):
     """(ViTConfig, timm-named state dict of NumPy arrays) from any format."""
     resolved, flat, _ = read_tensors(path, TIMM, format, config, image_size, num_classes, progress, step=step,
-                                     allow_nonfinite=allow_nonfinite)
+                                     allow_nonfinite=allow_nonfinite, overrides=overrides)
     return resolved, flat
 
 
@@ -317,7 +331,9 @@ def describe(config: ViTConfig) -> str:
     return (f"patch {config.patch_size}, image {config.image_size}, hidden {config.hidden_size}, "
             f"mlp {config.mlp_dim}, heads {config.num_heads}, layers {config.num_layers}, "
             f"classifier {config.classifier}, representation {config.representation_size}, "
-            f"classes {config.num_classes}, gelu {config.gelu}, eps {config.layer_norm_eps:g}")
+            f"classes {config.num_classes}, gelu {config.gelu}, eps {config.layer_norm_eps:g}"
+            + (f", head dim {config.attention_head_dim}" if config.attention_head_dim else "")
+            + (", patch norm" if config.patch_norm else "") + ("" if config.attention_out_proj else ", no out proj"))
 
 
 # -- writing ----------------------------------------------------------------
@@ -342,11 +358,13 @@ def convert(
     progress: Progress | None = None,
     step: int | None = None,
     allow_nonfinite: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> ConversionResult:
     """Convert the checkpoint `src` to `dst`, writing the ViTConfig JSON beside `dst`.
 
     Nothing appears at `dst` unless the whole conversion succeeds; the weights
     and their config JSON are replaced as one unit (see atomic_outputs).
+    `overrides` states config fields outright (`--set num_heads=8`).
     """
     from parity.formats.base import atomic_outputs
 
@@ -364,7 +382,7 @@ def convert(
         to_format == hf.FORMAT and dst.suffix not in torch_sd.EXTENSIONS)
     check = getattr(module, "check_expressible", None)
     resolved, tensors, source = read_tensors(src, naming, from_format, config, image_size, num_classes, progress,
-                                             check, step, allow_nonfinite)
+                                             check, step, allow_nonfinite, overrides)
     count = len(tensors)
     if progress:
         progress(f"writing {dst} ({to_format}): {describe(resolved)}")

@@ -34,10 +34,22 @@ formats (--from / --to):
                encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight,
                heads.head): .pth/.pt/.safetensors. Numerics: exact GELU,
                eps 1e-6, ImageNet mean/std inputs.
+  vit-pytorch  lucidrains' vit_pytorch.ViT state dict (to_patch_embedding,
+               transformer.layers.{i}.0.to_qkv, mlp_head): .pt/.pth/
+               .safetensors. The heads are not stored: --set num_heads=N
+               (default: q/k/v width / 64, the package's dim_head). Writing
+               it prints the vit_pytorch.ViT(...) arguments that load the
+               file with strict=True. Numerics: exact GELU, eps 1e-5.
 
 Without --from the source format is detected from the file; without --to the
 target follows DST's extension: .npz -> google-npz, .msgpack or a directory ->
 flax, .safetensors/.pt/.pth -> torch.
+
+--set FIELD=VALUE states a config field outright (JSON value, repeatable, as
+in `python -m parity report`): what the tensors do not show (num_heads,
+a non-square image_size, patch_size and num_channels of a vit-pytorch
+patch embedding) or numerics (gelu, layer_norm_eps); one that contradicts a
+tensor shape is an error.
 
 training runs: SRC may be a train.py run directory (its --workdir), its
 checkpoints/ directory or one step directory checkpoints/<step>. The params
@@ -59,6 +71,7 @@ examples:
   python -m parity convert vit_b16.safetensors hf_vit_b16/ --to hf
   python -m parity convert ViT-B_16.npz ft.npz --image-size 384 --num-classes 10
   python -m parity convert runs/digits-1 digits.safetensors --step 400
+  python -m parity convert vit.pt vit.msgpack --from vit-pytorch --set num_heads=8
 """
 
 
@@ -73,6 +86,15 @@ def _image_size(text: str):
     if len(values) == 2:
         return tuple(values)
     raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+
+
+def _assignment(text: str):
+    from vit_jax.config import ConfigError, parse_assignment
+
+    try:
+        return parse_assignment(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(Google's bilinear zoom, class token kept apart; default: the source's)")
     parser.add_argument("--num-classes", type=int, metavar="N",
                         help="replace the head by a fresh zero head with N classes (0: no head; default: keep the source's head)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment,
+                        metavar="FIELD=VALUE",
+                        help="state a config field (JSON value, e.g. --set num_heads=8); repeatable")
     parser.add_argument("--step", type=int, metavar="N",
                         help="with a training run as SRC: the checkpoint step (default: the best by eval accuracy, "
                              "else the latest)")
@@ -130,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             result = convert(
                 args.src, args.dst, from_format=args.from_format, to_format=args.to_format, config=args.config,
                 image_size=args.image_size, num_classes=args.num_classes, progress=progress, step=args.step,
-                allow_nonfinite=args.allow_nonfinite,
+                allow_nonfinite=args.allow_nonfinite, overrides=dict(args.overrides),
             )
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -144,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print(f"{result.source_format} -> {result.target_format}: {result.output} ({result.num_tensors} tensors), "
               f"config {result.config_path}")
+        if result.target_format == "vit-pytorch":
+            from parity.formats.vit_pytorch import vit_kwargs
+
+            arguments = ", ".join(f"{k}={v!r}" for k, v in vit_kwargs(result.config).items())
+            read = "safetensors.torch.load_file" if result.output.suffix == ".safetensors" else "torch.load"
+            print(f"load it with vit_pytorch.ViT({arguments}).load_state_dict({read}({str(result.output)!r}), "
+                  f"strict=True)")
     return 0
 
 

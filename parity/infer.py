@@ -3,8 +3,9 @@
 Visible in the tensors: patch size, channels, hidden size, MLP width, depth,
 class token (token vs gap pooling), learned vs fixed position embeddings, the
 grid (hence image size, when square), qkv bias, representation size, number of
-classes, and in Flax naming the number of heads. Not visible: the heads in a
-fused-qkv (PyTorch) naming, and numerics (GELU form, LayerNorm epsilon, input
+classes, the patch-embedding norms, the q/k/v width and an output projection,
+and in Flax naming the number of heads. Not visible: the heads in a fused-qkv
+(PyTorch) naming, how a normed patch embedding's ph*pw*C pixels split, and numerics (GELU form, LayerNorm epsilon, input
 normalisation). Those come, in rising priority, from the format's own
 conventions, what the checkpoint states (a config JSON beside it, an HF
 config.json, safetensors metadata), then the user's config.
@@ -24,7 +25,10 @@ _PROBES = {
     FLAX: {
         "patch": ("embedding/kernel", lambda s: {"patch": s[:2], "num_channels": s[2], "hidden_size": s[3]}),
         "mlp": ("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel", lambda s: {"mlp_dim": s[1]}),
-        "heads": ("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel", lambda s: {"num_heads": s[1]}),
+        "heads": ("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel",
+                  lambda s: {"num_heads": s[1], "inner_dim": s[1] * s[2]}),
+        "out_proj": "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/out/kernel",
+        "patch_norm": "embedding_norm_in/scale",
         "qkv_bias": "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/bias",
         "cls": "cls",
         "posemb": "Transformer/posembed_input/pos_embedding",
@@ -36,6 +40,11 @@ _PROBES = {
         "patch": ("patch_embed.proj.weight", lambda s: {"patch": s[2:], "num_channels": s[1], "hidden_size": s[0]}),
         "mlp": ("blocks.0.mlp.fc1.weight", lambda s: {"mlp_dim": s[0]}),
         "heads": None,  # fused qkv: the split into heads is not stored
+        "inner": ("blocks.0.attn.qkv.weight", lambda s: {"inner_dim": s[0] // 3}),
+        "out_proj": "blocks.0.attn.proj.weight",
+        "patch_norm": "patch_embed.norm_in.weight",
+        # with patch_norm, a Linear over (ph, pw, C) pixels: how they split is not stored
+        "patch_linear": ("patch_embed.proj.weight", lambda s: {"hidden_size": s[0], "patch_pixels": s[1]}),
         "qkv_bias": "blocks.0.attn.qkv.bias",
         "cls": "cls_token",
         "posemb": "pos_embed",
@@ -46,9 +55,11 @@ _PROBES = {
 }
 # Fields the tensors fix; a config that disagrees contradicts the checkpoint.
 ARCHITECTURE = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads", "qkv_bias",
-                "posemb", "representation_size", "classifier", "image_size", "num_classes")
+                "posemb", "representation_size", "classifier", "image_size", "num_classes", "patch_norm",
+                "attention_head_dim", "attention_out_proj")
 # Of those, a preset's defaults that are not a claim about the checkpoint (a B/16 preset says 224 px, 1000 classes).
-_PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb")
+_PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb",
+                    "patch_norm", "attention_head_dim", "attention_out_proj")
 # Standard ViT widths (hidden size -> heads) for fused-qkv files with no config (docs/design.md, "Presets").
 STANDARD_HEADS = {c.hidden_size: c.num_heads for name, c in PRESETS.items() if name != "ViT-testing"}
 
@@ -79,17 +90,26 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
         for field, value in found.items():
             fields[field], evidence[field] = value, source.file_name(key)
 
-    probe("patch", required=True)
-    fields["patch_size"] = _pair(fields.pop("patch"))
-    evidence["patch_size"] = evidence.pop("patch")
+    def present(name: str, field: str) -> bool:
+        key = probes[name]
+        fields[field] = key in shapes
+        evidence[field] = f"{source.file_name(key)} ({'present' if fields[field] else 'absent'})"
+        return fields[field]
+
+    if present("patch_norm", "patch_norm") and source.naming != FLAX:
+        probe("patch_linear", required=True)  # patch_size and num_channels: build_config splits the pixels
+    else:
+        probe("patch", required=True)
+        fields["patch_size"] = _pair(fields.pop("patch"))
+        evidence["patch_size"] = evidence.pop("patch")
     blocks = {int(m.group(1)): k for k in shapes if (m := probes["block"].match(k))}
     if not blocks:
         raise ConversionError(f"{source.path}: no transformer blocks found (tensors named like "
                               f"{probes['block'].pattern!r}); expected a ViT checkpoint in {source.format} layout")
     fields["num_layers"], evidence["num_layers"] = max(blocks) + 1, f"{source.file_name(blocks[max(blocks)])} (last block)"
     probe("mlp", required=True)
-    if probes["heads"] is not None:
-        probe("heads", required=True)
+    probe("heads" if probes["heads"] is not None else "inner", required=True)
+    present("out_proj", "attention_out_proj")
     fields["qkv_bias"], evidence["qkv_bias"] = probes["qkv_bias"] in shapes, source.file_name(probes["qkv_bias"])
     has_cls = probes["cls"] in shapes
     evidence["classifier"] = f"{source.file_name(probes['cls'])} ({'present' if has_cls else 'absent'})"
@@ -132,13 +152,15 @@ def build_config(
     source: TensorSource,
     config: ViTConfig | None = None,
     config_is_preset: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> ViTConfig:
     """The ViTConfig of `source`: inferred architecture + the format's, the file's and the user's other fields.
 
     `config` from the user: a preset (`config_is_preset`) only fills what the
     tensors do not show (heads) and must agree on the width/depth it names; a
     full config (a JSON file, a ViTConfig object) also sets numerics and
-    runtime fields. Any stated value that contradicts a tensor is an error.
+    runtime fields. `overrides` (`convert --set`) are fields the user states
+    outright, above the config. Any stated value that contradicts a tensor is an error.
     """
     fields, evidence, has_cls, tokens = infer_architecture(source)
     claims: list[tuple[str, dict[str, Any]]] = []
@@ -156,6 +178,8 @@ def build_config(
             image_hint = user["image_size"]
             user = {k: v for k, v in user.items() if k not in ("image_size", "num_classes")}
         claims.append((f"config {config.name!r}", user))
+    if overrides:
+        claims.append(("--set", dict(overrides)))
 
     stated: dict[str, Any] = {}
     for _, claim in claims:
@@ -166,20 +190,35 @@ def build_config(
         fields["classifier"] = classifier if classifier in ("token", "token_unpooled") else "token"
     else:
         fields["classifier"] = classifier if classifier in ("gap", "unpooled") else "gap"
+    if "patch_pixels" in fields:
+        _split_patch_pixels(fields, evidence, stated, source)
+    inner = fields.pop("inner_dim")
     if "num_heads" not in fields:
         if "num_heads" in stated:
             fields["num_heads"] = stated["num_heads"]
-        elif fields["hidden_size"] in STANDARD_HEADS:
+        elif source.default_head_dim and inner % source.default_head_dim == 0:
+            fields["num_heads"] = inner // source.default_head_dim
+            source.notes.append(f"num_heads={fields['num_heads']} assumed from q/k/v width {inner} and the "
+                                f"{source.format} default head width {source.default_head_dim}; pass --set "
+                                f"num_heads=N if the model was built with other heads")
+        elif inner == fields["hidden_size"] and fields["hidden_size"] in STANDARD_HEADS:
             fields["num_heads"] = STANDARD_HEADS[fields["hidden_size"]]
             source.notes.append(f"num_heads={fields['num_heads']} assumed from the standard ViT of hidden size "
                                 f"{fields['hidden_size']}; pass --config to override")
         else:
             raise ConversionError(
-                f"{source.path}: the number of attention heads is not stored in {source.format} naming and hidden "
-                f"size {fields['hidden_size']} is not a standard ViT width; pass --config (a preset such as "
-                f"'B/16' or a config JSON)"
+                f"{source.path}: the number of attention heads is not stored in {source.format} naming and "
+                f"{'hidden size' if inner == fields['hidden_size'] else 'q/k/v width'} {inner} is not a standard ViT "
+                f"width; pass --set num_heads=N or --config (a preset such as 'B/16' or a config JSON)"
             )
         evidence["num_heads"] = "the config"
+    heads = fields["num_heads"]
+    if not isinstance(heads, int) or heads <= 0 or inner % heads:
+        raise ConversionError(f"{source.path}: num_heads={heads!r} does not divide the q/k/v width {inner}; "
+                              f"expected a divisor of {inner}")
+    # None is the default hidden_size // num_heads; a vit-pytorch dim_head that differs is stated.
+    fields["attention_head_dim"] = None if inner == fields["hidden_size"] else inner // heads
+    evidence["attention_head_dim"] = f"the q/k/v width {inner}"
     wanted_image = stated.get("image_size", image_hint)
     if tokens is not None:
         fields["image_size"] = _grid_image_size(fields["patch_size"], tokens, has_cls, wanted_image, source.path,
@@ -194,6 +233,10 @@ def build_config(
         for field, value in claim.items():
             if field not in fields or evidence[field] == "the config":
                 continue
+            if field == "attention_head_dim":  # None and hidden // heads say the same
+                value = value or fields["hidden_size"] // fields["num_heads"]
+                if value == (fields[field] or fields["hidden_size"] // fields["num_heads"]):
+                    continue
             if _normal(value) != _normal(fields[field]):
                 raise ConversionError(
                     f"{source.path}: {who} says {field}={value!r}, but tensor {evidence[field]} implies "
@@ -204,12 +247,46 @@ def build_config(
     for _, claim in claims:
         merged.update({k: v for k, v in claim.items() if k not in ARCHITECTURE})
     merged.update(fields)
+    for field in ("pixel_mean", "pixel_std"):  # a format's one-value-per-channel default, for any channel count
+        if len(merged[field]) != merged["num_channels"] and len(set(merged[field])) == 1:
+            merged[field] = (merged[field][0],) * merged["num_channels"]
     if config_is_preset:
         merged["name"] = config.name
     try:
         return ViTConfig.from_dict(merged)
     except ConfigError as e:
         raise ConversionError(f"{source.path}: the inferred architecture is not a valid ViT config: {e}") from None
+
+
+def _split_patch_pixels(fields: dict[str, Any], evidence: dict[str, str], stated: dict[str, Any],
+                        source: TensorSource) -> None:
+    """patch_size and num_channels from a patch_norm projection's width ph*pw*C and what the user states."""
+    pixels, where = fields.pop("patch_pixels"), evidence.pop("patch_pixels")
+    channels = stated.get("num_channels")
+    patch = stated.get("patch_size")
+    if patch is None:
+        candidates = [channels] if channels else [3, 1]  # RGB, then grey: p*p*3 is never a square
+        for c in candidates:
+            side = math.isqrt(pixels // c) if isinstance(c, int) and c > 0 and pixels % c == 0 else 0
+            if side and side * side * c == pixels:
+                patch, channels = side, c
+                break
+        else:
+            raise ConversionError(f"{source.path}: {where} takes {pixels} pixels per patch, which is not a square "
+                                  f"patch of {' or '.join(map(str, candidates))} channel(s); pass --set "
+                                  f"patch_size=P (or [PH,PW]) --set num_channels=C")
+        if "num_channels" not in stated:
+            source.notes.append(f"patch_size={patch}, num_channels={channels} read from {pixels} pixels per patch "
+                                f"(square patches); pass --set patch_size=... --set num_channels=... otherwise")
+    else:
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        if channels is None and pixels % (ph * pw) == 0:
+            channels = pixels // (ph * pw)
+        if channels is None or ph * pw * channels != pixels:
+            raise ConversionError(f"{source.path}: {where} takes {pixels} pixels per patch, not patch_size {patch!r} "
+                                  f"x {channels} channel(s)")
+    fields["patch_size"], fields["num_channels"] = patch, channels
+    evidence["patch_size"] = evidence["num_channels"] = "the config"
 
 
 def _normal(value):

@@ -47,7 +47,13 @@ CONV = Transform(
     lambda xs: _contiguous(xs[0].transpose(3, 2, 0, 1)),
     lambda t, c: [_contiguous(t.transpose(2, 3, 1, 0))],
 )
-# q, k, v kernels (D, heads, head_dim) <-> fused qkv weight (3D, D), q;k;v order.
+# patch_norm: embedding kernel (ph, pw, C, D) <-> Linear weight (D, ph*pw*C) over (ph, pw, C)-flattened pixels.
+PATCH_LINEAR = Transform(
+    "patch_linear",
+    lambda xs: _contiguous(xs[0].reshape(-1, xs[0].shape[-1]).T),
+    lambda t, c: [_contiguous(t.T.reshape(*c.patch_hw, c.num_channels, c.hidden_size))],
+)
+# q, k, v kernels (D, heads, head_dim) <-> fused qkv weight (3 inner, D), q;k;v order (inner = heads x head_dim).
 QKV_KERNEL = Transform(
     "qkv_kernel",
     lambda xs: _contiguous(np.concatenate([x.reshape(x.shape[0], -1).T for x in xs], axis=0)),
@@ -55,13 +61,13 @@ QKV_KERNEL = Transform(
         _contiguous(part.T.reshape(c.hidden_size, c.num_heads, c.head_dim)) for part in np.split(t, 3, axis=0)
     ],
 )
-# q, k, v biases (heads, head_dim) <-> fused qkv bias (3D,).
+# q, k, v biases (heads, head_dim) <-> fused qkv bias (3 inner,).
 QKV_BIAS = Transform(
     "qkv_bias",
     lambda xs: np.concatenate([x.reshape(-1) for x in xs]),
     lambda t, c: [part.reshape(c.num_heads, c.head_dim) for part in np.split(t, 3)],
 )
-# out kernel (heads, head_dim, D) <-> proj weight (D, D).
+# out kernel (heads, head_dim, D) <-> proj weight (D, inner).
 OUT_KERNEL = Transform(
     "out_kernel",
     lambda xs: _contiguous(xs[0].reshape(-1, xs[0].shape[-1]).T),
@@ -77,36 +83,42 @@ class Rule:
 
 
 _ATTN = "MultiHeadDotProductAttention_0"
-# (flax paths under Transformer/encoderblock_{i}/, torch key under blocks.{i}., transform, needs qkv_bias)
+# (flax paths under Transformer/encoderblock_{i}/, torch key under blocks.{i}., transform, the config
+# field the tensor needs: qkv_bias, attention_out_proj, or None for always)
 _BLOCK = [
-    (("LayerNorm_0/scale",), "norm1.weight", IDENTITY, False),
-    (("LayerNorm_0/bias",), "norm1.bias", IDENTITY, False),
-    (tuple(f"{_ATTN}/{p}/kernel" for p in ("query", "key", "value")), "attn.qkv.weight", QKV_KERNEL, False),
-    (tuple(f"{_ATTN}/{p}/bias" for p in ("query", "key", "value")), "attn.qkv.bias", QKV_BIAS, True),
-    ((f"{_ATTN}/out/kernel",), "attn.proj.weight", OUT_KERNEL, False),
-    ((f"{_ATTN}/out/bias",), "attn.proj.bias", IDENTITY, False),
-    (("LayerNorm_1/scale",), "norm2.weight", IDENTITY, False),
-    (("LayerNorm_1/bias",), "norm2.bias", IDENTITY, False),
-    (("MlpBlock_0/Dense_0/kernel",), "mlp.fc1.weight", LINEAR, False),
-    (("MlpBlock_0/Dense_0/bias",), "mlp.fc1.bias", IDENTITY, False),
-    (("MlpBlock_0/Dense_1/kernel",), "mlp.fc2.weight", LINEAR, False),
-    (("MlpBlock_0/Dense_1/bias",), "mlp.fc2.bias", IDENTITY, False),
+    (("LayerNorm_0/scale",), "norm1.weight", IDENTITY, None),
+    (("LayerNorm_0/bias",), "norm1.bias", IDENTITY, None),
+    (tuple(f"{_ATTN}/{p}/kernel" for p in ("query", "key", "value")), "attn.qkv.weight", QKV_KERNEL, None),
+    (tuple(f"{_ATTN}/{p}/bias" for p in ("query", "key", "value")), "attn.qkv.bias", QKV_BIAS, "qkv_bias"),
+    ((f"{_ATTN}/out/kernel",), "attn.proj.weight", OUT_KERNEL, "attention_out_proj"),
+    ((f"{_ATTN}/out/bias",), "attn.proj.bias", IDENTITY, "attention_out_proj"),
+    (("LayerNorm_1/scale",), "norm2.weight", IDENTITY, None),
+    (("LayerNorm_1/bias",), "norm2.bias", IDENTITY, None),
+    (("MlpBlock_0/Dense_0/kernel",), "mlp.fc1.weight", LINEAR, None),
+    (("MlpBlock_0/Dense_0/bias",), "mlp.fc1.bias", IDENTITY, None),
+    (("MlpBlock_0/Dense_1/kernel",), "mlp.fc2.weight", LINEAR, None),
+    (("MlpBlock_0/Dense_1/bias",), "mlp.fc2.bias", IDENTITY, None),
 ]
 
 
 def param_rules(config: ViTConfig) -> list[Rule]:
     """Every parameter of `config`, as Flax path(s) <-> torch key, in model order."""
     rules = [
-        Rule(("embedding/kernel",), "patch_embed.proj.weight", CONV),
+        Rule(("embedding/kernel",), "patch_embed.proj.weight", PATCH_LINEAR if config.patch_norm else CONV),
         Rule(("embedding/bias",), "patch_embed.proj.bias", IDENTITY),
     ]
+    if config.patch_norm:
+        rules += [
+            Rule((f"embedding_norm_{side}/{flax}",), f"patch_embed.norm_{side}.{torch}", IDENTITY)
+            for side in ("in", "out") for flax, torch in (("scale", "weight"), ("bias", "bias"))
+        ]
     if config.has_class_token:
         rules.append(Rule(("cls",), "cls_token", IDENTITY))
     if config.posemb == "learn":
         rules.append(Rule(("Transformer/posembed_input/pos_embedding",), "pos_embed", IDENTITY))
     for i in range(config.num_layers):
-        for flax_paths, torch_key, transform, needs_qkv_bias in _BLOCK:
-            if needs_qkv_bias and not config.qkv_bias:
+        for flax_paths, torch_key, transform, needs in _BLOCK:
+            if needs is not None and not getattr(config, needs):
                 continue
             rules.append(
                 Rule(

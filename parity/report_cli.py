@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import sys
@@ -24,7 +23,7 @@ from parity import harness, inputs, judge
 from parity.mapping import MappingError
 from parity.render import write_report
 from parity.tolerances import RELATIVE_ERROR_DEFINITION, RULE, ZERO_GRADIENT_FRACTION, tolerances_for
-from vit_jax.config import ConfigError, ViTConfig, get_config
+from vit_jax.config import ConfigError, ViTConfig, get_config, parse_assignment
 from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.model import init_params
 from vit_jax.pretrained import load_pretrained
@@ -54,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="weights in any format vit_jax.load_pretrained reads (Google .npz, Flax, "
                         "timm/HF .safetensors or .pth, ...); its config is inferred from the tensors")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a config field (JSON value, e.g. --set num_layers=2 --set gelu=exact); repeatable")
+                        help="override a config field (JSON value, e.g. --set num_layers=2 --set gelu=exact); repeatable; "
+                             "with --checkpoint, states what the tensors do not show (a vit-pytorch file's num_heads)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype of both models (params stay float32)")
     parser.add_argument("--batch", type=int, help="images per batch (default 2; with --images, all images in the folder)")
     parser.add_argument("--images", help="folder of images to decode, resize and normalise instead of random pixels")
@@ -70,16 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise UsageError(f"--set expects FIELD=VALUE, got {text!r}")
-    field, raw = text.split("=", 1)
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw  # a bare string such as gelu=exact
-    if isinstance(value, list):
-        value = tuple(value)
-    return field.strip(), value
+        return parse_assignment(text)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -101,8 +95,8 @@ def load_model(args: argparse.Namespace) -> tuple[ViTConfig, Any, str]:
     """(config in the requested dtype, float32 Flax params, a description of where the weights came from)."""
     overrides = dict(_parse_override(o) for o in args.overrides)
     if args.checkpoint:
-        config, params = load_pretrained(args.checkpoint, config=args.config)
-        config = config.replace(**overrides) if overrides else config
+        # --set states fields the tensors may not show (a vit-pytorch file's heads): read with them.
+        config, params = load_pretrained(args.checkpoint, config=args.config, overrides=overrides)
         source = f"checkpoint {args.checkpoint}"
     else:
         if args.config.endswith(".json"):

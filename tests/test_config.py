@@ -74,6 +74,8 @@ def test_derived_geometry():
     assert c.grid_size == (14, 14) and c.seq_len == 197 and c.head_dim == 64
     assert get_config("ViT-B_16", classifier="gap").seq_len == 196
     assert get_config("ViT-testing", image_size=(16, 24), patch_size=(4, 8)).grid_size == (4, 3)
+    c = get_config("ViT-testing", num_heads=3, attention_head_dim=12)  # hidden 32 need not divide
+    assert (c.head_dim, c.inner_dim) == (12, 36)
     rates = get_config("ViT-testing", num_layers=5, stochastic_depth_rate=0.2).drop_path_rates()
     assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
 
@@ -102,6 +104,8 @@ def test_derived_geometry():
         ("ViT-B_16", {"recompute_gelu": True}, "recompute_gelu is a CPU kernel option"),
         ("ViT-B_16", {"attention_impl": "recompute"}, "attention_impl 'recompute' is a CPU kernel"),
         ("ViT-B_16", {"kernels": "gpu"}, "kernels 'gpu' is not one of"),
+        ("ViT-B_16", {"attention_head_dim": 0}, "attention_head_dim must be a positive integer"),
+        ("ViT-B_16", {"attention_out_proj": False, "attention_head_dim": 32}, "attention_out_proj=False needs num_heads x head_dim == hidden_size"),
     ],
 )
 def test_invalid_configs_name_the_problem(name, overrides, message):

@@ -29,6 +29,11 @@ SAME_FUNCTION_CASES = {
     "scan_remat": {"scan": True, "remat": True, "remat_policy": "dots_with_no_batch_dims_saveable"},
     "dropouts": {"dropout_rate": 0.1, "attention_dropout_rate": 0.1, "stochastic_depth_rate": 0.2},
     "head_dim_not_power_of_two": {"hidden_size": 24, "num_heads": 2, "mlp_dim": 48},
+    # vit-pytorch's options: normed patch embedding, a head width of its own, no output projection
+    "vit_pytorch": {"patch_norm": True, "num_heads": 3, "attention_head_dim": 12, "qkv_bias": False,
+                    "classifier": "gap", "gelu": "exact", "layer_norm_eps": 1e-5},
+    "vit_pytorch_identity_out": {"patch_norm": True, "num_heads": 1, "attention_head_dim": 32,
+                                 "attention_out_proj": False, "qkv_bias": False},
     "float64": {"dtype": "float64", "param_dtype": "float64"},
     "bfloat16": {"dtype": "bfloat16"},
 }

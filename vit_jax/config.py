@@ -77,6 +77,11 @@ class ViTConfig:
     # 0.5/0.5 is Google's (x - 127.5) / 127.5.
     pixel_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    # -- options of lucidrains' vit-pytorch (parity/formats/vit_pytorch.py); the defaults are Google's --
+    # LayerNorm(patch pixels) -> projection -> LayerNorm(hidden), pixels flattened as (ph, pw, C).
+    patch_norm: bool = False
+    attention_head_dim: int | None = None  # None: hidden_size // num_heads; else q/k/v are heads x this wide
+    attention_out_proj: bool = True  # False: no output projection (needs heads x head_dim == hidden_size)
 
     # -- runtime: how the function is computed, never what it is (RUNTIME_FIELDS) --
     # 'reference': plain Flax and JAX on every backend; 'cpu': the XLA:CPU forms
@@ -135,7 +140,12 @@ class ViTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.attention_head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def inner_dim(self) -> int:
+        """Width of q, k, v and of the attention output before its projection."""
+        return self.num_heads * self.head_dim
 
     @property
     def features_dim(self) -> int:
@@ -198,9 +208,17 @@ class ViTConfig:
             raise ConfigError(
                 f"image size {h}x{w} is not divisible by patch size {ph}x{pw}"
             )
-        if self.hidden_size % self.num_heads:
+        if self.attention_head_dim is not None:
+            positive_int("attention_head_dim")
+        elif self.hidden_size % self.num_heads:
             raise ConfigError(
-                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads} "
+                f"(or set attention_head_dim)"
+            )
+        if not self.attention_out_proj and self.inner_dim != self.hidden_size:
+            raise ConfigError(
+                f"attention_out_proj=False needs num_heads x head_dim == hidden_size, got {self.num_heads} x "
+                f"{self.head_dim} != {self.hidden_size}"
             )
         if self.classifier not in CLASSIFIERS:
             raise ConfigError(f"classifier {self.classifier!r} is not one of {CLASSIFIERS}")
@@ -290,6 +308,18 @@ def unknown_field_hints(cls: type, values: dict[str, Any]) -> list[str]:
         close = difflib.get_close_matches(key, known, n=1)
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     return hints
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """A command line's `FIELD=VALUE` (`--set`): the value as JSON, else the bare string (gelu=exact)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects FIELD=VALUE, got {text!r}")
+    field, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return field.strip(), tuple(value) if isinstance(value, list) else value
 
 
 def _check_fields(values: dict[str, Any]) -> None:

@@ -4,10 +4,11 @@ Module and parameter names match Google's `vit_jax` (models_vit.py), so its
 released param trees load unchanged:
 
     embedding/{kernel,bias}            Conv, kernel (ph, pw, C, D)
+    embedding_norm_{in,out}            patch_norm only (vit-pytorch's patch embedding)
     cls                                (1, 1, D)            token classifiers only
     Transformer/posembed_input/pos_embedding  (1, seq, D)   learned posemb only
     Transformer/encoderblock_{i}/LayerNorm_0, MultiHeadDotProductAttention_0
-        {query,key,value}/kernel (D, H, hd), bias (H, hd); out/kernel (H, hd, D)
+        {query,key,value}/kernel (D, H, hd), bias (H, hd); out/kernel (H, hd, D) unless not attention_out_proj
     Transformer/encoderblock_{i}/LayerNorm_1, MlpBlock_0/Dense_{0,1}
     Transformer/encoder_norm
     pre_logits/{kernel,bias}           representation_size only
@@ -47,6 +48,13 @@ def _layer_norm(c: ViTConfig, name: str) -> nn.Module:
     return kernels_for(c).layer_norm(
         epsilon=c.layer_norm_eps, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype), name=name
     )
+
+
+def patch_pixels(images: Array, patch_hw: tuple[int, int]) -> Array:
+    """(n, H, W, C) -> (n, patches, ph * pw * C): row-major patches, each flattened as (ph, pw, C)."""
+    (n, h, w, ch), (ph, pw) = images.shape, patch_hw
+    x = jnp.reshape(images, (n, h // ph, ph, w // pw, pw, ch)).transpose(0, 1, 3, 2, 4, 5)
+    return jnp.reshape(x, (n, (h // ph) * (w // pw), ph * pw * ch))
 
 
 class AddPositionEmbs(nn.Module):
@@ -124,7 +132,10 @@ class MultiHeadDotProductAttention(nn.Module):
                 out = attend(weights, v)
         else:
             out = ops.attention(q, k, v, c.attention_impl)
-        out = dense(features=c.hidden_size, axis=(-2, -1), name="out")(out)
+        if c.attention_out_proj:
+            out = dense(features=c.hidden_size, axis=(-2, -1), name="out")(out)
+        else:  # vit-pytorch's Identity (heads x head_dim == hidden_size, the config checks)
+            out = jnp.reshape(out, (*out.shape[:-2], c.inner_dim))
         return out, probs
 
 
@@ -252,13 +263,19 @@ class VisionTransformer(nn.Module):
         dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         inter: Intermediates = {}
 
-        # Patches embedded by a strided convolution, then flattened to tokens.
-        x = nn.Conv(
-            c.hidden_size, c.patch_hw, strides=c.patch_hw, padding="VALID", dtype=dtype, param_dtype=param_dtype,
-            name="embedding",
-        )(images.astype(dtype))
-        n, gh, gw, d = x.shape
-        x = jnp.reshape(x, (n, gh * gw, d))
+        if c.patch_norm:  # vit-pytorch: LayerNorm over each patch's pixels, projection, LayerNorm
+            x = _layer_norm(c, "embedding_norm_in")(patch_pixels(images.astype(dtype), c.patch_hw))
+            x = jnp.reshape(x, (*x.shape[:2], *c.patch_hw, c.num_channels))
+            x = nn.DenseGeneral(c.hidden_size, axis=(-3, -2, -1), dtype=dtype, param_dtype=param_dtype,
+                                name="embedding")(x)  # kernel (ph, pw, C, D), as the Conv's
+            x = _layer_norm(c, "embedding_norm_out")(x)
+        else:  # Patches embedded by a strided convolution, then flattened to tokens.
+            x = nn.Conv(
+                c.hidden_size, c.patch_hw, strides=c.patch_hw, padding="VALID", dtype=dtype, param_dtype=param_dtype,
+                name="embedding",
+            )(images.astype(dtype))
+            x = jnp.reshape(x, (x.shape[0], -1, x.shape[-1]))
+        n, _, d = x.shape
         if return_intermediates:
             inter["patch_embed"] = x
         if c.has_class_token:

@@ -4,7 +4,7 @@
     logits = vit_jax.VisionTransformer(config).apply({"params": params}, images)
 
 Formats: Google `.npz`, Flax msgpack or orbax directory, timm-named
-`.safetensors`/`.pt`, Hugging Face ViT, torchvision ViT (see
+`.safetensors`/`.pt`, Hugging Face ViT, torchvision ViT, vit-pytorch (see
 `python -m parity convert --help`), and this project's training runs (a
 train.py --workdir, its checkpoints/ or one step directory; `step` picks the
 checkpoint, by default the best by eval accuracy, else the latest). The
@@ -35,6 +35,7 @@ def load_pretrained(
     format: str | None = None,
     step: int | None = None,
     allow_nonfinite: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[ViTConfig, dict[str, Any]]:
     """(config, Flax params as NumPy arrays) for the checkpoint at `path`.
 
@@ -43,9 +44,11 @@ def load_pretrained(
     options (dtype, scan, remat, dropout), and the params come back in its
     layout (scanned or per-block). `image_size` resizes the position
     embeddings (Google's bilinear resize); `num_classes` replaces the head by a
-    fresh zero head; `step` picks a training run's checkpoint. Weights must be
+    fresh zero head; `step` picks a training run's checkpoint; `overrides`
+    states config fields outright, as `convert --set` (a vit-pytorch file's
+    heads: `format="vit-pytorch", overrides={"num_heads": 8}`). Weights must be
     floating point, and finite unless `allow_nonfinite`. Raises
     `parity.formats.ConversionError` on a bad file.
     """
     return read_flax_params(path, format=format, config=config, image_size=image_size, num_classes=num_classes,
-                            step=step, allow_nonfinite=allow_nonfinite)
+                            step=step, allow_nonfinite=allow_nonfinite, overrides=overrides)

@@ -3,7 +3,8 @@
 State-dict keys follow timm's VisionTransformer, so a timm ViT of a matching
 architecture loads with strict=True:
 
-    patch_embed.proj.{weight,bias}   Conv2d, OIHW
+    patch_embed.proj.{weight,bias}   Conv2d, OIHW (with patch_norm: Linear over (ph, pw, C) pixels)
+    patch_embed.norm_{in,out}        patch_norm only
     cls_token (1, 1, D)              token classifiers only
     pos_embed (1, seq, D)            learned posemb only
     blocks.{i}.norm1, blocks.{i}.attn.qkv (3D, D; q,k,v order), blocks.{i}.attn.proj,
@@ -55,17 +56,34 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, gh*gw, D), row-major patches
 
 
+class NormedPatchEmbed(nn.Module):
+    """`patch_norm` (vit-pytorch): LayerNorm over each patch's (ph, pw, C) pixels, Linear, LayerNorm."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        (ph, pw), d = config.patch_hw, config.hidden_size
+        self.patch_hw = ph, pw
+        self.norm_in = nn.LayerNorm(ph * pw * config.num_channels, eps=config.layer_norm_eps)
+        self.proj = nn.Linear(ph * pw * config.num_channels, d)
+        self.norm_out = nn.LayerNorm(d, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (b, ch, h, w), (ph, pw) = x.shape, self.patch_hw
+        x = x.reshape(b, ch, h // ph, ph, w // pw, pw).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, ph * pw * ch)
+        return self.norm_out(self.proj(self.norm_in(x)))
+
+
 class Attention(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
         self.attn_drop = config.attention_dropout_rate
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.inner_dim, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.inner_dim, config.hidden_size) if config.attention_out_proj else nn.Identity()
 
     def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        b, n, d = x.shape
+        b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, hd)
         dropout = self.attn_drop if self.training else 0.0
@@ -78,7 +96,7 @@ class Attention(nn.Module):
             out = F.dropout(probs, dropout, self.training) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        out = out.transpose(1, 2).reshape(b, n, d)
+        out = out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
         return self.proj(out), probs
 
 
@@ -150,7 +168,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.patch_embed = PatchEmbed(c)
+        self.patch_embed = NormedPatchEmbed(c) if c.patch_norm else PatchEmbed(c)
         if c.has_class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, c.hidden_size))
         if c.posemb == "learn":
@@ -174,7 +192,7 @@ class VisionTransformer(nn.Module):
         """Initialisation mirroring vit_jax (xavier-uniform dense, zero head, posemb N(0, 0.02))."""
         c = self.config
         for name, module in self.named_modules():
-            if isinstance(module, nn.Linear) and name != "head":
+            if isinstance(module, nn.Linear) and name not in ("head", "patch_embed.proj"):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     if name.endswith(("fc1", "fc2")):
@@ -182,7 +200,7 @@ class VisionTransformer(nn.Module):
                     else:
                         nn.init.zeros_(module.bias)
         proj = self.patch_embed.proj
-        fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
+        fan_in = proj.weight[0].numel()
         nn.init.trunc_normal_(proj.weight, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)
         nn.init.zeros_(proj.bias)
         if c.posemb == "learn":

@@ -1,6 +1,6 @@
 """Checkpoint formats, each read lazily into a TensorSource and written from Flax- or timm-named tensors."""
 
-from parity.formats import flax_ckpt, google_npz, hf, torch_sd, torchvision
+from parity.formats import flax_ckpt, google_npz, hf, torch_sd, torchvision, vit_pytorch
 from parity.formats.base import FLAX, TIMM, ConversionError, TensorSource, config_sidecar
 
 # name -> (module, naming its writer takes)
@@ -10,6 +10,7 @@ FORMATS = {
     torch_sd.FORMAT: (torch_sd, TIMM),
     hf.FORMAT: (hf, TIMM),
     torchvision.FORMAT: (torchvision, TIMM),
+    vit_pytorch.FORMAT: (vit_pytorch, TIMM),
 }
 
 __all__ = ["FLAX", "FORMATS", "TIMM", "ConversionError", "TensorSource", "config_sidecar"]

@@ -49,6 +49,8 @@ class TensorSource:
     stated: dict[str, Any] = dataclasses.field(default_factory=dict)
     numerics: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # heads = q/k/v width / this, when nothing states the heads (a format's own default head width)
+    default_head_dim: int | None = None
 
     def file_name(self, key: str) -> str:
         return self.names.get(key, key)
@@ -70,6 +72,18 @@ class TensorSource:
                 f"its header says {tuple(self.shapes[key])}; the file is corrupt"
             )
         return array
+
+
+def vit_pytorch_option_problems(config, who: str) -> list[str]:
+    """The vit-pytorch architecture options of `config` that `who` (a format holding Google's ViT) cannot hold."""
+    problems = []
+    if config.patch_norm:
+        problems.append(f"patch_norm (vit-pytorch's normed patch embedding; {who} has a plain convolution)")
+    if config.attention_head_dim is not None and config.inner_dim != config.hidden_size:
+        problems.append(f"q/k/v width {config.inner_dim} != hidden_size {config.hidden_size} (attention_head_dim)")
+    if not config.attention_out_proj:
+        problems.append(f"attention_out_proj=False ({who} always projects the attention output)")
+    return problems
 
 
 def fix_void_bfloat16(array: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.formats.base import ConversionError, TensorSource
+from parity.formats.base import ConversionError, TensorSource, vit_pytorch_option_problems
 from parity.formats.renames import RenameTable
 from parity.formats.torch_sd import read_file, write_file
 
@@ -112,6 +112,7 @@ def check_expressible(config) -> None:
         problems.append(f"classifier {config.classifier!r} (HF ViT always has a class token and classifies it)")
     if config.posemb != "learn":
         problems.append(f"posemb {config.posemb!r} (HF ViT has only learned position embeddings)")
+    problems += vit_pytorch_option_problems(config, "HF ViT")
     if config.representation_size is not None and config.num_classes:
         problems.append("representation_size with a classifier head (ViTForImageClassification has no pre-logits "
                         "layer; ViTModel's pooler holds it only when num_classes=0)")

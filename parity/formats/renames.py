@@ -113,4 +113,5 @@ class RenameTable:
             stated=source.stated,
             numerics=source.numerics,
             notes=source.notes,
+            default_head_dim=source.default_head_dim,
         )

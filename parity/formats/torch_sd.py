@@ -128,7 +128,7 @@ def write_file(path: str | Path, tensors: dict[str, np.ndarray], like: str | Pat
 
 
 def classify_keys(keys: list[str]) -> str | None:
-    """Which PyTorch naming a state dict uses: 'torch' (timm), 'hf', 'torchvision', or None."""
+    """Which PyTorch naming a state dict uses: 'torch' (timm), 'hf', 'torchvision', 'vit-pytorch', or None."""
     keys = set(keys)
     if "patch_embed.proj.weight" in keys:
         return "torch"
@@ -136,6 +136,8 @@ def classify_keys(keys: list[str]) -> str | None:
         return "torchvision"
     if any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in keys):
         return "hf"
+    if "to_patch_embedding.2.weight" in keys:
+        return "vit-pytorch"
     return None
 
 
