@@ -23,8 +23,9 @@ from parity import harness, inputs, judge
 from parity.mapping import MappingError
 from parity.render import write_report
 from parity.tolerances import RELATIVE_ERROR_DEFINITION, RULE, ZERO_GRADIENT_FRACTION, tolerances_for
-from vit_jax.config import ConfigError, ViTConfig, get_config, parse_assignment
+from vit_jax.config import KERNELS, ConfigError, ViTConfig, get_config, parse_assignment
 from vit_jax.help_format import DefaultsHelpFormatter
+from vit_jax.kernels import resolve_kernels
 from vit_jax.model import init_params
 from vit_jax.pretrained import load_pretrained
 
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config field (JSON value, e.g. --set num_layers=2 --set gelu=exact); repeatable; "
                              "with --checkpoint, states what the tensors do not show (a vit-pytorch file's num_heads)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype of both models (params stay float32)")
+    parser.add_argument("--kernels", choices=("auto", *KERNELS), default="auto",
+                        help="how the Flax model's operations run: reference, cpu, or auto (cpu on a CPU backend); "
+                             "the same function either way, so the report must pass for both")
     parser.add_argument("--batch", type=int, help="images per batch (default 2; with --images, all images in the folder)")
     parser.add_argument("--images", help="folder of images to decode, resize and normalise instead of random pixels")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights, pixels and labels (default 0)")
@@ -111,6 +115,8 @@ def load_model(args: argparse.Namespace) -> tuple[ViTConfig, Any, str]:
         params = init_params(init_config, args.seed)
         source = f"random, init_params(seed={args.seed}) with a lecun-normal head (not zeros) so every parameter gets a gradient"
     params = harness.cast_params(params, np.float32)
+    kernels = resolve_kernels(args.kernels)
+    config = config.replace(kernels=kernels, recompute_gelu=config.recompute_gelu and kernels == "cpu")
     return config.replace(dtype=args.dtype, param_dtype="float32"), params, source
 
 

@@ -77,11 +77,13 @@ def check_passing_report(report: dict, config, backward: bool) -> None:
 
 
 # -- fast: one full passing run, one injected fault, bad usage ----------------------------
-def test_float32_forward_backward_adamw_pass(tmp_path, capsys):
+@pytest.mark.parametrize("kernels", ["reference", "cpu"])
+def test_float32_forward_backward_adamw_pass(tmp_path, capsys, kernels):
     code, report = run(
-        tmp_path, "--config", SMALL, "--set", "gelu=exact", "--set", "layer_norm_eps=1e-5",
+        tmp_path, "--config", SMALL, "--set", "gelu=exact", "--set", "layer_norm_eps=1e-5", "--kernels", kernels,
         "--set", "representation_size=24", "--set", "qkv_bias=false", "--optimizer-step", "--steps", "3",
     )
+    assert report["config"]["kernels"] == kernels
     config = get_config(SMALL, gelu="exact", layer_norm_eps=1e-5, representation_size=24, qkv_bias=False)
     assert code == 0, capsys.readouterr()
     check_passing_report(report, config, backward=True)
