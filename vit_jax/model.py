@@ -57,6 +57,18 @@ def patch_pixels(images: Array, patch_hw: tuple[int, int]) -> Array:
     return jnp.reshape(x, (n, (h // ph) * (w // pw), ph * pw * ch))
 
 
+def _block_layer(layer: type[nn.Module], c: ViTConfig, **kwargs) -> functools.partial:
+    """A Dense/DenseGeneral of the blocks: Google's initialisation, the kernels' dot_general."""
+    return functools.partial(
+        layer,
+        dtype=jnp.dtype(c.dtype),
+        param_dtype=jnp.dtype(c.param_dtype),
+        kernel_init=nn.initializers.xavier_uniform(),
+        dot_general=kernels_for(c).dot_general,
+        **kwargs,
+    )
+
+
 class AddPositionEmbs(nn.Module):
     """Adds learned position embeddings (class slot included, as in vit_jax)."""
 
@@ -76,14 +88,7 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c, ops = self.config, kernels_for(self.config)
-        dense = functools.partial(
-            nn.Dense,
-            dtype=jnp.dtype(c.dtype),
-            param_dtype=jnp.dtype(c.param_dtype),
-            kernel_init=nn.initializers.xavier_uniform(),
-            bias_init=nn.initializers.normal(stddev=1e-6),
-            dot_general=ops.dot_general,
-        )
+        dense = _block_layer(nn.Dense, c, bias_init=nn.initializers.normal(stddev=1e-6))
         approximate = c.gelu == "tanh"
         x = dense(c.mlp_dim, name="Dense_0")(x)
         if c.recompute_gelu:  # a kernels='cpu' option (the config checks): GELU and Dense_1 as one op
@@ -110,13 +115,7 @@ class MultiHeadDotProductAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, Array | None]:
         c, ops = self.config, kernels_for(self.config)
-        dense = functools.partial(
-            nn.DenseGeneral,
-            dtype=jnp.dtype(c.dtype),
-            param_dtype=jnp.dtype(c.param_dtype),
-            kernel_init=nn.initializers.xavier_uniform(),
-            dot_general=ops.dot_general,
-        )
+        dense = _block_layer(nn.DenseGeneral, c)
         qkv = [
             functools.partial(dense, features=(c.num_heads, c.head_dim), use_bias=c.qkv_bias, name=name)
             for name in ("query", "key", "value")
