@@ -189,8 +189,11 @@ def test_sigterm_during_a_conversion_exits_143_and_leaves_nothing(tmp_path):
     write_google_npz(tmp_path / "big.npz", random_flax_params(big))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "parity", "convert", str(tmp_path / "big.npz"),
-                             str(out_dir / "big.safetensors")], env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
+    # `python -m parity convert`, with progress lines even for this small model: they say when to signal
+    code = ("import runpy, sys; import parity.convert; parity.convert.PROGRESS_MIN_ELEMENTS = 0; "
+            f"sys.argv = ['parity', 'convert', {str(tmp_path / 'big.npz')!r}, {str(out_dir / 'big.safetensors')!r}]; "
+            "runpy.run_module('parity', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
