@@ -13,6 +13,10 @@ released param trees load unchanged:
     pre_logits/{kernel,bias}           representation_size only
     head/{kernel,bias}                 num_classes > 0 only
 
+A hybrid (`config.resnet_layers` set) first runs Google's ResNet stem
+(vit_jax/resnet.py: conv_root, gn_root, block{i}/unit{j}/... at the top level)
+and embeds patches of its feature map.
+
 With `config.scan` the blocks are one scanned module, `Transformer/encoderblock`,
 whose params carry a leading layer axis (`vit_jax.stack_block_params`).
 
@@ -38,6 +42,7 @@ from vit_jax.attention import attend, explicit_attention
 from vit_jax.config import ViTConfig
 from vit_jax.kernels import kernels_for
 from vit_jax.posemb import sincos_2d
+from vit_jax.resnet import resnet_stem
 
 Array = jax.Array
 Intermediates = dict[str, Array]
@@ -252,11 +257,16 @@ class VisionTransformer(nn.Module):
         dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         inter: Intermediates = {}
 
+        x = images.astype(dtype)
+        if c.is_hybrid:  # Google's hybrid: patches are cut from a ResNet's feature map
+            x = resnet_stem(c, x)
+            if return_intermediates:
+                inter["stem"] = x
         # Patches embedded by a strided convolution, then flattened to tokens.
         x = nn.Conv(
             c.hidden_size, c.patch_hw, strides=c.patch_hw, padding="VALID", dtype=dtype, param_dtype=param_dtype,
             name="embedding",
-        )(images.astype(dtype))
+        )(x)
         n, gh, gw, d = x.shape
         x = jnp.reshape(x, (n, gh * gw, d))
         if return_intermediates:
