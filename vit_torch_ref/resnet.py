@@ -136,5 +136,6 @@ def reset_stem(backbone: nn.Module) -> None:
         elif isinstance(module, nn.GroupNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+    for module in backbone.modules():  # after the loop above, which visits a unit before its norms
         if isinstance(module, Bottleneck):
             nn.init.zeros_(module.norm3.weight)
