@@ -28,6 +28,7 @@ from vit_jax.config import ConfigError, ViTConfig, get_config
 from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.model import init_params
 from vit_jax.pretrained import load_pretrained
+from vit_jax.resnet import unit_norms_to_one
 
 EXAMPLES = """examples:
   python -m parity report --config ViT-B_16 --backward --out reports/b16
@@ -116,6 +117,9 @@ def load_model(args: argparse.Namespace) -> tuple[ViTConfig, Any, str]:
         init_config = config.replace(dtype="float32", param_dtype="float32", head_zero_init=False)
         params = init_params(init_config, args.seed)
         source = f"random, init_params(seed={args.seed}) with a lecun-normal head (not zeros) so every parameter gets a gradient"
+        if config.is_hybrid:  # likewise each ResNet unit's last GroupNorm, whose zero scale cuts its branch off
+            params = unit_norms_to_one(params)
+            source += "; ResNet units' last GroupNorm scales at one (not zeros)"
     params = harness.cast_params(params, np.float32)
     return config.replace(dtype=args.dtype, param_dtype="float32"), params, source
 

@@ -264,3 +264,19 @@ def test_timm_state_dict_reads_with_timms_numerics_and_back(tmp_path):
     back = safetensors.torch.load_file(tmp_path / "back.safetensors")
     for key, value in model.state_dict().items():
         assert torch.equal(back[key], value), key
+
+
+# -- parity report ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_parity_report_passes_with_backward(tmp_path, capsys):
+    from test_parity_report import check_passing_report, run
+
+    path = tmp_path / "small.json"
+    path.write_text(SMALL.to_json())
+    code, report = run(tmp_path, "--config", str(path), "--backward")
+    assert code == 0, capsys.readouterr()
+    check_passing_report(report, SMALL, backward=True)
+    forward = {r["name"]: r for r in report["rows"] if r["section"] == "forward"}
+    assert forward["stem"]["rel_l2"] < 1e-5
+    grads = {r["name"] for r in report["rows"] if r["section"] == "gradients" and r["judged"]}
+    assert {"conv_root/kernel", "block2/unit2/conv1/kernel", "block2/unit1/gn_proj/scale"} <= grads

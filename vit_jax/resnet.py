@@ -113,3 +113,15 @@ def resnet_stem(c: ViTConfig, x: Array) -> Array:
         # The first stage keeps the pool's resolution; each later one halves it.
         x = ResNetStage(c, units, width * 2**i, 1 if i == 0 else 2, name=f"block{i + 1}")(x)
     return x
+
+
+def unit_norms_to_one(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with every unit's last GroupNorm scale (zero at init) set to one, so every stem weight is live."""
+    out = {}
+    for name, value in params.items():
+        if name == "gn3":
+            value = {**value, "scale": jnp.ones_like(value["scale"])}
+        elif isinstance(value, dict):
+            value = unit_norms_to_one(value)
+        out[name] = value
+    return out
