@@ -280,3 +280,12 @@ def test_parity_report_passes_with_backward(tmp_path, capsys):
     assert forward["stem"]["rel_l2"] < 1e-5
     grads = {r["name"] for r in report["rows"] if r["section"] == "gradients" and r["judged"]}
     assert {"conv_root/kernel", "block2/unit2/conv1/kernel", "block2/unit1/gn_proj/scale"} <= grads
+
+
+@pytest.mark.parametrize("target", ["hf", "torchvision.pth"])
+def test_formats_without_hybrids_refuse_them(tmp_path, target):
+    write_google_npz(tmp_path / "g.npz", random_flax_params(ROOT_ONLY))
+    fmt = {"hf": "hf", "torchvision.pth": "torchvision"}[target]
+    with pytest.raises(ConversionError, match=r"cannot express this model: a ResNet stem \(resnet_layers=\(\)"):
+        convert(tmp_path / "g.npz", tmp_path / target, to_format=fmt)
+    assert not (tmp_path / target).exists()
