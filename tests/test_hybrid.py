@@ -289,3 +289,26 @@ def test_formats_without_hybrids_refuse_them(tmp_path, target):
     with pytest.raises(ConversionError, match=r"cannot express this model: a ResNet stem \(resnet_layers=\(\)"):
         convert(tmp_path / "g.npz", tmp_path / target, to_format=fmt)
     assert not (tmp_path / target).exists()
+
+
+def test_stem_flops_match_xlas_count():
+    """The conv count of vit_jax.flops is XLA's count of the stem less its norms and activations (a few %)."""
+    import flax.linen as nn
+    import jax
+
+    from vit_jax.flops import forward_flops, stem_flops
+    from vit_jax.resnet import resnet_stem
+
+    config = get_config("R50+ViT-B_16", image_size=(80, 48))
+
+    class Stem(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return resnet_stem(config, x)
+
+    images = jax.numpy.zeros((1, 80, 48, 3))
+    variables = jax.eval_shape(Stem().init, jax.random.key(0), images)
+    cost = jax.jit(Stem().apply).lower(variables, images).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    assert 0.85 < stem_flops(config) / cost["flops"] < 1.0
+    assert forward_flops(config) - forward_flops(config.replace(resnet_layers=None, patch_size=16)) > stem_flops(config)
