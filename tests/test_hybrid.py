@@ -8,6 +8,7 @@ hybrid VisionTransformer both loads what we write and writes what we read.
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -312,3 +313,25 @@ def test_stem_flops_match_xlas_count():
     cost = cost[0] if isinstance(cost, list) else cost
     assert 0.85 < stem_flops(config) / cost["flops"] < 1.0
     assert forward_flops(config) - forward_flops(config.replace(resnet_layers=None, patch_size=16)) > stem_flops(config)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(resnet_layers=(3, 0)), r"resnet_layers must be None \(no stem\) or a tuple of positive unit counts"),
+    (dict(width_factor=0.3), r"width_factor 0.3 gives a root width of 19; it must be a positive multiple of the 32"),
+    (dict(width_factor="1"), r"width_factor '1' gives a root width of 0"),
+    (dict(stem_ws_form="both"), r"stem_ws_form 'both' is not one of \('std', 'var'\)"),
+    (dict(stem_gn_eps=0.0), r"stem_gn_eps must be > 0"),
+    (dict(patch_size=3), r"the ResNet stem's 4x4 output \(image 32x32, stride 8\) is not divisible by patch size 3x3"),
+])
+def test_bad_stem_configs_are_named(overrides, message):
+    with pytest.raises(vit_jax.ConfigError, match=message):
+        SMALL.replace(**overrides)
+
+
+def test_geometry_follows_the_stem():
+    c = get_config("R50+ViT-B_16")
+    assert (c.stem_stride, c.stem_hw, c.stem_width, c.grid_size, c.seq_len) == (16, (14, 14), 1024, (14, 14), 197)
+    c = get_config("R+ViT-Ti_16", image_size=384)
+    assert (c.stem_stride, c.stem_width, c.grid_size) == (4, 64, (12, 12))
+    assert get_config("R50+ViT-L_32", image_size=(230, 200)).stem_hw == (8, 7)  # 'SAME': ceil at every stride
+    assert ViTConfig.from_dict(json.loads(SMALL.to_json())) == SMALL  # JSON gives a list, the config keeps a tuple

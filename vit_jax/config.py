@@ -26,7 +26,7 @@ RUNTIME_FIELDS = ("kernels", "attention_impl", "remat", "remat_policy", "scan", 
 # jax.checkpoint_policies): nothing but its input, or also the outputs of its
 # matmuls (the linear layers only, or those and the attention products).
 REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
-# Weight standardisation of the hybrid's ResNet convolutions (docs/model.md, "Hybrid ResNet stem"):
+# Weight standardisation of the hybrid's ResNet convolutions (docs/model.md, "Hybrid ResNet + ViT"):
 # 'std': (w - mean) / (std + eps), Google's; 'var': (w - mean) / sqrt(var + eps), timm's.
 STEM_WS_FORMS = ("std", "var")
 STEM_GROUPS = 32  # GroupNorm groups in the ResNet stem (Google's and timm's)
@@ -318,7 +318,8 @@ class ViTConfig:
                 f"resnet_layers must be None (no stem) or a tuple of positive unit counts per stage, "
                 f"got {self.resnet_layers!r}"
             )
-        width = int(64 * self.width_factor) if self.width_factor > 0 else 0
+        factor = self.width_factor
+        width = int(64 * factor) if isinstance(factor, (int, float)) and not isinstance(factor, bool) else 0
         if width <= 0 or width % STEM_GROUPS:
             raise ConfigError(
                 f"width_factor {self.width_factor!r} gives a root width of {width}; it must be a positive multiple "
@@ -394,7 +395,6 @@ PRESETS: dict[str, ViTConfig] = {}
 for _name in _OFFICIAL:
     _variant, _patch = _name.split("_")
     PRESETS[f"ViT-{_name}"] = _preset(_variant, int(_patch))
-# Tiny model for tests and quick experiments.
 # Google's hybrids: the ResNet stem's output cut into 1x1 patches (8x8 for the stem-only Ti).
 # R26+ViT-S_32 takes the S_16 transformer, as Google's config does.
 _HYBRIDS = {
@@ -406,6 +406,7 @@ _HYBRIDS = {
 }
 for _name, (_variant, _patch, _layers) in _HYBRIDS.items():
     PRESETS[_name] = _preset(_variant, _patch).replace(name=_name, resnet_layers=_layers)
+# Tiny model for tests and quick experiments.
 PRESETS["ViT-testing"] = ViTConfig(
     name="ViT-testing",
     image_size=16,
