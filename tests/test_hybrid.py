@@ -180,33 +180,24 @@ needs_timm = pytest.mark.skipif(timm is None, reason="timm is not installed (pip
 
 
 def timm_hybrid(config: ViTConfig):
-    """timm's hybrid VisionTransformer of `config`'s shape, built as timm's own hybrid factories build theirs."""
+    """timm's hybrid VisionTransformer of `config`'s shape, its backbone built as timm's `_resnetv2` builds it."""
+    from timm.layers import StdConv2dSame
+    from timm.models.resnetv2 import ResNetV2, create_resnetv2_stem
     from timm.models.vision_transformer import VisionTransformer
-    from timm.models.vision_transformer_hybrid import HybridEmbed, _resnetv2
+    from timm.models.vision_transformer_hybrid import HybridEmbed
 
-    backbone = _resnetv2(layers=config.resnet_layers)
+    conv = functools.partial(StdConv2dSame, eps=1e-8)
     width = int(64 * config.width_factor)
-    if config.resnet_layers:  # timm's factory has 64-wide stems; rebuild its ResNetV2 at our width
-        from functools import partial
-
-        from timm.layers import StdConv2dSame
-        from timm.models.resnetv2 import ResNetV2
-
+    if config.resnet_layers:  # timm's factories have 64-wide stems; the same ResNetV2 at our width
         backbone = ResNetV2(layers=config.resnet_layers, channels=tuple(4 * width * 2**i for i in range(4)),
                             stem_chs=width, num_classes=0, global_pool="", preact=False, stem_type="same",
-                            conv_layer=partial(StdConv2dSame, eps=1e-8))
+                            conv_layer=conv)
     else:
-        from functools import partial
-
-        from timm.layers import StdConv2dSame
-        from timm.models.resnetv2 import create_resnetv2_stem
-
-        backbone = create_resnetv2_stem(3, width, stem_type="same", preact=False,
-                                        conv_layer=partial(StdConv2dSame, eps=1e-8))
+        backbone = create_resnetv2_stem(config.num_channels, width, stem_type="same", preact=False, conv_layer=conv)
     return VisionTransformer(
         img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.hidden_size,
         depth=config.num_layers, num_heads=config.num_heads, mlp_ratio=config.mlp_dim / config.hidden_size,
-        num_classes=config.num_classes, embed_layer=partial(HybridEmbed, backbone=backbone),
+        num_classes=config.num_classes, embed_layer=functools.partial(HybridEmbed, backbone=backbone),
     ).eval()
 
 
@@ -335,3 +326,18 @@ def test_geometry_follows_the_stem():
     assert (c.stem_stride, c.stem_width, c.grid_size) == (4, 64, (12, 12))
     assert get_config("R50+ViT-L_32", image_size=(230, 200)).stem_hw == (8, 7)  # 'SAME': ceil at every stride
     assert ViTConfig.from_dict(json.loads(SMALL.to_json())) == SMALL  # JSON gives a list, the config keeps a tuple
+
+
+TIMM_NAMES = {"R+ViT-Ti_16": "vit_tiny_r_s16_p8_224", "R26+ViT-S_32": "vit_small_r26_s32_224",
+              "R26+ViT-B_32": "vit_base_r26_s32_224", "R50+ViT-B_16": "vit_base_r50_s16_224",
+              "R50+ViT-L_32": "vit_large_r50_s32_224"}
+
+
+@needs_timm
+@pytest.mark.parametrize("preset", sorted(TIMM_NAMES))
+def test_presets_have_timms_state_dict(preset):
+    """Every key and shape of timm's registered hybrid (built on the meta device) is the mapping's for the preset."""
+    from parity.mapping import expected_torch_shapes
+
+    model = timm.create_model(TIMM_NAMES[preset], num_classes=1000, device="meta")
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected_torch_shapes(get_config(preset))
