@@ -14,7 +14,7 @@ import numpy as np
 
 from parity.compare import Metrics, compare, group_rms, norm_floor
 from parity.harness import RunResult, TrainResult
-from parity.mapping import param_rules
+from parity.mapping import param_rules, stem_rules
 from parity.tolerances import NORM_FLOOR_FRACTION, ZERO_GRADIENT_FRACTION, Criterion, Tolerances
 from vit_jax.config import ViTConfig
 
@@ -105,11 +105,13 @@ def gradient_rows(
 ) -> list[dict[str, Any]]:
     pairs = _flax_paths_in_model_order(config)
     floors = _floors({p: torch_run.grads[p] for p, _ in pairs}, {p: "gradients" for p, _ in pairs})
+    stem = {path for rule in stem_rules(config) for path in rule.flax} if tol.stem_gradient is not None else set()
     rows = []
     for path, torch_name in pairs:
         metrics = compare(jax_run.grads[path], torch_run.grads[path], floors[path])
         f64, agreement = _f64_columns(path, jax_run.grads, torch_run.grads, jax64.grads, torch64.grads, floors[path])
-        criterion, note = (None, ZERO_GRADIENT_NOTE) if path in zero_grad else (tol.gradient, None)
+        criterion = tol.stem_gradient if path in stem else tol.gradient
+        criterion, note = (None, ZERO_GRADIENT_NOTE) if path in zero_grad else (criterion, None)
         rows.append(_row("gradients", path, metrics, criterion, (agreement, tol.float64), torch_name=torch_name,
                          note=note, **f64))
     return rows

@@ -7,7 +7,8 @@ itself, independent of the dtype under test.
 float32 on CPU: the two frameworks differ by rounding only (~1e-7..1e-6
 relative), so each canonical layer must agree to 1e-5 relative L2 and the
 logits to 1e-5 of their largest magnitude. Gradients pass through roughly
-twice as many operations: 1e-4. One AdamW step moves parameters by ~lr, so the
+twice as many operations: 1e-4; a hybrid's ResNet stem 2e-2 (`stem_gradient`
+below). One AdamW step moves parameters by ~lr, so the
 updated parameters agree to 1e-6 relative.
 
 bfloat16 compute keeps 8 bits of mantissa: values agree in direction (cosine),
@@ -88,9 +89,18 @@ class Tolerances:
     # rounding only, so this catches a functional difference far smaller than
     # the float32 bounds can see (e.g. LayerNorm eps 1e-5 instead of 1e-6).
     float64: Criterion
+    # A hybrid's ResNet stem parameters (None: `gradient`). A weight-standardised conv followed by
+    # GroupNorm is nearly scale-invariant, so its weight gradient is a small difference of large
+    # terms: each framework's float32 gradient sits up to ~5e-3 from its own float64 run (random
+    # R50+ViT-B_16, JAX ~2e-3, torch ~5e-3), while the float64 runs agree to ~1e-14.
+    stem_gradient: Criterion | None = None
 
     def as_dict(self) -> dict[str, str]:
-        return {field.name: getattr(self, field.name).describe() for field in dataclasses.fields(self)[1:]}
+        return {
+            field.name: getattr(self, field.name).describe()
+            for field in dataclasses.fields(self)[1:]
+            if getattr(self, field.name) is not None
+        }
 
 
 TOLERANCES = {
@@ -102,6 +112,7 @@ TOLERANCES = {
         update=Criterion(max_rel_l2=1e-6),
         loss=Criterion(max_rel_l2=1e-5),
         float64=Criterion(max_rel_l2=1e-10),
+        stem_gradient=Criterion(max_rel_l2=2e-2),
     ),
     "bfloat16": Tolerances(
         dtype="bfloat16",

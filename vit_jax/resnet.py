@@ -115,13 +115,13 @@ def resnet_stem(c: ViTConfig, x: Array) -> Array:
     return x
 
 
-def unit_norms_to_one(params: dict[str, Any]) -> dict[str, Any]:
-    """`params` with every unit's last GroupNorm scale (zero at init) set to one, so every stem weight is live."""
+def open_unit_branches(params: dict[str, Any], scale: float) -> dict[str, Any]:
+    """`params` with every unit's last GroupNorm scale (zero at init, which cuts the unit's branch off) at `scale`."""
     out = {}
     for name, value in params.items():
         if name == "gn3":
-            value = {**value, "scale": jnp.ones_like(value["scale"])}
+            value = {**value, "scale": jnp.full_like(value["scale"], scale)}
         elif isinstance(value, dict):
-            value = unit_norms_to_one(value)
+            value = open_unit_branches(value, scale)
         out[name] = value
     return out
