@@ -136,7 +136,8 @@ def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None
         message = str(error).replace("--allow-nonfinite", "--allow-nonfinite-init")
         raise ConfigError(f"--init {config.init}: {message}") from None
     # Architecture comes from the checkpoint; flags may change numerics and runtime options only.
-    fixed = ("patch_size", "hidden_size", "mlp_dim", "num_heads", "num_layers", "classifier")
+    fixed = ("patch_size", "hidden_size", "mlp_dim", "num_heads", "num_layers", "classifier", "resnet_layers",
+             "width_factor")
     changed = [f for f in fixed if getattr(config, f) is not None and getattr(config, f) != getattr(pretrained, f)]
     if changed:
         raise ConfigError(f"--{changed[0].replace('_', '-')} differs from the --init checkpoint's architecture")

@@ -138,7 +138,8 @@ def _check_tensors(source: TensorSource, config: ViTConfig) -> None:
     missing = [k for k in expected if k not in source.shapes]
     unexpected = [k for k in source.shapes if k not in expected]
     described = (f"{config.num_layers} layers, hidden {config.hidden_size}, mlp {config.mlp_dim}, "
-                 f"{config.num_heads} heads, classifier {config.classifier!r}, {config.num_classes} classes")
+                 f"{config.num_heads} heads, classifier {config.classifier!r}, {config.num_classes} classes"
+                 + (f", ResNet stem {config.resnet_layers}" if config.is_hybrid else ""))
     if missing:
         raise ConversionError(f"{source.path}: missing tensor {source.file_name(missing[0])!r} (expected shape "
                               f"{expected[missing[0]]}; {len(missing)} missing in all) for a ViT with {described}")
@@ -328,7 +329,8 @@ def read_state_dict(path, format=None, config=None, image_size=None, num_classes
 
 
 def describe(config: ViTConfig) -> str:
-    return (f"patch {config.patch_size}, image {config.image_size}, hidden {config.hidden_size}, "
+    stem = f"ResNet stem {config.resnet_layers} width x{config.width_factor:g}, " if config.is_hybrid else ""
+    return (f"{stem}patch {config.patch_size}, image {config.image_size}, hidden {config.hidden_size}, "
             f"mlp {config.mlp_dim}, heads {config.num_heads}, layers {config.num_layers}, "
             f"classifier {config.classifier}, representation {config.representation_size}, "
             f"classes {config.num_classes}, gelu {config.gelu}, eps {config.layer_norm_eps:g}"

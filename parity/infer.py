@@ -53,10 +53,19 @@ _PROBES = {
         "block": re.compile(r"^blocks\.(\d+)\."),
     },
 }
+# The hybrid's ResNet stem, per naming: (root conv, its in/out channels from the shape, stage-unit key pattern).
+_STEM_PROBES = {
+    FLAX: (("conv_root/kernel",), lambda s: (s[2], s[3]), re.compile(r"^block(\d+)/unit(\d+)/")),
+    "timm": (
+        ("patch_embed.backbone.stem.conv.weight", "patch_embed.backbone.conv.weight"),
+        lambda s: (s[1], s[0]),
+        re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\."),
+    ),
+}
 # Fields the tensors fix; a config that disagrees contradicts the checkpoint.
 ARCHITECTURE = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads", "qkv_bias",
                 "posemb", "representation_size", "classifier", "image_size", "num_classes", "patch_norm",
-                "attention_head_dim", "attention_out_proj")
+                "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor")
 # Of those, a preset's defaults that are not a claim about the checkpoint (a B/16 preset says 224 px, 1000 classes).
 _PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb",
                     "patch_norm", "attention_head_dim", "attention_out_proj")
@@ -66,6 +75,36 @@ STANDARD_HEADS = {c.hidden_size: c.num_heads for name, c in PRESETS.items() if n
 
 def _pair(shape) -> int | tuple[int, int]:
     return int(shape[0]) if shape[0] == shape[1] else (int(shape[0]), int(shape[1]))
+
+
+def _infer_stem(source: TensorSource, fields: dict[str, Any], evidence: dict[str, str]) -> None:
+    """resnet_layers (units per stage, counted from the unit tensors), width_factor and the image's channels."""
+    naming = FLAX if source.naming == FLAX else "timm"
+    roots, channels, unit = _STEM_PROBES[naming]
+    root = next((k for k in roots if k in source.shapes), None)
+    if root is None:
+        fields["resnet_layers"], evidence["resnet_layers"] = None, f"no {source.file_name(roots[0])!r} (not a hybrid)"
+        return
+    cin, width = channels(source.shapes[root])
+    fields["num_channels"], evidence["num_channels"] = cin, source.file_name(root)
+    fields["width_factor"], evidence["width_factor"] = width / 64, source.file_name(root)
+    offset = 1 if naming == FLAX else 0  # Google counts block1/unit1, timm stages.0.blocks.0
+    last: dict[int, tuple[int, str]] = {}
+    for key in source.shapes:
+        if m := unit.match(key):
+            stage, index = int(m.group(1)) - offset, int(m.group(2)) - offset
+            if index >= last.get(stage, (-1, ""))[0]:
+                last[stage] = (index, key)
+    stages = sorted(last)
+    if stages != list(range(len(stages))):
+        missing = next(i for i in range(len(stages)) if i not in last)
+        name = f"block{missing + 1}/unit1" if naming == FLAX else f"patch_embed.backbone.stages.{missing}.blocks.0"
+        raise ConversionError(f"{source.path}: the ResNet stem has no tensors {name}/... but has later stages "
+                              f"{[i + offset for i in stages]}; expected consecutive stages")
+    fields["resnet_layers"] = tuple(last[i][0] + 1 for i in stages)
+    evidence["resnet_layers"] = ", ".join(source.file_name(last[i][1]) for i in stages) + " (last unit of each stage)"
+    if not stages:
+        evidence["resnet_layers"] = f"{source.file_name(root)} and no stage tensors (root only)"
 
 
 def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, str], bool, int | None]:
@@ -102,6 +141,7 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
         probe("patch", required=True)
         fields["patch_size"] = _pair(fields.pop("patch"))
         evidence["patch_size"] = evidence.pop("patch")
+    _infer_stem(source, fields, evidence)
     blocks = {int(m.group(1)): k for k in shapes if (m := probes["block"].match(k))}
     if not blocks:
         raise ConversionError(f"{source.path}: no transformer blocks found (tensors named like "
@@ -130,13 +170,18 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
     return fields, evidence, has_cls, tokens
 
 
-def _grid_image_size(patch_size, tokens: int, has_cls: bool, wanted, path: str, evidence: str):
-    """Image size from the position-embedding length (square grid, or the grid `wanted` implies)."""
+def _grid_image_size(patch_size, tokens: int, has_cls: bool, wanted, path: str, evidence: str, stem: dict):
+    """Image size from the position-embedding length (square grid, or the grid `wanted` implies).
+
+    `stem`: the hybrid fields; the ResNet stem's stride multiplies the patch size.
+    """
     patches = tokens - (1 if has_cls else 0)
     ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
+    stride = ViTConfig(patch_size=patch_size, image_size=(1024 * ph, 1024 * pw), num_heads=1, **stem).stem_stride
+    ph, pw = ph * stride, pw * stride
     if wanted is not None:
         try:
-            trial = ViTConfig(image_size=wanted, patch_size=patch_size, num_heads=1)
+            trial = ViTConfig(image_size=wanted, patch_size=patch_size, num_heads=1, **stem)
         except ConfigError:
             trial = None  # not a size for this patch; the tensors decide, and the claim is checked later
         if trial is not None and trial.num_patches == patches:
@@ -221,8 +266,9 @@ def build_config(
     evidence["attention_head_dim"] = f"the q/k/v width {inner}"
     wanted_image = stated.get("image_size", image_hint)
     if tokens is not None:
+        stem = {k: fields[k] for k in ("resnet_layers", "width_factor") if k in fields}
         fields["image_size"] = _grid_image_size(fields["patch_size"], tokens, has_cls, wanted_image, source.path,
-                                                evidence["image_size"])
+                                                evidence["image_size"], stem)
     elif wanted_image is not None:
         fields["image_size"], evidence["image_size"] = wanted_image, "the config"
     else:
@@ -243,7 +289,9 @@ def build_config(
                     f"{field}={fields[field]!r}"
                 )
 
-    merged = {**ViTConfig().to_dict(), **source.numerics}
+    # A format's stem numerics (timm's standardisation and GroupNorm eps) apply to hybrids only.
+    numerics = {k: v for k, v in source.numerics.items() if fields["resnet_layers"] is not None or not k.startswith("stem_")}
+    merged = {**ViTConfig().to_dict(), **numerics}
     for _, claim in claims:
         merged.update({k: v for k, v in claim.items() if k not in ARCHITECTURE})
     merged.update(fields)

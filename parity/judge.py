@@ -16,7 +16,7 @@ import numpy as np
 
 from parity.compare import Metrics, compare, group_rms, norm_floor
 from parity.harness import RunResult, TrainResult
-from parity.mapping import param_rules
+from parity.mapping import param_rules, stem_rules
 from parity.tolerances import NORM_FLOOR_FRACTION, ZERO_GRADIENT_FRACTION, Criterion, Tolerances
 from vit_jax.config import ViTConfig
 
@@ -114,15 +114,17 @@ def _flax_paths_in_model_order(config: ViTConfig) -> list[tuple[str, str]]:
 
 def _parameter_rows(
     section: str, config: ViTConfig, tol: Tolerances, criterion: Criterion | None, trees: tuple[dict, dict, dict, dict],
-    group: str, zero_grad: set[str],
+    group: str, zero_grad: set[str], criteria: dict[str, Criterion] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for per-parameter tensors (gradients or updated values), judged unless the exact gradient is zero."""
+    """Rows for per-parameter tensors (gradients or updated values), judged unless the exact gradient is zero.
+
+    `criteria` gives some paths a bound other than `criterion`."""
     pairs = _flax_paths_in_model_order(config)
     floors = _floors({p: trees[1][p] for p, _ in pairs}, {p: group for p, _ in pairs})
     rows = []
     for path, torch_name in pairs:
         judged = path not in zero_grad
-        rows.append(_judged_row(section, path, tol, criterion, *(tree[path] for tree in trees), floors[path],
+        rows.append(_judged_row(section, path, tol, (criteria or {}).get(path, criterion), *(tree[path] for tree in trees), floors[path],
                                 judged=judged, torch_name=torch_name, note=None if judged else ZERO_GRADIENT_NOTE))
     return rows
 
@@ -132,7 +134,9 @@ def gradient_rows(
     jax64: RunResult, torch64: RunResult, zero_grad: set[str],
 ) -> list[dict[str, Any]]:
     trees = (jax_run.grads, torch_run.grads, jax64.grads, torch64.grads)
-    return _parameter_rows("gradients", config, tol, tol.gradient, trees, "gradients", zero_grad)
+    # a hybrid's ResNet stem has a bound of its own (tolerances.Tolerances.stem_gradient)
+    stem = {path: tol.stem_gradient for rule in stem_rules(config) for path in rule.flax} if tol.stem_gradient else {}
+    return _parameter_rows("gradients", config, tol, tol.gradient, trees, "gradients", zero_grad, stem)
 
 
 def zero_gradient_params(config: ViTConfig, grads64: dict[str, np.ndarray]) -> set[str]:

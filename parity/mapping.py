@@ -101,9 +101,51 @@ _BLOCK = [
 ]
 
 
+# Hybrid ResNet stem: Google's names (top level) <-> timm's under patch_embed.backbone.
+# Root: (flax path, torch key under the root's prefix, transform).
+_ROOT = [
+    ("conv_root/kernel", "conv.weight", CONV),
+    ("gn_root/scale", "norm.weight", IDENTITY),
+    ("gn_root/bias", "norm.bias", IDENTITY),
+]
+# Every unit: (flax path under block{i}/unit{j}/, torch key under stages.{i-1}.blocks.{j-1}., transform).
+_UNIT = [
+    (f"{flax}{r}/{leaf}", f"{torch}{r}.{key}", transform)
+    for r in (1, 2, 3)
+    for flax, torch, leaf, key, transform in (
+        ("conv", "conv", "kernel", "weight", CONV),
+        ("gn", "norm", "scale", "weight", IDENTITY),
+        ("gn", "norm", "bias", "bias", IDENTITY),
+    )
+]
+# A stage's first unit also projects the residual (its width or stride changes).
+_PROJECTION = [
+    ("conv_proj/kernel", "downsample.conv.weight", CONV),
+    ("gn_proj/scale", "downsample.norm.weight", IDENTITY),
+    ("gn_proj/bias", "downsample.norm.bias", IDENTITY),
+]
+
+
+def stem_rules(config: ViTConfig) -> list[Rule]:
+    """The ResNet stem's parameters (none for a plain ViT); timm drops `stem.` when there are no stages."""
+    if not config.is_hybrid:
+        return []
+    backbone = "patch_embed.backbone."
+    root = backbone + ("stem." if config.resnet_layers else "")
+    rules = [Rule((flax,), root + torch, t) for flax, torch, t in _ROOT]
+    for i, units in enumerate(config.resnet_layers):
+        for j in range(units):
+            unit = _UNIT + (_PROJECTION if j == 0 else [])
+            rules += [
+                Rule((f"block{i + 1}/unit{j + 1}/{flax}",), f"{backbone}stages.{i}.blocks.{j}.{torch}", t)
+                for flax, torch, t in unit
+            ]
+    return rules
+
+
 def param_rules(config: ViTConfig) -> list[Rule]:
     """Every parameter of `config`, as Flax path(s) <-> torch key, in model order."""
-    rules = [
+    rules = stem_rules(config) + [
         Rule(("embedding/kernel",), "patch_embed.proj.weight", PATCH_LINEAR if config.patch_norm else CONV),
         Rule(("embedding/bias",), "patch_embed.proj.bias", IDENTITY),
     ]

@@ -28,6 +28,7 @@ from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.kernels import resolve_kernels
 from vit_jax.model import init_params
 from vit_jax.pretrained import load_pretrained
+from vit_jax.resnet import open_unit_branches
 
 EXAMPLES = """examples:
   python -m parity report --config ViT-B_16 --backward --out reports/b16
@@ -95,6 +96,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist")
 
 
+UNIT_BRANCH_SCALE = 0.1  # random hybrid weights: the last GroupNorm scale of every ResNet unit
+
+
 def load_model(args: argparse.Namespace) -> tuple[ViTConfig, Any, str]:
     """(config in the requested dtype, float32 Flax params, a description of where the weights came from)."""
     overrides = dict(_parse_override(o) for o in args.overrides)
@@ -114,6 +118,12 @@ def load_model(args: argparse.Namespace) -> tuple[ViTConfig, Any, str]:
         init_config = config.replace(dtype="float32", param_dtype="float32", head_zero_init=False)
         params = init_params(init_config, args.seed)
         source = f"random, init_params(seed={args.seed}) with a lecun-normal head (not zeros) so every parameter gets a gradient"
+        if config.is_hybrid:
+            # Likewise each ResNet unit's last GroupNorm, whose zero scale cuts its branch off. A small
+            # scale keeps the stem near its initial regime: at 1 the random R50 stem is float32-ill-
+            # conditioned (each framework ~4e-5 from its own float64 run), at 0.1 it is ~1e-6.
+            params = open_unit_branches(params, UNIT_BRANCH_SCALE)
+            source += f"; ResNet units' last GroupNorm scales at {UNIT_BRANCH_SCALE} (not zeros)"
     params = harness.cast_params(params, np.float32)
     kernels = resolve_kernels(args.kernels)
     config = config.replace(kernels=kernels, recompute_gelu=config.recompute_gelu and kernels == "cpu")

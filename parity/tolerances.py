@@ -23,7 +23,8 @@ parameter, loss):
 3. Absolute bounds, only where rounding itself is bounded independently of the
    machine: the forward layers and the gradients (compositions of matmuls,
    softmax, LayerNorm and GELU: error ~ eps x sqrt(depth x reduction) with no
-   division by a near-zero quantity). They catch a bug confined to the
+   division by a near-zero quantity; a hybrid's ResNet stem gradients get a
+   bound of their own, `stem_gradient` below). They catch a bug confined to the
    low-precision run, which checks 1 and 2 cannot see. The updated parameters
    and the loss curve get none: Adam divides each gradient element by its own
    running magnitude, so the rounding of elements with |g| near 0 or eps
@@ -112,11 +113,18 @@ class Tolerances:
     # none (see the module docstring), the rounding rule and float64 judge them.
     update: Criterion | None = None
     loss: Criterion | None = None
+    # A hybrid's ResNet stem parameters (None: `gradient`). A weight-standardised conv followed by
+    # GroupNorm is nearly scale-invariant, so its weight gradient is a small difference of large
+    # terms: each framework's float32 gradient sits up to ~5e-3 from its own float64 run (random
+    # R50+ViT-B_16, JAX ~2e-3, torch ~5e-3), while the float64 runs agree to ~1e-14.
+    stem_gradient: Criterion | None = None
 
     def as_dict(self) -> dict[str, str]:
         described = {}
         for field in dataclasses.fields(self)[1:]:
             value = getattr(self, field.name)
+            if value is None and field.name == "stem_gradient":
+                continue  # no bound of its own: the gradient bound applies
             described[field.name] = value.describe() if value is not None else "rounding rule and float64 only"
         return described
 
@@ -159,6 +167,7 @@ TOLERANCES = {
         gradient=Criterion(max_rel_l2=1e-4),
         float64=Criterion(max_rel_l2=FLOAT64_AGREEMENT),
         rounding=ROUNDING,
+        stem_gradient=Criterion(max_rel_l2=2e-2),
     ),
     "bfloat16": Tolerances(
         dtype="bfloat16",

@@ -17,6 +17,13 @@ GOLDEN_PARAM_COUNTS = {
     "ViT-L_32": 306_535_400,
     "ViT-H_14": 632_045_800,
     "ViT-testing": 19_626,
+    # Hybrids: equal to timm's vit_tiny_r_s16_p8_224, vit_small_r26_s32_224, vit_base_r26_s32_224,
+    # vit_base_r50_s16_224 and vit_large_r50_s32_224 built with num_classes=1000.
+    "R+ViT-Ti_16": 6_337_704,
+    "R26+ViT-S_32": 36_431_912,
+    "R26+ViT-B_32": 101_383_976,
+    "R50+ViT-B_16": 98_659_112,
+    "R50+ViT-L_32": 328_994_856,
 }
 
 PRESET_SHAPES = {  # hidden, mlp, heads, layers, patch

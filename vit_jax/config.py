@@ -26,6 +26,10 @@ RUNTIME_FIELDS = ("kernels", "attention_impl", "remat", "remat_policy", "scan", 
 # jax.checkpoint_policies): nothing but its input, or also the outputs of its
 # matmuls (the linear layers only, or those and the attention products).
 REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable")
+# Weight standardisation of the hybrid's ResNet convolutions (docs/model.md, "Hybrid ResNet + ViT"):
+# 'std': (w - mean) / (std + eps), Google's; 'var': (w - mean) / sqrt(var + eps), timm's.
+STEM_WS_FORMS = ("std", "var")
+STEM_GROUPS = 32  # GroupNorm groups in the ResNet stem (Google's and timm's)
 
 
 class ConfigError(ValueError):
@@ -82,6 +86,13 @@ class ViTConfig:
     patch_norm: bool = False
     attention_head_dim: int | None = None  # None: hidden_size // num_heads; else q/k/v are heads x this wide
     attention_out_proj: bool = True  # False: no output projection (needs heads x head_dim == hidden_size)
+    # -- hybrid ResNet stem (vit_jax/resnet.py); None: a plain ViT, patches cut from the image --
+    # Bottleneck units per stage; () is the root conv + max pool alone (Google's R+ViT-Ti).
+    resnet_layers: tuple[int, ...] | None = None
+    width_factor: float = 1.0  # root width int(64 * width_factor); stage i is 4 * width * 2**i wide
+    stem_ws_form: str = "std"  # STEM_WS_FORMS; Google 'std' eps 1e-5, timm 'var' eps 1e-8
+    stem_ws_eps: float = 1e-5
+    stem_gn_eps: float = 1e-6  # GroupNorm epsilon; timm 1e-5
 
     # -- runtime: how the function is computed, never what it is (RUNTIME_FIELDS) --
     # 'reference': plain Flax and JAX on every backend; 'cpu': the XLA:CPU forms
@@ -101,7 +112,7 @@ class ViTConfig:
 
     def __post_init__(self):
         # JSON gives lists; keep tuples so the dataclass stays hashable.
-        for field in ("image_size", "patch_size", "pixel_mean", "pixel_std"):
+        for field in ("image_size", "patch_size", "pixel_mean", "pixel_std", "resnet_layers"):
             value = getattr(self, field)
             if isinstance(value, list):
                 object.__setattr__(self, field, tuple(value))
@@ -117,8 +128,37 @@ class ViTConfig:
         return to_pair(self.patch_size)
 
     @property
+    def is_hybrid(self) -> bool:
+        return self.resnet_layers is not None
+
+    @property
+    def stem_stride(self) -> int:
+        """Downsampling of the ResNet stem: 4 for root conv + pool, x2 per stage after the first."""
+        if not self.is_hybrid:
+            return 1
+        return 4 * 2 ** max(len(self.resnet_layers) - 1, 0)
+
+    @property
+    def stem_hw(self) -> tuple[int, int]:
+        """Spatial size of the stem's output ('SAME' padding: ceil division at every stride)."""
+        h, w = self.image_hw
+        if not self.is_hybrid:
+            return h, w
+        for _ in range(2 + max(len(self.resnet_layers) - 1, 0)):
+            h, w = -(-h // 2), -(-w // 2)
+        return h, w
+
+    @property
+    def stem_width(self) -> int:
+        """Channels of the stem's output (what the patch embedding reads)."""
+        if not self.is_hybrid:
+            return self.num_channels
+        width = int(64 * self.width_factor)
+        return width if not self.resnet_layers else 4 * width * 2 ** (len(self.resnet_layers) - 1)
+
+    @property
     def grid_size(self) -> tuple[int, int]:
-        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        (h, w), (ph, pw) = self.stem_hw, self.patch_hw
         return h // ph, w // pw
 
     @property
@@ -161,7 +201,7 @@ class ViTConfig:
 
     def layer_names(self, attention: bool = False) -> list[str]:
         """Canonical intermediate names, in forward order, shared by both models."""
-        names = ["patch_embed", "embed"]
+        names = (["stem"] if self.is_hybrid else []) + ["patch_embed", "embed"]
         for i in range(self.num_layers):
             names += [f"blocks.{i}.attn_probs"] if attention else []
             names += [f"blocks.{i}.attn", f"blocks.{i}.mlp", f"blocks.{i}"]
@@ -204,7 +244,14 @@ class ViTConfig:
         (h, w), (ph, pw) = self.image_hw, self.patch_hw
         if min(h, w, ph, pw) <= 0:
             raise ConfigError(f"image_size {self.image_size!r} and patch_size {self.patch_size!r} must be positive")
-        if h % ph or w % pw:
+        self._validate_stem()
+        (sh, sw) = self.stem_hw
+        if sh % ph or sw % pw:
+            if self.is_hybrid:
+                raise ConfigError(
+                    f"the ResNet stem's {sh}x{sw} output (image {h}x{w}, stride {self.stem_stride}) is not divisible "
+                    f"by patch size {ph}x{pw}"
+                )
             raise ConfigError(
                 f"image size {h}x{w} is not divisible by patch size {ph}x{pw}"
             )
@@ -273,6 +320,29 @@ class ViTConfig:
                 )
         if any(s <= 0 for s in self.pixel_std):
             raise ConfigError(f"pixel_std must be > 0, got {self.pixel_std!r}")
+
+    def _validate_stem(self) -> None:
+        if self.stem_ws_form not in STEM_WS_FORMS:
+            raise ConfigError(f"stem_ws_form {self.stem_ws_form!r} is not one of {STEM_WS_FORMS}")
+        for field in ("stem_ws_eps", "stem_gn_eps"):
+            if not getattr(self, field) > 0:
+                raise ConfigError(f"{field} must be > 0, got {getattr(self, field)!r}")
+        if not self.is_hybrid:
+            return
+        if not isinstance(self.resnet_layers, tuple) or any(
+            isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in self.resnet_layers
+        ):
+            raise ConfigError(
+                f"resnet_layers must be None (no stem) or a tuple of positive unit counts per stage, "
+                f"got {self.resnet_layers!r}"
+            )
+        factor = self.width_factor
+        width = int(64 * factor) if isinstance(factor, (int, float)) and not isinstance(factor, bool) else 0
+        if width <= 0 or width % STEM_GROUPS:
+            raise ConfigError(
+                f"width_factor {self.width_factor!r} gives a root width of {width}; it must be a positive multiple "
+                f"of the {STEM_GROUPS} GroupNorm groups"
+            )
 
     # -- (de)serialisation ------------------------------------------------
     def replace(self, **overrides: Any) -> "ViTConfig":
@@ -355,6 +425,17 @@ PRESETS: dict[str, ViTConfig] = {}
 for _name in _OFFICIAL:
     _variant, _patch = _name.split("_")
     PRESETS[f"ViT-{_name}"] = _preset(_variant, int(_patch))
+# Google's hybrids: the ResNet stem's output cut into 1x1 patches (8x8 for the stem-only Ti).
+# R26+ViT-S_32 takes the S_16 transformer, as Google's config does.
+_HYBRIDS = {
+    "R+ViT-Ti_16": ("Ti", 8, ()),
+    "R26+ViT-S_32": ("S", 1, (2, 2, 2, 2)),
+    "R26+ViT-B_32": ("B", 1, (2, 2, 2, 2)),
+    "R50+ViT-B_16": ("B", 1, (3, 4, 9)),
+    "R50+ViT-L_32": ("L", 1, (3, 4, 6, 3)),
+}
+for _name, (_variant, _patch, _layers) in _HYBRIDS.items():
+    PRESETS[_name] = _preset(_variant, _patch).replace(name=_name, resnet_layers=_layers)
 # Tiny model for tests and quick experiments.
 PRESETS["ViT-testing"] = ViTConfig(
     name="ViT-testing",

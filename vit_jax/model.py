@@ -14,6 +14,10 @@ released param trees load unchanged:
     pre_logits/{kernel,bias}           representation_size only
     head/{kernel,bias}                 num_classes > 0 only
 
+A hybrid (`config.resnet_layers` set) first runs Google's ResNet stem
+(vit_jax/resnet.py: conv_root, gn_root, block{i}/unit{j}/... at the top level)
+and embeds patches of its feature map.
+
 With `config.scan` the blocks are one scanned module, `Transformer/encoderblock`,
 whose params carry a leading layer axis (`vit_jax.stack_block_params`).
 
@@ -39,6 +43,7 @@ from vit_jax.attention import attend, explicit_attention
 from vit_jax.config import ViTConfig
 from vit_jax.kernels import kernels_for
 from vit_jax.posemb import sincos_2d
+from vit_jax.resnet import resnet_stem
 
 Array = jax.Array
 Intermediates = dict[str, Array]
@@ -262,9 +267,14 @@ class VisionTransformer(nn.Module):
         dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         inter: Intermediates = {}
 
+        x = images.astype(dtype)
+        if c.is_hybrid:  # Google's hybrid: patches are cut from a ResNet's feature map
+            x = resnet_stem(c, x)
+            if return_intermediates:
+                inter["stem"] = x
         if c.patch_norm:  # vit-pytorch: LayerNorm over each patch's pixels, projection, LayerNorm
-            x = _layer_norm(c, "embedding_norm_in")(patch_pixels(images.astype(dtype), c.patch_hw))
-            x = jnp.reshape(x, (*x.shape[:2], *c.patch_hw, c.num_channels))
+            x = _layer_norm(c, "embedding_norm_in")(patch_pixels(x, c.patch_hw))
+            x = jnp.reshape(x, (*x.shape[:2], *c.patch_hw, x.shape[-1] // (c.patch_hw[0] * c.patch_hw[1])))
             x = nn.DenseGeneral(c.hidden_size, axis=(-3, -2, -1), dtype=dtype, param_dtype=param_dtype,
                                 name="embedding")(x)  # kernel (ph, pw, C, D), as the Conv's
             x = _layer_norm(c, "embedding_norm_out")(x)
@@ -272,7 +282,7 @@ class VisionTransformer(nn.Module):
             x = nn.Conv(
                 c.hidden_size, c.patch_hw, strides=c.patch_hw, padding="VALID", dtype=dtype, param_dtype=param_dtype,
                 name="embedding",
-            )(images.astype(dtype))
+            )(x)
             x = jnp.reshape(x, (x.shape[0], -1, x.shape[-1]))
         n, _, d = x.shape
         if return_intermediates:

@@ -26,6 +26,9 @@ def _layer_params(config: ViTConfig) -> dict[str, int]:
     params = param_shapes(config.replace(scan=False, remat=False))
     encoder = params["Transformer"]
     counts = {"patch_embed": _count(params["embedding"])}
+    if config.is_hybrid:  # the ResNet stem's params sit at the top level, beside the ViT's
+        vit = {"embedding", "cls", "Transformer", "pre_logits", "head"}
+        counts["stem"] = _count({k: v for k, v in params.items() if k not in vit})
     counts["embed"] = _count(params.get("cls", {})) + _count(encoder.get("posembed_input", {}))
     for i in range(config.num_layers):
         block = encoder[f"encoderblock_{i}"]

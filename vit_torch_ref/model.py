@@ -5,6 +5,7 @@ architecture loads with strict=True:
 
     patch_embed.proj.{weight,bias}   Conv2d, OIHW (with patch_norm: Linear over (ph, pw, C) pixels)
     patch_embed.norm_{in,out}        patch_norm only
+    patch_embed.backbone.*           hybrids only: the ResNet stem (vit_torch_ref/resnet.py)
     cls_token (1, 1, D)              token classifiers only
     pos_embed (1, seq, D)            learned posemb only
     blocks.{i}.norm1, blocks.{i}.attn.qkv (3D, D; q,k,v order), blocks.{i}.attn.proj,
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit_jax.config import ViTConfig
+from vit_torch_ref.resnet import build_backbone, reset_stem
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -46,13 +48,21 @@ def sincos_2d(grid_size: tuple[int, int], width: int, temperature: float = 10_00
 
 
 class PatchEmbed(nn.Module):
+    """Patches of the image, or of the ResNet stem's feature map for a hybrid (timm's HybridEmbed)."""
+
     def __init__(self, config: ViTConfig):
         super().__init__()
+        if config.is_hybrid:
+            self.backbone = build_backbone(config)
         self.proj = nn.Conv2d(
-            config.num_channels, config.hidden_size, kernel_size=config.patch_hw, stride=config.patch_hw
+            config.stem_width, config.hidden_size, kernel_size=config.patch_hw, stride=config.patch_hw
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inter: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        if hasattr(self, "backbone"):
+            x = self.backbone(x)
+            if inter is not None:
+                inter["stem"] = x.permute(0, 2, 3, 1)  # canonical NHWC, as the Flax model's
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, gh*gw, D), row-major patches
 
 
@@ -203,6 +213,8 @@ class VisionTransformer(nn.Module):
         fan_in = proj.weight[0].numel()
         nn.init.trunc_normal_(proj.weight, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)
         nn.init.zeros_(proj.bias)
+        if c.is_hybrid:
+            reset_stem(self.patch_embed.backbone)
         if c.posemb == "learn":
             nn.init.normal_(self.pos_embed, std=0.02)
         if c.num_classes:
@@ -224,7 +236,7 @@ class VisionTransformer(nn.Module):
     def _forward(self, images: torch.Tensor, return_intermediates: bool, return_attention: bool):
         c = self.config
         inter: dict[str, torch.Tensor] = {}
-        x = self.patch_embed(images)
+        x = self.patch_embed(images, inter if return_intermediates else None)
         if return_intermediates:
             inter["patch_embed"] = x
         if c.has_class_token:

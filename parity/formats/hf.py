@@ -110,6 +110,9 @@ def check_expressible(config) -> None:
     problems = []
     if config.classifier != "token":
         problems.append(f"classifier {config.classifier!r} (HF ViT always has a class token and classifies it)")
+    if config.is_hybrid:
+        problems.append(f"a ResNet stem (resnet_layers={config.resnet_layers}; HF ViT has no hybrid: "
+                        "use the timm or Google formats)")
     if config.posemb != "learn":
         problems.append(f"posemb {config.posemb!r} (HF ViT has only learned position embeddings)")
     problems += vit_pytorch_option_problems(config, "HF ViT")

@@ -20,7 +20,8 @@ FORMAT = "torch"
 EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin")
 # timm runs every ViT with exact GELU and LayerNorm eps 1e-6. The file does not
 # say how inputs were normalised; Google-origin weights (most timm ViTs) use 0.5/0.5.
-NUMERICS = {"gelu": "exact", "layer_norm_eps": 1e-6}
+# Its hybrids standardise conv weights as (w - mean) / sqrt(var + 1e-8) and use GroupNorm eps 1e-5.
+NUMERICS = {"gelu": "exact", "layer_norm_eps": 1e-6, "stem_ws_form": "var", "stem_ws_eps": 1e-8, "stem_gn_eps": 1e-5}
 # Wrappers that training scripts put around a state dict.
 _WRAPPER_KEYS = ("state_dict", "model", "module")
 

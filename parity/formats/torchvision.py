@@ -47,6 +47,9 @@ def check_expressible(config) -> None:
     problems = []
     if config.classifier != "token":
         problems.append(f"classifier {config.classifier!r} (torchvision always classifies the class token)")
+    if config.is_hybrid:
+        problems.append(f"a ResNet stem (resnet_layers={config.resnet_layers}; torchvision's ViT has no hybrid: "
+                        "use the timm or Google formats)")
     if config.posemb != "learn":
         problems.append(f"posemb {config.posemb!r} (torchvision has only learned position embeddings)")
     if not config.qkv_bias:

@@ -59,7 +59,21 @@ MODEL_OVERRIDES = (
     "remat",
     "remat_policy",
     "recompute_gelu",
+    "resnet_layers",
+    "width_factor",
 )
+
+
+def stage_units(text: str) -> tuple[int, ...]:
+    """--resnet-layers '3,4,9' -> (3, 4, 9); 'root' -> () (the root conv and pool alone)."""
+    if text.strip() in ("root", ""):
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated unit counts per stage such as '3,4,9', or 'root', got {text!r}"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +102,11 @@ class TrainConfig:
     recompute_gelu: bool | None = _field(
         None, "the MLP's backward pass recomputes GELU's output instead of keeping it (less memory, needs dropout 0)", flag_type=bool
     )
+    resnet_layers: tuple[int, ...] | None = _field(
+        None, "hybrid ResNet stem: units per stage, comma-separated ('3,4,9'; 'root' for the root conv alone)",
+        flag_type=stage_units,
+    )
+    width_factor: float | None = _field(None, "hybrid ResNet stem width: root int(64 * factor) channels", flag_type=float)
     kernels: str = _field(
         "auto",
         "how the model's operations run: reference (plain Flax/JAX, any backend), cpu (XLA:CPU forms of the same "
@@ -162,6 +181,8 @@ class TrainConfig:
         "skipped with a warning for the newest intact one)", flag_type=int)
 
     def __post_init__(self):
+        if isinstance(self.resnet_layers, list):  # from a JSON file
+            object.__setattr__(self, "resnet_layers", tuple(self.resnet_layers))
         self.validate()
 
     def validate(self) -> None:
