@@ -310,6 +310,9 @@ class ViTConfig:
                 f"recompute_gelu needs dropout_rate 0, got {self.dropout_rate!r} (the dropout between the MLP's "
                 "two layers would have to keep its mask; set recompute_gelu=False or dropout_rate=0)"
             )
+        if self.patch_norm and self.resnet_layers is not None:
+            raise ConfigError("patch_norm (vit-pytorch's patch embedding) and resnet_layers (a hybrid stem) "
+                              "cannot be combined: no released model has both")
         if not self.layer_norm_eps > 0:
             raise ConfigError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         for field in ("pixel_mean", "pixel_std"):

@@ -77,7 +77,7 @@ class NormedPatchEmbed(nn.Module):
         self.proj = nn.Linear(ph * pw * config.num_channels, d)
         self.norm_out = nn.LayerNorm(d, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inter: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         (b, ch, h, w), (ph, pw) = x.shape, self.patch_hw
         x = x.reshape(b, ch, h // ph, ph, w // pw, pw).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, ph * pw * ch)
         return self.norm_out(self.proj(self.norm_in(x)))
