@@ -76,9 +76,9 @@ def _handler(signum: int, frame) -> None:
         _flush_and_exit(128 + signum)
     else:
         _received.append(signum)
-    if _in_gc_callback(frame):  # an exception here would be printed and dropped
-        _state["deferred"] = True
-        signal.raise_signal(signum)
+    if _in_gc_callback(frame):  # an exception here would be printed and dropped: deliver the signal again shortly
+        _state["deferred"] = True  # (raised at once, it re-entered this handler inside the same callback)
+        threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
         return
     raise Interrupted(signum)
 
