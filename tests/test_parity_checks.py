@@ -7,7 +7,7 @@ and the tests read which check failed from the report's rows (`failed_checks`, p
 - a function change of 2e-9 to 2e-8 relative (LayerNorm eps 1.002e-6 instead of 1e-6): far below float32 rounding,
   so the rounding rule and the absolute bounds pass, and only the float64 same-function check fails.
 ViT-testing, 1 image, forward only, random weights from a file (the twin initialises in milliseconds, the
-report's own random init takes seconds); figures measured on the 2-core AMD EPYC are in docs/parity.md.
+report's own random init takes seconds); figures (measured on a 2-core Intel Xeon) are in docs/parity.md.
 """
 
 from __future__ import annotations

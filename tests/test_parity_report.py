@@ -51,6 +51,7 @@ def check_passing_report(report: dict, config, backward: bool) -> None:
     tol = TOLERANCES[report["dtype"]]
     # every judged row is explained by rounding: k = 1 is the triangle inequality
     for r in report["rows"]:
+        assert r["failed_checks"] == [], r
         if r["judged"]:
             assert r["rounding_ratio"] <= tol.rounding.k + 1e-6 and r["f64_jax_vs_torch"] <= 1e-10, r
     for r in forward:
