@@ -21,6 +21,10 @@ from parity.tolerances import NORM_FLOOR_FRACTION, ZERO_GRADIENT_FRACTION, Crite
 from vit_jax.config import ViTConfig
 
 SECTIONS = ("forward", "gradients", "update", "loss")
+# The checks a judged row's `failed_checks` names, in the rule's order (parity.tolerances): the float64 runs
+# agree, rounding explains the difference, the absolute bound; "values" when no check could run (shapes
+# differ, values are not finite).
+CHECKS = ("float64", "rounding", "bound")
 ZERO_GRADIENT_NOTE = "exact (float64) gradient is zero, both sides compute rounding noise"
 
 
@@ -56,20 +60,21 @@ def _judged_row(
     torch_f64 = compare(torch_value, torch64_value, floor)
     agreement = compare(jax64_value, torch64_value, floor)
     scale = max(agreement.ref_norm, floor, np.finfo(np.float64).tiny)
-    passed, checks = True, []
     problem = next((m.problem for m in (metrics, jax_f64, torch_f64, agreement) if m.problem), None)
     if problem:
-        passed, checks, ratio = False, [problem], float("nan")
+        checks, failed, ratio = [problem], ["values"], float("nan")
     else:
         ok, text, ratio = tol.rounding.judge(metrics.l2, jax_f64.l2, torch_f64.l2, scale)
-        passed, checks = ok, [text]
+        outcomes = {"rounding": (ok, text)}
         if criterion is not None:
-            ok, text = criterion.judge(metrics)
-            passed, checks = passed and ok, checks + [text]
+            outcomes["bound"] = criterion.judge(metrics)
         ok, text = tol.float64.judge(agreement)
-        passed, checks = passed and ok, checks + [f"float64 jax vs torch {text}"]
+        outcomes["float64"] = (ok, f"float64 jax vs torch {text}")
+        checks = [text for _, text in outcomes.values()]
+        failed = [check for check in CHECKS if check in outcomes and not outcomes[check][0]]
     return _row(
-        section, name, metrics, judged, passed or not judged, "; ".join(checks) if judged else "not judged",
+        section, name, metrics, judged, not (judged and failed), "; ".join(checks) if judged else "not judged",
+        failed_checks=failed if judged else [],
         jax_vs_f64=jax_f64.rel_l2, torch_vs_f64=torch_f64.rel_l2, f64_jax_vs_torch=agreement.rel_l2,
         rounding_ratio=ratio, **extra,
     )
