@@ -49,6 +49,8 @@ from vit_jax.data import (
     reset_skipped_corrupt_files,
     skipped_corrupt_files,
 )
+from vit_jax.formats import ConversionError, training_run
+from vit_jax.formats.base import write_json_atomic
 from vit_jax.training import cli
 from vit_jax.training.checkpoint import CheckpointError, Checkpointer
 from vit_jax.training.config import (
@@ -126,7 +128,7 @@ def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None
     if config.init is None:
         model = resolve_model_config(config, num_classes)
         return model, jax.device_get(init_params(model, config.seed))
-    from parity.formats import ConversionError  # imports torch: only when fine-tuning
+    from vit_jax.formats import ConversionError  # imports torch: only when fine-tuning
     from vit_jax.pretrained import load_pretrained
 
     try:
@@ -174,23 +176,11 @@ def default_workdir(config: TrainConfig) -> str:
     return os.path.join("runs", f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def write_json_atomic(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def read_run_config(workdir: str) -> dict:
-    path = os.path.join(workdir, RUN_CONFIG_FILE)
-    if not os.path.exists(path):
-        raise CheckpointError(f"{workdir} is not a run directory: {RUN_CONFIG_FILE} is missing")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: not a readable run config ({error})") from None
+        return training_run.read_run_config(workdir)
+    except ConversionError as error:
+        raise CheckpointError(str(error)) from None
 
 
 @dataclasses.dataclass
@@ -533,8 +523,8 @@ def run(config: TrainConfig) -> int:
 def export_torch(params: Any, model: ViTConfig, path: str) -> str:
     """The params as a timm-named safetensors file, with the ViTConfig JSON beside it (x.safetensors.json)."""
     from parity import flax_to_torch
-    from parity.formats.base import atomic_outputs, config_sidecar
-    from parity.formats.torch_sd import write_file
+    from vit_jax.formats.base import atomic_outputs, config_sidecar
+    from vit_jax.formats.torch_sd import write_file
 
     tensors = flax_to_torch(params, model)
     with atomic_outputs(path, config_sidecar(path, is_dir=False)) as (weights, sidecar):

@@ -104,7 +104,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from parity.formats import FORMATS
+    from vit_jax.formats import FORMATS
     from vit_jax.help_format import DefaultsHelpFormatter
 
     parser = _Parser(
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or bad usage (2): return the code, as main(argv) -> int promises
         return int(e.code or 0)
     from parity.convert import convert
-    from parity.formats import ConversionError
+    from vit_jax.formats import ConversionError
 
     from vit_jax.training import cli
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result.source_format} -> {result.target_format}: {result.output} ({result.num_tensors} tensors), "
               f"config {result.config_path}")
         if result.target_format == "vit-pytorch":
-            from parity.formats.vit_pytorch import vit_kwargs
+            from vit_jax.formats.vit_pytorch import vit_kwargs
 
             arguments = ", ".join(f"{k}={v!r}" for k, v in vit_kwargs(result.config).items())
             read = "safetensors.torch.load_file" if result.output.suffix == ".safetensors" else "torch.load"

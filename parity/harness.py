@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 import parity
-from parity.arrays import to_numpy
-from parity.mapping import flatten
+from vit_jax.formats.torch_arrays import to_numpy
+from vit_jax.formats.mapping import flatten
 from vit_jax.config import ViTConfig
 from vit_jax.model import VisionTransformer
 from vit_jax.params import unstack_block_params

@@ -16,7 +16,7 @@ import numpy as np
 
 from parity.compare import Metrics, compare, group_rms, norm_floor
 from parity.harness import RunResult, TrainResult
-from parity.mapping import param_rules, stem_rules
+from vit_jax.formats.mapping import param_rules, stem_rules
 from parity.tolerances import NORM_FLOOR_FRACTION, ZERO_GRADIENT_FRACTION, Criterion, Tolerances
 from vit_jax.config import ViTConfig
 

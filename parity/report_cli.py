@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from parity import harness, inputs, judge
-from parity.mapping import MappingError
+from vit_jax.formats.mapping import MappingError
 from parity.render import write_report
 from parity.tolerances import RELATIVE_ERROR_DEFINITION, RULE, ZERO_GRADIENT_FRACTION, tolerances_for
 from vit_jax.config import KERNELS, ConfigError, ViTConfig, get_config, parse_assignment

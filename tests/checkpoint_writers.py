@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from parity.mapping import flatten
+from vit_jax.formats.mapping import flatten
 from vit_jax import ViTConfig
 from vit_jax.model import param_shapes
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 import vit_jax
 from checkpoint_writers import hf_config, random_flax_params, randomize, write_google_npz
-from parity.mapping import unflatten
+from vit_jax.formats.mapping import unflatten
 from vit_jax import get_config
 from vit_jax.attention_map import heat_overlay, main
 from vit_jax.data import decode_image_file

@@ -17,7 +17,7 @@ import vit_torch_ref
 from checkpoint_writers import random_flax_params, randomize, write_google_npz
 from parity.convert import convert
 from parity.convert_cli import main
-from parity.formats import ConversionError
+from vit_jax.formats import ConversionError
 from vit_jax import get_config
 
 CONFIG = get_config("ViT-testing")
@@ -64,7 +64,7 @@ def test_unknown_file(tmp_path, capsys):
     ("t.safetensors", lambda p, flat, sd: safetensors.torch.save_file(sd, p)),
     ("t.pt", lambda p, flat, sd: torch.save(sd, p)),
     ("t.msgpack", lambda p, flat, sd: p.write_bytes(__import__("flax").serialization.msgpack_serialize(
-        __import__("parity.mapping", fromlist=["unflatten"]).unflatten(flat)))),
+        __import__("vit_jax.formats.mapping", fromlist=["unflatten"]).unflatten(flat)))),
 ])
 def test_truncated_file(tmp_path, capsys, name, write):
     flat = random_flax_params(CONFIG)

@@ -17,9 +17,10 @@ from conftest import nchw, random_images, rel_l2
 import vit_jax
 import vit_torch_ref
 from checkpoint_writers import TorchvisionViT, hf_config, random_flax_params, randomize, write_google_npz
-from parity.arrays import state_dict_to_numpy, to_numpy
-from parity.convert import convert, read_flax_params, read_state_dict
-from parity.mapping import flatten, unflatten
+from vit_jax.formats.torch_arrays import state_dict_to_numpy, to_numpy
+from parity.convert import convert
+from vit_jax.formats.read import read_flax_params, read_state_dict
+from vit_jax.formats.mapping import flatten, unflatten
 from vit_jax import ViTConfig, get_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # from_pretrained on local directories only
@@ -90,7 +91,7 @@ def test_round_trip_is_bit_exact(tmp_path, source_npz, a, b):
     _, after = read_flax_params(back)
     assert_same_tensors(flatten(before), flatten(after))
     # And in each format's own naming, as stored on disk.
-    from parity.convert import open_checkpoint
+    from vit_jax.formats.read import open_checkpoint
 
     _, s1 = open_checkpoint(first)
     _, s2 = open_checkpoint(back)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from checkpoint_writers import random_flax_params, write_google_npz
-from parity.convert import convert, read_flax_params
+from parity.convert import convert
+from vit_jax.formats.read import read_flax_params
 from parity.convert_cli import main
-from parity.formats import ConversionError
+from vit_jax.formats import ConversionError
 from vit_jax import get_config
 
 CONFIG = get_config("ViT-testing")
@@ -38,7 +39,7 @@ def run_python(code: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
 
 KILL_BETWEEN_RENAMES = """
 import os, sys
-from parity.formats import base
+from vit_jax.formats import base
 from parity.convert import convert
 real_replace, renamed = os.replace, []
 def replace(src, dst):
@@ -77,7 +78,7 @@ def test_a_kill_between_the_two_renames_is_refused_by_readers_and_completed_by_t
 
 KILL_MID_WRITE = """
 import os, sys
-from parity.formats import flax_ckpt
+from vit_jax.formats import flax_ckpt
 real_write = flax_ckpt.write
 def write(path, *args, **kwargs):
     real_write(path, *args, **kwargs)
@@ -190,7 +191,7 @@ def test_sigterm_during_a_conversion_exits_143_and_leaves_nothing(tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     # `python -m parity convert`, with progress lines even for this small model: they say when to signal
-    code = ("import runpy, sys; import parity.convert; parity.convert.PROGRESS_MIN_ELEMENTS = 0; "
+    code = ("import runpy, sys; import vit_jax.formats.read as read; read.PROGRESS_MIN_ELEMENTS = 0; "
             f"sys.argv = ['parity', 'convert', {str(tmp_path / 'big.npz')!r}, {str(out_dir / 'big.safetensors')!r}]; "
             "runpy.run_module('parity', run_name='__main__')")
     proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, cwd=ROOT, stdout=subprocess.PIPE,

@@ -16,7 +16,7 @@ from conftest import nchw, random_images, rel_l2
 import vit_jax
 from checkpoint_writers import random_flax_params, write_google_npz
 from parity.convert import convert
-from parity.mapping import unflatten
+from vit_jax.formats.mapping import unflatten
 from torchvision_stub import import_timm
 from vit_jax import get_config
 

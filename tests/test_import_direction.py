@@ -12,7 +12,7 @@ from train_runs import REPO, train_env
 @pytest.mark.parametrize("statement, loaded, not_loaded", [
     ("import vit_jax", [], ["parity", "vit_jax.pretrained", "jax"]),
     ("import vit_jax.pretrained", ["parity.convert", "vit_jax.pretrained"], []),
-    ("import parity", ["parity.mapping"], ["vit_jax.pretrained"]),
+    ("import parity", ["vit_jax.formats.mapping"], ["vit_jax.pretrained"]),
     ("import parity.convert", ["parity.convert"], ["vit_jax.pretrained"]),
     ("from vit_jax import load_pretrained", ["parity.convert"], []),
 ])

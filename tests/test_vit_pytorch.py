@@ -22,9 +22,9 @@ from flax import serialization
 import vit_jax
 import vit_torch_ref
 from parity.convert_cli import main as convert_main
-from parity.formats import config_sidecar
-from parity.formats.vit_pytorch import vit_kwargs
-from parity.mapping import unflatten
+from vit_jax.formats import config_sidecar
+from vit_jax.formats.vit_pytorch import vit_kwargs
+from vit_jax.formats.mapping import unflatten
 from vit_jax.config import ViTConfig
 
 

@@ -24,6 +24,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -33,8 +34,9 @@ from vit_jax.data import DataError, decode_image_file
 from vit_jax.data.decode import decode_image
 from vit_jax.data.transforms import center_crop_boxes, resample_box
 from vit_jax.rollout import HEAD_FUSIONS, attention_rollout, head_maps
+from vit_jax.formats.training_run import locate
+from vit_jax.pretrained import load_pretrained, load_run
 from vit_jax.training.checkpoint import CheckpointError
-from vit_jax.training.config import RUN_CONFIG_FILE
 
 FRAMEWORKS = ("jax", "torch")
 MIN_DISPLAY = 224  # the overlay is the model's input size scaled up by an integer until its short side reaches this
@@ -47,22 +49,13 @@ COLORMAP = "jet"
 # -- loading ------------------------------------------------------------------
 
 
-def is_run_dir(path: str) -> bool:
-    """A training run's --workdir: its config.json and a checkpoints/ folder."""
-    return os.path.isfile(os.path.join(path, RUN_CONFIG_FILE)) and os.path.isdir(os.path.join(path, "checkpoints"))
-
-
 def load_checkpoint(path: str, step: int | None = None) -> tuple[ViTConfig, dict, float]:
     """(model config, Flax params, eval crop fraction) of a run directory or a weights file."""
-    if is_run_dir(path):
-        from vit_jax.predict import load_run
-
+    if locate(path) == (Path(path), None):  # a run's --workdir
         model, params, run, _ = load_run(path, step)
         return model, params, run.get("eval_crop_fraction", 1.0)
     if step is not None:
         raise ConfigError(f"--step applies to a training run directory; {path} is not one")
-    from vit_jax.pretrained import load_pretrained
-
     model, params = load_pretrained(path)
     return model, params, 1.0
 
@@ -85,9 +78,9 @@ def attention_forward(config: ViTConfig, params: dict, framework: str = "jax") -
     if framework == "torch":
         import torch
 
-        from parity import torch_model_from_flax
+        from vit_torch_ref.pretrained import from_flax_params
 
-        twin = torch_model_from_flax(params, config)
+        twin = from_flax_params(params, config)
 
         def torch_probs(images):
             with torch.no_grad():
@@ -207,7 +200,7 @@ def write_attention_maps(
     if not config.has_class_token:
         log(f"note: the model has no class token (classifier '{config.classifier}'): "
             "the rollout and the per-head maps are the mean of all rows")
-    from parity.formats.base import atomic_outputs
+    from vit_jax.formats.base import atomic_outputs
 
     forward = attention_forward(config, params, framework)
     prefix, grid = config.num_prefix_tokens, config.grid_size
@@ -252,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from parity.formats import ConversionError
+    from vit_jax.formats import ConversionError
 
     try:
         # Bad options and name clashes are reported before the model loads.

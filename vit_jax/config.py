@@ -81,7 +81,7 @@ class ViTConfig:
     # 0.5/0.5 is Google's (x - 127.5) / 127.5.
     pixel_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    # -- options of lucidrains' vit-pytorch (parity/formats/vit_pytorch.py); the defaults are Google's --
+    # -- options of lucidrains' vit-pytorch (vit_jax/formats/vit_pytorch.py); the defaults are Google's --
     # LayerNorm(patch pixels) -> projection -> LayerNorm(hidden), pixels flattened as (ph, pw, C).
     patch_norm: bool = False
     attention_head_dim: int | None = None  # None: hidden_size // num_heads; else q/k/v are heads x this wide

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.formats.base import ConversionError, TensorSource
-from parity.formats.flax_names import flax_source
+from vit_jax.formats.base import ConversionError, TensorSource
+from vit_jax.formats.flax_names import flax_source
 
 FORMAT = "google-npz"
 EXTENSIONS = (".npz",)

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from parity.formats.base import ConversionError, TensorSource, vit_pytorch_option_problems
-from parity.formats.renames import RenameTable
-from parity.formats.torch_sd import read_file, write_file
+from vit_jax.formats.base import ConversionError, TensorSource, vit_pytorch_option_problems
+from vit_jax.formats.renames import RenameTable
+from vit_jax.formats.torch_sd import read_file, write_file
 
 FORMAT = "hf"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

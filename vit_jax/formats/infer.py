@@ -17,7 +17,7 @@ import math
 import re
 from typing import Any
 
-from parity.formats.base import FLAX, ConversionError, TensorSource
+from vit_jax.formats.base import FLAX, ConversionError, TensorSource
 from vit_jax.config import PRESETS, ConfigError, ViTConfig
 
 # Where each fact shows, per naming: (key, function of the shape).

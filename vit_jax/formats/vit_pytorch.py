@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.formats.base import ConversionError, TensorSource
-from parity.formats.renames import RenameTable
-from parity.formats.torch_sd import read_file, write_file
+from vit_jax.formats.base import ConversionError, TensorSource
+from vit_jax.formats.renames import RenameTable
+from vit_jax.formats.torch_sd import read_file, write_file
 
 FORMAT = "vit-pytorch"
 # nn.GELU() (exact) and nn.LayerNorm's default eps; the package says nothing of input normalisation.

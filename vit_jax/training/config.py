@@ -17,9 +17,9 @@ from typing import Any
 from vit_jax.cpu.onednn import CHOICES as CPU_MATMUL_CHOICES
 from vit_jax.config import KERNELS, REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
 from vit_jax.kernels import resolve_kernels
+from vit_jax.formats.training_run import RUN_CONFIG as RUN_CONFIG_FILE  # the resolved config of every run
 from vit_jax.help_format import DefaultsHelpFormatter
 
-RUN_CONFIG_FILE = "config.json"  # the resolved config every run writes into its workdir
 
 
 def _field(default: Any, help: str, choices: tuple | None = None, flag_type: type | None = None):
