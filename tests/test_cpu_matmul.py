@@ -10,7 +10,7 @@ import pytest
 from jax import lax
 
 from vit_jax.cpu.matmul import gelu_projection, shared_input_projections, token_dot_general
-from vit_jax.cpu import ProjectionParams
+from vit_jax.cpu.kernel_set import ProjectionParams
 
 # (lhs shape, rhs shape, dimension numbers): the projection forms the model uses.
 PROJECTIONS = {

@@ -9,7 +9,8 @@ too much on XLA:CPU; hence reverse-mode autodiff only. Why each form:
 - q/k/v with one input-gradient product (`shared_input_projections`);
 - LayerNorm keeping only the input and two numbers per row (layer_norm.py);
 - attention that recomputes its probabilities in the backward pass (attention.py);
-- GELU rematerialised, and optionally its output not kept for Dense_1 (`recompute_gelu`);
+- GELU rematerialised, and optionally its output not kept for Dense_1 (`recompute_gelu`,
+  a config option of these kernels only);
 - mean pooling as a sum of x / n and the final norm on the class token alone,
   forms oneDNN's matmul fusion compiles (onednn.py).
 
@@ -31,6 +32,7 @@ from vit_jax.cpu import attention
 from vit_jax.cpu.autodiff import reverse_mode_only
 from vit_jax.cpu.layer_norm import LayerNorm
 from vit_jax.cpu.matmul import gelu_projection, shared_input_projections, token_dot_general
+from vit_jax.config import ViTConfig
 from vit_jax.kernels import Kernels, Layer
 
 Array = jax.Array
@@ -96,17 +98,29 @@ def _gelu(x: Array, approximate: bool) -> Array:
     return jax.checkpoint(functools.partial(jax.nn.gelu, approximate=approximate))(x)
 
 
+def mlp_out(c: ViTConfig, x: Array, dense_1: Layer, dropout) -> Array:
+    """GELU, dropout, Dense_1, dropout, as the reference's; with `recompute_gelu` GELU and Dense_1 are one op
+    (the config allows it only at dropout 0, so the dropouts it skips are identities)."""
+    approximate = c.gelu == "tanh"
+    if c.recompute_gelu:
+        return reverse_mode_only(gelu_dense)(x, dense_1, approximate)
+    return dropout(dense_1()(dropout(_gelu(x, approximate))))
+
+
+def final_norm(x: Array, norm, head_reads_class_token: bool) -> Array:
+    # XLA:CPU otherwise fused the last block and an all-token norm into one slow kernel.
+    return norm(x[:, :1]) if head_reads_class_token else norm(x)
+
+
 CPU_KERNELS = Kernels(
     name="cpu",
     layer_norm=LayerNorm,
     dot_general=reverse_mode_only(token_dot_general),
     project=reverse_mode_only(project),
     attention=reverse_mode_only(attention.attention),
-    gelu=_gelu,
-    gelu_dense=reverse_mode_only(gelu_dense),
+    mlp_out=mlp_out,
     # The mean as a sum of x / n, the scaling inside the reduction: a separate
     # `* 1/n` before the head's product is a form oneDNN cannot compile.
     mean_tokens=lambda x: jnp.sum(x * (1.0 / x.shape[1]), axis=1),
-    # XLA:CPU otherwise fused the last block and an all-token norm into one slow kernel.
-    norm_class_token_only=True,
+    final_norm=final_norm,
 )
