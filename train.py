@@ -39,7 +39,7 @@ if __name__ == "__main__":  # first, so that Ctrl-C during the imports below alr
 import numpy as np
 
 from vit_jax.cpu import onednn as cpu_matmuls
-from vit_jax.config import ConfigError, ViTConfig
+from vit_jax.config import ARCHITECTURE_FIELDS, ConfigError, ViTConfig
 from vit_jax.kernels import resolve_kernels
 from vit_jax.data import (
     DataError,
@@ -137,9 +137,9 @@ def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None
     except ConversionError as error:  # (the converter's flag is --allow-nonfinite; here it has a name of its own)
         message = str(error).replace("--allow-nonfinite", "--allow-nonfinite-init")
         raise ConfigError(f"--init {config.init}: {message}") from None
-    # Architecture comes from the checkpoint; flags may change numerics and runtime options only.
-    fixed = ("patch_size", "hidden_size", "mlp_dim", "num_heads", "num_layers", "classifier", "resnet_layers",
-             "width_factor")
+    # Architecture comes from the checkpoint (resized and re-headed on request); flags may change numerics and
+    # runtime options only.
+    fixed = [f for f in ARCHITECTURE_FIELDS if f not in ("image_size", "num_classes") and hasattr(config, f)]
     changed = [f for f in fixed if getattr(config, f) is not None and getattr(config, f) != getattr(pretrained, f)]
     if changed:
         raise ConfigError(f"--{changed[0].replace('_', '-')} differs from the --init checkpoint's architecture")

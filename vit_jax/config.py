@@ -22,6 +22,11 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn", "explicit", "recompute")
 # Fields that choose how the function is computed, not which function: the
 # torch twin and the converters ignore them, and a parity run may vary them.
 RUNTIME_FIELDS = ("kernels", "attention_impl", "remat", "remat_policy", "scan", "recompute_gelu")
+# Fields a checkpoint's tensors fix (its shapes and which tensors exist); the rest of the function's fields
+# are numerics (GELU form, epsilons, input normalisation), which a converter records beside the weights.
+ARCHITECTURE_FIELDS = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads", "qkv_bias",
+                       "posemb", "representation_size", "classifier", "image_size", "num_classes", "patch_norm",
+                       "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor")
 # With `remat`, what each block keeps for the backward pass (names from
 # jax.checkpoint_policies): nothing but its input, or also the outputs of its
 # matmuls (the linear layers only, or those and the attention products).

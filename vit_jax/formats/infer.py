@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from vit_jax.formats.base import FLAX, ConversionError, TensorSource
-from vit_jax.config import PRESETS, ConfigError, ViTConfig
+from vit_jax.config import ARCHITECTURE_FIELDS, PRESETS, ConfigError, ViTConfig
 
 # Where each fact shows, per naming: (key, function of the shape).
 _PROBES = {
@@ -62,10 +62,8 @@ _STEM_PROBES = {
         re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\."),
     ),
 }
-# Fields the tensors fix; a config that disagrees contradicts the checkpoint.
-ARCHITECTURE = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads", "qkv_bias",
-                "posemb", "representation_size", "classifier", "image_size", "num_classes", "patch_norm",
-                "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor")
+# The fields the tensors fix: a config that disagrees contradicts the checkpoint.
+ARCHITECTURE = ARCHITECTURE_FIELDS
 # Of those, a preset's defaults that are not a claim about the checkpoint (a B/16 preset says 224 px, 1000 classes).
 _PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb",
                     "patch_norm", "attention_head_dim", "attention_out_proj")
