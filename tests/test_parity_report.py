@@ -276,7 +276,7 @@ def test_checkpoints_and_real_images(tmp_path):
 
     config = get_config(SMALL, head_zero_init=False)
     params = harness.cast_params(vit_jax.init_params(config, 3), np.float32)
-    save_file(parity.flax_to_torch(params, config), str(tmp_path / "timm.safetensors"))
+    save_file(vit_jax.formats.mapping.flax_to_torch(params, config), str(tmp_path / "timm.safetensors"))
     np.savez(tmp_path / "google.npz", **vit_jax.formats.mapping.flatten(params))
     folder = tmp_path / "imgs"
     folder.mkdir()
