@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from vit_jax.formats.base import atomic_outputs  # noqa: E402
+
 DEPTH_PLOT = "error_vs_depth.png"
 LOSS_PLOT = "loss_curves.png"
 SECTION_TITLES = {
@@ -274,10 +276,8 @@ def _png(fig) -> bytes:
 
 # -- files --------------------------------------------------------------------
 def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    with atomic_outputs(path) as (temp,):
+        temp.write_bytes(data)
 
 
 def write_report(report: dict[str, Any], out_dir: str) -> list[str]:
