@@ -147,3 +147,22 @@ def test_missing_unexpected_and_misshaped_tensors_are_named():
         parity.flax_to_torch({k: v for k, v in params.items() if k != "head"}, TINY)
     with pytest.raises(MappingError, match="Transformer/posembed_input/pos_embedding' has shape"):
         parity.flax_to_torch(params, TINY.replace(image_size=32))
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"classifier": "gap", "representation_size": 24, "num_classes": 0},
+    {"classifier": "token_unpooled", "qkv_bias": False, "image_size": (16, 24)},
+    {"patch_norm": True, "attention_head_dim": 8, "posemb": "sincos2d"},
+    {"attention_head_dim": 16, "num_heads": 2, "attention_out_proj": False, "hidden_size": 32},
+    {"resnet_layers": (1, 2), "width_factor": 0.5, "image_size": 64, "patch_size": 1},
+    {"resnet_layers": (), "width_factor": 0.5, "image_size": 64, "patch_size": 2},
+])
+def test_expected_flax_shapes_from_the_rules_are_the_models(overrides):
+    """The formats layer derives every leaf's shape from the config without tracing; the model must agree."""
+    from vit_jax.formats.mapping import expected_flax_shapes, flatten
+    from vit_jax.model import param_shapes
+
+    config = get_config("ViT-testing", **overrides)
+    traced = {key: tuple(leaf.shape) for key, leaf in flatten(param_shapes(config)).items()}
+    assert expected_flax_shapes(config) == traced
