@@ -329,3 +329,26 @@ def test_load_pretrained_in_both_frameworks_agree(tmp_path, source_npz):
     assert rel_l2(out, flax_logits(config, params, images)) < 1e-5
     assert to_numpy(model.pos_embed).shape == (1, 26, 32)
     assert isinstance(jax.tree.leaves(params)[0], np.ndarray)
+
+
+def test_msgpack_without_flax_is_byte_for_byte_flax_serialization(tmp_path, monkeypatch):
+    """vit_jax.formats writes and reads Flax msgpack with msgpack + NumPy: the same bytes as flax, chunking included."""
+    import ml_dtypes
+    from flax import serialization
+
+    from vit_jax.formats import flax_ckpt
+
+    # Small chunk limits on both sides, so the 48-byte kernel is split as flax splits arrays over 1 GiB.
+    monkeypatch.setattr(serialization, "MAX_CHUNK_SIZE", 16)
+    monkeypatch.setattr(flax_ckpt, "MAX_CHUNK_BYTES", 16)
+    # (keys in sorted order: flax's tree_map sorts them, this writer keeps the order it is given)
+    tree = {"cls": np.zeros((1, 1, 2), np.float16),
+            "embedding": {"bias": np.asarray([1.5, -2.0], ml_dtypes.bfloat16),
+                          "kernel": np.arange(12, dtype=np.float32).reshape(3, 4)}}
+    path = tmp_path / "tree.msgpack"
+    flax_ckpt.write(path, flatten(tree))
+    assert path.read_bytes() == serialization.msgpack_serialize(tree)
+    restored = flax_ckpt.msgpack_restore(serialization.msgpack_serialize(tree))
+    for key, value in flatten(tree).items():
+        got = flatten(restored)[key]
+        assert got.dtype == value.dtype and np.array_equal(got, value)
