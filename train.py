@@ -38,9 +38,8 @@ if __name__ == "__main__":  # first, so that Ctrl-C during the imports below alr
 
 import numpy as np
 
-from vit_jax.cpu import onednn as cpu_matmuls
 from vit_jax.config import ARCHITECTURE_FIELDS, ConfigError, ViTConfig
-from vit_jax.kernels import resolve_kernels
+from vit_jax.cpu import onednn as cpu_matmuls
 from vit_jax.data import (
     DataError,
     DatasetSpec,
@@ -51,8 +50,9 @@ from vit_jax.data import (
 )
 from vit_jax.formats import ConversionError, training_run
 from vit_jax.formats.base import write_json_atomic
+from vit_jax.kernels import resolve_kernels
 from vit_jax.training import cli
-from vit_jax.training.checkpoint import CheckpointError, Checkpointer
+from vit_jax.training.checkpoint import Checkpointer, CheckpointError
 from vit_jax.training.config import (
     MODEL_OVERRIDES,
     RUN_CONFIG_FILE,
@@ -224,7 +224,8 @@ def prepare(config: TrainConfig) -> Run:
         saved = read_run_config(workdir)
         check_same_model(config, saved, workdir)
     elif os.path.isdir(workdir) and os.listdir(workdir):
-        raise ConfigError(f"--workdir {workdir} already holds files; pass --resume to continue that run or choose another")
+        raise ConfigError(f"--workdir {workdir} already holds files; pass --resume to continue that run or choose "
+                          "another")
 
     dataset = load_data(config)
     warn_about_data(config, dataset)

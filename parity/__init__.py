@@ -1,17 +1,17 @@
 """Weight mapping, conversion and parity checks between vit_jax and vit_torch_ref."""
 
-from vit_jax.formats.torch_arrays import state_dict_to_numpy, state_dict_to_torch, to_numpy, to_torch
 from vit_jax.formats.mapping import (  # the mapping table, re-exported for parity's users
     MappingError,
     Rule,
     expected_flax_shapes,
     expected_torch_shapes,
-    flax_to_torch,
     flatten,
+    flax_to_torch,
     param_rules,
     torch_to_flax,
     unflatten,
 )
+from vit_jax.formats.torch_arrays import state_dict_to_numpy, state_dict_to_torch, to_numpy, to_torch
 from vit_torch_ref.pretrained import from_flax_params
 
 

@@ -98,7 +98,8 @@ def convert(
     except Exception as e:  # a full disk surfaces as OSError, or as each writer's own error type
         first = str(e).strip().splitlines()
         reason = first[0][:300] if first else ""
-        raise ConversionError(f"{dst}: cannot write ({type(e).__name__}: {reason}); nothing was written there") from None
+        raise ConversionError(f"{dst}: cannot write ({type(e).__name__}: {reason}); "
+                              f"nothing was written there") from None
     if progress:
         progress(f"wrote {dst} and {sidecar}")
     return ConversionResult(resolved, source.format, to_format, dst, sidecar, count)

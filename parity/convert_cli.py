@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resize the learned position embeddings to this resolution "
                              "(Google's bilinear zoom, class token kept apart; default: the source's)")
     parser.add_argument("--num-classes", type=int, metavar="N",
-                        help="replace the head by a fresh zero head with N classes (0: no head; default: keep the source's head)")
+                        help="replace the head by a fresh zero head with N classes (0: no head; default: keep the "
+                             "source's head)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment,
                         metavar="FIELD=VALUE",
                         help="state a config field (JSON value, e.g. --set num_heads=8); repeatable")
@@ -146,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     from parity.convert import convert
     from vit_jax.formats import ConversionError
-
     from vit_jax.training import cli
 
     progress = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))

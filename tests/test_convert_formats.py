@@ -12,16 +12,16 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from checkpoint_writers import TorchvisionViT, hf_config, random_flax_params, randomize, write_google_npz
 from conftest import nchw, random_images, rel_l2
 
 import vit_jax
 import vit_torch_ref
-from checkpoint_writers import TorchvisionViT, hf_config, random_flax_params, randomize, write_google_npz
-from vit_jax.formats.torch_arrays import state_dict_to_numpy, to_numpy
 from parity.convert import convert
-from vit_jax.formats.read import read_flax_params, read_state_dict
-from vit_jax.formats.mapping import flatten, unflatten
 from vit_jax import ViTConfig, get_config
+from vit_jax.formats.mapping import flatten, unflatten
+from vit_jax.formats.read import read_flax_params, read_state_dict
+from vit_jax.formats.torch_arrays import state_dict_to_numpy, to_numpy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # from_pretrained on local directories only
 
@@ -203,7 +203,8 @@ def test_image_size_resizes_posemb_like_vit_jax(tmp_path, source_npz):
     np.testing.assert_array_equal(state["cls_token"], flat["cls"])  # untouched
     assert not state["head.weight"].any() and not state["head.bias"].any()
     assert state["head.weight"].shape == (5, 32)
-    np.testing.assert_array_equal(state["blocks.1.mlp.fc2.weight"], flat["Transformer/encoderblock_1/MlpBlock_0/Dense_1/kernel"].T)
+    np.testing.assert_array_equal(state["blocks.1.mlp.fc2.weight"],
+                                  flat["Transformer/encoderblock_1/MlpBlock_0/Dense_1/kernel"].T)
     # The result runs at the new size in both frameworks and they agree.
     _, model = vit_torch_ref.load_pretrained(tmp_path / "big.safetensors")
     images = random_images(config)

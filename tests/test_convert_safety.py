@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from checkpoint_writers import random_flax_params, write_google_npz
+
 from parity.convert import convert
-from vit_jax.formats.read import read_flax_params
 from parity.convert_cli import main
-from vit_jax.formats import ConversionError
 from vit_jax import get_config
+from vit_jax.formats import ConversionError
+from vit_jax.formats.read import read_flax_params
 
 CONFIG = get_config("ViT-testing")
 ROOT = Path(__file__).resolve().parents[1]

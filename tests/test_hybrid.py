@@ -13,17 +13,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from checkpoint_writers import random_flax_params, write_google_npz
 from conftest import nchw, random_images, rel_l2
+from torchvision_stub import import_timm
 
 import vit_jax
-from checkpoint_writers import random_flax_params, write_google_npz
 from parity.convert import convert
-from vit_jax.formats.read import read_flax_params
+from vit_jax import ViTConfig, get_config
 from vit_jax.formats.base import ConversionError, TensorSource
 from vit_jax.formats.infer import build_config
 from vit_jax.formats.mapping import flatten, unflatten
-from torchvision_stub import import_timm
-from vit_jax import ViTConfig, get_config
+from vit_jax.formats.read import read_flax_params
 from vit_torch_ref.model import VisionTransformer as TorchViT
 
 # Two stages (stride 8) of width 32 on 32 px: a 4x4 grid of 1x1 patches.
@@ -86,7 +86,8 @@ def _np_stem(p, x, layers):
             stride = 2 if i > 0 and j == 0 else 1
 
             def conv_gn(y, r, s=1):
-                return _np_group_norm(_np_conv(y, p[u + f"conv{r}/kernel"], s), p[u + f"gn{r}/scale"], p[u + f"gn{r}/bias"])
+                return _np_group_norm(_np_conv(y, p[u + f"conv{r}/kernel"], s), p[u + f"gn{r}/scale"],
+                                      p[u + f"gn{r}/bias"])
 
             residual = x
             if j == 0:  # every stage's first unit changes width or stride: projection

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import vit_jax.formats.mapping
 import vit_jax
+import vit_jax.formats.mapping
 from parity import harness, judge
 from parity.compare import compare, group_rms, norm_floor
 from parity.inputs import load_images, random_images
@@ -98,7 +98,8 @@ def test_float32_forward_backward_adamw_pass(tmp_path, capsys, kernels):
     assert report["optimizer"]["hyperparameters"]["weight_decay"] == harness.AdamWSettings.weight_decay
     # every artefact is there and self-contained
     out = tmp_path / "out"
-    assert sorted(os.listdir(out)) == ["error_vs_depth.png", "loss_curves.png", "report.html", "report.json", "report.md"]
+    assert sorted(os.listdir(out)) == ["error_vs_depth.png", "loss_curves.png", "report.html", "report.json",
+                                       "report.md"]
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "blocks.1.attn_probs" in page
     md = (out / "report.md").read_text()

@@ -16,10 +16,10 @@ from train_runs import TINY, load_train_module
 
 import vit_jax
 import vit_torch_ref
-from vit_jax.formats.read import read_flax_params
 from parity.convert_cli import main as convert_main
 from vit_jax.formats.mapping import flatten
-from vit_jax.training.checkpoint import CheckpointError, Checkpointer, DamagedCheckpointWarning
+from vit_jax.formats.read import read_flax_params
+from vit_jax.training.checkpoint import Checkpointer, CheckpointError, DamagedCheckpointWarning
 from vit_jax.training.config import parse_args
 from vit_jax.training.state import TrainState
 

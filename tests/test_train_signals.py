@@ -1,4 +1,7 @@
-"""Ctrl-C and SIGTERM at any moment: an exit with 130 / 143, one line, and a run directory that still works.\n\nEach moment is an event of the run (an import finished, a file written), never a fixed delay.\n"""
+"""Ctrl-C and SIGTERM at any moment: an exit with 130 / 143, one line, and a run directory that still works.
+
+Each moment is an event of the run (an import finished, a file written), never a fixed delay.
+"""
 
 from __future__ import annotations
 

@@ -33,9 +33,9 @@ from vit_jax.config import ConfigError, ViTConfig
 from vit_jax.data import DataError, decode_image_file
 from vit_jax.data.decode import decode_image
 from vit_jax.data.transforms import center_crop_boxes, resample_box
-from vit_jax.rollout import HEAD_FUSIONS, attention_rollout, head_maps
 from vit_jax.formats.training_run import locate
 from vit_jax.pretrained import load_pretrained, load_run
+from vit_jax.rollout import HEAD_FUSIONS, attention_rollout, head_maps
 from vit_jax.training.checkpoint import CheckpointError
 
 FRAMEWORKS = ("jax", "torch")
@@ -84,7 +84,8 @@ def attention_forward(config: ViTConfig, params: dict, framework: str = "jax") -
 
         def torch_probs(images):
             with torch.no_grad():
-                _, inter = twin(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))), return_attention=True)
+                _, inter = twin(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+                                return_attention=True)
             return [inter[f"blocks.{i}.attn_probs"].float().numpy() for i in range(config.num_layers)]
 
         return torch_probs
@@ -150,7 +151,8 @@ def output_paths(images: Sequence[str], out_dir: str) -> list[tuple[str, str, st
     for path in images:
         stem = os.path.splitext(os.path.basename(path))[0]
         if stem in stems:
-            raise ConfigError(f"images {stems[stem]} and {path} share the name '{stem}': their maps would overwrite each other")
+            raise ConfigError(f"images {stems[stem]} and {path} share the name '{stem}': their maps would overwrite "
+                              "each other")
         stems[stem] = path
     return [tuple(os.path.join(out_dir, stem + suffix) for suffix in ("_rollout.npy", "_rollout.png", "_heads.png"))
             for stem in stems]
@@ -227,15 +229,21 @@ def write_attention_maps(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vit_jax.attention_map",
-        description="Write the attention rollout (array and overlay) and per-head attention maps of a ViT for image files.",
+        description="Write the attention rollout (array and overlay) and per-head attention maps of a ViT for image "
+                    "files.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a training run directory or any weights file load_pretrained reads")
-    parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any format PIL reads; grey and RGBA are converted)")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="a training run directory or any weights file load_pretrained reads")
+    parser.add_argument("images", metavar="IMAGE", nargs="+",
+                        help="image files (any format PIL reads; grey and RGBA are converted)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
-    parser.add_argument("--step", type=int, default=None, help="run directory only: checkpoint step (default: the best, else the latest)")
-    parser.add_argument("--framework", choices=FRAMEWORKS, default="jax", help="compute the attention with the Flax model or the torch twin")
-    parser.add_argument("--head-fusion", choices=HEAD_FUSIONS, default="mean", help="how each layer's heads are combined in the rollout")
+    parser.add_argument("--step", type=int, default=None,
+                        help="run directory only: checkpoint step (default: the best, else the latest)")
+    parser.add_argument("--framework", choices=FRAMEWORKS, default="jax",
+                        help="compute the attention with the Flax model or the torch twin")
+    parser.add_argument("--head-fusion", choices=HEAD_FUSIONS, default="mean",
+                        help="how each layer's heads are combined in the rollout")
     parser.add_argument("--discard-ratio", type=float, default=0.0,
                         help="fraction of each layer's fused attention entries zeroed, lowest first (the class token's "
                              "attention to itself is kept)")

@@ -91,7 +91,8 @@ class AddPositionEmbs(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         shape = (1, x.shape[1], x.shape[2])
-        pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), shape, jnp.dtype(self.config.param_dtype))
+        pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), shape,
+                         jnp.dtype(self.config.param_dtype))
         return x + pos.astype(x.dtype)
 
 

@@ -33,14 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+",
                         help="image files (any format PIL reads; grey and RGBA are converted; FIFOs, devices and "
                              "other special files are refused)")
-    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run's --workdir (holds config.json and checkpoints/)")
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR",
+                        help="a run's --workdir (holds config.json and checkpoints/)")
     parser.add_argument("--step", type=int, default=None,
                         help="checkpoint step (default: the best by eval accuracy, else the latest; a damaged default "
                              "is skipped with a warning for the newest intact step)")
     parser.add_argument("--top-k", type=int, default=5, help="labels to print per image")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--attention-map", metavar="DIR", default=None,
-                        help="also write each image's attention rollout and per-head maps into DIR (vit_jax.attention_map)")
+                        help="also write each image's attention rollout and per-head maps into DIR "
+                             "(vit_jax.attention_map)")
     return parser
 
 
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         crop_fraction = run.get("eval_crop_fraction", 1.0)
         images = np.stack(
             [
-                decode_image_file(path, model.image_hw, model.pixel_mean, model.pixel_std, model.num_channels, crop_fraction)
+                decode_image_file(path, model.image_hw, model.pixel_mean, model.pixel_std, model.num_channels,
+                                  crop_fraction)
                 for path in args.images
             ]
         )

@@ -65,7 +65,7 @@ def load_run(run_dir: str, step: int | None) -> tuple[ViTConfig, dict, dict, int
     is restored as training saved it, the best by eval accuracy by default.
     Raises CheckpointError naming what is missing, damaged or mismatched.
     """
-    from vit_jax.training.checkpoint import CheckpointError, Checkpointer
+    from vit_jax.training.checkpoint import Checkpointer, CheckpointError
 
     config_path = os.path.join(run_dir, RUN_CONFIG)
     try:

@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.config import ViTConfig
 from vit_jax.cpu import attention
 from vit_jax.cpu.autodiff import reverse_mode_only
 from vit_jax.cpu.layer_norm import LayerNorm
 from vit_jax.cpu.matmul import gelu_projection, shared_input_projections, token_dot_general
-from vit_jax.config import ViTConfig
 from vit_jax.kernels import Kernels, Layer
 
 Array = jax.Array

@@ -14,8 +14,8 @@ import glob
 import json
 import os
 import re
-import shutil
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator
 

@@ -25,8 +25,19 @@ import ml_dtypes
 import numpy as np
 
 from vit_jax.config import ConfigError, ViTConfig, get_config, unknown_field_hints
-from vit_jax.formats import FLAX, FORMATS, TIMM, ConversionError, TensorSource, config_sidecar
-from vit_jax.formats import flax_ckpt, google_npz, hf, torch_sd, training_run
+from vit_jax.formats import (
+    FLAX,
+    FORMATS,
+    TIMM,
+    ConversionError,
+    TensorSource,
+    config_sidecar,
+    flax_ckpt,
+    google_npz,
+    hf,
+    torch_sd,
+    training_run,
+)
 from vit_jax.formats.base import replacing_marker
 from vit_jax.formats.infer import build_config
 from vit_jax.formats.mapping import expected_flax_shapes, expected_torch_shapes, param_rules, unflatten
@@ -56,7 +67,8 @@ def detect_format(path: str | os.PathLike) -> str:
         raise ConversionError(f"{path}: file is empty")
     if google_npz.is_npz(path) or (path.suffix == ".npz" and _starts_with(path, b"PK")):
         return google_npz.FORMAT  # (a damaged .npz zip is reported by the npz reader)
-    if torch_sd.is_safetensors(path) or path.suffix in (".pt", ".pth", ".bin", ".safetensors") or _starts_with(path, b"PK"):
+    pytorch_suffix = path.suffix in (".pt", ".pth", ".bin", ".safetensors")
+    if torch_sd.is_safetensors(path) or pytorch_suffix or _starts_with(path, b"PK"):
         naming = torch_sd.classify_keys(list(torch_sd.read(path).shapes))
         if naming is None:
             raise ConversionError(f"{path}: a PyTorch state dict, but not in a known ViT naming (timm "

@@ -47,7 +47,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, tuple[int, ...]], Any, dict
         shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
         metadata = handle.metadata() or {}
     except Exception as e:
-        raise ConversionError(f"{path}: not a readable safetensors file ({e}); the file is corrupt or truncated") from None
+        raise ConversionError(f"{path}: not a readable safetensors file ({e}); "
+                              f"the file is corrupt or truncated") from None
     stated = {}
     if "vit_config" in metadata:  # written by this package: the source's full config
         try:
@@ -107,7 +108,8 @@ def read_file(path: str | Path, format_name: str, naming: str, numerics: dict[st
                         stated=stated, numerics=dict(numerics))
 
 
-def write_file(path: str | Path, tensors: dict[str, np.ndarray], like: str | Path, metadata: dict[str, str] | None = None) -> None:
+def write_file(path: str | Path, tensors: dict[str, np.ndarray], like: str | Path,
+               metadata: dict[str, str] | None = None) -> None:
     """Write a state dict to `path` in the container `like`'s extension asks for.
 
     Tensors are popped from `tensors` as they are moved to torch, so the

@@ -97,7 +97,8 @@ def read(path: str | Path) -> TensorSource:
             source.shapes[key] = (1, *source.shapes[key])
     source.loader = lambda key: inner_load(key)[None] if key in _UNBATCHED else inner_load(key)
     if "head.weight" not in source.shapes:  # num_classes=0: vit_pytorch.ViT returns every token
-        source.stated = {**source.stated, "classifier": "token_unpooled" if "cls_token" in source.shapes else "unpooled"}
+        source.stated = {**source.stated,
+                         "classifier": "token_unpooled" if "cls_token" in source.shapes else "unpooled"}
     return source
 
 
