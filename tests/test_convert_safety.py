@@ -78,14 +78,16 @@ def test_a_kill_between_the_two_renames_is_refused_by_readers_and_completed_by_t
 
 KILL_MID_WRITE = """
 import os, sys
+import parity.convert
 from vit_jax.formats import flax_ckpt
-real_write = flax_ckpt.write
-def write(path, *args, **kwargs):
-    real_write(path, *args, **kwargs)
-    os._exit(9)  # the temporary is complete, nothing renamed yet
-flax_ckpt.write = write
-from parity.convert import convert
-convert(sys.argv[1], sys.argv[2])
+def killing(real_write):
+    def write(path, *args, **kwargs):
+        real_write(path, *args, **kwargs)
+        os._exit(9)  # the temporary is complete, nothing renamed yet
+    return write
+flax_ckpt.write = killing(flax_ckpt.write)  # msgpack files
+parity.convert.write_orbax = killing(parity.convert.write_orbax)  # orbax directories
+parity.convert.convert(sys.argv[1], sys.argv[2])
 """
 
 
