@@ -38,9 +38,8 @@ if __name__ == "__main__":  # first, so that Ctrl-C during the imports below alr
 
 import numpy as np
 
+from vit_jax.config import ARCHITECTURE_FIELDS, ConfigError, ViTConfig
 from vit_jax.cpu import onednn as cpu_matmuls
-from vit_jax.config import ConfigError, ViTConfig
-from vit_jax.kernels import resolve_kernels
 from vit_jax.data import (
     DataError,
     DatasetSpec,
@@ -49,8 +48,11 @@ from vit_jax.data import (
     reset_skipped_corrupt_files,
     skipped_corrupt_files,
 )
+from vit_jax.formats import ConversionError, training_run
+from vit_jax.formats.base import write_json_atomic
+from vit_jax.kernels import resolve_kernels
 from vit_jax.training import cli
-from vit_jax.training.checkpoint import CheckpointError, Checkpointer
+from vit_jax.training.checkpoint import Checkpointer, CheckpointError
 from vit_jax.training.config import (
     MODEL_OVERRIDES,
     RUN_CONFIG_FILE,
@@ -126,7 +128,7 @@ def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None
     if config.init is None:
         model = resolve_model_config(config, num_classes)
         return model, jax.device_get(init_params(model, config.seed))
-    from parity.formats import ConversionError  # imports torch: only when fine-tuning
+    from vit_jax.formats import ConversionError  # imports torch: only when fine-tuning
     from vit_jax.pretrained import load_pretrained
 
     try:
@@ -135,9 +137,9 @@ def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None
     except ConversionError as error:  # (the converter's flag is --allow-nonfinite; here it has a name of its own)
         message = str(error).replace("--allow-nonfinite", "--allow-nonfinite-init")
         raise ConfigError(f"--init {config.init}: {message}") from None
-    # Architecture comes from the checkpoint; flags may change numerics and runtime options only.
-    fixed = ("patch_size", "hidden_size", "mlp_dim", "num_heads", "num_layers", "classifier", "resnet_layers",
-             "width_factor")
+    # Architecture comes from the checkpoint (resized and re-headed on request); flags may change numerics and
+    # runtime options only.
+    fixed = [f for f in ARCHITECTURE_FIELDS if f not in ("image_size", "num_classes") and hasattr(config, f)]
     changed = [f for f in fixed if getattr(config, f) is not None and getattr(config, f) != getattr(pretrained, f)]
     if changed:
         raise ConfigError(f"--{changed[0].replace('_', '-')} differs from the --init checkpoint's architecture")
@@ -174,23 +176,11 @@ def default_workdir(config: TrainConfig) -> str:
     return os.path.join("runs", f"{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def write_json_atomic(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def read_run_config(workdir: str) -> dict:
-    path = os.path.join(workdir, RUN_CONFIG_FILE)
-    if not os.path.exists(path):
-        raise CheckpointError(f"{workdir} is not a run directory: {RUN_CONFIG_FILE} is missing")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: not a readable run config ({error})") from None
+        return training_run.read_run_config(workdir)
+    except ConversionError as error:
+        raise CheckpointError(str(error)) from None
 
 
 @dataclasses.dataclass
@@ -234,7 +224,8 @@ def prepare(config: TrainConfig) -> Run:
         saved = read_run_config(workdir)
         check_same_model(config, saved, workdir)
     elif os.path.isdir(workdir) and os.listdir(workdir):
-        raise ConfigError(f"--workdir {workdir} already holds files; pass --resume to continue that run or choose another")
+        raise ConfigError(f"--workdir {workdir} already holds files; pass --resume to continue that run or choose "
+                          "another")
 
     dataset = load_data(config)
     warn_about_data(config, dataset)
@@ -533,8 +524,8 @@ def run(config: TrainConfig) -> int:
 def export_torch(params: Any, model: ViTConfig, path: str) -> str:
     """The params as a timm-named safetensors file, with the ViTConfig JSON beside it (x.safetensors.json)."""
     from parity import flax_to_torch
-    from parity.formats.base import atomic_outputs, config_sidecar
-    from parity.formats.torch_sd import write_file
+    from vit_jax.formats.base import atomic_outputs, config_sidecar
+    from vit_jax.formats.torch_sd import write_file
 
     tensors = flax_to_torch(params, model)
     with atomic_outputs(path, config_sidecar(path, is_dir=False)) as (weights, sidecar):

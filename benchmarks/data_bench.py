@@ -24,9 +24,9 @@ from PIL import Image
 
 from vit_jax.data.dataset import DatasetSpec, load_dataset
 from vit_jax.data.errors import DataError
-from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.data.loader import make_loader
 from vit_jax.data.records import ARRAY_DEFAULTS, ArrayRecords
+from vit_jax.help_format import DefaultsHelpFormatter
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

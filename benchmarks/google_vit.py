@@ -22,7 +22,8 @@ def load_models_vit(checkout: str) -> types.ModuleType:
     folder = root / "vit_jax" if (root / "vit_jax" / "models_vit.py").exists() else root
     path = folder / "models_vit.py"
     if not path.exists():
-        raise FileNotFoundError(f"no models_vit.py under {checkout!r} (expected a google-research/vision_transformer checkout)")
+        raise FileNotFoundError(f"no models_vit.py under {checkout!r} (expected a google-research/vision_transformer "
+                                "checkout)")
     # models_vit does `from vit_jax import models_resnet`, and our package is also
     # called vit_jax: bind that one import to Google's file before loading.
     resnet_spec = importlib.util.spec_from_file_location("google_models_resnet", folder / "models_resnet.py")

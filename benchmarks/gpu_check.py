@@ -32,7 +32,8 @@ GOAL_IMAGES_PER_S = 3000.0
 def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str]]]:
     python = sys.executable
     preset, batch = ("ViT-testing", "4") if dry_run else ("ViT-B_16", "256")
-    report = [python, "-m", "parity", "report", "--config", preset, "--backward", "--optimizer-step", "--kernels", "reference"]
+    report = [python, "-m", "parity", "report", "--config", preset, "--backward", "--optimizer-step", "--kernels",
+              "reference"]
     bench = [python, "-m", "benchmarks.model_bench", "--presets", preset, "--modes", "train", "--dtype", "bfloat16",
              "--batch", batch, "--kernels", "reference", "--no-torch-compile", "--json", str(out / "bench.json")]
     bench += ["--image-size", "16", "--repeats", "1", "--warmup", "1"] if dry_run else ["--repeats", "10"]
@@ -52,14 +53,16 @@ def speed_summary(out: Path) -> str:
     jax_row = rows[0]["backends"]["jax"]
     mfu = f", MFU {jax_row['mfu']:.1%}" if jax_row.get("mfu") else ""
     verdict = "meets" if jax_row["images_per_s"] >= GOAL_IMAGES_PER_S else "below"
-    return f"{rows[0]['preset']} bf16 train: {jax_row['images_per_s']:.0f} img/s{mfu} ({verdict} the {GOAL_IMAGES_PER_S:.0f} img/s goal)"
+    return (f"{rows[0]['preset']} bf16 train: {jax_row['images_per_s']:.0f} img/s{mfu} "
+            f"({verdict} the {GOAL_IMAGES_PER_S:.0f} img/s goal)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0],
                                      formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--out", default="gpu_check", help="folder for each step's log, the reports and bench.json")
-    parser.add_argument("--dry-run", action="store_true", help="tiny configs, any backend: checks that the steps still run")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="tiny configs, any backend: checks that the steps still run")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per step")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             with open(log, "w") as f:
-                code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=args.timeout).returncode
+                code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                      timeout=args.timeout).returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
         status = "ok" if code == 0 else f"FAILED ({code})"

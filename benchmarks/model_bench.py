@@ -28,11 +28,11 @@ from typing import Callable
 
 import numpy as np
 
-from vit_jax.cpu import onednn as cpu_matmuls
-from vit_jax.config import ATTENTION_IMPLS, KERNELS, REMAT_POLICIES
-from vit_jax.kernels import resolve_kernels
-from vit_jax.help_format import DefaultsHelpFormatter
 from benchmarks.host_memory import malloc_library
+from vit_jax.config import ATTENTION_IMPLS, KERNELS, REMAT_POLICIES
+from vit_jax.cpu import onednn as cpu_matmuls
+from vit_jax.help_format import DefaultsHelpFormatter
+from vit_jax.kernels import resolve_kernels
 
 # Peak dense matmul FLOP/s by (device kind substring, dtype), for MFU on accelerators.
 PEAK_FLOPS = {
@@ -105,7 +105,8 @@ def _jax_train_step(config, apply: Callable | None = None):
     return tx, step
 
 
-def _jax_runners(config, batch: int, modes: list[str], seed: int, name: str = "jax", apply: Callable | None = None) -> list[Runner]:
+def _jax_runners(config, batch: int, modes: list[str], seed: int, name: str = "jax",
+                 apply: Callable | None = None) -> list[Runner]:
     """Timed calls of `apply` (default: our model for `config`) with our params for `config`."""
     import jax
     import jax.numpy as jnp
@@ -167,7 +168,8 @@ def compile_scaling(preset: str, depths: list[int], batch: int, overrides: dict)
             config = get_config(preset, **{**overrides, "num_layers": depth, "scan": scan})
             seconds = train_compile_seconds(config, batch)
             rows.append({"preset": preset, "num_layers": depth, "scan": scan, "compile_s": seconds})
-            print(f"compile {preset} {depth:>3} layers {'scan    ' if scan else 'unrolled'} {seconds:6.1f} s", flush=True)
+            print(f"compile {preset} {depth:>3} layers {'scan    ' if scan else 'unrolled'} {seconds:6.1f} s",
+                  flush=True)
     return rows
 
 
@@ -232,7 +234,6 @@ def _memory_probe(backend: str, preset: str, batch: int, overrides: dict) -> dic
 
     import vit_jax.model  # noqa: F401
     import vit_torch_ref  # noqa: F401
-
     from vit_jax.config import get_config
 
     config = get_config(preset, **overrides)
@@ -259,7 +260,8 @@ def measure_memory(preset: str, batch: int, overrides: dict) -> dict[str, dict]:
     results = {}
     for backend in ("jax", "torch"):
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.model_bench", "--memory-probe", backend, preset, str(batch), json.dumps(overrides)],
+            [sys.executable, "-m", "benchmarks.model_bench", "--memory-probe", backend, preset, str(batch),
+             json.dumps(overrides)],
             capture_output=True,
             text=True,
             check=False,
@@ -334,11 +336,13 @@ def _comparison_runners(config, args, mode: str) -> list[Runner]:
     runners = []
     if args.ab_kernels:
         other = "reference" if config.kernels == "cpu" else "cpu"
-        runners += _jax_runners(config.replace(kernels=other, recompute_gelu=False), args.batch, [mode], args.seed, f"jax:{other}")
+        runners += _jax_runners(config.replace(kernels=other, recompute_gelu=False), args.batch, [mode], args.seed,
+                                f"jax:{other}")
     if args.google_vit:
         from benchmarks.google_vit import official_apply
 
-        runners += _jax_runners(config, args.batch, [mode], args.seed, "google", official_apply(args.google_vit, config))
+        runners += _jax_runners(config, args.batch, [mode], args.seed, "google",
+                                official_apply(args.google_vit, config))
     return runners
 
 
@@ -381,7 +385,8 @@ def run(args) -> dict:
                         "median_s": medians[r.name],
                         "images_per_s": args.batch / medians[r.name],
                         "gflop_per_s": flops / medians[r.name] / 1e9,
-                        "mfu": _mfu(flops / medians[r.name], info["jax_device_kind"], args.dtype) if r.name == "jax" else None,
+                        "mfu": (_mfu(flops / medians[r.name], info["jax_device_kind"], args.dtype)
+                                if r.name == "jax" else None),
                         "compile_s": r.compile_s,
                         "times_s": r.times,
                     }
@@ -390,7 +395,8 @@ def run(args) -> dict:
             }
             row["jax_over_torch"] = medians["torch"] / medians["jax"]
             # speed of ours over each comparison model, timed round-robin in this process
-            row["jax_over"] = {r.name: medians[r.name] / medians["jax"] for r in runners if r.name not in ("jax", "torch", "torch.compile")}
+            row["jax_over"] = {r.name: medians[r.name] / medians["jax"] for r in runners
+                               if r.name not in ("jax", "torch", "torch.compile")}
             if "torch.compile" in medians:
                 row["jax_over_torch_compile"] = medians["torch.compile"] / medians["jax"]
             rows.append(row)
@@ -429,9 +435,11 @@ def format_table(result: dict) -> str:
     d = result["device"]
     lines = [
         f"{d['jax_platform']} ({d['jax_device_kind']}, {d['jax_devices']} device(s)), host CPU {d['cpu_model']}, "
-        f"{d['cpu_count']} cores, malloc: {d['malloc']}, XLA:CPU matmuls: {d['xla_cpu_matmuls']}; jax {d['jax']}, torch {d['torch']} with {d['torch_threads']} threads",
+        f"{d['cpu_count']} cores, malloc: {d['malloc']}, XLA:CPU matmuls: {d['xla_cpu_matmuls']}; jax {d['jax']}, "
+        f"torch {d['torch']} with {d['torch_threads']} threads",
         "",
-        "| preset | mode | batch | JAX img/s | torch eager img/s | torch.compile img/s | JAX/eager | JAX/compile | JAX GFLOP/s | JAX compile s |",
+        "| preset | mode | batch | JAX img/s | torch eager img/s | torch.compile img/s | JAX/eager | JAX/compile | "
+        "JAX GFLOP/s | JAX compile s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
@@ -452,7 +460,9 @@ def format_table(result: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     comparisons = [(row, name, ratio) for row in result["rows"] for name, ratio in row.get("jax_over", {}).items()]
     if comparisons:
-        lines += ["", f"| preset | mode | ours ({result['rows'][0]['kernels']} kernels) over | ratio (>1: ours faster) |", "|---|---|---|---|"]
+        lines += ["",
+                  f"| preset | mode | ours ({result['rows'][0]['kernels']} kernels) over | ratio (>1: ours faster) |",
+                  "|---|---|---|---|"]
         lines += [f"| {row['preset']} | {row['mode']} | {name} | {ratio:.3f}x |" for row, name, ratio in comparisons]
     if "compile_scaling" in result:
         lines += ["", "| preset | layers | unrolled compile s | scanned compile s |", "|---|---|---|---|"]
@@ -460,12 +470,14 @@ def format_table(result: dict) -> str:
         for r in result["compile_scaling"]:
             by_depth.setdefault(r["num_layers"], {})[r["scan"]] = r["compile_s"]
         for depth, times in sorted(by_depth.items()):
-            lines.append(f"| {result['compile_scaling'][0]['preset']} | {depth} | {times[False]:.1f} | {times[True]:.1f} |")
+            lines.append(f"| {result['compile_scaling'][0]['preset']} | {depth} | {times[False]:.1f} | "
+                         f"{times[True]:.1f} |")
     for preset, mem in result.get("memory", {}).items():
         lines.append("")
         lines.append(
             f"peak memory, {preset} train step b{result['args']['batch']}: "
-            f"JAX {mem['jax']['growth_mb']:.0f} MiB, torch {mem['torch']['growth_mb']:.0f} MiB (RSS growth over imports)"
+            f"JAX {mem['jax']['growth_mb']:.0f} MiB, torch {mem['torch']['growth_mb']:.0f} MiB (RSS growth over "
+            "imports)"
         )
     return "\n".join(lines)
 
@@ -497,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="XLA:CPU products: XLA's own or oneDNN's (vit_jax/cpu/onednn.py)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per backend")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (default: every core; XLA uses all cores)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch intra-op threads (default: every core; XLA uses all cores)")
     parser.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
                         help="skip the torch.compile backend")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory of a train step per backend")

@@ -1,26 +1,23 @@
 """Weight mapping, conversion and parity checks between vit_jax and vit_torch_ref."""
 
-from parity.arrays import state_dict_to_numpy, state_dict_to_torch, to_numpy, to_torch
-from parity.mapping import (
+from vit_jax.formats.mapping import (  # the mapping table, re-exported for parity's users
     MappingError,
     Rule,
     expected_flax_shapes,
     expected_torch_shapes,
-    flax_to_torch,
     flatten,
+    flax_to_torch,
     param_rules,
     torch_to_flax,
     unflatten,
 )
+from vit_jax.formats.torch_arrays import state_dict_to_numpy, state_dict_to_torch, to_numpy, to_torch
+from vit_torch_ref.pretrained import from_flax_params
 
 
 def torch_model_from_flax(params, config):
     """A `vit_torch_ref.VisionTransformer` (eval mode) holding `params` moved through the mapping."""
-    from vit_torch_ref import VisionTransformer
-
-    model = VisionTransformer(config)
-    model.load_state_dict(state_dict_to_torch(flax_to_torch(params, config)), strict=True)
-    return model.eval()
+    return from_flax_params(params, config)
 
 
 def flax_params_from_torch(model_or_state_dict, config):

@@ -66,7 +66,8 @@ def compare(candidate, reference, floor: float = 0.0) -> Metrics:
     a, b = _f64(candidate), _f64(reference)
     if a.shape != b.shape:
         nan = float("nan")
-        return Metrics(tuple(b.shape), nan, nan, nan, nan, None, nan, floor, nan, f"shape {a.shape} != reference {b.shape}")
+        return Metrics(tuple(b.shape), nan, nan, nan, nan, None, nan, floor, nan,
+                       f"shape {a.shape} != reference {b.shape}")
     diff = a - b
     l2 = float(np.linalg.norm(diff))
     ref_norm = float(np.linalg.norm(b))

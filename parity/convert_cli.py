@@ -104,7 +104,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from parity.formats import FORMATS
+    from vit_jax.formats import FORMATS
     from vit_jax.help_format import DefaultsHelpFormatter
 
     parser = _Parser(
@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="resize the learned position embeddings to this resolution "
                              "(Google's bilinear zoom, class token kept apart; default: the source's)")
     parser.add_argument("--num-classes", type=int, metavar="N",
-                        help="replace the head by a fresh zero head with N classes (0: no head; default: keep the source's head)")
+                        help="replace the head by a fresh zero head with N classes (0: no head; default: keep the "
+                             "source's head)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], type=_assignment,
                         metavar="FIELD=VALUE",
                         help="state a config field (JSON value, e.g. --set num_heads=8); repeatable")
@@ -145,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or bad usage (2): return the code, as main(argv) -> int promises
         return int(e.code or 0)
     from parity.convert import convert
-    from parity.formats import ConversionError
-
+    from vit_jax.formats import ConversionError
     from vit_jax.training import cli
 
     progress = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result.source_format} -> {result.target_format}: {result.output} ({result.num_tensors} tensors), "
               f"config {result.config_path}")
         if result.target_format == "vit-pytorch":
-            from parity.formats.vit_pytorch import vit_kwargs
+            from vit_jax.formats.vit_pytorch import vit_kwargs
 
             arguments = ", ".join(f"{k}={v!r}" for k, v in vit_kwargs(result.config).items())
             read = "safetensors.torch.load_file" if result.output.suffix == ".safetensors" else "torch.load"

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 import parity
-from parity.arrays import to_numpy
-from parity.mapping import flatten
 from vit_jax.config import ViTConfig
+from vit_jax.formats.mapping import flatten
+from vit_jax.formats.torch_arrays import to_numpy
 from vit_jax.model import VisionTransformer
 from vit_jax.params import unstack_block_params
 
@@ -193,7 +193,8 @@ def _torch_param_tree(model: torch.nn.Module, config: ViTConfig, grads: bool) ->
         tensor = p.grad if grads else p
         # Copy: to_numpy shares memory, and the optimizer keeps updating these tensors in place.
         tensors[name] = to_numpy(tensor if tensor is not None else torch.zeros_like(p)).copy()
-    return flat_per_block(parity.torch_to_flax(tensors, config, source="twin " + ("gradients" if grads else "parameters")))
+    return flat_per_block(parity.torch_to_flax(tensors, config,
+                                               source="twin " + ("gradients" if grads else "parameters")))
 
 
 def run_torch(

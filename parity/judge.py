@@ -16,9 +16,9 @@ import numpy as np
 
 from parity.compare import Metrics, compare, group_rms, norm_floor
 from parity.harness import RunResult, TrainResult
-from parity.mapping import param_rules, stem_rules
 from parity.tolerances import NORM_FLOOR_FRACTION, ZERO_GRADIENT_FRACTION, Criterion, Tolerances
 from vit_jax.config import ViTConfig
+from vit_jax.formats.mapping import param_rules, stem_rules
 
 SECTIONS = ("forward", "gradients", "update", "loss")
 # The checks a judged row's `failed_checks` names, in the rule's order (parity.tolerances): the float64 runs
@@ -28,7 +28,8 @@ CHECKS = ("float64", "rounding", "bound")
 ZERO_GRADIENT_NOTE = "exact (float64) gradient is zero, both sides compute rounding noise"
 
 
-def _row(section: str, name: str, metrics: Metrics, judged: bool, passed: bool, checked: str, **extra: Any) -> dict[str, Any]:
+def _row(section: str, name: str, metrics: Metrics, judged: bool, passed: bool, checked: str,
+         **extra: Any) -> dict[str, Any]:
     return {
         "section": section,
         "name": name,
@@ -129,7 +130,8 @@ def _parameter_rows(
     rows = []
     for path, torch_name in pairs:
         judged = path not in zero_grad
-        rows.append(_judged_row(section, path, tol, (criteria or {}).get(path, criterion), *(tree[path] for tree in trees), floors[path],
+        rows.append(_judged_row(section, path, tol, (criteria or {}).get(path, criterion),
+                                *(tree[path] for tree in trees), floors[path],
                                 judged=judged, torch_name=torch_name, note=None if judged else ZERO_GRADIENT_NOTE))
     return rows
 
@@ -150,7 +152,8 @@ def zero_gradient_params(config: ViTConfig, grads64: dict[str, np.ndarray]) -> s
     typical = group_rms(grads64[p] for p in paths)
     return {
         p for p in paths
-        if np.linalg.norm(np.asarray(grads64[p], np.float64)) < norm_floor(np.size(grads64[p]), typical, ZERO_GRADIENT_FRACTION)
+        if np.linalg.norm(np.asarray(grads64[p], np.float64))
+        < norm_floor(np.size(grads64[p]), typical, ZERO_GRADIENT_FRACTION)
     }
 
 

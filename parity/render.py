@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from vit_jax.formats.base import atomic_outputs  # noqa: E402
+
 DEPTH_PLOT = "error_vs_depth.png"
 LOSS_PLOT = "loss_curves.png"
 SECTION_TITLES = {
@@ -60,7 +62,8 @@ def _columns(section: str) -> list[tuple[str, str]]:
     if section in ("gradients", "update"):
         cols.append(("torch_name", "torch key"))
     if section == "loss":
-        cols += [("jax", "jax loss"), ("torch", "torch loss"), ("jax_f64", "f64 jax loss"), ("torch_f64", "f64 torch loss")]
+        cols += [("jax", "jax loss"), ("torch", "torch loss"), ("jax_f64", "f64 jax loss"),
+                 ("torch_f64", "f64 torch loss")]
     else:
         cols.append(("shape", "shape"))
     cols += [("max_abs", "max abs"), ("mean_abs", "mean abs"), ("rel_l2", "rel L2"), ("cosine", "cosine")]
@@ -126,7 +129,8 @@ def _setup_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
     if report.get("optimizer"):
         opt = report["optimizer"]
         hp = ", ".join(f"{k}={v:g}" for k, v in opt["hyperparameters"].items())
-        items.append(("optimizer", f"optax.adamw vs torch.optim.AdamW ({hp}), {opt['steps']} steps. {opt['semantics']}"))
+        items.append(("optimizer",
+                      f"optax.adamw vs torch.optim.AdamW ({hp}), {opt['steps']} steps. {opt['semantics']}"))
     items.append(("timings", ", ".join(f"{k} {v:.1f}s" for k, v in report["timings_s"].items())))
     return items
 
@@ -140,7 +144,8 @@ def _tolerance_lines(report: dict[str, Any]) -> list[str]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Parity report: JAX/Flax vs PyTorch, {report['config']['name']}, {report['dtype']}", "", _headline(report), ""]
+    lines = [f"# Parity report: JAX/Flax vs PyTorch, {report['config']['name']}, {report['dtype']}", "",
+             _headline(report), ""]
     lines += [f"- **{k}**: {v}" for k, v in _setup_lines(report)]
     lines += ["", f"## Tolerances ({report['dtype']})", "", report["tolerances"]["rule"], ""] + _tolerance_lines(report)
     lines += ["", report["tolerances"]["relative_error"], ""]
@@ -182,7 +187,8 @@ def html_page(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     )
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>Parity report {html.escape(report['config']['name'])} {report['dtype']}</title><style>{css}</style></head><body>",
+        f"<title>Parity report {html.escape(report['config']['name'])} "
+        f"{report['dtype']}</title><style>{css}</style></head><body>",
         f"<h1>Parity report: JAX/Flax vs PyTorch, {html.escape(report['config']['name'])}, {report['dtype']}</h1>",
         f"<p class='verdict'>{_md_inline_to_html(_headline(report))}</p><ul>",
     ]
@@ -194,7 +200,8 @@ def html_page(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     parts.append(f"<h2>Tolerances ({report['dtype']})</h2><p>{html.escape(tol['rule'])}</p>"
                  "<table><tr><th>rows</th><th>bound</th></tr>")
     parts += [f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in tol["criteria"].items()]
-    parts.append(f"</table><p>{html.escape(tol['relative_error'])}</p><p>Zero-gradient rule: {html.escape(tol['zero_gradient'])}</p>")
+    parts.append(f"</table><p>{html.escape(tol['relative_error'])}</p><p>Zero-gradient rule: "
+                 f"{html.escape(tol['zero_gradient'])}</p>")
     for section in ("forward", "gradients", "update", "loss"):
         rows = _section_rows(report, section)
         if rows:
@@ -235,7 +242,8 @@ def depth_plot(report: dict[str, Any]) -> bytes:
         ax2 = axes[1][0]
         ax2.semilogy(x, _log_safe([1 - r["cosine"] if r["cosine"] is not None else None for r in rows]), "o-", lw=1,
                      label="1 - cosine (jax vs torch)")
-        ax2.axhline(1 - criteria["min_cosine"], color="r", ls="--", lw=1, label=f"tolerance {1 - criteria['min_cosine']:g}")
+        ax2.axhline(1 - criteria["min_cosine"], color="r", ls="--", lw=1,
+                    label=f"tolerance {1 - criteria['min_cosine']:g}")
         ax2.set_ylabel("1 - cosine")
         ax2.legend(fontsize=8)
         ax2.grid(True, alpha=0.3)
@@ -274,10 +282,8 @@ def _png(fig) -> bytes:
 
 # -- files --------------------------------------------------------------------
 def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    with atomic_outputs(path) as (temp,):
+        temp.write_bytes(data)
 
 
 def write_report(report: dict[str, Any], out_dir: str) -> list[str]:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from parity import harness, inputs, judge
-from parity.mapping import MappingError
 from parity.render import write_report
 from parity.tolerances import RELATIVE_ERROR_DEFINITION, RULE, ZERO_GRADIENT_FRACTION, tolerances_for
 from vit_jax.config import KERNELS, ConfigError, ViTConfig, get_config, parse_assignment
+from vit_jax.formats.mapping import MappingError
 from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.kernels import resolve_kernels
 from vit_jax.model import init_params
@@ -50,27 +50,36 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=DefaultsHelpFormatter,
     )
-    parser.add_argument("--config", help="preset name (ViT-B_16, B/16, ViT-testing, ...) or a ViTConfig .json file: random "
-                        "weights; with --checkpoint, the config that fills what the tensors do not show (GELU form, ...)")
+    parser.add_argument("--config",
+                        help="preset name (ViT-B_16, B/16, ViT-testing, ...) or a ViTConfig .json file: random "
+                        "weights; with --checkpoint, the config that fills what the tensors do not show (GELU form, "
+                        "...)")
     parser.add_argument("--checkpoint", help="weights in any format vit_jax.load_pretrained reads (Google .npz, Flax, "
                         "timm/HF .safetensors or .pth, ...); its config is inferred from the tensors")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a config field (JSON value, e.g. --set num_layers=2 --set gelu=exact); repeatable; "
+                        help="override a config field (JSON value, e.g. --set num_layers=2 --set gelu=exact); "
+                             "repeatable; "
                              "with --checkpoint, states what the tensors do not show (a vit-pytorch file's num_heads)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype of both models (params stay float32)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype of both models (params stay float32)")
     parser.add_argument("--kernels", choices=("auto", *KERNELS), default="auto",
                         help="how the Flax model's operations run: reference, cpu, or auto (cpu on a CPU backend); "
                              "the same function either way, so the report must pass for both")
-    parser.add_argument("--batch", type=int, help="images per batch (default 2; with --images, all images in the folder)")
+    parser.add_argument("--batch", type=int,
+                        help="images per batch (default 2; with --images, all images in the folder)")
     parser.add_argument("--images", help="folder of images to decode, resize and normalise instead of random pixels")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights, pixels and labels (default 0)")
     parser.add_argument("--backward", action="store_true", help="compare the gradient of every parameter")
     parser.add_argument("--optimizer-step", action="store_true",
-                        help="compare one AdamW step (optax vs torch.optim) and the loss curves of --steps steps; implies --backward")
-    parser.add_argument("--steps", type=int, default=5, help="AdamW steps on the report's batch (repeated) for the loss curves (default 5)")
+                        help="compare one AdamW step (optax vs torch.optim) and the loss curves of --steps steps; "
+                             "implies --backward")
+    parser.add_argument("--steps", type=int, default=5,
+                        help="AdamW steps on the report's batch (repeated) for the loss curves (default 5)")
     parser.add_argument("--lr", type=float, default=harness.AdamWSettings.learning_rate, help="AdamW learning rate")
-    parser.add_argument("--weight-decay", type=float, default=harness.AdamWSettings.weight_decay, help="AdamW decoupled weight decay")
-    parser.add_argument("--out", required=True, help="output folder for report.json, report.md, report.html and the plots")
+    parser.add_argument("--weight-decay", type=float, default=harness.AdamWSettings.weight_decay,
+                        help="AdamW decoupled weight decay")
+    parser.add_argument("--out", required=True,
+                        help="output folder for report.json, report.md, report.html and the plots")
     return parser
 
 
@@ -117,7 +126,8 @@ def load_model(args: argparse.Namespace) -> tuple[ViTConfig, Any, str]:
         # does not change the function, so the random weights use a real head.
         init_config = config.replace(dtype="float32", param_dtype="float32", head_zero_init=False)
         params = init_params(init_config, args.seed)
-        source = f"random, init_params(seed={args.seed}) with a lecun-normal head (not zeros) so every parameter gets a gradient"
+        source = (f"random, init_params(seed={args.seed}) with a lecun-normal head (not zeros) so every parameter "
+                  f"gets a gradient")
         if config.is_hybrid:
             # Likewise each ResNet unit's last GroupNorm, whose zero scale cuts its branch off. A small
             # scale keeps the stem near its initial regime: at 1 the random R50 stem is float32-ill-
@@ -138,10 +148,12 @@ def load_inputs(args: argparse.Namespace, config: ViTConfig, rng: np.random.Gene
             raise UsageError(f"--batch {batch} but {args.images!r} holds only {len(paths)} images")
         images = inputs.load_images(paths[:batch], config)
         return images, (f"{batch} images from {args.images} (decoded with PIL, bicubic resize to "
-                        f"{config.image_hw[0]}x{config.image_hw[1]}, normalised with mean {config.pixel_mean} std {config.pixel_std})")
+                        f"{config.image_hw[0]}x{config.image_hw[1]}, normalised with mean {config.pixel_mean} std "
+                        f"{config.pixel_std})")
     batch = args.batch or 2
     images = inputs.random_images(config, batch, rng)
-    return images, f"{batch} random images (uniform [0, 1] pixels, normalised with mean {config.pixel_mean} std {config.pixel_std})"
+    return images, (f"{batch} random images (uniform [0, 1] pixels, normalised with mean {config.pixel_mean} "
+                    f"std {config.pixel_std})")
 
 
 def _devices() -> tuple[jax.Device, str]:
@@ -166,7 +178,8 @@ def _environment(jax_device: jax.Device, torch_device: str, dtype: str) -> dict[
     return {
         "versions": {
             "python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__,
-            "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__, "torch": torch.__version__,
+            "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__,
+                     "torch": torch.__version__,
         },
         "jax_device": f"{jax_device.platform}:{jax_device.id} ({jax_device.device_kind})",
         "torch_device": torch_name,
@@ -208,9 +221,11 @@ def run_report(args: argparse.Namespace, config: ViTConfig, params: Any, source:
             # them, so a correct run shows both losses falling together.
             batches, labels = [images] * args.steps, [targets] * args.steps
             jax_train = timed("jax adamw", harness.train_flax, config, params, batches, labels, settings, jax_device)
-            torch_train = timed("torch adamw", harness.train_torch, config, params, batches, labels, settings, torch_device)
+            torch_train = timed("torch adamw", harness.train_torch, config, params, batches, labels, settings,
+                                torch_device)
             # The same steps in float64 (optax and torch.optim.AdamW): the rounding references.
-            jax_train64 = timed("jax adamw float64", harness.train_flax, config64, params64, batches, labels, settings, cpu)
+            jax_train64 = timed("jax adamw float64", harness.train_flax, config64, params64, batches, labels, settings,
+                                cpu)
             torch_train64 = timed("torch adamw float64", harness.train_torch, config64, params64, batches, labels,
                                   settings, "cpu")
             rows += judge.update_rows(config, tol, jax_train, torch_train, jax_train64, torch_train64, zero_grad)
@@ -292,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     worst = ", ".join(f"{k} {v:.2e}" for k, v in report["summary"]["worst_rel_l2"].items())
     ratios = ", ".join(f"{k} {v:.2f}" for k, v in report["summary"]["worst_rounding_ratio"].items())
     print(f"{report['verdict'].upper()}: {report['config']['name']} {report['dtype']}, "
-          f"{report['summary']['failed']} of {report['summary']['judged']} judged rows out of tolerance; worst rel L2: {worst}; "
+          f"{report['summary']['failed']} of {report['summary']['judged']} judged rows out of tolerance; worst rel "
+          f"L2: {worst}; "
           f"worst rounding ratio: {ratios}")
     if report["first_failure"]:
         failure = report["first_failure"]

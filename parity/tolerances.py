@@ -80,7 +80,8 @@ class Criterion:
                 checks.append((m.cosine >= self.min_cosine, f"cosine {m.cosine:.6f} >= {self.min_cosine:g}"))
         if self.max_abs_over_scale is not None:
             ratio = m.max_abs / m.scale
-            checks.append((ratio <= self.max_abs_over_scale, f"max_abs/scale {ratio:.2e} <= {self.max_abs_over_scale:g}"))
+            checks.append((ratio <= self.max_abs_over_scale,
+                           f"max_abs/scale {ratio:.2e} <= {self.max_abs_over_scale:g}"))
         return all(ok for ok, _ in checks), "; ".join(text for _, text in checks)
 
     def describe(self) -> str:
@@ -136,7 +137,8 @@ class RoundingRule:
     k: float
     floor: float  # relative to max(||f64 torch||, the group's norm floor), like the float64 check
 
-    def judge(self, distance: float, jax_rounding: float, torch_rounding: float, scale: float) -> tuple[bool, str, float]:
+    def judge(self, distance: float, jax_rounding: float, torch_rounding: float,
+              scale: float) -> tuple[bool, str, float]:
         """(passed, the check with its values, ratio of the distance to the rounding distance).
 
         All distances are L2 norms; `scale` is the denominator of the relative figures printed.
@@ -152,7 +154,8 @@ class RoundingRule:
         return passed, text, ratio
 
     def describe(self) -> str:
-        return f"||jax - torch|| <= {self.k:g} x (||jax - f64 jax|| + ||torch - f64 torch||) + {self.floor:g} x ||f64 torch||"
+        return (f"||jax - torch|| <= {self.k:g} x (||jax - f64 jax|| + ||torch - f64 torch||) "
+                f"+ {self.floor:g} x ||f64 torch||")
 
 
 # The float64 agreement bound, also the rounding rule's floor (see the docstring).

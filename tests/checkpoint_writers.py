@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from parity.mapping import flatten
 from vit_jax import ViTConfig
+from vit_jax.formats.mapping import flatten
 from vit_jax.model import param_shapes
 
 

@@ -60,7 +60,8 @@ def write_cifar10(directory: str, per_batch: int = 4, seed: int = 0) -> dict:
     for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
         images = random_cifar_images(per_batch, seed + i)
         labels = [(i * per_batch + j) % 10 for j in range(per_batch)]
-        _dump(os.path.join(directory, name), {b"batch_label": name.encode(), b"data": cifar_rows(images), b"labels": labels})
+        _dump(os.path.join(directory, name),
+              {b"batch_label": name.encode(), b"data": cifar_rows(images), b"labels": labels})
         if name == "test_batch":
             written.update(test_images=images, test_labels=np.array(labels))
         else:

@@ -7,14 +7,14 @@ import os
 import numpy as np
 import pytest
 import torch
+from checkpoint_writers import hf_config, random_flax_params, randomize, write_google_npz
 from PIL import Image
 
 import vit_jax
-from checkpoint_writers import hf_config, random_flax_params, randomize, write_google_npz
-from parity.mapping import unflatten
 from vit_jax import get_config
 from vit_jax.attention_map import heat_overlay, main
 from vit_jax.data import decode_image_file
+from vit_jax.formats.mapping import unflatten
 from vit_jax.model import VisionTransformer
 
 CONFIG = get_config("ViT-testing")  # 16 px, patch 4 (a 4x4 grid), 2 heads, 2 layers, class token
@@ -57,7 +57,8 @@ def test_jax_and_torch_agree(files, tmp_path, capsys):
         jax_map = np.load(tmp_path / "jax" / f"{stem}_rollout.npy")
         torch_map = np.load(tmp_path / "torch" / f"{stem}_rollout.npy")
         assert jax_map.shape == (4, 4) and jax_map.dtype == np.float32
-        assert np.abs(jax_map - torch_map).max() < 1e-5 * np.abs(jax_map).max()  # float32 rounding of two forward passes
+        # float32 rounding of two forward passes
+        assert np.abs(jax_map - torch_map).max() < 1e-5 * np.abs(jax_map).max()
         assert not np.allclose(jax_map, jax_map.mean(), rtol=0.05)  # a map with structure, not a constant
 
 
@@ -69,7 +70,8 @@ def test_rollout_file_is_the_rollout_of_the_models_attention(files, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "a" / "wide_rollout.npy"), default, rtol=1e-5)
     # The options reach the rollout: max fusion, half the entries discarded.
     expected = vit_jax.attention_rollout(probs, "max", 0.5, grid_size=(4, 4))[0]
-    assert main([weights, images[1], "--out", str(tmp_path / "b"), "--head-fusion", "max", "--discard-ratio", "0.5"]) == 0
+    assert main([weights, images[1], "--out", str(tmp_path / "b"), "--head-fusion", "max", "--discard-ratio",
+                 "0.5"]) == 0
     got = np.load(tmp_path / "b" / "wide_rollout.npy")
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert np.abs(got - default).max() > 0.01
@@ -139,7 +141,8 @@ def test_rollout_matches_one_from_hugging_face_attention(tmp_path):
     for path, stem in ((grey, "grey"), (wide, "wide")):
         x = decode_image_file(path, config.image_hw, config.pixel_mean, config.pixel_std, 3, 1.0)
         with torch.no_grad():
-            attentions = hf(pixel_values=torch.from_numpy(x.transpose(2, 0, 1)[None].copy()), output_attentions=True).attentions
+            attentions = hf(pixel_values=torch.from_numpy(x.transpose(2, 0, 1)[None].copy()),
+                            output_attentions=True).attentions
         ours = np.load(tmp_path / "out" / f"{stem}_rollout.npy").ravel()
         reference = _independent_rollout(attentions)[0]
         assert np.abs(ours - reference).max() < 1e-5 * reference.max()

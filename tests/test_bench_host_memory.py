@@ -18,7 +18,8 @@ _PRELOADS = {
 
 def _reported(env: dict) -> str:
     code = "from benchmarks.host_memory import malloc_library; print(malloc_library())"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 def test_plain_process_reports_the_system_malloc():

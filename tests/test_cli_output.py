@@ -7,8 +7,8 @@ import logging
 import re
 
 import pytest
-
 from checkpoint_writers import random_flax_params, write_google_npz
+
 from parity import convert_cli, report_cli
 from vit_jax import get_config
 from vit_jax import predict as predict_cli

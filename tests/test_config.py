@@ -107,12 +107,14 @@ def test_derived_geometry():
         ("ViT-B_16", {"hidden_size": 30, "num_heads": 3, "posemb": "sincos2d"}, "divisible by 4"),
         ("ViT-B_16", {"representation_size": 0}, "representation_size must be a positive integer"),
         ("ViT-B_16", {"num_clases": 10}, "unknown config field(s): 'num_clases' (did you mean 'num_classes'?)"),
-        ("ViT-B_16", {"recompute_gelu": True, "dropout_rate": 0.1, "kernels": "cpu"}, "recompute_gelu needs dropout_rate 0, got 0.1"),
+        ("ViT-B_16", {"recompute_gelu": True, "dropout_rate": 0.1, "kernels": "cpu"}, "recompute_gelu needs "
+                                                                                      "dropout_rate 0, got 0.1"),
         ("ViT-B_16", {"recompute_gelu": True}, "recompute_gelu is a CPU kernel option"),
         ("ViT-B_16", {"attention_impl": "recompute"}, "attention_impl 'recompute' is a CPU kernel"),
         ("ViT-B_16", {"kernels": "gpu"}, "kernels 'gpu' is not one of"),
         ("ViT-B_16", {"attention_head_dim": 0}, "attention_head_dim must be a positive integer"),
-        ("ViT-B_16", {"attention_out_proj": False, "attention_head_dim": 32}, "attention_out_proj=False needs num_heads x head_dim == hidden_size"),
+        ("ViT-B_16", {"attention_out_proj": False, "attention_head_dim": 32}, "attention_out_proj=False needs "
+                                                                              "num_heads x head_dim == hidden_size"),
     ],
 )
 def test_invalid_configs_name_the_problem(name, overrides, message):

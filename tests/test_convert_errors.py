@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from checkpoint_writers import random_flax_params, randomize, write_google_npz
 
 import vit_torch_ref
-from checkpoint_writers import random_flax_params, randomize, write_google_npz
 from parity.convert import convert
 from parity.convert_cli import main
-from parity.formats import ConversionError
 from vit_jax import get_config
+from vit_jax.formats import ConversionError
 
 CONFIG = get_config("ViT-testing")
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,8 @@ def assert_fails_cleanly(argv, capsys, *expected_fragments):
 # -- unreadable files ------------------------------------------------------------------
 def test_unknown_file(tmp_path, capsys):
     (tmp_path / "junk.bin2").write_bytes(b"this is not a checkpoint\n" * 50)
-    assert_fails_cleanly([tmp_path / "junk.bin2", tmp_path / "out.npz"], capsys, "junk.bin2", "unknown checkpoint format",
+    assert_fails_cleanly([tmp_path / "junk.bin2", tmp_path / "out.npz"], capsys, "junk.bin2",
+                         "unknown checkpoint format",
                          "--from")
 
 
@@ -64,7 +65,7 @@ def test_unknown_file(tmp_path, capsys):
     ("t.safetensors", lambda p, flat, sd: safetensors.torch.save_file(sd, p)),
     ("t.pt", lambda p, flat, sd: torch.save(sd, p)),
     ("t.msgpack", lambda p, flat, sd: p.write_bytes(__import__("flax").serialization.msgpack_serialize(
-        __import__("parity.mapping", fromlist=["unflatten"]).unflatten(flat)))),
+        __import__("vit_jax.formats.mapping", fromlist=["unflatten"]).unflatten(flat)))),
 ])
 def test_truncated_file(tmp_path, capsys, name, write):
     flat = random_flax_params(CONFIG)
@@ -229,7 +230,8 @@ def test_python_m_parity_convert_end_to_end(tmp_path, good_npz):
     run = subprocess.run([sys.executable, "-m", "parity", "convert", str(src), str(tmp_path / "o.safetensors")],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert "read" in run.stderr and "wrote" in run.stderr and "converted" not in run.stderr  # no per-tensor lines for a small model
+    # no per-tensor lines for a small model
+    assert "read" in run.stderr and "wrote" in run.stderr and "converted" not in run.stderr
     assert (tmp_path / "o.safetensors").exists() and (tmp_path / "o.safetensors.json").exists()
 
 

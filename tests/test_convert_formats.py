@@ -12,15 +12,16 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from checkpoint_writers import TorchvisionViT, hf_config, random_flax_params, randomize, write_google_npz
 from conftest import nchw, random_images, rel_l2
 
 import vit_jax
 import vit_torch_ref
-from checkpoint_writers import TorchvisionViT, hf_config, random_flax_params, randomize, write_google_npz
-from parity.arrays import state_dict_to_numpy, to_numpy
-from parity.convert import convert, read_flax_params, read_state_dict
-from parity.mapping import flatten, unflatten
+from parity.convert import convert
 from vit_jax import ViTConfig, get_config
+from vit_jax.formats.mapping import flatten, unflatten
+from vit_jax.formats.read import read_flax_params, read_state_dict
+from vit_jax.formats.torch_arrays import state_dict_to_numpy, to_numpy
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # from_pretrained on local directories only
 
@@ -90,7 +91,7 @@ def test_round_trip_is_bit_exact(tmp_path, source_npz, a, b):
     _, after = read_flax_params(back)
     assert_same_tensors(flatten(before), flatten(after))
     # And in each format's own naming, as stored on disk.
-    from parity.convert import open_checkpoint
+    from vit_jax.formats.read import open_checkpoint
 
     _, s1 = open_checkpoint(first)
     _, s2 = open_checkpoint(back)
@@ -202,7 +203,8 @@ def test_image_size_resizes_posemb_like_vit_jax(tmp_path, source_npz):
     np.testing.assert_array_equal(state["cls_token"], flat["cls"])  # untouched
     assert not state["head.weight"].any() and not state["head.bias"].any()
     assert state["head.weight"].shape == (5, 32)
-    np.testing.assert_array_equal(state["blocks.1.mlp.fc2.weight"], flat["Transformer/encoderblock_1/MlpBlock_0/Dense_1/kernel"].T)
+    np.testing.assert_array_equal(state["blocks.1.mlp.fc2.weight"],
+                                  flat["Transformer/encoderblock_1/MlpBlock_0/Dense_1/kernel"].T)
     # The result runs at the new size in both frameworks and they agree.
     _, model = vit_torch_ref.load_pretrained(tmp_path / "big.safetensors")
     images = random_images(config)
@@ -328,3 +330,26 @@ def test_load_pretrained_in_both_frameworks_agree(tmp_path, source_npz):
     assert rel_l2(out, flax_logits(config, params, images)) < 1e-5
     assert to_numpy(model.pos_embed).shape == (1, 26, 32)
     assert isinstance(jax.tree.leaves(params)[0], np.ndarray)
+
+
+def test_msgpack_without_flax_is_byte_for_byte_flax_serialization(tmp_path, monkeypatch):
+    """vit_jax.formats writes and reads Flax msgpack with msgpack + NumPy: the same bytes as flax, chunking included."""
+    import ml_dtypes
+    from flax import serialization
+
+    from vit_jax.formats import flax_ckpt
+
+    # Small chunk limits on both sides, so the 48-byte kernel is split as flax splits arrays over 1 GiB.
+    monkeypatch.setattr(serialization, "MAX_CHUNK_SIZE", 16)
+    monkeypatch.setattr(flax_ckpt, "MAX_CHUNK_BYTES", 16)
+    # (keys in sorted order: flax's tree_map sorts them, this writer keeps the order it is given)
+    tree = {"cls": np.zeros((1, 1, 2), np.float16),
+            "embedding": {"bias": np.asarray([1.5, -2.0], ml_dtypes.bfloat16),
+                          "kernel": np.arange(12, dtype=np.float32).reshape(3, 4)}}
+    path = tmp_path / "tree.msgpack"
+    flax_ckpt.write(path, flatten(tree))
+    assert path.read_bytes() == serialization.msgpack_serialize(tree)
+    restored = flax_ckpt.msgpack_restore(serialization.msgpack_serialize(tree))
+    for key, value in flatten(tree).items():
+        got = flatten(restored)[key]
+        assert got.dtype == value.dtype and np.array_equal(got, value)

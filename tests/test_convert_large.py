@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 WRITE_NPZ = textwrap.dedent("""
     import sys, numpy as np
-    from parity.mapping import expected_flax_shapes
+    from vit_jax.formats.mapping import expected_flax_shapes
     from vit_jax import get_config
     rng = np.random.default_rng(0)
     shapes = expected_flax_shapes(get_config("ViT-L_16"))

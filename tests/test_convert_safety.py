@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from checkpoint_writers import random_flax_params, write_google_npz
-from parity.convert import convert, read_flax_params
+
+from parity.convert import convert
 from parity.convert_cli import main
-from parity.formats import ConversionError
 from vit_jax import get_config
+from vit_jax.formats import ConversionError
+from vit_jax.formats.read import read_flax_params
 
 CONFIG = get_config("ViT-testing")
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def run_python(code: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
 
 KILL_BETWEEN_RENAMES = """
 import os, sys
-from parity.formats import base
+from vit_jax.formats import base
 from parity.convert import convert
 real_replace, renamed = os.replace, []
 def replace(src, dst):
@@ -77,14 +78,16 @@ def test_a_kill_between_the_two_renames_is_refused_by_readers_and_completed_by_t
 
 KILL_MID_WRITE = """
 import os, sys
-from parity.formats import flax_ckpt
-real_write = flax_ckpt.write
-def write(path, *args, **kwargs):
-    real_write(path, *args, **kwargs)
-    os._exit(9)  # the temporary is complete, nothing renamed yet
-flax_ckpt.write = write
-from parity.convert import convert
-convert(sys.argv[1], sys.argv[2])
+import parity.convert
+from vit_jax.formats import flax_ckpt
+def killing(real_write):
+    def write(path, *args, **kwargs):
+        real_write(path, *args, **kwargs)
+        os._exit(9)  # the temporary is complete, nothing renamed yet
+    return write
+flax_ckpt.write = killing(flax_ckpt.write)  # msgpack files
+parity.convert.write_orbax = killing(parity.convert.write_orbax)  # orbax directories
+parity.convert.convert(sys.argv[1], sys.argv[2])
 """
 
 
@@ -190,7 +193,7 @@ def test_sigterm_during_a_conversion_exits_143_and_leaves_nothing(tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     # `python -m parity convert`, with progress lines even for this small model: they say when to signal
-    code = ("import runpy, sys; import parity.convert; parity.convert.PROGRESS_MIN_ELEMENTS = 0; "
+    code = ("import runpy, sys; import vit_jax.formats.read as read; read.PROGRESS_MIN_ELEMENTS = 0; "
             f"sys.argv = ['parity', 'convert', {str(tmp_path / 'big.npz')!r}, {str(out_dir / 'big.safetensors')!r}]; "
             "runpy.run_module('parity', run_name='__main__')")
     proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, cwd=ROOT, stdout=subprocess.PIPE,

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from checkpoint_writers import random_flax_params, write_google_npz
 from conftest import nchw, random_images, rel_l2
+from torchvision_stub import import_timm
 
 import vit_jax
-from checkpoint_writers import random_flax_params, write_google_npz
 from parity.convert import convert
-from parity.mapping import unflatten
-from torchvision_stub import import_timm
 from vit_jax import get_config
+from vit_jax.formats.mapping import unflatten
 
 timm = import_timm()
 pytestmark = pytest.mark.skipif(timm is None, reason="timm is not installed (pip install --no-deps timm)")

@@ -91,6 +91,7 @@ def test_scanned_remat_policies_keep_less_for_the_backward_pass(policy):
     g_remat, temp_remat = grad_and_temp(config.replace(remat=True, remat_policy=policy))
     # One vector: the key bias's gradient is zero in exact arithmetic (softmax is
     # shift-invariant), so per tensor it would compare rounding noise.
-    flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
+    def flat(tree):
+        return np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
     assert rel_l2(flat(g_remat), flat(g)) < 1e-6
     assert temp_remat < temp, (policy, temp_remat, temp)

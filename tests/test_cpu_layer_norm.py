@@ -5,10 +5,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
-
 from conftest import rel_l2
+
 from vit_jax.cpu.layer_norm import LayerNorm, layer_norm
 
 
@@ -47,7 +46,8 @@ def test_float32_agrees_with_float64_and_flax(rng):
     x, scale, bias, cot = _inputs(rng, jnp.float32)
     ours = _value_and_grads(lambda a, s, b: layer_norm(a, s, b, 1e-6, jnp.dtype("float32")), x, scale, bias, cot)
     with jax.enable_x64(True):
-        exact = _value_and_grads(lambda a, s, b: _reference(a, s, b, 1e-6), *(jnp.asarray(t, jnp.float64) for t in (x, scale, bias, cot)))
+        exact = _value_and_grads(lambda a, s, b: _reference(a, s, b, 1e-6),
+                                 *(jnp.asarray(t, jnp.float64) for t in (x, scale, bias, cot)))
     for name, a, b in zip(("out", "dx", "dscale", "dbias"), ours, exact):
         assert rel_l2(a, b) < 1e-6, (name, rel_l2(a, b))
 
@@ -71,6 +71,7 @@ def test_bfloat16_compute_keeps_float32_statistics_and_param_gradients(rng):
     d_params, d_x = vjp(cot.astype(jnp.bfloat16))
     assert out.dtype == jnp.bfloat16 and d_x.dtype == jnp.bfloat16
     assert d_params["scale"].dtype == jnp.float32 and d_params["bias"].dtype == jnp.float32
-    exact = _value_and_grads(lambda a, s, b: _reference(a, s, b, 1e-6), x.astype(jnp.bfloat16).astype(jnp.float32), scale, bias, cot)
+    exact = _value_and_grads(lambda a, s, b: _reference(a, s, b, 1e-6), x.astype(jnp.bfloat16).astype(jnp.float32),
+                             scale, bias, cot)
     assert rel_l2(out, exact[0]) < 1e-2
     assert rel_l2(d_x, exact[1]) < 2e-2

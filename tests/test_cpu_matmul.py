@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from jax import lax
 
+from vit_jax.cpu.kernel_set import ProjectionParams
 from vit_jax.cpu.matmul import gelu_projection, shared_input_projections, token_dot_general
-from vit_jax.cpu import ProjectionParams
 
 # (lhs shape, rhs shape, dimension numbers): the projection forms the model uses.
 PROJECTIONS = {
@@ -47,7 +47,8 @@ def test_bfloat16_keeps_the_operand_dtypes_in_the_gradients():
     lhs_shape, rhs_shape, dims = PROJECTIONS["to_heads"]
     lhs, rhs = _random(lhs_shape, 0, jnp.bfloat16), _random(rhs_shape, 1, jnp.bfloat16)
     grads = jax.grad(lambda a, b: jnp.sum(token_dot_general(a, b, dims).astype(jnp.float32)), argnums=(0, 1))(lhs, rhs)
-    reference = jax.grad(lambda a, b: jnp.sum(lax.dot_general(a, b, dims).astype(jnp.float32)), argnums=(0, 1))(lhs, rhs)
+    reference = jax.grad(lambda a, b: jnp.sum(lax.dot_general(a, b, dims).astype(jnp.float32)),
+                         argnums=(0, 1))(lhs, rhs)
     for got, want in zip(grads, reference):
         assert got.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=2e-2, atol=2e-2)
@@ -80,7 +81,8 @@ def test_projection_params_are_what_dense_general_would_create(use_bias):
     x = jnp.zeros((1, 3, 12))
     dense = nn.DenseGeneral((2, 6), use_bias=use_bias, kernel_init=nn.initializers.xavier_uniform())
     want = dense.init(jax.random.key(7), x)["params"]
-    got = ProjectionParams((2, 6), use_bias=use_bias, kernel_init=nn.initializers.xavier_uniform()).init(jax.random.key(7), 12)["params"]
+    got = ProjectionParams((2, 6), use_bias=use_bias,
+                           kernel_init=nn.initializers.xavier_uniform()).init(jax.random.key(7), 12)["params"]
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(a, b)

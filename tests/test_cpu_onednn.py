@@ -30,13 +30,15 @@ CASES = {
     "Ti16_224": ("ViT-Ti_16", {}, 224),
     "S16_no_qkv_bias": ("ViT-S_16", {"qkv_bias": False, "num_layers": 2}, 64),
     "S16_gap": ("ViT-S_16", {"classifier": "gap", "num_layers": 2}, 64),
-    "Ti16_scan_remat": ("ViT-Ti_16", {"scan": True, "remat": True, "remat_policy": "dots_with_no_batch_dims_saveable"}, 64),
+    "Ti16_scan_remat": ("ViT-Ti_16", {"scan": True, "remat": True,
+                                      "remat_policy": "dots_with_no_batch_dims_saveable"}, 64),
     "Ti16_dropouts": (
         "ViT-Ti_16",
         {"num_layers": 3, "dropout_rate": 0.1, "attention_dropout_rate": 0.1, "stochastic_depth_rate": 0.2},
         64,
     ),
-    "Ti16_explicit_pre_logits": ("ViT-Ti_16", {"num_layers": 2, "attention_impl": "explicit", "representation_size": 96}, 64),
+    "Ti16_explicit_pre_logits": ("ViT-Ti_16", {"num_layers": 2, "attention_impl": "explicit",
+                                               "representation_size": 96}, 64),
     "Ti16_bf16": ("ViT-Ti_16", {"num_layers": 2, "dtype": "bfloat16"}, 64),
     "Ti16_recompute_gelu": ("ViT-Ti_16", {"num_layers": 2, "recompute_gelu": True}, 64),
     "S16_recompute_exact_gelu_scan_remat": (
@@ -55,7 +57,8 @@ def _numbers(name: str) -> dict:
     if preset in TRAINING_PRESETS:
         config = dataclasses.replace(TRAINING_PRESETS[preset], head_zero_init=False, kernels="cpu", **overrides)
     else:
-        config = vit_jax.get_config(preset, image_size=size, num_classes=10, head_zero_init=False, kernels="cpu", **overrides)
+        config = vit_jax.get_config(preset, image_size=size, num_classes=10, head_zero_init=False, kernels="cpu",
+                                    **overrides)
     model = VisionTransformer(config)
     params = init_params(config, 0)
     rng = np.random.default_rng(0)
@@ -135,7 +138,8 @@ def test_onednn_flags_are_added_once_and_keep_what_the_user_set():
     assert "--xla_cpu_experimental_ynn_fusion_type=reduce" not in mine.split()
     assert cpu_matmuls.onednn_matmuls_enabled(flags)
     assert not cpu_matmuls.onednn_matmuls_enabled("")
-    assert not cpu_matmuls.onednn_matmuls_enabled("--xla_cpu_use_onednn=false --xla_cpu_experimental_onednn_fusion_type=dot")
+    assert not cpu_matmuls.onednn_matmuls_enabled("--xla_cpu_use_onednn=false "
+                                                  "--xla_cpu_experimental_onednn_fusion_type=dot")
     assert not cpu_matmuls.onednn_matmuls_enabled("--xla_cpu_use_onednn=true")
 
 
@@ -165,7 +169,8 @@ def test_bench_cli_runs_with_onednn_matmuls_and_records_them(tmp_path):
     args = ["--presets", "ViT-testing", "--image-size", "16", "--batch", "4", "--repeats", "1", "--warmup", "1",
             "--no-torch-compile", "--cpu-matmuls", "onednn", "--json", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    run = subprocess.run([sys.executable, "-m", "benchmarks.model_bench", *args], env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-m", "benchmarks.model_bench", *args], env=env, capture_output=True,
+                         text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["device"]["xla_cpu_matmuls"] == "onednn"

@@ -6,8 +6,8 @@ import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
 from data_writers import class_pattern, save_image, write_image_folder
+from PIL import Image
 
 from vit_jax.data import CorruptImageError, DataError, DatasetSpec, load_dataset, make_loader
 

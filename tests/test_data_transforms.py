@@ -68,7 +68,8 @@ def test_flip_mirrors_about_half_the_images_and_can_be_disabled():
     image = np.arange(36, dtype=np.float32).reshape(1, 6, 6, 1) / 36
     images = np.repeat(image, 400, axis=0)
     u = uniforms(5, np.arange(400), UNIFORMS_PER_EXAMPLE)
-    common = dict(image_size=(6, 6), mean=(0.0,), std=(1.0,), channels=1, train=True, crop_scale=(1, 1), crop_ratio=(1, 1))
+    common = dict(image_size=(6, 6), mean=(0.0,), std=(1.0,), channels=1, train=True, crop_scale=(1, 1),
+                  crop_ratio=(1, 1))
     out = ImageTransform(flip=True, **common)(images, u)
     mirrored = np.all(np.isclose(out, image[:, :, ::-1]), axis=(1, 2, 3))
     same = np.all(np.isclose(out, image), axis=(1, 2, 3))
@@ -117,6 +118,8 @@ def test_uniforms_are_reproducible_and_seed_dependent():
 
 def test_large_float_images_take_pil_planes_and_agree_with_the_matrix_path():
     images = np.random.default_rng(2).random((2, 40, 40, 3)).astype(np.float32)
-    transform = ImageTransform((120, 120), mean=(0.0,) * 3, std=(1.0,) * 3, channels=3, train=False, crop_fraction=0.875)
+    transform = ImageTransform((120, 120), mean=(0.0,) * 3, std=(1.0,) * 3, channels=3, train=False,
+                               crop_fraction=0.875)
     boxes = center_crop_boxes([40, 40], [40, 40], (120, 120), 0.875)
-    np.testing.assert_allclose(transform(images), resample_float_batch(images, boxes, (120, 120), "bilinear"), atol=1e-5)
+    np.testing.assert_allclose(transform(images), resample_float_batch(images, boxes, (120, 120), "bilinear"),
+                               atol=1e-5)

@@ -63,5 +63,6 @@ def test_multi_platform_export_computes_the_models_numbers_on_cpu(name):
     exported = export.export(fn, platforms=["cpu", *PLATFORMS])(*args)
     got, want = exported.call(*args), fn(*args)
     # over the whole output (the key biases' exact gradient is 0: rounding noise alone)
-    flat = lambda tree: np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree.leaves(tree)])
+    def flat(tree):
+        return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree.leaves(tree)])
     assert rel_l2(flat(got), flat(want)) < 1e-6

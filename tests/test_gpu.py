@@ -32,7 +32,8 @@ def test_library_attention_matches_the_explicit_form(impl, dtype):
         return (out, *pullback(d_out))
 
     want = jax.jit(lambda: vjp(lambda q, k, v: explicit_attention(q, k, v)[0]))()
-    got = jax.jit(lambda: vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation=None if impl == "auto" else impl)))()
+    implementation = None if impl == "auto" else impl
+    got = jax.jit(lambda: vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation=implementation)))()
     for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
         assert rel_l2(a, b) < 2e-2, name  # two bf16/f16 roundings of the same function
 

@@ -13,16 +13,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from checkpoint_writers import random_flax_params, write_google_npz
 from conftest import nchw, random_images, rel_l2
+from torchvision_stub import import_timm
 
 import vit_jax
-from checkpoint_writers import random_flax_params, write_google_npz
-from parity.convert import convert, read_flax_params
-from parity.formats.base import ConversionError, TensorSource
-from parity.infer import build_config
-from parity.mapping import flatten, unflatten
-from torchvision_stub import import_timm
+from parity.convert import convert
 from vit_jax import ViTConfig, get_config
+from vit_jax.formats.base import ConversionError, TensorSource
+from vit_jax.formats.infer import build_config
+from vit_jax.formats.mapping import flatten, unflatten
+from vit_jax.formats.read import read_flax_params
 from vit_torch_ref.model import VisionTransformer as TorchViT
 
 # Two stages (stride 8) of width 32 on 32 px: a 4x4 grid of 1x1 patches.
@@ -85,7 +86,8 @@ def _np_stem(p, x, layers):
             stride = 2 if i > 0 and j == 0 else 1
 
             def conv_gn(y, r, s=1):
-                return _np_group_norm(_np_conv(y, p[u + f"conv{r}/kernel"], s), p[u + f"gn{r}/scale"], p[u + f"gn{r}/bias"])
+                return _np_group_norm(_np_conv(y, p[u + f"conv{r}/kernel"], s), p[u + f"gn{r}/scale"],
+                                      p[u + f"gn{r}/bias"])
 
             residual = x
             if j == 0:  # every stage's first unit changes width or stride: projection
@@ -115,7 +117,7 @@ def test_stem_computes_googles_definition_in_both_frameworks(config):
 
 
 def vit_jax_to_torch(flat, config):
-    from parity.mapping import flax_to_torch
+    from vit_jax.formats.mapping import flax_to_torch
 
     return {k: torch.from_numpy(np.array(v)) for k, v in flax_to_torch(unflatten(flat), config).items()}
 
@@ -337,7 +339,7 @@ TIMM_NAMES = {"R+ViT-Ti_16": "vit_tiny_r_s16_p8_224", "R26+ViT-S_32": "vit_small
 @pytest.mark.parametrize("preset", sorted(TIMM_NAMES))
 def test_presets_have_timms_state_dict(preset):
     """Every key and shape of timm's registered hybrid (built on the meta device) is the mapping's for the preset."""
-    from parity.mapping import expected_torch_shapes
+    from vit_jax.formats.mapping import expected_torch_shapes
 
     model = timm.create_model(TIMM_NAMES[preset], num_classes=1000, device="meta")
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected_torch_shapes(get_config(preset))

@@ -29,7 +29,8 @@ OPTION_CONFIGS = {
         image_size=(16, 24), patch_size=(4, 8), num_channels=1, pixel_mean=(0.5,), pixel_std=(0.5,)
     ),
     "eps1e-12/head-bias/dropout-configured": TINY.replace(
-        layer_norm_eps=1e-12, head_bias_init=-2.0, dropout_rate=0.1, attention_dropout_rate=0.1, stochastic_depth_rate=0.1
+        layer_norm_eps=1e-12, head_bias_init=-2.0, dropout_rate=0.1, attention_dropout_rate=0.1,
+                                                          stochastic_depth_rate=0.1
     ),
 }
 
@@ -61,7 +62,8 @@ def test_same_weights_same_function_at_every_layer(name, kernels):
 
 
 @pytest.mark.parametrize("kernels", ["reference", "cpu"])
-@pytest.mark.parametrize("name", ["token/tanh/learn", "gap/exact/no-qkv-bias/eps1e-5/repr", "scan+remat/3-layers/heads4"])
+@pytest.mark.parametrize("name",
+                         ["token/tanh/learn", "gap/exact/no-qkv-bias/eps1e-5/repr", "scan+remat/3-layers/heads4"])
 def test_same_gradients_as_the_twin(name, kernels):
     """Both kernel sets' gradients equal the twin's, parameter by parameter, through the mapping."""
     config = OPTION_CONFIGS[name].replace(kernels=kernels)
@@ -79,7 +81,8 @@ def test_same_gradients_as_the_twin(name, kernels):
         for p in model.parameters():
             p.copy_(p.grad)
     torch_grads = parity.flax_params_from_torch(model, config)
-    flat = lambda tree: np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree.leaves(tree)])
+    def flat(tree):
+        return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree.leaves(tree)])
     assert jax.tree.structure(torch_grads) == jax.tree.structure(flax_grads)
     assert rel_l2(flat(flax_grads), flat(torch_grads)) < 1e-5
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(flax_grads), jax.tree.leaves(torch_grads)):
@@ -94,7 +97,8 @@ def test_round_trips_are_bit_exact(name):
     state_dict = parity.flax_to_torch(params, config)
     back = parity.torch_to_flax(state_dict, config)
     assert jax.tree.structure(back) == jax.tree.structure(params)
-    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)))
+    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a,
+               b in zip(jax.tree.leaves(back), jax.tree.leaves(params)))
     again = parity.flax_to_torch(back, config)
     assert all(np.array_equal(state_dict[k], again[k]) for k in state_dict)
     # every parameter is covered by exactly one rule
@@ -108,7 +112,8 @@ def test_bfloat16_round_trip_is_bit_exact():
     model = parity.torch_model_from_flax(params, config)
     assert model.patch_embed.proj.weight.dtype == torch.bfloat16
     back = parity.flax_params_from_torch(model, config)
-    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)))
+    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a,
+               b in zip(jax.tree.leaves(back), jax.tree.leaves(params)))
 
 
 def test_google_tree_loads_into_twin_strictly():
@@ -147,3 +152,22 @@ def test_missing_unexpected_and_misshaped_tensors_are_named():
         parity.flax_to_torch({k: v for k, v in params.items() if k != "head"}, TINY)
     with pytest.raises(MappingError, match="Transformer/posembed_input/pos_embedding' has shape"):
         parity.flax_to_torch(params, TINY.replace(image_size=32))
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"classifier": "gap", "representation_size": 24, "num_classes": 0},
+    {"classifier": "token_unpooled", "qkv_bias": False, "image_size": (16, 24)},
+    {"patch_norm": True, "attention_head_dim": 8, "posemb": "sincos2d"},
+    {"attention_head_dim": 16, "num_heads": 2, "attention_out_proj": False, "hidden_size": 32},
+    {"resnet_layers": (1, 2), "width_factor": 0.5, "image_size": 64, "patch_size": 1},
+    {"resnet_layers": (), "width_factor": 0.5, "image_size": 64, "patch_size": 2},
+])
+def test_expected_flax_shapes_from_the_rules_are_the_models(overrides):
+    """The formats layer derives every leaf's shape from the config without tracing; the model must agree."""
+    from vit_jax.formats.mapping import expected_flax_shapes, flatten
+    from vit_jax.model import param_shapes
+
+    config = get_config("ViT-testing", **overrides)
+    traced = {key: tuple(leaf.shape) for key, leaf in flatten(param_shapes(config)).items()}
+    assert expected_flax_shapes(config) == traced

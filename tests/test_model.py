@@ -1,6 +1,5 @@
 """The Flax model: Google param layout, shapes, options, determinism, bad input."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +53,8 @@ def test_google_layout_tree_is_accepted_unchanged():
 
 
 def test_init_matches_google_paths_for_b16():
-    flat = {"/".join(k.key for k in path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(vit_jax.param_shapes(get_config("ViT-B_16")))}
+    flat = {"/".join(k.key for k in path): leaf.shape for path,
+            leaf in jax.tree_util.tree_leaves_with_path(vit_jax.param_shapes(get_config("ViT-B_16")))}
     expected = {
         "embedding/kernel": (16, 16, 3, 768),
         "cls": (1, 1, 768),
@@ -125,7 +125,8 @@ def test_deterministic_without_dropout_and_random_with_it():
     images = random_images(config)
     eval_a, eval_b = apply(config, params, images), apply(config, params, images)
     np.testing.assert_array_equal(eval_a, eval_b)
-    train = lambda seed: apply(config, params, images, train=True, rngs={"dropout": jax.random.key(seed)})
+    def train(seed):
+        return apply(config, params, images, train=True, rngs={"dropout": jax.random.key(seed)})
     np.testing.assert_array_equal(train(1), train(1))
     assert not np.allclose(train(1), train(2))
     assert not np.allclose(train(1), eval_a)
@@ -196,7 +197,8 @@ def test_remat_policies_give_the_same_gradients(policy):
     g, g_remat = step(params, config), step(params, config.replace(remat=True, remat_policy=policy))
     # One vector: the key bias's gradient is zero in exact arithmetic (softmax is
     # shift-invariant), so per tensor it would compare rounding noise.
-    flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
+    def flat(tree):
+        return np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
     assert rel_l2(flat(g_remat), flat(g)) < 1e-6
 
 

@@ -18,7 +18,8 @@ from parity.report_cli import main
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "preset, dtype, seed",
-    [("ViT-Ti_16", "float32", 3), ("ViT-Ti_16", "bfloat16", 1), ("ViT-S_16", "float32", 4), ("ViT-S_16", "bfloat16", 2)],
+    [("ViT-Ti_16", "float32", 3), ("ViT-Ti_16", "bfloat16", 1),
+     ("ViT-S_16", "float32", 4), ("ViT-S_16", "bfloat16", 2)],
 )
 def test_correct_preset_passes_backward_and_adamw(tmp_path, preset, dtype, seed):
     out = tmp_path / "out"

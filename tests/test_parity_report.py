@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import parity.mapping
 import vit_jax
+import vit_jax.formats.mapping
 from parity import harness, judge
 from parity.compare import compare, group_rms, norm_floor
 from parity.inputs import load_images, random_images
@@ -40,7 +40,7 @@ def rows(report: dict, section: str) -> list[dict]:
 
 
 def flax_param_count(config) -> int:
-    return sum(len(rule.flax) for rule in parity.mapping.param_rules(config))
+    return sum(len(rule.flax) for rule in vit_jax.formats.mapping.param_rules(config))
 
 
 def check_passing_report(report: dict, config, backward: bool) -> None:
@@ -99,7 +99,8 @@ def test_float32_forward_backward_adamw_pass(tmp_path, capsys, kernels):
     assert report["optimizer"]["hyperparameters"]["weight_decay"] == harness.AdamWSettings.weight_decay
     # every artefact is there and self-contained
     out = tmp_path / "out"
-    assert sorted(os.listdir(out)) == ["error_vs_depth.png", "loss_curves.png", "report.html", "report.json", "report.md"]
+    assert sorted(os.listdir(out)) == ["error_vs_depth.png", "loss_curves.png", "report.html", "report.json",
+                                       "report.md"]
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "blocks.1.attn_probs" in page
     md = (out / "report.md").read_text()
@@ -114,7 +115,7 @@ def test_float32_forward_backward_adamw_pass(tmp_path, capsys, kernels):
 
 def swap_query_key(monkeypatch):
     """Test-only fault: the mapping moves Flax's query kernel into torch's k slot and vice versa."""
-    original = parity.mapping.param_rules
+    original = vit_jax.formats.mapping.param_rules
 
     def broken(config):
         rules = original(config)
@@ -123,7 +124,7 @@ def swap_query_key(monkeypatch):
             for r in rules
         ]
 
-    monkeypatch.setattr(parity.mapping, "param_rules", broken)
+    monkeypatch.setattr(vit_jax.formats.mapping, "param_rules", broken)
 
 
 def test_swapped_query_key_mapping_fails_at_first_attention_map(tmp_path, monkeypatch, capsys):
@@ -278,8 +279,8 @@ def test_checkpoints_and_real_images(tmp_path):
 
     config = get_config(SMALL, head_zero_init=False)
     params = harness.cast_params(vit_jax.init_params(config, 3), np.float32)
-    save_file(parity.flax_to_torch(params, config), str(tmp_path / "timm.safetensors"))
-    np.savez(tmp_path / "google.npz", **parity.mapping.flatten(params))
+    save_file(vit_jax.formats.mapping.flax_to_torch(params, config), str(tmp_path / "timm.safetensors"))
+    np.savez(tmp_path / "google.npz", **vit_jax.formats.mapping.flatten(params))
     folder = tmp_path / "imgs"
     folder.mkdir()
     rng = np.random.default_rng(0)

@@ -16,10 +16,10 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -75,7 +75,8 @@ def python_target(argv: list[str]) -> tuple[str, str, list[str]] | None:
 
 
 ALL = commands()
-CLI = [(where, python_target(argv)) for where, argv in ALL if python_target(argv) and python_target(argv)[1] != "pytest"]
+CLI = [(where, python_target(argv)) for where,
+       argv in ALL if python_target(argv) and python_target(argv)[1] != "pytest"]
 
 # Runs each command's own main up to its argparse parse, then stops it (BaseException, so no
 # `except Exception` in a CLI swallows it). train.py's options are also validated as TrainConfig.

@@ -16,10 +16,10 @@ from train_runs import TINY, load_train_module
 
 import vit_jax
 import vit_torch_ref
-from parity.convert import read_flax_params
 from parity.convert_cli import main as convert_main
-from parity.mapping import flatten
-from vit_jax.training.checkpoint import CheckpointError, Checkpointer, DamagedCheckpointWarning
+from vit_jax.formats.mapping import flatten
+from vit_jax.formats.read import read_flax_params
+from vit_jax.training.checkpoint import Checkpointer, CheckpointError, DamagedCheckpointWarning
 from vit_jax.training.config import parse_args
 from vit_jax.training.state import TrainState
 
@@ -99,7 +99,7 @@ def test_the_default_step_is_the_best_by_eval_accuracy_else_the_latest(run_dir, 
     os.makedirs(workdir)
     shutil.copy(os.path.join(run_dir, "config.json"), workdir)
     base = saved_params(run_dir, STEPS)
-    from parity.mapping import unflatten
+    from vit_jax.formats.mapping import unflatten
 
     def state(step, scale):
         params = unflatten({k: v * scale for k, v in base.items()})

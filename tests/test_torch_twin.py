@@ -37,7 +37,8 @@ def timm_keys(depth, cls=True, pos=True, qkv_bias=True, pre_logits=False, head=T
 def test_state_dict_keys_follow_timm():
     assert set(VisionTransformer(TINY).state_dict()) == timm_keys(2)
     gap = TINY.replace(classifier="gap", qkv_bias=False, representation_size=16, num_classes=0, posemb="sincos2d")
-    assert set(VisionTransformer(gap).state_dict()) == timm_keys(2, cls=False, pos=False, qkv_bias=False, pre_logits=True, head=False)
+    assert set(VisionTransformer(gap).state_dict()) == timm_keys(2, cls=False, pos=False, qkv_bias=False,
+                                                                 pre_logits=True, head=False)
     sd = VisionTransformer(get_config("ViT-B_16")).state_dict()
     assert sd["blocks.0.attn.qkv.weight"].shape == (2304, 768)
     assert sd["patch_embed.proj.weight"].shape == (768, 3, 16, 16)

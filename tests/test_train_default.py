@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-
 from train_runs import final_params, load_train_module, records
 
 train = load_train_module()
@@ -23,7 +22,8 @@ pytestmark = pytest.mark.slow  # one real training run shared by the tests below
 def run_dir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("default") / "run")
     export = os.path.join(os.path.dirname(workdir), "exported.safetensors")
-    argv = ["--steps", str(STEPS), "--warmup-steps", "10", "--workdir", workdir, "--log-every", "1", "--no-progress", "--export-torch", export]
+    argv = ["--steps", str(STEPS), "--warmup-steps", "10", "--workdir", workdir, "--log-every", "1", "--no-progress",
+            "--export-torch", export]
     assert train.main(argv) == 0
     return workdir
 
@@ -88,7 +88,7 @@ def test_exported_torch_weights_compute_the_same_logits(run_dir):
     import torch
     from safetensors.torch import load_file
 
-    from vit_jax import ViTConfig, VisionTransformer
+    from vit_jax import VisionTransformer, ViTConfig
     from vit_torch_ref import VisionTransformer as TorchViT
 
     export = os.path.join(os.path.dirname(run_dir), "exported.safetensors")

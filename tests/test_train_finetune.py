@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from train_runs import TINY, final_params, load_train_module, records
 
-from parity.mapping import flatten
 from vit_jax import ViTConfig, init_params, load_pretrained
+from vit_jax.formats.mapping import flatten
 
 train = load_train_module()
 

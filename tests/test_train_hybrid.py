@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 import pytest
+from checkpoint_writers import random_flax_params, write_google_npz
 from train_runs import final_params, load_train_module, records
 
-from checkpoint_writers import random_flax_params, write_google_npz
 from vit_jax import get_config
 
 train = load_train_module()

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from parity.mapping import flatten
 from vit_jax import VisionTransformer, get_config, init_params
+from vit_jax.formats.mapping import flatten
 from vit_jax.training import optim
 from vit_jax.training.state import create_train_state
 from vit_jax.training.steps import StepOptions, train_step

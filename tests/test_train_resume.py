@@ -62,7 +62,8 @@ from vit_jax.training.state import TrainState
 
 def state(step, size):
     params = {"w": np.full(size, step, np.float32)}
-    return TrainState(step=np.asarray(step, np.int32), params=params, opt_state={"mu": params}, rng=np.zeros(2, np.uint32))
+    return TrainState(step=np.asarray(step, np.int32), params=params, opt_state={"mu": params},
+                      rng=np.zeros(2, np.uint32))
 
 checkpoints = Checkpointer(sys.argv[1])
 checkpoints.save(1, state(1, 1000), {"next_batch": 1})

@@ -22,10 +22,10 @@ from flax import serialization
 import vit_jax
 import vit_torch_ref
 from parity.convert_cli import main as convert_main
-from parity.formats import config_sidecar
-from parity.formats.vit_pytorch import vit_kwargs
-from parity.mapping import unflatten
 from vit_jax.config import ViTConfig
+from vit_jax.formats import config_sidecar
+from vit_jax.formats.mapping import unflatten
+from vit_jax.formats.vit_pytorch import vit_kwargs
 
 
 def _vit_pytorch_vit():
@@ -194,8 +194,9 @@ def test_a_google_vit_is_refused_by_the_vit_pytorch_writer(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dim_head", "identity_out"])
 def test_parity_report_on_a_converted_vit_pytorch_model_passes(tmp_path, name):
-    from parity.report_cli import main as report_main
     from test_parity_report import check_passing_report
+
+    from parity.report_cli import main as report_main
 
     torch.save(randomize(vp.ViT(**_kwargs(name)), seed=6).state_dict(), tmp_path / "m.pt")
     assert convert_main([str(tmp_path / "m.pt"), str(tmp_path / "m.msgpack"), *_sets(VARIANTS[name][1]), "-q"]) == 0

@@ -14,7 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(REPO, "train.py")
 
 # A small, fast model on digits for tests that check mechanics, not accuracy.
-TINY = ["--hidden-size", "32", "--mlp-dim", "64", "--num-heads", "2", "--num-layers", "1", "--stochastic-depth-rate", "0",
+TINY = ["--hidden-size", "32", "--mlp-dim", "64", "--num-heads", "2", "--num-layers", "1", "--stochastic-depth-rate",
+        "0",
         "--no-progress"]
 
 

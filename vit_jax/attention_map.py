@@ -24,6 +24,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -32,9 +33,10 @@ from vit_jax.config import ConfigError, ViTConfig
 from vit_jax.data import DataError, decode_image_file
 from vit_jax.data.decode import decode_image
 from vit_jax.data.transforms import center_crop_boxes, resample_box
+from vit_jax.formats.training_run import locate
+from vit_jax.pretrained import load_pretrained, load_run
 from vit_jax.rollout import HEAD_FUSIONS, attention_rollout, head_maps
 from vit_jax.training.checkpoint import CheckpointError
-from vit_jax.training.config import RUN_CONFIG_FILE
 
 FRAMEWORKS = ("jax", "torch")
 MIN_DISPLAY = 224  # the overlay is the model's input size scaled up by an integer until its short side reaches this
@@ -47,22 +49,13 @@ COLORMAP = "jet"
 # -- loading ------------------------------------------------------------------
 
 
-def is_run_dir(path: str) -> bool:
-    """A training run's --workdir: its config.json and a checkpoints/ folder."""
-    return os.path.isfile(os.path.join(path, RUN_CONFIG_FILE)) and os.path.isdir(os.path.join(path, "checkpoints"))
-
-
 def load_checkpoint(path: str, step: int | None = None) -> tuple[ViTConfig, dict, float]:
     """(model config, Flax params, eval crop fraction) of a run directory or a weights file."""
-    if is_run_dir(path):
-        from vit_jax.predict import load_run
-
+    if locate(path) == (Path(path), None):  # a run's --workdir
         model, params, run, _ = load_run(path, step)
         return model, params, run.get("eval_crop_fraction", 1.0)
     if step is not None:
         raise ConfigError(f"--step applies to a training run directory; {path} is not one")
-    from vit_jax.pretrained import load_pretrained
-
     model, params = load_pretrained(path)
     return model, params, 1.0
 
@@ -85,13 +78,14 @@ def attention_forward(config: ViTConfig, params: dict, framework: str = "jax") -
     if framework == "torch":
         import torch
 
-        from parity import torch_model_from_flax
+        from vit_torch_ref.pretrained import from_flax_params
 
-        twin = torch_model_from_flax(params, config)
+        twin = from_flax_params(params, config)
 
         def torch_probs(images):
             with torch.no_grad():
-                _, inter = twin(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))), return_attention=True)
+                _, inter = twin(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+                                return_attention=True)
             return [inter[f"blocks.{i}.attn_probs"].float().numpy() for i in range(config.num_layers)]
 
         return torch_probs
@@ -157,7 +151,8 @@ def output_paths(images: Sequence[str], out_dir: str) -> list[tuple[str, str, st
     for path in images:
         stem = os.path.splitext(os.path.basename(path))[0]
         if stem in stems:
-            raise ConfigError(f"images {stems[stem]} and {path} share the name '{stem}': their maps would overwrite each other")
+            raise ConfigError(f"images {stems[stem]} and {path} share the name '{stem}': their maps would overwrite "
+                              "each other")
         stems[stem] = path
     return [tuple(os.path.join(out_dir, stem + suffix) for suffix in ("_rollout.npy", "_rollout.png", "_heads.png"))
             for stem in stems]
@@ -207,7 +202,7 @@ def write_attention_maps(
     if not config.has_class_token:
         log(f"note: the model has no class token (classifier '{config.classifier}'): "
             "the rollout and the per-head maps are the mean of all rows")
-    from parity.formats.base import atomic_outputs
+    from vit_jax.formats.base import atomic_outputs
 
     forward = attention_forward(config, params, framework)
     prefix, grid = config.num_prefix_tokens, config.grid_size
@@ -234,15 +229,21 @@ def write_attention_maps(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vit_jax.attention_map",
-        description="Write the attention rollout (array and overlay) and per-head attention maps of a ViT for image files.",
+        description="Write the attention rollout (array and overlay) and per-head attention maps of a ViT for image "
+                    "files.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a training run directory or any weights file load_pretrained reads")
-    parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any format PIL reads; grey and RGBA are converted)")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="a training run directory or any weights file load_pretrained reads")
+    parser.add_argument("images", metavar="IMAGE", nargs="+",
+                        help="image files (any format PIL reads; grey and RGBA are converted)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
-    parser.add_argument("--step", type=int, default=None, help="run directory only: checkpoint step (default: the best, else the latest)")
-    parser.add_argument("--framework", choices=FRAMEWORKS, default="jax", help="compute the attention with the Flax model or the torch twin")
-    parser.add_argument("--head-fusion", choices=HEAD_FUSIONS, default="mean", help="how each layer's heads are combined in the rollout")
+    parser.add_argument("--step", type=int, default=None,
+                        help="run directory only: checkpoint step (default: the best, else the latest)")
+    parser.add_argument("--framework", choices=FRAMEWORKS, default="jax",
+                        help="compute the attention with the Flax model or the torch twin")
+    parser.add_argument("--head-fusion", choices=HEAD_FUSIONS, default="mean",
+                        help="how each layer's heads are combined in the rollout")
     parser.add_argument("--discard-ratio", type=float, default=0.0,
                         help="fraction of each layer's fused attention entries zeroed, lowest first (the class token's "
                              "attention to itself is kept)")
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from parity.formats import ConversionError
+    from vit_jax.formats import ConversionError
 
     try:
         # Bad options and name clashes are reported before the model loads.

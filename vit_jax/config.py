@@ -22,6 +22,11 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn", "explicit", "recompute")
 # Fields that choose how the function is computed, not which function: the
 # torch twin and the converters ignore them, and a parity run may vary them.
 RUNTIME_FIELDS = ("kernels", "attention_impl", "remat", "remat_policy", "scan", "recompute_gelu")
+# Fields a checkpoint's tensors fix (its shapes and which tensors exist); the rest of the function's fields
+# are numerics (GELU form, epsilons, input normalisation), which a converter records beside the weights.
+ARCHITECTURE_FIELDS = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads", "qkv_bias",
+                       "posemb", "representation_size", "classifier", "image_size", "num_classes", "patch_norm",
+                       "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor")
 # With `remat`, what each block keeps for the backward pass (names from
 # jax.checkpoint_policies): nothing but its input, or also the outputs of its
 # matmuls (the linear layers only, or those and the attention products).
@@ -81,7 +86,7 @@ class ViTConfig:
     # 0.5/0.5 is Google's (x - 127.5) / 127.5.
     pixel_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    # -- options of lucidrains' vit-pytorch (parity/formats/vit_pytorch.py); the defaults are Google's --
+    # -- options of lucidrains' vit-pytorch (vit_jax/formats/vit_pytorch.py); the defaults are Google's --
     # LayerNorm(patch pixels) -> projection -> LayerNorm(hidden), pixels flattened as (ph, pw, C).
     patch_norm: bool = False
     attention_head_dim: int | None = None  # None: hidden_size // num_heads; else q/k/v are heads x this wide

@@ -5,7 +5,8 @@
 semantics: jvp, vmap, grad of grad) or 'cpu' (vit_jax/cpu: the same function
 with hand-written backward passes that XLA:CPU runs faster and in less
 memory; reverse-mode autodiff only). tests/test_kernels.py checks that both
-compute the same function.
+compute the same function. Which set a config gets is `vit_jax.model.kernels_for`
+(this module sits below vit_jax/cpu, which builds its set from `Kernels`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from vit_jax.attention import dot_product_attention
-from vit_jax.config import KERNELS, ConfigError, ViTConfig
+from vit_jax.config import KERNELS, ConfigError
 
 Array = jax.Array
 Layer = Callable[[], nn.Module]  # a functools.partial of nn.Dense/DenseGeneral, name included
@@ -32,10 +33,15 @@ class Kernels:
     dot_general: Callable  # lax.dot_general's signature: the blocks' Dense layers use it
     project: Callable[[Array, Sequence[Layer]], list[Array]]  # several layers applied to one input
     attention: Callable[[Array, Array, Array, str], Array]  # the core without probabilities
-    gelu: Callable[[Array, bool], Array]  # (x, approximate)
-    gelu_dense: Callable[[Array, Layer, bool], Array] | None  # recompute_gelu: GELU then a Dense, as one op
+    # (config, x, Dense_1 layer, dropout) -> the MLP after Dense_0: GELU, dropout, Dense_1, dropout
+    mlp_out: Callable[..., Array]
     mean_tokens: Callable[[Array], Array]  # (n, seq, d) -> (n, d)
-    norm_class_token_only: bool  # a 'token' head: the final norm may run on the class token alone
+    # (x, the norm module, whether the head reads the class token alone) -> what the head reads from
+    final_norm: Callable[[Array, Callable[[Array], Array], bool], Array]
+
+
+def _mlp_out(c, x: Array, dense_1: Layer, dropout: Callable[[Array], Array]) -> Array:
+    return dropout(dense_1()(dropout(jax.nn.gelu(x, approximate=c.gelu == "tanh"))))
 
 
 REFERENCE = Kernels(
@@ -44,19 +50,10 @@ REFERENCE = Kernels(
     dot_general=lax.dot_general,
     project=lambda x, layers: [layer()(x) for layer in layers],
     attention=dot_product_attention,
-    gelu=lambda x, approximate: jax.nn.gelu(x, approximate=approximate),
-    gelu_dense=None,
+    mlp_out=_mlp_out,
     mean_tokens=lambda x: jnp.mean(x, axis=1),
-    norm_class_token_only=False,
+    final_norm=lambda x, norm, head_reads_class_token: norm(x),
 )
-
-
-def kernels_for(config: ViTConfig) -> Kernels:
-    if config.kernels == "cpu":
-        from vit_jax.cpu import CPU_KERNELS  # imported only when asked for
-
-        return CPU_KERNELS
-    return REFERENCE
 
 
 def resolve_kernels(choice: str) -> str:

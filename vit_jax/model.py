@@ -41,12 +41,21 @@ import numpy as np
 
 from vit_jax.attention import attend, explicit_attention
 from vit_jax.config import ViTConfig
-from vit_jax.kernels import kernels_for
+from vit_jax.kernels import REFERENCE, Kernels
 from vit_jax.posemb import sincos_2d
 from vit_jax.resnet import resnet_stem
 
 Array = jax.Array
 Intermediates = dict[str, Array]
+
+
+def kernels_for(config: ViTConfig) -> Kernels:
+    """The operation set `config.kernels` names; the CPU set is imported only when asked for."""
+    if config.kernels == "cpu":
+        from vit_jax.cpu.kernel_set import CPU_KERNELS
+
+        return CPU_KERNELS
+    return REFERENCE
 
 
 def _layer_norm(c: ViTConfig, name: str) -> nn.Module:
@@ -82,7 +91,8 @@ class AddPositionEmbs(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         shape = (1, x.shape[1], x.shape[2])
-        pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), shape, jnp.dtype(self.config.param_dtype))
+        pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), shape,
+                         jnp.dtype(self.config.param_dtype))
         return x + pos.astype(x.dtype)
 
 
@@ -94,14 +104,12 @@ class MlpBlock(nn.Module):
     def __call__(self, x: Array) -> Array:
         c, ops = self.config, kernels_for(self.config)
         dense = _block_layer(nn.Dense, c, bias_init=nn.initializers.normal(stddev=1e-6))
-        approximate = c.gelu == "tanh"
         x = dense(c.mlp_dim, name="Dense_0")(x)
-        if c.recompute_gelu:  # a kernels='cpu' option (the config checks): GELU and Dense_1 as one op
-            return ops.gelu_dense(x, functools.partial(dense, c.hidden_size, name="Dense_1"), approximate)
-        x = ops.gelu(x, approximate)
-        x = nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
-        x = dense(c.hidden_size, name="Dense_1")(x)
-        return nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
+
+        def dropout(y: Array) -> Array:
+            return nn.Dropout(rate=c.dropout_rate)(y, deterministic=not self.train)
+
+        return ops.mlp_out(c, x, functools.partial(dense, c.hidden_size, name="Dense_1"), dropout)
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -235,9 +243,9 @@ class Encoder(nn.Module):
             for key, value in block_inter.items():
                 inter[f"blocks.{i}" if key == "out" else f"blocks.{i}.{key}"] = value
 
-        if kernels_for(c).norm_class_token_only and c.classifier == "token" and not self.return_intermediates:
-            x = x[:, :1]  # the head reads the class token only, and the norm is per token
-        x = _layer_norm(c, "encoder_norm")(x)
+        # A 'token' head reads the class token alone, and the norm is per token: a kernel set may norm just that.
+        head_reads_class_token = c.classifier == "token" and not self.return_intermediates
+        x = kernels_for(c).final_norm(x, _layer_norm(c, "encoder_norm"), head_reads_class_token)
         if self.return_intermediates:
             inter["norm"] = x
         return x, inter
@@ -328,8 +336,7 @@ def init_params(config: ViTConfig, rng: Array | int = 0) -> dict[str, Any]:
         rng = jax.random.key(rng)
     images = jnp.zeros((1, *config.image_hw, config.num_channels), jnp.float32)
     init = jax.jit(lambda r: VisionTransformer(config).init(r, images, train=False))
-    # Wait while `init` is alive: with oneDNN matmuls, freeing a running executable aborts (vit_jax/cpu/onednn.py).
-    return jax.block_until_ready(init(rng)["params"])
+    return jax.block_until_ready(init(rng)["params"])  # ready before `init` is freed
 
 
 def param_shapes(config: ViTConfig) -> dict[str, Any]:

@@ -1,14 +1,15 @@
 """Operations on Flax ViT param trees: scanned <-> per-block layout, resizing.
 
 Trees here are nested dicts of arrays (NumPy or JAX), as `init_params` returns
-or as a Google `.npz` unflattens to.
+or as a Google `.npz` unflattens to. Framework-free (the checkpoint readers use
+it): arrays are stacked in their own namespace (`__array_namespace__`), so JAX
+arrays stay JAX arrays without this module importing JAX.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
-import jax
 import numpy as np
 
 from vit_jax.config import ViTConfig
@@ -19,6 +20,18 @@ SCANNED_BLOCK = "encoderblock"
 
 def _block_name(i: int) -> str:
     return f"{SCANNED_BLOCK}_{i}"
+
+
+def _tree_map(fn: Callable[..., Any], *trees: Mapping[str, Any]) -> dict[str, Any]:
+    """`fn` over the leaves of nested dicts of the same structure."""
+    return {key: _tree_map(fn, *(t[key] for t in trees)) if isinstance(value, Mapping) else fn(*(t[key] for t in trees))
+            for key, value in trees[0].items()}
+
+
+def _first_leaf(tree: Any) -> Any:
+    while isinstance(tree, Mapping):
+        tree = next(iter(tree.values()))
+    return tree
 
 
 def is_scanned(params: dict[str, Any]) -> bool:
@@ -32,8 +45,9 @@ def stack_block_params(params: dict[str, Any], num_layers: int) -> dict[str, Any
     if missing:
         raise KeyError(f"cannot stack blocks: missing Transformer/{missing[0]} (expected {num_layers} blocks)")
     blocks = [encoder.pop(_block_name(i)) for i in range(num_layers)]
-    xp = np if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(blocks)) else jax.numpy
-    encoder[SCANNED_BLOCK] = jax.tree.map(lambda *xs: xp.stack(xs), *blocks)
+    leaf = _first_leaf(blocks[0])
+    xp = leaf.__array_namespace__() if hasattr(leaf, "__array_namespace__") else np
+    encoder[SCANNED_BLOCK] = _tree_map(lambda *xs: xp.stack(xs), *blocks)
     return {**params, "Transformer": encoder}
 
 
@@ -43,9 +57,9 @@ def unstack_block_params(params: dict[str, Any]) -> dict[str, Any]:
         return params
     encoder = dict(params["Transformer"])
     stacked = encoder.pop(SCANNED_BLOCK)
-    num_layers = jax.tree.leaves(stacked)[0].shape[0]
+    num_layers = _first_leaf(stacked).shape[0]
     for i in range(num_layers):
-        encoder[_block_name(i)] = jax.tree.map(lambda a, i=i: a[i], stacked)
+        encoder[_block_name(i)] = _tree_map(lambda a, i=i: a[i], stacked)
     return {**params, "Transformer": encoder}
 
 

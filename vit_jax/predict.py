@@ -12,7 +12,6 @@ another); a damaged one is named in a warning and the newest intact one used.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -21,8 +20,8 @@ import numpy as np
 from vit_jax.config import ConfigError, ViTConfig
 from vit_jax.data import DataError, decode_image_file
 from vit_jax.help_format import DefaultsHelpFormatter
-from vit_jax.training.checkpoint import CheckpointError, Checkpointer
-from vit_jax.training.config import RUN_CONFIG_FILE
+from vit_jax.pretrained import load_run
+from vit_jax.training.checkpoint import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,53 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+",
                         help="image files (any format PIL reads; grey and RGBA are converted; FIFOs, devices and "
                              "other special files are refused)")
-    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run's --workdir (holds config.json and checkpoints/)")
+    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR",
+                        help="a run's --workdir (holds config.json and checkpoints/)")
     parser.add_argument("--step", type=int, default=None,
                         help="checkpoint step (default: the best by eval accuracy, else the latest; a damaged default "
                              "is skipped with a warning for the newest intact step)")
     parser.add_argument("--top-k", type=int, default=5, help="labels to print per image")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--attention-map", metavar="DIR", default=None,
-                        help="also write each image's attention rollout and per-head maps into DIR (vit_jax.attention_map)")
+                        help="also write each image's attention rollout and per-head maps into DIR "
+                             "(vit_jax.attention_map)")
     return parser
-
-
-def load_run(run_dir: str, step: int | None) -> tuple[ViTConfig, dict, dict, int]:
-    """(model config, params, run config, step) of a training run directory."""
-    config_path = os.path.join(run_dir, RUN_CONFIG_FILE)
-    if not os.path.exists(config_path):
-        raise CheckpointError(f"{run_dir} is not a run directory: {RUN_CONFIG_FILE} is missing")
-    try:
-        with open(config_path) as f:
-            run = json.load(f)
-        model = ViTConfig.from_dict(run["model"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{config_path}: not a readable run config ({type(error).__name__}: {error})") from None
-    checkpoints = Checkpointer(run_dir, read_only=True)
-    try:
-        step, params = checkpoints.restore_params(step)
-    finally:
-        checkpoints.close()
-    check_params_match(model, params, f"{config_path}", f"checkpoint step {step} in {checkpoints.directory}")
-    return model, params, run, step
-
-
-def check_params_match(model: ViTConfig, params: dict, config_name: str, checkpoint_name: str) -> None:
-    """The params have exactly the tensors and shapes `model` needs, else a CheckpointError naming both."""
-    from flax import traverse_util
-
-    from vit_jax import param_shapes
-
-    expected = traverse_util.flatten_dict(param_shapes(model), sep="/")
-    found = traverse_util.flatten_dict(params, sep="/")
-    for key in sorted(set(expected) | set(found)):
-        want = tuple(expected[key].shape) if key in expected else None
-        have = tuple(np.shape(found[key])) if key in found else None
-        if want != have:
-            detail = (f"the checkpoint has no {key!r}" if have is None else
-                      f"the checkpoint has {key!r} {have}, which the config does not expect" if want is None else
-                      f"{key!r} is {have} in the checkpoint, {want} by the config")
-            raise CheckpointError(f"{config_name} does not match {checkpoint_name}: {detail}")
 
 
 def predict(model: ViTConfig, params: dict, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -105,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         crop_fraction = run.get("eval_crop_fraction", 1.0)
         images = np.stack(
             [
-                decode_image_file(path, model.image_hw, model.pixel_mean, model.pixel_std, model.num_channels, crop_fraction)
+                decode_image_file(path, model.image_hw, model.pixel_mean, model.pixel_std, model.num_channels,
+                                  crop_fraction)
                 for path in args.images
             ]
         )

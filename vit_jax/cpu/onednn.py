@@ -18,8 +18,8 @@ Known failures of these experimental flags, which the CPU kernels avoid:
   fails to compile ("partition compile failed") and the process dies;
 - an executable freed while it still runs aborts the process ("Check failed:
   available_.size() == num_created_"): keep a compiled function alive until
-  its results are ready.
-tests/test_cpu_matmuls.py compiles and runs the configurations we ship under
+  its results are ready (vit_jax.model.init_params and the parity harness wait for theirs).
+tests/test_cpu_onednn.py compiles and runs the configurations we ship under
 these flags; the reference kernels are not checked against them.
 """
 

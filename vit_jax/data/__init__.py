@@ -6,9 +6,9 @@
     batch = next(it)  # {'image': float32 (B, h, w, C), 'label': int32 (B,)}
 """
 
+from vit_jax.data.batches import reset_skipped_corrupt_files, skipped_corrupt_files
 from vit_jax.data.dataset import KINDS, Dataset, DatasetSpec, load_dataset
 from vit_jax.data.errors import CorruptImageError, DataError
-from vit_jax.data.batches import reset_skipped_corrupt_files, skipped_corrupt_files
 from vit_jax.data.iterator import BatchIterator
 from vit_jax.data.loader import make_loader
 from vit_jax.data.records import ArrayRecords, AugmentDefaults, FileRecords

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vit_jax.data.records import AugmentDefaults, ArrayRecords
+from vit_jax.data.records import ArrayRecords, AugmentDefaults
 from vit_jax.data.split import stratified_split
 
 # Digits are not mirror-symmetric and nearly fill their 8x8 frame: no flips,
@@ -12,7 +12,8 @@ from vit_jax.data.split import stratified_split
 DIGITS_DEFAULTS = AugmentDefaults(flip=False, crop_scale=(0.7, 1.0), crop_fraction=1.0)
 
 
-def load_digits_records(eval_fraction: float, split_seed: int, channels: int) -> tuple[ArrayRecords, ArrayRecords, list[str], dict]:
+def load_digits_records(eval_fraction: float, split_seed: int,
+                        channels: int) -> tuple[ArrayRecords, ArrayRecords, list[str], dict]:
     """(train, eval, class_names, info): a fixed stratified split of the digits, pixels in [0, 1]."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 

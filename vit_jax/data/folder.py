@@ -119,8 +119,8 @@ def load_folder_records(
         train_root, val_path = os.path.join(path, "train"), os.path.join(path, "val")
     paths, labels, class_names = index_folder(train_root)
 
-    def records(p, l, root):
-        return FileRecords(p, l, num_classes=len(class_names), channels=channels, what=f"image folder '{root}'")
+    def records(p, labels_, root):
+        return FileRecords(p, labels_, num_classes=len(class_names), channels=channels, what=f"image folder '{root}'")
 
     info = {"train_root": train_root}
     if val_path is not None:

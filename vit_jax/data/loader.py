@@ -52,6 +52,44 @@ def _derived_seeds(seed: int) -> tuple[int, int]:
     return int(shuffle_seed), int(augment_seed)
 
 
+def _transform(source: RecordSource, train: bool, augment: bool, image_size, mean, std, *, flip, crop_scale,
+               crop_ratio, crop_fraction, resample) -> ImageTransform:
+    """The per-image transform; flip, crop scale and crop fraction default to the source's own."""
+    defaults = source.defaults
+    return ImageTransform(
+        image_size=tuple(image_size),
+        mean=tuple(mean),
+        std=tuple(std),
+        channels=source.channels,
+        train=train,
+        augment=augment,
+        flip=defaults.flip if flip is None else flip,
+        crop_scale=defaults.crop_scale if crop_scale is None else tuple(crop_scale),
+        crop_ratio=tuple(crop_ratio),
+        crop_fraction=defaults.crop_fraction if crop_fraction is None else crop_fraction,
+        resample=resample,
+    )
+
+
+def _batch_plan(source: RecordSource, train: bool, num_epochs: int | None, batch_size: int,
+                shard_count: int) -> tuple[int | None, int | None, int]:
+    """(epochs, global batches in all (None: forever), examples per padded epoch)."""
+    n = len(source)
+    global_batch = batch_size * shard_count
+    if train:
+        # Whole global batches only, so every process runs the same number of steps.
+        num_batches = None if num_epochs is None else n * num_epochs // global_batch
+        if num_batches == 0:
+            raise DataError(
+                f"{source.what}: {n} examples x {num_epochs} epoch(s) do not fill one global batch of "
+                f"{global_batch} ({batch_size} per process x {shard_count} processes)"
+            )
+        return num_epochs, num_batches, n
+    num_epochs = num_epochs or 1
+    padded_epoch = math.ceil(n / global_batch) * global_batch
+    return num_epochs, padded_epoch // global_batch * num_epochs, padded_epoch
+
+
 def make_loader(
     source: RecordSource,
     batch_size: int,
@@ -102,35 +140,11 @@ def make_loader(
         raise DataError(f"num_workers must be a non-negative integer, got {num_workers!r}")
     shard_index, shard_count = _resolve_sharding(shard_index, shard_count)
     shuffle_seed, augment_seed = _derived_seeds(seed)
-    defaults = source.defaults
-    transform = ImageTransform(
-        image_size=tuple(image_size),
-        mean=tuple(mean),
-        std=tuple(std),
-        channels=source.channels,
-        train=train,
-        augment=augment,
-        flip=defaults.flip if flip is None else flip,
-        crop_scale=defaults.crop_scale if crop_scale is None else tuple(crop_scale),
-        crop_ratio=tuple(crop_ratio),
-        crop_fraction=defaults.crop_fraction if crop_fraction is None else crop_fraction,
-        resample=resample,
-    )
+    transform = _transform(source, train, augment, image_size, mean, std, flip=flip, crop_scale=crop_scale,
+                           crop_ratio=crop_ratio, crop_fraction=crop_fraction, resample=resample)
     n = len(source)
     global_batch = batch_size * shard_count
-    if train:
-        # Whole global batches only, so every process runs the same number of steps.
-        num_batches = None if num_epochs is None else n * num_epochs // global_batch
-        padded_epoch = n
-        if num_batches == 0:
-            raise DataError(
-                f"{source.what}: {n} examples x {num_epochs} epoch(s) do not fill one global batch of "
-                f"{global_batch} ({batch_size} per process x {shard_count} processes)"
-            )
-    else:
-        num_epochs = num_epochs or 1
-        padded_epoch = math.ceil(n / global_batch) * global_batch
-        num_batches = padded_epoch // global_batch * num_epochs
+    num_epochs, num_batches, padded_epoch = _batch_plan(source, train, num_epochs, batch_size, shard_count)
     maker = BatchMaker(
         source,
         transform,

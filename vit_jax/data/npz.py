@@ -23,7 +23,8 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         raise DataError(f"cannot read npz file '{path}': {type(error).__name__}: {error}") from error
     missing = [key for key in ("images", "labels") if key not in arrays]
     if missing:
-        raise DataError(f"npz file '{path}' lacks {missing}; expected arrays 'images' and 'labels', found {sorted(arrays)}")
+        raise DataError(f"npz file '{path}' lacks {missing}; expected arrays 'images' and 'labels', found "
+                        f"{sorted(arrays)}")
     return arrays
 
 

@@ -83,7 +83,8 @@ class ArrayRecords:
         self.images = array_to_channels(images, channels, what)
         self.labels = check_labels(labels, num_classes, what)
         if len(self.images) != len(self.labels):
-            raise DataError(f"{what}: {len(self.images)} images but {len(self.labels)} labels; expected one label per image")
+            raise DataError(f"{what}: {len(self.images)} images but {len(self.labels)} labels; expected one label per "
+                            "image")
         if len(self.images) == 0:
             raise DataError(f"{what}: no images")
         self.num_classes = num_classes

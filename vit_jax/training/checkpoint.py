@@ -29,10 +29,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from vit_jax.formats.training_run import BEST_METRIC, CHECKPOINTS, DamagedCheckpointWarning
 from vit_jax.training.orbax_output import quiet_failures
 from vit_jax.training.state import TrainState
 
-BEST_METRIC = "accuracy"
 DAMAGED_DIR = "damaged_checkpoints"
 T = TypeVar("T")
 
@@ -43,10 +43,6 @@ logging.getLogger("absl").addFilter(lambda record: not record.getMessage().start
 
 class CheckpointError(RuntimeError):
     """A missing or unreadable checkpoint."""
-
-
-class DamagedCheckpointWarning(UserWarning):
-    """A checkpoint could not be read and an older intact one is used instead."""
 
 
 def _reason(error: BaseException) -> str:
@@ -71,7 +67,7 @@ def _unreadable_metrics(directory: str) -> dict[int, str]:
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
 
 
 def _gather_process_json(value: Any) -> list[Any]:

@@ -14,12 +14,11 @@ import json
 import os
 from typing import Any
 
-from vit_jax.cpu.onednn import CHOICES as CPU_MATMUL_CHOICES
 from vit_jax.config import KERNELS, REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
-from vit_jax.kernels import resolve_kernels
+from vit_jax.cpu.onednn import CHOICES as CPU_MATMUL_CHOICES
+from vit_jax.formats.training_run import RUN_CONFIG as RUN_CONFIG_FILE  # the resolved config of every run
 from vit_jax.help_format import DefaultsHelpFormatter
-
-RUN_CONFIG_FILE = "config.json"  # the resolved config every run writes into its workdir
+from vit_jax.kernels import resolve_kernels
 
 
 def _field(default: Any, help: str, choices: tuple | None = None, flag_type: type | None = None):
@@ -79,20 +78,27 @@ def stage_units(text: str) -> tuple[int, ...]:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     # -- model ------------------------------------------------------------
-    model: str = _field("ViT-digits", "model preset: ViT-digits, ViT-testing, ViT-B_16, short names such as 'S/16', ...")
-    image_size: int | None = _field(None, "input resolution in pixels (default: the preset's; fine-tuning resizes position embeddings)", flag_type=int)
+    model: str = _field("ViT-digits",
+                        "model preset: ViT-digits, ViT-testing, ViT-B_16, short names such as 'S/16', ...")
+    image_size: int | None = _field(None,
+                                    "input resolution in pixels (default: the preset's; fine-tuning resizes position "
+                                    "embeddings)", flag_type=int)
     patch_size: int | None = _field(None, "patch size (default: the preset's)", flag_type=int)
     hidden_size: int | None = _field(None, "transformer width (default: the preset's)", flag_type=int)
     mlp_dim: int | None = _field(None, "MLP hidden width (default: the preset's)", flag_type=int)
     num_heads: int | None = _field(None, "attention heads (default: the preset's)", flag_type=int)
     num_layers: int | None = _field(None, "transformer blocks (default: the preset's)", flag_type=int)
-    classifier: str | None = _field(None, "pooling: token (class token) or gap (mean of patch tokens)", ("token", "gap"))
+    classifier: str | None = _field(None, "pooling: token (class token) or gap (mean of patch tokens)",
+                                    ("token", "gap"))
     dropout_rate: float | None = _field(None, "dropout after attention/MLP/embeddings", flag_type=float)
     attention_dropout_rate: float | None = _field(None, "dropout on attention probabilities", flag_type=float)
-    stochastic_depth_rate: float | None = _field(None, "largest drop-path rate (reached at the last block)", flag_type=float)
-    dtype: str = _field("float32", "compute dtype; master weights and optimizer state stay float32", ("float32", "bfloat16"))
+    stochastic_depth_rate: float | None = _field(None, "largest drop-path rate (reached at the last block)",
+                                                 flag_type=float)
+    dtype: str = _field("float32", "compute dtype; master weights and optimizer state stay float32",
+                        ("float32", "bfloat16"))
     scan: bool | None = _field(None, "nn.scan over blocks (compile time flat in depth)", flag_type=bool)
-    remat: bool | None = _field(None, "rematerialise blocks in the backward pass (less memory, more compute)", flag_type=bool)
+    remat: bool | None = _field(None, "rematerialise blocks in the backward pass (less memory, more compute)",
+                                flag_type=bool)
     remat_policy: str | None = _field(
         None,
         "with --remat, what each block keeps: nothing_saveable (least memory) or the matmul outputs "
@@ -100,13 +106,15 @@ class TrainConfig:
         REMAT_POLICIES,
     )
     recompute_gelu: bool | None = _field(
-        None, "the MLP's backward pass recomputes GELU's output instead of keeping it (less memory, needs dropout 0)", flag_type=bool
+        None, "the MLP's backward pass recomputes GELU's output instead of keeping it (less memory, needs dropout 0)",
+                                         flag_type=bool
     )
     resnet_layers: tuple[int, ...] | None = _field(
         None, "hybrid ResNet stem: units per stage, comma-separated ('3,4,9'; 'root' for the root conv alone)",
         flag_type=stage_units,
     )
-    width_factor: float | None = _field(None, "hybrid ResNet stem width: root int(64 * factor) channels", flag_type=float)
+    width_factor: float | None = _field(None, "hybrid ResNet stem width: root int(64 * factor) channels",
+                                        flag_type=float)
     kernels: str = _field(
         "auto",
         "how the model's operations run: reference (plain Flax/JAX, any backend), cpu (XLA:CPU forms of the same "
@@ -131,7 +139,8 @@ class TrainConfig:
     channels: int = _field(3, "image channels fed to the model (grey and RGBA are converted)", (1, 3))
     augment: bool = _field(True, "random-resized crop and flip for training")
     num_workers: int = _field(0, "background loader processes (0: load in threads of this process)")
-    on_corrupt: str = _field("skip", "an undecodable image: skip it with a warning and a count, or stop", ("skip", "error"))
+    on_corrupt: str = _field("skip", "an undecodable image: skip it with a warning and a count, or stop",
+                             ("skip", "error"))
     # -- optimisation -----------------------------------------------------
     optimizer: str = _field("adamw", "optimizer", ("adamw", "sgd"))
     lr: float = _field(2e-3, "peak learning rate (reached after warmup)")
@@ -161,7 +170,9 @@ class TrainConfig:
         "damaged_checkpoints/ and the newest intact one used); model flags must match the run's",
     )
     eval_every: int | None = _field(None, "evaluate every N steps (default: once per epoch)", flag_type=int)
-    checkpoint_every: int | None = _field(None, "checkpoint every N steps (default: about 10 per run, at eval steps); always at the end", flag_type=int)
+    checkpoint_every: int | None = _field(None,
+                                          "checkpoint every N steps (default: about 10 per run, at eval steps); "
+                                          "always at the end", flag_type=int)
     keep_checkpoints: int = _field(3, "keep the last K checkpoints (and the best by eval accuracy)")
     log_every: int = _field(10, "write train metrics every N steps")
     progress: bool = _field(True, "show a progress bar")
@@ -258,7 +269,8 @@ def apply_model_overrides(model: ViTConfig, config: TrainConfig, num_classes: in
             pixel_std=(model.pixel_std[0],) * channels,
         )
     kernels = resolve_kernels(config.kernels)
-    return model.replace(num_classes=num_classes, num_channels=channels, dtype=config.dtype, kernels=kernels, **overrides)
+    return model.replace(num_classes=num_classes, num_channels=channels, dtype=config.dtype, kernels=kernels,
+                         **overrides)
 
 
 def _field_type(f: dataclasses.Field) -> type:

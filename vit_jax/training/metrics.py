@@ -12,6 +12,8 @@ import math
 import os
 from typing import Any
 
+from vit_jax.formats.base import atomic_outputs
+
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 
@@ -42,10 +44,8 @@ class MetricsWriter:
     def _truncate_after(self, step: int) -> None:
         """Forget records a killed run wrote after the checkpoint we resume from."""
         kept = [r for r in read_records(self.workdir) if r["step"] <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
+        with atomic_outputs(self.path) as (temp,):
+            temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -88,8 +88,7 @@ def plot_curves(workdir: str) -> str | None:
             ax.legend()
     fig.tight_layout()
     path = os.path.join(workdir, CURVES_FILE)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_outputs(path) as (temp,):
+        fig.savefig(temp, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -87,9 +87,13 @@ class DataParallel:
     def put_state(self, state: Any) -> Any:
         """Host (NumPy or single-device) state -> replicated on every device."""
         if self.mode == "jit":
-            return jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), self.replicated, lambda _: np.asarray(x)), state)
+            def replicate(x):
+                return jax.make_array_from_callback(np.shape(x), self.replicated, lambda _: np.asarray(x))
+
+            return jax.tree.map(replicate, state)
         n = self.num_local_devices
-        return jax.device_put(jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), state), self.sharded)
+        return jax.device_put(jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), state),
+                              self.sharded)
 
     def host_state(self, state: Any) -> Any:
         """Replicated device state -> one NumPy copy (for checkpoints and export)."""

@@ -105,7 +105,8 @@ def train_step(
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params: Any, batch: Batch, *, apply_fn: Callable[..., jax.Array], axis_name: str | None = None) -> Metrics:
+def eval_step(params: Any, batch: Batch, *, apply_fn: Callable[..., jax.Array],
+              axis_name: str | None = None) -> Metrics:
     """Sums over the real examples of a (padded) eval batch; the caller divides by `count`."""
     logits = apply_fn({"params": params}, batch["image"], train=False).astype(jnp.float32)
     labels = batch["label"]

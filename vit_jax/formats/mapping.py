@@ -6,7 +6,8 @@ rule names one or more Flax leaves, one torch key and a layout transform; each
 transform is a pure reshape/transpose/concat, so a round trip is bit-exact.
 
 Flax trees here are per-block (`encoderblock_{i}`); scanned trees are unstacked
-first (`vit_jax.unstack_block_params`).
+first (`vit_jax.unstack_block_params`). Framework-free: the shape of every leaf
+follows from the config (`flax_shape`), so no model is traced to check a file.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 import numpy as np
-from flax import traverse_util
 
 from vit_jax.config import ViTConfig
-from vit_jax.params import unstack_block_params
+from vit_jax.params import to_layout, unstack_block_params
 
 
 class MappingError(ValueError):
@@ -186,21 +186,83 @@ def param_rules(config: ViTConfig) -> list[Rule]:
     return rules
 
 
-def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dict -> {'a/b/c': leaf}."""
-    return traverse_util.flatten_dict(dict(tree), sep="/")
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    return traverse_util.unflatten_dict(dict(flat), sep="/")
+    """{'a/b/c': leaf} -> nested dict."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return tree
+
+
+def _stem_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the ResNet stem's leaves (vit_jax/resnet.py): bottleneck units, 4x wide out."""
+    width = int(64 * config.width_factor)
+    shapes = {"conv_root/kernel": (7, 7, config.num_channels, width), "gn_root/scale": (width,),
+              "gn_root/bias": (width,)}
+    channels = width
+    for i, units in enumerate(config.resnet_layers or ()):
+        features = width * 2**i
+        for j in range(units):
+            unit = f"block{i + 1}/unit{j + 1}/"
+            convs = {"conv1": (1, 1, channels, features), "conv2": (3, 3, features, features),
+                     "conv3": (1, 1, features, 4 * features)}
+            if j == 0:
+                convs["conv_proj"] = (1, 1, channels, 4 * features)
+            for conv, shape in convs.items():
+                norm = conv.replace("conv", "gn")
+                shapes.update({f"{unit}{conv}/kernel": shape, f"{unit}{norm}/scale": shape[-1:],
+                               f"{unit}{norm}/bias": shape[-1:]})
+            channels = 4 * features
+    return shapes
+
+
+def _leaf_shape(path: str, config: ViTConfig) -> tuple[int, ...]:
+    """The shape of the Flax leaf at `path` outside the stem (vit_jax/model.py's layers)."""
+    c, d = config, config.hidden_size
+    last = path.rsplit("/", 2)[-2:]
+    if path == "embedding/kernel":
+        return (*c.patch_hw, c.stem_width, d)
+    if path == "embedding_norm_in/scale" or path == "embedding_norm_in/bias":
+        return (c.patch_hw[0] * c.patch_hw[1] * c.num_channels,)
+    if path == "cls":
+        return (1, 1, d)
+    if path.endswith("pos_embedding"):
+        return (1, c.seq_len, d)
+    if last[0] in ("query", "key", "value"):
+        return (d, c.num_heads, c.head_dim) if last[1] == "kernel" else (c.num_heads, c.head_dim)
+    if last == ["out", "kernel"]:
+        return (c.num_heads, c.head_dim, d)
+    if last[0] == "Dense_0":
+        return (d, c.mlp_dim) if last[1] == "kernel" else (c.mlp_dim,)
+    if last[0] == "pre_logits":
+        return (d, c.representation_size) if last[1] == "kernel" else (c.representation_size,)
+    if last[0] == "head":
+        return (c.features_dim, c.num_classes) if last[1] == "kernel" else (c.num_classes,)
+    if last == ["Dense_1", "kernel"]:
+        return (c.mlp_dim, d)
+    return (d,)  # LayerNorm scales and biases, the embedding, out and Dense_1 biases
 
 
 def expected_flax_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
-    """'/'-path -> shape of every Flax parameter of `config` (per-block layout)."""
-    from vit_jax.model import param_shapes  # model import is heavier; only needed here
-
-    shapes = param_shapes(config.replace(scan=False, remat=False))
-    return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
+    """'/'-path -> shape of every Flax parameter of `config` (per-block layout), in model order."""
+    stem = _stem_shapes(config) if config.is_hybrid else {}
+    return {path: stem[path] if path in stem else _leaf_shape(path, config)
+            for rule in param_rules(config) for path in rule.flax}
 
 
 def expected_torch_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
@@ -239,8 +301,6 @@ def flax_to_torch(params: Mapping[str, Any], config: ViTConfig, source: str = "f
 
 def torch_to_flax(state_dict: Mapping[str, Any], config: ViTConfig, source: str = "state dict") -> dict[str, Any]:
     """timm-named state dict (NumPy arrays) -> nested Flax param tree in `config`'s layout."""
-    from vit_jax.params import to_layout
-
     rules = param_rules(config)
     _check_keys(set(state_dict), {r.torch for r in rules}, "tensors", source)
     _check_shapes(state_dict, expected_torch_shapes(config), source)

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from parity.formats.base import TIMM, ConversionError, TensorSource
+from vit_jax.formats.base import TIMM, ConversionError, TensorSource
 
 FORMAT = "torch"
 EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin")
@@ -42,21 +42,20 @@ def is_safetensors(path: Path) -> bool:
 def _read_safetensors(path: Path) -> tuple[dict[str, tuple[int, ...]], Any, dict[str, Any]]:
     from safetensors import safe_open
 
-    from parity.arrays import to_numpy
-
     try:
-        handle = safe_open(str(path), framework="pt")
+        handle = safe_open(str(path), framework="numpy")  # bfloat16 comes back as ml_dtypes' type
         shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
         metadata = handle.metadata() or {}
     except Exception as e:
-        raise ConversionError(f"{path}: not a readable safetensors file ({e}); the file is corrupt or truncated") from None
+        raise ConversionError(f"{path}: not a readable safetensors file ({e}); "
+                              f"the file is corrupt or truncated") from None
     stated = {}
     if "vit_config" in metadata:  # written by this package: the source's full config
         try:
             stated = json.loads(metadata["vit_config"])
         except json.JSONDecodeError:
             raise ConversionError(f"{path}: metadata entry 'vit_config' is not valid JSON") from None
-    return shapes, lambda key: to_numpy(handle.get_tensor(key)), stated
+    return shapes, handle.get_tensor, stated
 
 
 def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
@@ -83,7 +82,7 @@ def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
 def _read_pickle(path: Path) -> tuple[dict[str, tuple[int, ...]], Any]:
     import torch
 
-    from parity.arrays import to_numpy
+    from vit_jax.formats.torch_arrays import to_numpy
 
     try:
         try:  # mmap: tensors are paged in as they are converted, not all at once
@@ -109,23 +108,25 @@ def read_file(path: str | Path, format_name: str, naming: str, numerics: dict[st
                         stated=stated, numerics=dict(numerics))
 
 
-def write_file(path: str | Path, tensors: dict[str, np.ndarray], like: str | Path, metadata: dict[str, str] | None = None) -> None:
+def write_file(path: str | Path, tensors: dict[str, np.ndarray], like: str | Path,
+               metadata: dict[str, str] | None = None) -> None:
     """Write a state dict to `path` in the container `like`'s extension asks for.
 
     Tensors are popped from `tensors` as they are moved to torch, so the
-    NumPy and torch copies of one tensor never all coexist.
+    NumPy and torch copies of one tensor never all coexist. Only a .pt/.pth/.bin
+    container needs torch; safetensors files are written from NumPy.
     """
+    if str(like).endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file({key: np.ascontiguousarray(value) for key, value in tensors.items()}, str(path), metadata=metadata)
+        tensors.clear()
+        return
     import torch
 
-    from parity.arrays import to_torch
+    from vit_jax.formats.torch_arrays import to_torch
 
-    state = {key: to_torch(tensors.pop(key)) for key in list(tensors)}
-    if str(like).endswith(".safetensors"):
-        from safetensors.torch import save_file
-
-        save_file(state, str(path), metadata=metadata)
-    else:
-        torch.save(state, path)
+    torch.save({key: to_torch(tensors.pop(key)) for key in list(tensors)}, path)
 
 
 def classify_keys(keys: list[str]) -> str | None:

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from parity.formats.base import FLAX, ConversionError, TensorSource
+from vit_jax.formats.base import FLAX, ConversionError, TensorSource
 
 WRAPPERS = ("opt/target/", "params/", "target/")
 _PRE_LINEN = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0", "LayerNorm_2": "LayerNorm_1",

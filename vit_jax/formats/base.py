@@ -14,15 +14,15 @@ import glob
 import json
 import os
 import re
-import shutil
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import ml_dtypes
 import numpy as np
 
-# The two namings the one mapping table (parity/mapping.py) connects. Other
+# The two namings the one mapping table (vit_jax/formats/mapping.py) connects. Other
 # formats are renames of one of them.
 FLAX, TIMM = "flax", "timm"
 
@@ -203,3 +203,9 @@ def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
             for entry in temp.parent.glob(glob.escape(temp.name) + "*"):  # writers' own temporaries (orbax's)
                 _remove(entry)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """`data` as indented JSON at `path`, replacing any old file only once the new one is whole."""
+    with atomic_outputs(path) as (temp,):
+        temp.write_text(json.dumps(data, indent=2) + "\n")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.formats.base import ConversionError, TensorSource, vit_pytorch_option_problems
-from parity.formats.renames import RenameTable
-from parity.formats.torch_sd import read_file, write_file
+from vit_jax.formats.base import ConversionError, TensorSource, vit_pytorch_option_problems
+from vit_jax.formats.renames import RenameTable
+from vit_jax.formats.torch_sd import read_file, write_file
 
 FORMAT = "torchvision"
 # torchvision uses nn.GELU() (exact), LayerNorm eps 1e-6 and ImageNet mean/std inputs.

@@ -1,7 +1,7 @@
 """Checkpoint formats, each read lazily into a TensorSource and written from Flax- or timm-named tensors."""
 
-from parity.formats import flax_ckpt, google_npz, hf, torch_sd, torchvision, vit_pytorch
-from parity.formats.base import FLAX, TIMM, ConversionError, TensorSource, config_sidecar
+from vit_jax.formats import flax_ckpt, google_npz, hf, torch_sd, torchvision, vit_pytorch
+from vit_jax.formats.base import FLAX, TIMM, ConversionError, TensorSource, config_sidecar
 
 # name -> (module, naming its writer takes)
 FORMATS = {

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.formats.base import ConversionError, TensorSource
-from parity.formats.flax_names import flax_source
+from vit_jax.formats.base import ConversionError, TensorSource
+from vit_jax.formats.flax_names import flax_source
 
 FORMAT = "google-npz"
 EXTENSIONS = (".npz",)
@@ -34,7 +34,8 @@ def is_npz(path: Path) -> bool:
 def _header_shape(archive: zipfile.ZipFile, member: str) -> tuple[int, ...]:
     with archive.open(member) as f:
         version = np.lib.format.read_magic(f)
-        shape, _, _ = (np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0)(f)
+        fmt = np.lib.format
+        shape, _, _ = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
     return tuple(shape)
 
 

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from parity.formats.base import TIMM, ConversionError, TensorSource
+from vit_jax.formats.base import TIMM, ConversionError, TensorSource
 
 _FIELDS = {"i": r"(?P<i>\d+)", "p": r"(?P<p>weight|bias)"}
 

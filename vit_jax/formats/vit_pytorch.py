@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from parity.formats.base import ConversionError, TensorSource
-from parity.formats.renames import RenameTable
-from parity.formats.torch_sd import read_file, write_file
+from vit_jax.formats.base import ConversionError, TensorSource
+from vit_jax.formats.renames import RenameTable
+from vit_jax.formats.torch_sd import read_file, write_file
 
 FORMAT = "vit-pytorch"
 # nn.GELU() (exact) and nn.LayerNorm's default eps; the package says nothing of input normalisation.
@@ -97,7 +97,8 @@ def read(path: str | Path) -> TensorSource:
             source.shapes[key] = (1, *source.shapes[key])
     source.loader = lambda key: inner_load(key)[None] if key in _UNBATCHED else inner_load(key)
     if "head.weight" not in source.shapes:  # num_classes=0: vit_pytorch.ViT returns every token
-        source.stated = {**source.stated, "classifier": "token_unpooled" if "cls_token" in source.shapes else "unpooled"}
+        source.stated = {**source.stated,
+                         "classifier": "token_unpooled" if "cls_token" in source.shapes else "unpooled"}
     return source
 
 

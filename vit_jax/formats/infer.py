@@ -17,8 +17,8 @@ import math
 import re
 from typing import Any
 
-from parity.formats.base import FLAX, ConversionError, TensorSource
-from vit_jax.config import PRESETS, ConfigError, ViTConfig
+from vit_jax.config import ARCHITECTURE_FIELDS, PRESETS, ConfigError, ViTConfig
+from vit_jax.formats.base import FLAX, ConversionError, TensorSource
 
 # Where each fact shows, per naming: (key, function of the shape).
 _PROBES = {
@@ -62,10 +62,8 @@ _STEM_PROBES = {
         re.compile(r"^patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\."),
     ),
 }
-# Fields the tensors fix; a config that disagrees contradicts the checkpoint.
-ARCHITECTURE = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads", "qkv_bias",
-                "posemb", "representation_size", "classifier", "image_size", "num_classes", "patch_norm",
-                "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor")
+# The fields the tensors fix: a config that disagrees contradicts the checkpoint.
+ARCHITECTURE = ARCHITECTURE_FIELDS
 # Of those, a preset's defaults that are not a claim about the checkpoint (a B/16 preset says 224 px, 1000 classes).
 _PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb",
                     "patch_norm", "attention_head_dim", "attention_out_proj")
@@ -146,7 +144,8 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
     if not blocks:
         raise ConversionError(f"{source.path}: no transformer blocks found (tensors named like "
                               f"{probes['block'].pattern!r}); expected a ViT checkpoint in {source.format} layout")
-    fields["num_layers"], evidence["num_layers"] = max(blocks) + 1, f"{source.file_name(blocks[max(blocks)])} (last block)"
+    fields["num_layers"] = max(blocks) + 1
+    evidence["num_layers"] = f"{source.file_name(blocks[max(blocks)])} (last block)"
     probe("mlp", required=True)
     probe("heads" if probes["heads"] is not None else "inner", required=True)
     present("out_proj", "attention_out_proj")
@@ -154,7 +153,8 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
     has_cls = probes["cls"] in shapes
     evidence["classifier"] = f"{source.file_name(probes['cls'])} ({'present' if has_cls else 'absent'})"
     fields["posemb"] = "learn" if probes["posemb"] in shapes else "sincos2d"
-    evidence["posemb"] = f"{source.file_name(probes['posemb'])} ({'present' if fields['posemb'] == 'learn' else 'absent'})"
+    presence = "present" if fields["posemb"] == "learn" else "absent"
+    evidence["posemb"] = f"{source.file_name(probes['posemb'])} ({presence})"
     tokens = None
     if fields["posemb"] == "learn":
         seq = shapes[probes["posemb"]]
@@ -290,7 +290,8 @@ def build_config(
                 )
 
     # A format's stem numerics (timm's standardisation and GroupNorm eps) apply to hybrids only.
-    numerics = {k: v for k, v in source.numerics.items() if fields["resnet_layers"] is not None or not k.startswith("stem_")}
+    numerics = {k: v for k,
+                v in source.numerics.items() if fields["resnet_layers"] is not None or not k.startswith("stem_")}
     merged = {**ViTConfig().to_dict(), **numerics}
     for _, claim in claims:
         merged.update({k: v for k, v in claim.items() if k not in ARCHITECTURE})

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from parity.formats.base import ConversionError, TensorSource, vit_pytorch_option_problems
-from parity.formats.renames import RenameTable
-from parity.formats.torch_sd import read_file, write_file
+from vit_jax.formats.base import ConversionError, TensorSource, vit_pytorch_option_problems
+from vit_jax.formats.renames import RenameTable
+from vit_jax.formats.torch_sd import read_file, write_file
 
 FORMAT = "hf"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -87,14 +87,16 @@ def read(path: str | Path) -> TensorSource:
     directory = path if path.is_dir() else path.parent
     weights = weights_in_dir(path) if path.is_dir() else path
     if weights is None:
-        raise ConversionError(f"{path}: directory has none of {list(WEIGHT_FILES)} (sharded checkpoints are not supported)")
+        raise ConversionError(f"{path}: directory has none of {list(WEIGHT_FILES)} (sharded checkpoints are not "
+                              "supported)")
     source = read_file(weights, FORMAT, "hf", NUMERICS)
     stated = dict(source.stated)
     if (directory / "config.json").is_file():
         stated.update(config_from_hf(_read_json(directory / "config.json"), directory / "config.json"))
     if (directory / "preprocessor_config.json").is_file():
         pre = _read_json(directory / "preprocessor_config.json")
-        stated.update({ours: tuple(pre[theirs]) for theirs, ours in (("image_mean", "pixel_mean"), ("image_std", "pixel_std"))
+        stated.update({ours: tuple(pre[theirs]) for theirs,
+                       ours in (("image_mean", "pixel_mean"), ("image_std", "pixel_std"))
                        if theirs in pre})
     source.stated = stated
     # Drop the `vit.` wrapper so one table covers ViTModel and ViTForImageClassification.
