@@ -458,22 +458,13 @@ def finish(run: Run, state, last_eval: dict, metrics_path: str, wall: float) -> 
     return 0
 
 
-def train(run: Run, eval_step) -> int:
-    """Restore (on --resume), then the loop, then the closing outputs."""
+def build_train_step(run: Run):
+    """The jitted train step (compiled on its first call, or by --dry-run on abstract inputs)."""
     from vit_jax import VisionTransformer
     from vit_jax.training.steps import StepOptions
 
     config = run.config
-    loader = make_train_loader(run)
-    host_state, start_step = restore_latest(run, loader) if config.resume else (run.host_state, 0)
-    if start_step >= run.total_steps:
-        loader.close()
-        print(f"train.py: the run in {run.workdir} is complete: its latest checkpoint is step {start_step} and "
-              f"it trains for {run.total_steps} steps; nothing to do (pass a larger --steps to train further)")
-        return 0
-    if run.is_main:
-        write_run_config(run)
-    train_step = run.parallel.compile_train_step(
+    return run.parallel.compile_train_step(
         apply_fn=VisionTransformer(run.model).apply,
         tx=run.tx,
         schedule=run.schedule,
@@ -485,6 +476,21 @@ def train(run: Run, eval_step) -> int:
             accum_steps=config.accum_steps,
         ),
     )
+
+
+def train(run: Run, eval_step) -> int:
+    """Restore (on --resume), then the loop, then the closing outputs."""
+    config = run.config
+    loader = make_train_loader(run)
+    host_state, start_step = restore_latest(run, loader) if config.resume else (run.host_state, 0)
+    if start_step >= run.total_steps:
+        loader.close()
+        print(f"train.py: the run in {run.workdir} is complete: its latest checkpoint is step {start_step} and "
+              f"it trains for {run.total_steps} steps; nothing to do (pass a larger --steps to train further)")
+        return 0
+    if run.is_main:
+        write_run_config(run)
+    train_step = build_train_step(run)
     log = TrainLog(run, start_step)
     started = time.perf_counter()
     try:
@@ -517,6 +523,10 @@ def run(config: TrainConfig) -> int:
 
     reset_skipped_corrupt_files()  # summary.json counts this run's files only
     setup = prepare(config)
+    if config.dry_run:  # compiles the step on abstract inputs; writes memory.json and nothing else
+        from vit_jax.training.dry_run import dry_run
+
+        return dry_run(setup, build_train_step(setup))
     workdir = setup.workdir
     fresh = not (config.resume or config.eval_only)
     created = not os.path.isdir(workdir)

@@ -239,6 +239,8 @@ class TrainConfig:
             raise ConfigError(str(error)) from None
         if not self.shard_min_mib >= 0:
             raise ConfigError(f"--shard-min-mib must be >= 0, got {self.shard_min_mib!r}")
+        if self.dry_run and self.parallel != "jit":
+            raise ConfigError("--dry-run compiles the jit step; it cannot be combined with --parallel pmap")
         if self.dry_run and (self.resume or self.eval_only):
             raise ConfigError("--dry-run compiles a fresh run's step; it cannot be combined with --resume or "
                               "--eval-only")
