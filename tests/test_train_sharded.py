@@ -20,7 +20,7 @@ from train_runs import REPO, TRAIN_PY, final_params, losses, train_env
 STEPS = 6
 # Every weight sharded (--shard-min-mib 0); 4 heads so that model=4 divides them; a constant lr after the
 # warmup, so that a 3-step run resumed to 6 steps sees the learning rates of a 6-step run.
-SMALL = ["--hidden-size", "32", "--mlp-dim", "64", "--num-heads", "4", "--num-layers", "2",
+SMALL = ["--hidden-size", "32", "--mlp-dim", "64", "--num-heads", "4", "--num-layers", "1",
          "--stochastic-depth-rate", "0", "--no-progress", "--batch-size", "32", "--log-every", "1",
          "--eval-every", "3", "--warmup-steps", "2", "--schedule", "constant", "--lr", "1e-2",
          "--shard-min-mib", "0"]
