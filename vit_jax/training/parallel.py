@@ -20,12 +20,13 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vit_jax.sharding import BATCH, check_divisible
+from vit_jax.sharding import ACTIVATION_RULES, BATCH, check_divisible
 from vit_jax.training.mesh import make_mesh, resolve_mesh, state_shardings
 from vit_jax.training.state import TrainState
 from vit_jax.training.steps import eval_step, train_step
@@ -154,9 +155,24 @@ class DataParallel:
         return {k: float(np.asarray(v.addressable_data(0)).reshape(-1)[0]) for k, v in metrics.items()}
 
     # -- compiled steps ---------------------------------------------------
+    def _in_mesh(self, fn: Callable) -> Callable:
+        """`fn` traced with the mesh and the activation rules set (the model's logical constraints then apply).
+
+        A data-only mesh needs none: the batch split is all there is, and the program stays today's.
+        """
+        if self.mesh_shape[AXIS] == self.num_devices:
+            return fn
+
+        @functools.wraps(fn)
+        def traced(*args, **kwargs):
+            with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh), nn.logical_axis_rules(ACTIVATION_RULES):
+                return fn(*args, **kwargs)
+
+        return traced
+
     def compile_train_step(self, **step_kwargs) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
         if self.mode == "jit":
-            fn = functools.partial(train_step, **step_kwargs)
+            fn = self._in_mesh(functools.partial(train_step, **step_kwargs))
             return jax.jit(
                 fn,
                 in_shardings=(self.state_sharding, self.sharded),
@@ -168,6 +184,6 @@ class DataParallel:
 
     def compile_eval_step(self, apply_fn: Callable[..., jax.Array]) -> Callable[[Any, dict], dict]:
         if self.mode == "jit":
-            fn = functools.partial(eval_step, apply_fn=apply_fn)
+            fn = self._in_mesh(functools.partial(eval_step, apply_fn=apply_fn))
             return jax.jit(fn, in_shardings=(self.state_sharding.params, self.sharded), out_shardings=self.replicated)
         return jax.pmap(functools.partial(eval_step, apply_fn=apply_fn, axis_name=AXIS), axis_name=AXIS)
