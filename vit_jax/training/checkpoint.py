@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import warnings
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import jax
@@ -229,10 +230,14 @@ class Checkpointer:
         raise CheckpointError(f"every checkpoint in {self.directory} is damaged (steps {damaged})")
 
     def _params(self, step: int) -> tuple[int, Any]:
-        # A checkpoint written on another mesh or device count (a sharded run) reads onto this process's first device.
+        """The params alone, read onto this process's first device whatever mesh or device count wrote them."""
+        saved = ocp.PyTreeCheckpointHandler().metadata(Path(self.directory) / str(step) / "state").tree
         one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=one_device)))
+        item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                                       saved["params"])}
+        restore = ocp.args.PyTreeRestore(item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                         partial_restore=True)
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=restore))
         return step, jax.tree.map(np.asarray, restored.state["params"])
 
     def _check_saved(self, step: int) -> None:
