@@ -355,6 +355,7 @@ def write_run_config(run: Run) -> None:
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "parallel": config.parallel,
+            "mesh": run.parallel.mesh_shape,  # this session's; a resumed run may use another
             "jax_version": jax.__version__,
         },
     )

@@ -74,9 +74,9 @@ def summary(report: dict) -> str:
     mesh = ",".join(f"{axis}={size}" for axis, size in report["mesh"].items())
     peaks = report["measured_peak_bytes_per_device"]
     measured = f", measured peak {max(peaks) / 2**30:.2f} GiB/device" if peaks else ""
+    estimate = report["xla_per_device_bytes"]["peak_estimate"] / 2**30
     return (f"{report['model']} {report['dtype']} train, mesh {mesh} on {report['devices']} x {report['device_kind']}: "
-            f"{report['images_per_s']:.0f} img/s; XLA estimate {report['xla_per_device_bytes']['peak_estimate'] / 2**30:.2f}"
-            f" GiB/device{measured}")
+            f"{report['images_per_s']:.0f} img/s; XLA estimate {estimate:.2f} GiB/device{measured}")
 
 
 def main(argv: list[str] | None = None) -> int:
