@@ -114,23 +114,28 @@ def check_same_model(config: TrainConfig, saved: dict, workdir: str) -> None:
             raise ConfigError(f"{flag} {value} differs from the run's {name} {getattr(model, name)} ({where}); {keep}")
 
 
-def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None, parallel: DataParallel):
+def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None,
+                 parallel: DataParallel | None = None):
     """(ViTConfig, initial params or None when a checkpoint will supply them; shapes only for --dry-run).
 
-    The mesh is checked against the model (heads, MLP width) before anything compiles.
+    `parallel`'s mesh is checked against the model (heads, MLP width) before anything compiles.
     """
     import jax
 
     from vit_jax import init_params, param_shapes
 
+    def check(model: ViTConfig) -> None:
+        if parallel is not None:
+            parallel.check_model(model.num_heads, model.mlp_dim)
+
     if saved_model is not None:  # resume / eval-only: the run's own architecture; kernels as this run asks
         kernels = resolve_kernels(config.kernels)
         model = ViTConfig.from_dict(saved_model)
-        parallel.check_model(model.num_heads, model.mlp_dim)
+        check(model)
         return model.replace(kernels=kernels, recompute_gelu=model.recompute_gelu and kernels == "cpu"), None
     if config.init is None:
         model = resolve_model_config(config, num_classes)
-        parallel.check_model(model.num_heads, model.mlp_dim)
+        check(model)
         return model, param_shapes(model) if config.dry_run else jax.device_get(init_params(model, config.seed))
     from parity.formats import ConversionError  # imports torch: only when fine-tuning
     from vit_jax.pretrained import load_pretrained
@@ -150,7 +155,7 @@ def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None
     if config.channels != pretrained.num_channels:
         raise ConfigError(f"--channels {config.channels}: the --init checkpoint takes {pretrained.num_channels}")
     model = apply_model_overrides(pretrained, dataclasses.replace(config, image_size=None), num_classes)
-    parallel.check_model(model.num_heads, model.mlp_dim)
+    check(model)
     from vit_jax import to_layout
 
     return model, to_layout(params, model)
