@@ -61,6 +61,7 @@ from vit_jax.training.config import (
     parse_args,
     resolve_model_config,
 )
+from vit_jax.training.mesh import parse_mesh
 from vit_jax.training.metrics import MetricsWriter, plot_curves
 from vit_jax.training.parallel import DataParallel, ParallelError, initialize_distributed
 
@@ -115,19 +116,29 @@ def check_same_model(config: TrainConfig, saved: dict, workdir: str) -> None:
             raise ConfigError(f"{flag} {value} differs from the run's {name} {getattr(model, name)} ({where}); {keep}")
 
 
-def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None):
-    """(ViTConfig, initial params or None when a checkpoint will supply them)."""
+def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None,
+                 parallel: DataParallel | None = None):
+    """(ViTConfig, initial params or None when a checkpoint will supply them; shapes only for --dry-run).
+
+    `parallel`'s mesh is checked against the model (heads, MLP width) before anything compiles.
+    """
     import jax
 
-    from vit_jax import init_params
+    from vit_jax import init_params, param_shapes
+
+    def check(model: ViTConfig) -> None:
+        if parallel is not None:
+            parallel.check_model(model.num_heads, model.mlp_dim)
 
     if saved_model is not None:  # resume / eval-only: the run's own architecture; kernels as this run asks
         kernels = resolve_kernels(config.kernels)
         model = ViTConfig.from_dict(saved_model)
+        check(model)
         return model.replace(kernels=kernels, recompute_gelu=model.recompute_gelu and kernels == "cpu"), None
     if config.init is None:
         model = resolve_model_config(config, num_classes)
-        return model, jax.device_get(init_params(model, config.seed))
+        check(model)
+        return model, param_shapes(model) if config.dry_run else jax.device_get(init_params(model, config.seed))
     from vit_jax.formats import ConversionError  # imports torch: only when fine-tuning
     from vit_jax.pretrained import load_pretrained
 
@@ -146,6 +157,7 @@ def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None
     if config.channels != pretrained.num_channels:
         raise ConfigError(f"--channels {config.channels}: the --init checkpoint takes {pretrained.num_channels}")
     model = apply_model_overrides(pretrained, dataclasses.replace(config, image_size=None), num_classes)
+    check(model)
     from vit_jax import to_layout
 
     return model, to_layout(params, model)
@@ -223,14 +235,15 @@ def prepare(config: TrainConfig) -> Run:
     if config.resume or config.eval_only:
         saved = read_run_config(workdir)
         check_same_model(config, saved, workdir)
-    elif os.path.isdir(workdir) and os.listdir(workdir):
-        raise ConfigError(f"--workdir {workdir} already holds files; pass --resume to continue that run or choose "
-                          "another")
+    elif os.path.isdir(workdir) and os.listdir(workdir) and not config.dry_run:  # a dry run writes memory.json only
+        raise ConfigError(f"--workdir {workdir} already holds files; pass --resume to continue that run or "
+                          "choose another")
 
+    parallel = DataParallel(config.parallel, config.batch_size, config.global_eval_batch_size, config.accum_steps,
+                            parse_mesh(config.mesh))
     dataset = load_data(config)
     warn_about_data(config, dataset)
-    model, params = create_model(config, dataset.num_classes, saved and saved["model"])
-    parallel = DataParallel(config.parallel, config.batch_size, config.global_eval_batch_size, config.accum_steps)
+    model, params = create_model(config, dataset.num_classes, saved and saved["model"], parallel)
     total_steps = config.steps or max(1, math.ceil(config.epochs * len(dataset.train) / config.batch_size))
     steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
     eval_every = config.eval_every or steps_per_epoch
@@ -239,7 +252,11 @@ def prepare(config: TrainConfig) -> Run:
     if params is None:  # shapes only; the checkpoint fills in the values
         params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), param_shapes(model))
     tx, schedule = create_optimizer(config, params, total_steps)
-    host_state = jax.device_get(create_train_state(params, tx, config.seed))
+    if config.dry_run:  # shapes and dtypes only: nothing allocated
+        host_state = jax.eval_shape(lambda p: create_train_state(p, tx, config.seed), params)
+    else:
+        host_state = jax.device_get(create_train_state(params, tx, config.seed))
+    parallel.place(host_state, int(config.shard_min_mib * 2**20))
     return Run(config, workdir, dataset, model, parallel, tx, schedule, host_state, total_steps, eval_every,
                checkpoint_every, is_main=jax.process_index() == 0)
 
@@ -274,7 +291,8 @@ def evaluate(eval_step, params, dataset, model: ViTConfig, config: TrainConfig, 
 def evaluate_checkpoint(run: Run, eval_step) -> int:
     """--eval-only: the metrics of one checkpoint (--eval-step, else the best, else the latest intact one)."""
     checkpoints = run.checkpoints
-    step, (restored, _) = checkpoints.first_intact(lambda s: (s, checkpoints.restore(s, run.host_state)),
+    step, (restored, _) = checkpoints.first_intact(lambda s: (s, checkpoints.restore(s, run.host_state,
+                                                                                        run.parallel.state_sharding)),
                                                    run.config.eval_step)
     metrics = evaluate(eval_step, run.parallel.put_state(restored).params, run.dataset, run.model, run.config,
                        run.parallel)
@@ -304,15 +322,15 @@ def make_train_loader(run: Run):
 
 
 def restore_latest(run: Run, loader) -> tuple[Any, int]:
-    """(host state, its step) of the newest intact checkpoint, the loader moved to its data position."""
-    restored = run.checkpoints.restore_latest(run.host_state)
+    """(state, its step) of the newest intact checkpoint, the loader moved to its data position."""
+    restored = run.checkpoints.restore_latest(run.host_state, run.parallel.state_sharding)
     if restored is None:  # only a run stopped before its first checkpoint leaves none: start it over
         print(f"train.py: no checkpoint yet in {run.checkpoints.directory}; starting the run from step 0",
               file=sys.stderr)
         return run.host_state, 0
-    _, host_state, data_state = restored
+    step, host_state, data_state = restored
     loader.set_state(data_state)
-    return host_state, int(host_state.step)
+    return host_state, step
 
 
 def write_run_config(run: Run) -> None:
@@ -332,6 +350,7 @@ def write_run_config(run: Run) -> None:
             "devices": jax.device_count(),
             "processes": jax.process_count(),
             "parallel": config.parallel,
+            "mesh": run.parallel.mesh_shape,  # this session's; a resumed run may use another
             "jax_version": jax.__version__,
         },
     )
@@ -405,16 +424,17 @@ def train_loop(run: Run, state, loader, start_step: int, train_step, eval_step, 
             last_eval = evaluate(eval_step, state.params, run.dataset, run.model, config, run.parallel)
             log.eval(step, last_eval, announce=do_checkpoint)
         if do_checkpoint:
-            checkpoints.save(step, run.parallel.host_state(state), loader.get_state(),
+            checkpoints.save(step, run.parallel.checkpoint_state(state), loader.get_state(),
                              {"accuracy": last_eval["accuracy"]} if do_eval else None)
     return state, last_eval
 
 
 def finish(run: Run, state, last_eval: dict, metrics_path: str, wall: float) -> int:
     """Curves, the optional torch export, summary.json and the closing lines."""
+    # Every process takes part in gathering sharded params; only the main one writes.
+    final_params = run.parallel.host_state(state.params) if run.config.export_torch else None
     if not run.is_main:
         return 0
-    final_params = run.parallel.host_state(state).params
     outputs = {"workdir": run.workdir, "checkpoints": run.checkpoints.directory, "metrics": metrics_path,
                "curves": plot_curves(run.workdir)}
     if run.config.export_torch:
@@ -434,22 +454,13 @@ def finish(run: Run, state, last_eval: dict, metrics_path: str, wall: float) -> 
     return 0
 
 
-def train(run: Run, eval_step) -> int:
-    """Restore (on --resume), then the loop, then the closing outputs."""
+def build_train_step(run: Run):
+    """The jitted train step (compiled on its first call, or by --dry-run on abstract inputs)."""
     from vit_jax import VisionTransformer
     from vit_jax.training.steps import StepOptions
 
     config = run.config
-    loader = make_train_loader(run)
-    host_state, start_step = restore_latest(run, loader) if config.resume else (run.host_state, 0)
-    if start_step >= run.total_steps:
-        loader.close()
-        print(f"train.py: the run in {run.workdir} is complete: its latest checkpoint is step {start_step} and "
-              f"it trains for {run.total_steps} steps; nothing to do (pass a larger --steps to train further)")
-        return 0
-    if run.is_main:
-        write_run_config(run)
-    train_step = run.parallel.compile_train_step(
+    return run.parallel.compile_train_step(
         apply_fn=VisionTransformer(run.model).apply,
         tx=run.tx,
         schedule=run.schedule,
@@ -461,6 +472,21 @@ def train(run: Run, eval_step) -> int:
             accum_steps=config.accum_steps,
         ),
     )
+
+
+def train(run: Run, eval_step) -> int:
+    """Restore (on --resume), then the loop, then the closing outputs."""
+    config = run.config
+    loader = make_train_loader(run)
+    host_state, start_step = restore_latest(run, loader) if config.resume else (run.host_state, 0)
+    if start_step >= run.total_steps:
+        loader.close()
+        print(f"train.py: the run in {run.workdir} is complete: its latest checkpoint is step {start_step} and "
+              f"it trains for {run.total_steps} steps; nothing to do (pass a larger --steps to train further)")
+        return 0
+    if run.is_main:
+        write_run_config(run)
+    train_step = build_train_step(run)
     log = TrainLog(run, start_step)
     started = time.perf_counter()
     try:
@@ -493,6 +519,10 @@ def run(config: TrainConfig) -> int:
 
     reset_skipped_corrupt_files()  # summary.json counts this run's files only
     setup = prepare(config)
+    if config.dry_run:  # compiles the step on abstract inputs; writes memory.json and nothing else
+        from vit_jax.training.dry_run import dry_run
+
+        return dry_run(setup, build_train_step(setup))
     workdir = setup.workdir
     fresh = not (config.resume or config.eval_only)
     created = not os.path.isdir(workdir)

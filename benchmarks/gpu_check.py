@@ -1,4 +1,4 @@
-"""The GPU checks in one go: GPU-marked tests, parity reports, ViT-B/16 bf16 training speed.
+"""The GPU checks in one go: GPU-marked tests, parity reports, ViT-B/16 bf16 training speed, sharded ViT-L/16.
 
     python -m benchmarks.gpu_check --out gpu_check            # on a machine with a GPU
     python -m benchmarks.gpu_check --dry-run --out /tmp/gc     # the same steps, tiny, on any machine (CI)
@@ -10,7 +10,10 @@ Steps, each a subprocess whose output lands in --out:
    (`parity report` does that on accelerators), forward, backward and an AdamW step;
 3. the same report in bfloat16;
 4. the bench: ViT-B/16 bf16 train step images/s and MFU, reference kernels
-   (the goal this serves: >= 3,000 img/s on one H100/H200).
+   (the goal this serves: >= 3,000 img/s on one H100/H200);
+5. sharded training: ViT-L/16 bf16 with fsdp over every GPU (train.py's own
+   step, batch 32 per GPU), images/s and memory per GPU, XLA's estimate beside
+   the measured peak.
 Exit status 0 when every step passed (the speed goal is reported, not enforced).
 """
 
@@ -37,12 +40,26 @@ def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str]]]:
     bench = [python, "-m", "benchmarks.model_bench", "--presets", preset, "--modes", "train", "--dtype", "bfloat16",
              "--batch", batch, "--kernels", "reference", "--no-torch-compile", "--json", str(out / "bench.json")]
     bench += ["--image-size", "16", "--repeats", "1", "--warmup", "1"] if dry_run else ["--repeats", "10"]
+    sharded = [python, "-m", "benchmarks.sharded_bench", "--json", str(out / "fsdp.json"), "--kernels", "reference"]
+    sharded += ["--model", "ViT-testing", "--batch-per-device", "2", "--steps", "2"] if dry_run else []
     return [
         ("gpu tests", [python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"]),
         ("parity float32", report + ["--out", str(out / "parity_float32")]),
         ("parity bfloat16", report + ["--dtype", "bfloat16", "--out", str(out / "parity_bfloat16")]),
         ("bench bf16 train", bench),
+        ("fsdp L/16 train", sharded),
     ]
+
+
+def fsdp_summary(out: Path) -> str:
+    try:
+        report = json.loads((out / "fsdp.json").read_text())
+    except (OSError, ValueError):
+        return "fsdp: no results"
+    peaks = report["measured_peak_bytes_per_device"]
+    measured = f", measured peak {max(peaks) / 2**30:.2f} GiB per device" if peaks else ""
+    return (f"{report['model']} bf16 fsdp over {report['devices']} device(s): {report['images_per_s']:.0f} img/s, "
+            f"XLA estimate {report['xla_per_device_bytes']['peak_estimate'] / 2**30:.2f} GiB per device{measured}")
 
 
 def speed_summary(out: Path) -> str:
@@ -87,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<18} {status:<12} {time.perf_counter() - t0:7.1f} s   {log}", flush=True)
         if code != 0:
             failed.append(name)
+    print(fsdp_summary(out))
     print(speed_summary(out))
     if failed:
         print(f"failed: {', '.join(failed)} (see the logs)")

@@ -16,6 +16,9 @@ GOLDEN_PARAM_COUNTS = {
     "ViT-L_16": 304_326_632,
     "ViT-L_32": 306_535_400,
     "ViT-H_14": 632_045_800,
+    # Equal to timm's vit_giant_patch14_224 and vit_gigantic_patch14_224 at num_classes=1000.
+    "ViT-g_14": 1_012_611_432,
+    "ViT-G_14": 1_844_440_680,
     "ViT-testing": 19_626,
     # Hybrids: equal to timm's vit_tiny_r_s16_p8_224, vit_small_r26_s32_224, vit_base_r26_s32_224,
     # vit_base_r50_s16_224 and vit_large_r50_s32_224 built with num_classes=1000.
@@ -36,6 +39,8 @@ PRESET_SHAPES = {  # hidden, mlp, heads, layers, patch
     "ViT-L_16": (1024, 4096, 16, 24, 16),
     "ViT-L_32": (1024, 4096, 16, 24, 32),
     "ViT-H_14": (1280, 5120, 16, 32, 14),
+    "ViT-g_14": (1408, 6144, 16, 40, 14),
+    "ViT-G_14": (1664, 8192, 16, 48, 14),
 }
 
 

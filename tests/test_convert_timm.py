@@ -57,3 +57,19 @@ def test_timm_loads_converted_google_npz_strictly_and_matches(tmp_path, override
     assert sorted(back.files) == sorted(flat)
     for key, value in flat.items():
         assert np.array_equal(back[key], value), key
+
+
+@pytest.mark.parametrize("preset, timm_name", [("ViT-g_14", "vit_giant_patch14_224"),
+                                               ("ViT-G_14", "vit_gigantic_patch14_224")])
+def test_giant_presets_have_timms_state_dict(preset, timm_name):
+    """The giant presets are timm's models (built on the meta device: no memory; 2 of their blocks, as the golden
+    parameter counts cover the depth), key for key and shape for shape, and a checkpoint of either width converts
+    with its 16 heads inferred."""
+    from vit_jax.formats.infer import STANDARD_HEADS
+    from vit_jax.formats.mapping import expected_torch_shapes
+
+    timm = import_timm()
+    model = timm.create_model(timm_name, num_classes=1000, device="meta", depth=2)
+    config = get_config(preset, num_layers=2)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected_torch_shapes(config)
+    assert STANDARD_HEADS[config.hidden_size] == config.num_heads == 16

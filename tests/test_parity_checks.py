@@ -21,7 +21,7 @@ import torch
 
 import vit_torch_ref.model as twin
 from parity import flax_params_from_torch
-from parity.mapping import flatten
+from vit_jax.formats.mapping import flatten
 from parity.report_cli import main
 from parity.tolerances import TOLERANCES, Criterion
 from vit_jax.config import get_config

@@ -413,8 +413,13 @@ _WIDTHS = {
     "B": (768, 3072, 12, 12),
     "L": (1024, 4096, 16, 24),
     "H": (1280, 5120, 16, 32),
+    # "Scaling Vision Transformers" (Zhai et al. 2022), as timm's vit_giant/vit_gigantic_patch14_224
+    "g": (1408, 6144, 16, 40),
+    "G": (1664, 8192, 16, 48),
 }
 _OFFICIAL = ("Ti_16", "S_16", "S_32", "B_16", "B_32", "B_8", "L_16", "L_32", "H_14")
+# Presets for models larger than one device holds (sharded training, docs/training.md); no Google release.
+_GIANT = ("g_14", "G_14")
 
 
 def _preset(variant: str, patch: int) -> ViTConfig:
@@ -430,7 +435,7 @@ def _preset(variant: str, patch: int) -> ViTConfig:
 
 
 PRESETS: dict[str, ViTConfig] = {}
-for _name in _OFFICIAL:
+for _name in _OFFICIAL + _GIANT:
     _variant, _patch = _name.split("_")
     PRESETS[f"ViT-{_name}"] = _preset(_variant, int(_patch))
 # Google's hybrids: the ResNet stem's output cut into 1x1 patches (8x8 for the stem-only Ti).
@@ -456,7 +461,7 @@ PRESETS["ViT-testing"] = ViTConfig(
     num_layers=2,
 )
 
-_SHORT_NAME = re.compile(r"^(?:ViT-)?(Ti|S|B|L|H)[/_](\d+)$")
+_SHORT_NAME = re.compile(r"^(?:ViT-)?(Ti|S|B|L|H|g|G)[/_](\d+)$")
 
 
 def list_presets() -> list[str]:

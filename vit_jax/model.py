@@ -170,6 +170,8 @@ class Encoder1DBlock(nn.Module):
     def __call__(self, inputs: Array, drop_path_rate: Array | float) -> tuple[Array, Intermediates]:
         c = self.config
         stochastic_depth = self.train and c.stochastic_depth_rate > 0
+        # Sharded training keeps the batch split here (vit_jax/sharding.py); without its rules, a no-op.
+        inputs = nn.with_logical_constraint(inputs, ("batch", None, None))
 
         x = _layer_norm(c, "LayerNorm_0")(inputs)
         attn, probs = MultiHeadDotProductAttention(

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import warnings
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import jax
@@ -140,7 +141,8 @@ class Checkpointer:
     def save(self, step: int, host_state: TrainState, data_state: Any, metrics: dict[str, float] | None = None) -> None:
         """Start writing checkpoint `step` (asynchronously; `wait` blocks until it is on disk).
 
-        `host_state` is one NumPy copy of the replicated state; every process
+        `host_state` is the state as device arrays (each process writes the
+        shards it holds, none is gathered) or one NumPy copy; every process
         must call this (the data iterators' states are gathered to process 0).
         """
         self.manager.save(
@@ -153,10 +155,19 @@ class Checkpointer:
             force=True,
         )
 
-    def restore(self, step: int, template: TrainState) -> tuple[TrainState, Any]:
-        """Checkpoint `step` as (NumPy TrainState shaped like `template`, this process's data state)."""
+    def restore(self, step: int, template: TrainState, shardings: Any = None) -> tuple[TrainState, Any]:
+        """Checkpoint `step` as (TrainState shaped like `template`, this process's data state).
+
+        With `shardings` (a NamedSharding per leaf) the state comes back as
+        device arrays placed so, each process reading only its shards, whatever
+        mesh or device count wrote it; without, as NumPy.
+        """
         self._check_saved(step)
-        abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
+        if shardings is None:
+            abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.dtype(x.dtype)), template)
+        else:
+            abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
+                                    template, shardings)
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()),
@@ -167,18 +178,18 @@ class Checkpointer:
                 f"checkpoint {step} was written by {len(processes)} process(es), this run has {jax.process_count()}; "
                 "resume with the same number of processes"
             )
-        state = jax.tree.map(np.asarray, restored.state)
+        state = restored.state if shardings is not None else jax.tree.map(np.asarray, restored.state)
         return state, processes[jax.process_index()]
 
     def restore_params(self, step: int | None = None) -> tuple[int, Any]:
         """(step, params as NumPy) of checkpoint `step` (default: the best, else the latest, else older intact ones)."""
         return self.first_intact(self._params, step)
 
-    def restore_latest(self, template: TrainState) -> tuple[int, TrainState, Any] | None:
+    def restore_latest(self, template: TrainState, shardings: Any = None) -> tuple[int, TrainState, Any] | None:
         """(step, state, data state) of the newest intact checkpoint, or None when there is none at all."""
         if self.latest_step() is None:
             return None
-        return self.first_intact(lambda step: (step, *self.restore(step, template)), prefer_latest=True)
+        return self.first_intact(lambda step: (step, *self.restore(step, template, shardings)), prefer_latest=True)
 
     def first_intact(self, load: Callable[[int], T], step: int | None = None, prefer_latest: bool = False) -> T:
         """`load(s)` for the first step s that reads back: `step`, else the best (or latest), then newer to older.
@@ -215,7 +226,14 @@ class Checkpointer:
         raise CheckpointError(f"every checkpoint in {self.directory} is damaged (steps {damaged})")
 
     def _params(self, step: int) -> tuple[int, Any]:
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        """The params alone, read onto this process's first device whatever mesh or device count wrote them."""
+        saved = ocp.PyTreeCheckpointHandler().metadata(Path(self.directory) / str(step) / "state").tree
+        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                                       saved["params"])}
+        restore = ocp.args.PyTreeRestore(item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                                         partial_restore=True)
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=restore))
         return step, jax.tree.map(np.asarray, restored.state["params"])
 
     def _check_saved(self, step: int) -> None:

@@ -19,6 +19,7 @@ from vit_jax.cpu.onednn import CHOICES as CPU_MATMUL_CHOICES
 from vit_jax.formats.training_run import RUN_CONFIG as RUN_CONFIG_FILE  # the resolved config of every run
 from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.kernels import resolve_kernels
+from vit_jax.training.mesh import DEFAULT_MESH, parse_mesh
 
 
 def _field(default: Any, help: str, choices: tuple | None = None, flag_type: type | None = None):
@@ -182,6 +183,17 @@ class TrainConfig:
         CPU_MATMUL_CHOICES,
     )
     parallel: str = _field("jit", "data parallelism: jit over a device mesh, or pmap", ("jit", "pmap"))
+    mesh: str = _field(
+        DEFAULT_MESH,
+        "device mesh AXIS=N,...: data (batch), fsdp (batch and every weight sharded), model (heads and MLP "
+        "width split, Megatron-style); one size may be -1 (the rest of the devices); the product is the device count",
+    )
+    shard_min_mib: float = _field(4.0, "weights smaller than this many MiB stay replicated on an fsdp/model mesh")
+    dry_run: bool = _field(
+        False,
+        "compile the train step for the model, batch and mesh without allocating the weights; print the memory "
+        "per device and write WORKDIR/memory.json, then exit",
+    )
     coordinator_address: str | None = _field(None, "host:port of process 0 for a multi-process run")
     num_processes: int | None = _field(None, "number of processes in a multi-process run", flag_type=int)
     process_id: int | None = _field(None, "this process's index in a multi-process run", flag_type=int)
@@ -232,6 +244,17 @@ class TrainConfig:
             raise ConfigError(f"--dataset {self.dataset} needs --data-path")
         if self.export_torch is not None and not self.export_torch.endswith(".safetensors"):
             raise ConfigError(f"--export-torch {self.export_torch}: expected a path ending in .safetensors")
+        try:
+            parse_mesh(self.mesh)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if not self.shard_min_mib >= 0:
+            raise ConfigError(f"--shard-min-mib must be >= 0, got {self.shard_min_mib!r}")
+        if self.dry_run and self.parallel != "jit":
+            raise ConfigError("--dry-run compiles the jit step; it cannot be combined with --parallel pmap")
+        if self.dry_run and (self.resume or self.eval_only):
+            raise ConfigError("--dry-run compiles a fresh run's step; it cannot be combined with --resume or "
+                              "--eval-only")
         if (self.resume or self.eval_only) and self.workdir is None:
             raise ConfigError("--resume and --eval-only need --workdir (the run directory)")
 
