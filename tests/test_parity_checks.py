@@ -21,10 +21,10 @@ import torch
 
 import vit_torch_ref.model as twin
 from parity import flax_params_from_torch
-from vit_jax.formats.mapping import flatten
 from parity.report_cli import main
 from parity.tolerances import TOLERANCES, Criterion
 from vit_jax.config import get_config
+from vit_jax.formats.mapping import flatten
 
 SMALL = "ViT-testing"  # 16 px, patch 4, hidden 32, 2 heads, 2 layers, 10 classes
 KEPT_BITS = 13  # of float32's 23 mantissa bits: an error of ~2.6e-5, between the bound (1e-5) and 10x the bound
