@@ -61,6 +61,7 @@ from vit_jax.training.config import (
 )
 from vit_jax.training.metrics import MetricsWriter, plot_curves
 from vit_jax.training.parallel import DataParallel, ParallelError, initialize_distributed
+from vit_jax.training.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLock, probe
 
 
 class TrainingStopped(RuntimeError):
@@ -185,12 +186,32 @@ def write_json_atomic(path: str, data: dict) -> None:
 def read_run_config(workdir: str) -> dict:
     path = os.path.join(workdir, RUN_CONFIG_FILE)
     if not os.path.exists(path):
-        raise CheckpointError(f"{workdir} is not a run directory: {RUN_CONFIG_FILE} is missing")
+        raise CheckpointError(f"{workdir} is not a run directory: {RUN_CONFIG_FILE} is missing (a run stopped "
+                              f"before writing it has nothing to resume: start it again without --resume)")
     try:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path}: not a readable run config ({error})") from None
+
+
+def check_workdir_path(workdir: str) -> None:
+    """The run directory is a directory, or can be created (no regular file on the way to it)."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} is a file; expected a run directory (or a path to create one)")
+    parent = os.path.dirname(workdir)
+    while not os.path.exists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--workdir {workdir}: {parent} is a file, not a directory; expected a path whose "
+                          f"existing parent is a directory")
+
+
+def is_unused_workdir(workdir: str) -> bool:
+    """Nothing here but what a run killed before writing its config leaves: a lock file, an empty checkpoints/."""
+    names = set(os.listdir(workdir)) - {LOCK_FILE}
+    checkpoints = os.path.join(workdir, "checkpoints")
+    return not names or (names == {"checkpoints"} and os.path.isdir(checkpoints) and not os.listdir(checkpoints))
 
 
 @dataclasses.dataclass
@@ -204,7 +225,7 @@ class Run:
     parallel: DataParallel
     tx: Any
     schedule: Any
-    host_state: Any  # the initial TrainState as NumPy (shapes only when a checkpoint supplies the values)
+    host_state: Any  # the initial TrainState as NumPy (zeros, for shapes only, on --resume and --eval-only)
     total_steps: int
     eval_every: int
     checkpoint_every: int
@@ -227,13 +248,14 @@ def prepare(config: TrainConfig) -> Run:
     if config.workdir is None and jax.process_count() > 1:
         raise ConfigError("a multi-process run needs --workdir (a directory every process can reach)")
     workdir = os.path.abspath(config.workdir or default_workdir(config))
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"--workdir {workdir} is a file; expected a run directory (or a path to create one)")
+    check_workdir_path(workdir)
+    if jax.process_index() == 0 and not config.eval_only and os.path.isdir(workdir):
+        probe(workdir)
     saved = None
     if config.resume or config.eval_only:
         saved = read_run_config(workdir)
         check_same_model(config, saved, workdir)
-    elif os.path.isdir(workdir) and os.listdir(workdir):
+    elif os.path.isdir(workdir) and not is_unused_workdir(workdir):
         raise ConfigError(f"--workdir {workdir} already holds files; pass --resume to continue that run or choose another")
 
     dataset = load_data(config)
@@ -312,13 +334,24 @@ def make_train_loader(run: Run):
     )
 
 
+def initial_state(run: Run):
+    """The host state a fresh run with the same flags starts from: its seeded init, or its --init weights."""
+    import jax
+
+    from vit_jax.training.state import create_train_state
+
+    _, params = create_model(run.config, run.dataset.num_classes, None)
+    return jax.device_get(create_train_state(params, run.tx, run.config.seed))
+
+
 def restore_latest(run: Run, loader) -> tuple[Any, int]:
     """(host state, its step) of the newest intact checkpoint, the loader moved to its data position."""
     restored = run.checkpoints.restore_latest(run.host_state)
-    if restored is None:  # only a run stopped before its first checkpoint leaves none: start it over
-        print(f"train.py: no checkpoint yet in {run.checkpoints.directory}; starting the run from step 0",
-              file=sys.stderr)
-        return run.host_state, 0
+    if restored is None:  # a run stopped before its first checkpoint: start it over as it started
+        # (run.host_state holds only shapes on --resume: never train from it)
+        print(f"train.py: no checkpoint yet in {run.checkpoints.directory}; starting the run from step 0 "
+              f"(its seeded initialisation, as a fresh run)", file=sys.stderr)
+        return initial_state(run), 0
     _, host_state, data_state = restored
     loader.set_state(data_state)
     return host_state, int(host_state.step)
@@ -498,15 +531,36 @@ def _remove_unfinished(workdir: str, created: bool, before: set[str]) -> None:
 
 
 def run(config: TrainConfig) -> int:
-    from vit_jax import VisionTransformer
-
     reset_skipped_corrupt_files()  # summary.json counts this run's files only
     setup = prepare(config)
-    workdir = setup.workdir
     fresh = not (config.resume or config.eval_only)
-    created = not os.path.isdir(workdir)
+    created = not os.path.isdir(setup.workdir)
+    lock = lock_workdir(setup)
+    try:
+        return _run_locked(setup, fresh, created)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_workdir(setup: Run) -> WorkdirLock | None:
+    """Process 0 of a writing run owns the workdir for the run's length (--eval-only only reads it)."""
+    if setup.config.eval_only or not setup.is_main:
+        return None
+    try:
+        os.makedirs(setup.workdir, exist_ok=True)
+        return WorkdirLock(setup.workdir).acquire()
+    except OSError as error:
+        raise ConfigError(f"--workdir {setup.workdir}: cannot write there ({error.strerror}); training needs a "
+                          f"writable run directory (--eval-only and predict only read one)") from None
+
+
+def _run_locked(setup: Run, fresh: bool, created: bool) -> int:
+    from vit_jax import VisionTransformer
+
+    config, workdir = setup.config, setup.workdir
     os.makedirs(workdir, exist_ok=True)
-    before = set(os.listdir(workdir))
+    before = set(os.listdir(workdir)) | {LOCK_FILE}  # the lock goes when it is released
 
     def unfinished() -> bool:
         return fresh and setup.is_main and (setup.checkpoints is None or setup.checkpoints.latest_step() is None)
@@ -552,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with cli.interruptible():
             return run(parse_args(argv))
-    except (ConfigError, DataError, ParallelError, CheckpointError, TrainingStopped) as error:
+    except (ConfigError, DataError, ParallelError, CheckpointError, TrainingStopped, WorkdirBusy) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:
