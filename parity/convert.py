@@ -19,6 +19,8 @@ import functools
 import json
 import math
 import os
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -200,6 +202,44 @@ def _check_overrides(overrides: dict[str, Any] | None) -> None:
     hints = unknown_field_hints(ViTConfig, overrides or {})
     if hints:
         raise ConversionError(f"--set: unknown config field(s): {', '.join(hints)}")
+    types = typing.get_type_hints(ViTConfig)
+    for field, value in (overrides or {}).items():
+        if not _fits(value, types[field]):
+            shown = json.dumps(list(value) if isinstance(value, tuple) else value, default=str)
+            raise ConversionError(f"--set {field}={shown}: expected {_describe(types[field])}, got "
+                                  f"{type(value).__name__} (values are JSON: a pair is [48, 64])")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value` (parsed JSON) has the type ViTConfig annotates a field with."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (int, str, bool):
+        return isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+    return True  # a type not spelled out here: the config's own validation judges it
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        inner = f"{_describe(args[0])}, ..." if args[-1] is Ellipsis else ", ".join(map(_describe, args))
+        return f"a list [{inner}]"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
 
 
 def _is_floating(dtype: np.dtype) -> bool:
@@ -368,7 +408,7 @@ def convert(
     and their config JSON are replaced as one unit (see atomic_outputs).
     `overrides` states config fields outright (`--set num_heads=8`).
     """
-    from parity.formats.base import atomic_outputs
+    from parity.formats.base import atomic_outputs, check_output_path
 
     _check_format(from_format, "--from")
     _check_format(to_format, "--to")
@@ -378,6 +418,7 @@ def convert(
         raise ConversionError(f"{dst}: destination is the source; choose another path")
     if dst.is_dir():
         raise ConversionError(f"{dst}: already exists as a directory; remove it or choose a new path")
+    check_output_path(dst)  # before the (long) read: a device, FIFO or socket is never replaced
     module, naming = FORMATS[to_format]
     # flax and hf targets are directories unless DST names a file container
     as_dir = (to_format == flax_ckpt.FORMAT and dst.suffix != ".msgpack") or (

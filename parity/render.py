@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from parity.formats.base import check_output_path  # noqa: E402
+
 DEPTH_PLOT = "error_vs_depth.png"
 LOSS_PLOT = "loss_curves.png"
 SECTION_TITLES = {
@@ -274,6 +276,7 @@ def _png(fig) -> bytes:
 
 # -- files --------------------------------------------------------------------
 def _write_atomic(path: str, data: bytes) -> None:
+    check_output_path(path)  # a device or FIFO in --out is never replaced
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)

@@ -240,3 +240,16 @@ def test_an_existing_directory_is_never_replaced(tmp_path, capsys, good_npz):
     (mine / "notes.txt").write_text("keep me")
     assert_fails_cleanly([src, mine], capsys, "my_folder", "already exists as a directory")
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("assignment, expected", [
+    ("image_size=48,64", 'image_size="48,64": expected an integer or a list [an integer, an integer], got str'),
+    ("layer_norm_eps=abc", 'layer_norm_eps="abc": expected a number, got str'),
+    ('image_size={"a":1}', 'image_size={"a": 1}: expected an integer or a list [an integer, an integer], got dict'),
+    ("num_heads=true", "num_heads=true: expected an integer, got bool"),
+])
+def test_a_set_value_of_the_wrong_type_is_one_error_line(tmp_path, capsys, good_npz, assignment, expected):
+    assert main([str(good_npz[0]), str(tmp_path / "out.npz"), "--set", assignment]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --set {expected} (values are JSON: a pair is [48, 64])", err
+    assert not (tmp_path / "out.npz").exists()

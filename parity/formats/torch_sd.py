@@ -8,6 +8,7 @@ are timm's and therefore the mapping table's torch side.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any, Mapping
@@ -123,7 +124,13 @@ def write_file(path: str | Path, tensors: dict[str, np.ndarray], like: str | Pat
     if str(like).endswith(".safetensors"):
         from safetensors.torch import save_file
 
-        save_file(state, str(path), metadata=metadata)
+        # safetensors writes through a '.tmpXXXXXX' of its own beside the file, which a kill leaves behind
+        # under a name no one can tie to `path`: give it a private directory, named after `path`, instead.
+        private = Path(f"{path}.d")
+        private.mkdir(exist_ok=True)
+        save_file(state, str(private / "weights"), metadata=metadata)
+        os.replace(private / "weights", path)
+        private.rmdir()
     else:
         torch.save(state, path)
 
