@@ -50,7 +50,7 @@ from vit_jax.data import (
     skipped_corrupt_files,
 )
 from vit_jax.training import cli
-from vit_jax.training.checkpoint import CheckpointError, Checkpointer
+from vit_jax.training.checkpoint import CheckpointError, Checkpointer, CheckpointWriteError
 from vit_jax.training.config import (
     MODEL_OVERRIDES,
     RUN_CONFIG_FILE,
@@ -437,6 +437,7 @@ def train_loop(run: Run, state, loader, start_step: int, train_step, eval_step, 
     last_eval: dict[str, float] = {}
     for step in range(start_step + 1, run.total_steps + 1):
         cli.check_interrupted()
+        checkpoints.poll()  # a background checkpoint write that failed (a full disk) stops the run here
         state, metrics = train_step(state, run.parallel.put_batch(next(loader)))
         log.add(step, metrics)
         last = step == run.total_steps
@@ -570,6 +571,8 @@ def _run_locked(setup: Run, fresh: bool, created: bool) -> int:
         setup.checkpoints = Checkpointer(workdir, keep=config.keep_checkpoints, read_only=config.eval_only)
         eval_step = setup.parallel.compile_eval_step(VisionTransformer(setup.model).apply)
         return evaluate_checkpoint(setup, eval_step) if config.eval_only else train(setup, eval_step)
+    except CheckpointWriteError as error:  # the run so far stays: --resume continues it once there is space
+        raise CheckpointError(f"{error}; free space, then continue with --resume --workdir {workdir}") from None
     except BaseException:
         if unfinished():
             _remove_unfinished(workdir, created, before)

@@ -125,3 +125,44 @@ def test_sigkill_of_the_owner_frees_the_lock(tmp_path):
         holder.wait()
         with WorkdirLock(str(tmp_path)):
             pass
+
+
+# -- case 5: a full disk while checkpointing --------------------------------------------------
+
+FULL_DISK_TRAIN = """
+import os, resource, runpy, signal, sys, threading, time
+sys.dont_write_bytecode = True  # only the run's own writes meet the limit
+limit, after = int(sys.argv[1]), sys.argv[2]
+workdir = sys.argv[sys.argv.index("--workdir") + 1]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+
+def fill_disk():  # once checkpoint `after` is on disk, files can no longer grow past `limit` bytes
+    while after != "now" and not os.path.isdir(os.path.join(workdir, "checkpoints", after)):
+        time.sleep(0.002)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+threading.Thread(target=fill_disk, daemon=True).start() if after != "now" else fill_disk()
+sys.argv = ["train.py"] + sys.argv[3:]
+runpy.run_path("train.py", run_name="__main__")
+"""
+CHECKPOINT_DATA_LIMIT = 40_000  # above config.json and the metrics, below the checkpoint's data file (~100 kB)
+
+
+@pytest.mark.parametrize("after", ["3", "now"], ids=["a-later-checkpoint", "the-first-checkpoint"])
+def test_a_full_disk_while_checkpointing_is_one_line_and_resume_finishes_the_run(fresh_run, tmp_path, after):
+    workdir = str(tmp_path / "run")
+    args = ARGS + ["--checkpoint-every", "3", "--eval-every", "3", "--workdir", workdir]
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_TRAIN, str(CHECKPOINT_DATA_LIMIT), after, *args],
+                            env=train_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    saved = "the last saved step, 3, is intact" if after == "3" else "no step was saved before it"
+    step = 6 if after == "3" else 3
+    assert result.stderr.splitlines() == [
+        f"train.py: error: cannot write checkpoint step {step} in {workdir}/checkpoints (File too large (errno 27)); "
+        f"{saved}; free space, then continue with --resume --workdir {workdir}"], result.stderr[-3000:]
+    # With space again, --resume finishes the run as if nothing had happened.
+    assert train.main(["--resume", "--workdir", workdir]) == 0
+    resumed, straight = flatten(final_params(workdir)), flatten(final_params(fresh_run))
+    for key in straight:
+        np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
+    assert [r["step"] for r in records(workdir)] == list(range(1, STEPS + 1))

@@ -17,9 +17,11 @@ to `<workdir>/damaged_checkpoints/` so that it can save those steps again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import warnings
 from typing import Any, Callable, TypeVar
@@ -45,6 +47,10 @@ class CheckpointError(RuntimeError):
     """A missing or unreadable checkpoint."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk); the steps saved before it are intact."""
+
+
 class DamagedCheckpointWarning(UserWarning):
     """A checkpoint could not be read and an older intact one is used instead."""
 
@@ -52,6 +58,16 @@ class DamagedCheckpointWarning(UserWarning):
 def _reason(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def _write_failure(error: BaseException) -> str:
+    """The OS's words for a failed write ('No space left on device'), else the error's first line."""
+    found = re.findall(r"([^:\]\[]+) \[os_error_code='(\d+)'\]", str(error))
+    if found:
+        return f"{found[-1][0].strip()} (errno {found[-1][1]})"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} (errno {error.errno})"
+    return _reason(error)
 
 
 def _unreadable_metrics(directory: str) -> dict[int, str]:
@@ -122,6 +138,9 @@ class Checkpointer:
                                       f"{reason}); move that step directory away to use the others")
             self._set_aside(step, f"its metrics file: {reason}")
         self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data"), options=options)
+        self._pending: contextlib.ExitStack | None = None  # a write in progress, with orbax's output held back
+        self._pending_step: int | None = None
+        self.failed = False
 
     def steps(self) -> list[int]:
         return list(self.manager.all_steps())
@@ -146,16 +165,50 @@ class Checkpointer:
 
         `host_state` is one NumPy copy of the replicated state; every process
         must call this (the data iterators' states are gathered to process 0).
+        A failed write (here or in the background) raises CheckpointWriteError,
+        at the latest from the next `save`, `poll` or `wait`; orbax's own
+        output about it (a traceback per thread) is held back until then.
         """
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(host_state),
-                data=ocp.args.JsonSave({"processes": _gather_process_json(data_state)}),
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        self._finish_pending()
+        self._pending = contextlib.ExitStack()
+        self._pending.enter_context(quiet_failures())
+        self._pending_step = step
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(host_state),
+                    data=ocp.args.JsonSave({"processes": _gather_process_json(data_state)}),
+                ),
+                metrics=metrics,
+                force=True,
+            )
+        except Exception as error:
+            self._fail(error)
+
+    def poll(self) -> None:
+        """Cheap: once the background write is over, show what orbax printed, or raise CheckpointWriteError."""
+        if self._pending is not None and not self.manager.is_saving_in_progress():
+            self._finish_pending()
+
+    def _finish_pending(self) -> None:
+        if self._pending is None:
+            return
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:
+            self._fail(error)
+        pending, self._pending = self._pending, None
+        pending.close()
+
+    def _fail(self, error: BaseException) -> None:
+        pending, self._pending = self._pending, None
+        self.failed = True
+        pending.__exit__(type(error), error, error.__traceback__)  # drops orbax's held output
+        saved = [s for s in self.steps() if s != self._pending_step]
+        last = (f"the last saved step, {max(saved)}, is intact" if saved else "no step was saved before it")
+        raise CheckpointWriteError(f"cannot write checkpoint step {self._pending_step} in {self.directory} "
+                                   f"({_write_failure(error)}); {last}") from None
 
     def restore(self, step: int, template: TrainState) -> tuple[TrainState, Any]:
         """Checkpoint `step` as (NumPy TrainState shaped like `template`, this process's data state)."""
@@ -241,7 +294,15 @@ class Checkpointer:
                       stacklevel=3)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._finish_pending()
 
     def close(self) -> None:
-        self.manager.close()
+        """Finish the pending write (raising CheckpointWriteError if it failed) and release orbax."""
+        try:
+            self._finish_pending()
+        finally:
+            if self.failed:  # orbax re-raises the failed write: said once already
+                with contextlib.suppress(Exception), quiet_failures():
+                    self.manager.close()
+            else:
+                self.manager.close()
