@@ -160,9 +160,43 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_resume_finishes_the_run
     assert result.stderr.splitlines() == [
         f"train.py: error: cannot write checkpoint step {step} in {workdir}/checkpoints (File too large (errno 27)); "
         f"{saved}; free space, then continue with --resume --workdir {workdir}"], result.stderr[-3000:]
+    if after == "now":  # the run stays (its config.json): --resume starts it over (tested above)
+        assert os.path.isfile(os.path.join(workdir, "config.json"))
+        return
     # With space again, --resume finishes the run as if nothing had happened.
     assert train.main(["--resume", "--workdir", workdir]) == 0
     resumed, straight = flatten(final_params(workdir)), flatten(final_params(fresh_run))
     for key in straight:
         np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
     assert [r["step"] for r in records(workdir)] == list(range(1, STEPS + 1))
+
+
+# -- case 6: --resume on a read-only run directory ----------------------------------------------
+
+@contextlib.contextmanager
+def read_only(path: str):
+    """`path` read-only: by permissions, or (as root, whom permissions do not stop) by a read-only bind mount."""
+    if os.geteuid() != 0:
+        subprocess.run(["chmod", "-R", "a-w", path], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chmod", "-R", "u+w", path], check=True)
+        return
+    if subprocess.run(["mount", "--bind", "-o", "ro", path, path], capture_output=True).returncode != 0:
+        pytest.skip("running as root without the right to mount: cannot make a directory read-only")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", path], check=True)
+
+
+def test_resume_on_a_read_only_run_is_one_line_and_eval_only_still_reads_it(fresh_run, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    shutil.copytree(fresh_run, run)
+    with read_only(run):
+        assert train.main(["--resume", "--workdir", run, "--steps", str(STEPS + 2)]) == 1
+        line = error_line(capsys)
+        assert line.startswith(f"train.py: error: --workdir {run}: cannot write there (") and "--eval-only" in line
+        assert train.main(["--eval-only", "--workdir", run]) == 0
+        assert '"step": 6' in capsys.readouterr().out
