@@ -18,6 +18,7 @@ to `<workdir>/damaged_checkpoints/` so that it can save those steps again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -104,6 +105,24 @@ def _gather_process_json(value: Any) -> list[Any]:
     return [json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(gathered, np.ravel(lengths))]
 
 
+class _SkippingNameFormat(ocp.path.step.NameFormat):
+    """Orbax's standard step names, with some steps not there (damaged ones a read-only reader cannot move)."""
+
+    def __init__(self, skip: set[int]):
+        self.inner, self.skip = ocp.path.step.standard_name_format(), skip
+
+    def build_name(self, step: int) -> str:
+        return self.inner.build_name(step)
+
+    def find_all(self, base_path):
+        return [found for found in self.inner.find_all(base_path) if found.step not in self.skip]
+
+    def find_step(self, base_path, step: int):
+        if step in self.skip:
+            raise ValueError(f"checkpoint step {step} is damaged")
+        return self.inner.find_step(base_path, step)
+
+
 class Checkpointer:
     """Saves and restores training checkpoints under `<workdir>/checkpoints`."""
 
@@ -132,11 +151,16 @@ class Checkpointer:
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointError(f"no checkpoints found: {self.directory} does not exist")
         self.read_only = read_only
+        self.damaged: dict[int, str] = {}  # read-only: steps hidden from orbax, which cannot list them
         for step, reason in sorted(_unreadable_metrics(self.directory).items()):
             if read_only:
-                raise CheckpointError(f"checkpoint step {step} in {self.directory} is damaged (its metrics file: "
-                                      f"{reason}); move that step directory away to use the others")
-            self._set_aside(step, f"its metrics file: {reason}")
+                self.damaged[step] = f"its metrics file: {reason}"
+                warnings.warn(f"checkpoint step {step} in {self.directory} is damaged (its metrics file: {reason}); "
+                              f"using the other steps", DamagedCheckpointWarning, stacklevel=2)
+            else:
+                self._set_aside(step, f"its metrics file: {reason}")
+        if self.damaged:
+            options = dataclasses.replace(options, step_name_format=_SkippingNameFormat(set(self.damaged)))
         self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data"), options=options)
         self._pending: contextlib.ExitStack | None = None  # a write in progress, with orbax's output held back
         self._pending_step: int | None = None
@@ -276,6 +300,9 @@ class Checkpointer:
         return step, jax.tree.map(np.asarray, restored.state["params"])
 
     def _check_saved(self, step: int) -> None:
+        if step in self.damaged:
+            raise CheckpointError(f"checkpoint step {step} in {self.directory} is damaged ({self.damaged[step]}); "
+                                  f"intact steps: {self.steps()}")
         if step not in self.steps():
             raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; saved steps: {self.steps()}")
 
