@@ -15,7 +15,7 @@ vit_jax/training/steps.py) and runs `train_loop`, which owns the I/O: data,
 logging, evaluation and checkpoints; `finish` writes the summary. `run` ties
 them together and undoes a fresh run that stops before its first checkpoint.
 
-Ctrl-C or SIGTERM ends the run within seconds with exit status 130 or 143;
+Ctrl-C, SIGTERM, SIGHUP or SIGQUIT end the run within seconds with exit status 128 + the signal (130, 143, 129, 131);
 checkpoints already written stay, so `--resume` continues from the last one.
 """
 

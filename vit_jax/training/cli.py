@@ -25,7 +25,8 @@ import warnings
 from typing import Callable, Iterator
 
 GRACE_SECONDS = 10.0
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP (the terminal closed) and SIGQUIT (Ctrl-\) end a run as SIGTERM does: with its cleanup and one line.
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 _received: list[int] = []
 _emergency_cleanups: list[Callable[[], None]] = []
@@ -34,7 +35,7 @@ _state = {"raise": False, "deferred": False}
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM; `exit_code` is the shell's convention (130, 143)."""
+    """Ctrl-C, SIGTERM, SIGHUP or SIGQUIT; `exit_code` is the shell's convention (130, 143, 129, 131)."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
