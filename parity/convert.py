@@ -162,13 +162,15 @@ def open_checkpoint(
     step: int | None = None,
     new_head: bool = False,
     overrides: dict[str, Any] | None = None,
+    image_size: int | tuple[int, int] | None = None,
 ) -> tuple[ViTConfig, TensorSource]:
     """Read a checkpoint's tensor index and work out its config; tensors stay on disk until loaded.
 
     `step` picks the checkpoint of a training run directory (default: its best
     by eval accuracy, else its latest); `new_head` says a fresh head replaces
     the checkpoint's (so a config's head that the file lacks is not news);
-    `overrides` are config fields stated outright (`--set`), checked against the tensors.
+    `overrides` are config fields stated outright (`--set`), checked against the tensors; `image_size`
+    (the target resolution) settles a non-square grid that nothing else states.
     """
     _check_format(format, "--from")
     path = Path(path)
@@ -187,7 +189,7 @@ def open_checkpoint(
             source.stated = {**source.stated, **sidecar}
     user, is_preset = _user_config(config)
     _check_overrides(overrides)
-    resolved = build_config(source, user, is_preset, overrides)
+    resolved = build_config(source, user, is_preset, overrides, image_size)
     _check_tensors(source, resolved)
     if user is not None and not is_preset and user.num_classes and not resolved.num_classes and not new_head:
         warnings.warn(f"{path} has no head tensors, so the {user.num_classes}-class head of the given config is "
@@ -205,7 +207,7 @@ def _check_overrides(overrides: dict[str, Any] | None) -> None:
     types = typing.get_type_hints(ViTConfig)
     for field, value in (overrides or {}).items():
         if not _fits(value, types[field]):
-            shown = json.dumps(list(value) if isinstance(value, tuple) else value, default=str)
+            shown = json.dumps(value, default=str)
             raise ConversionError(f"--set {field}={shown}: expected {_describe(types[field])}, got "
                                   f"{type(value).__name__} (values are JSON: a pair is [48, 64])")
 
@@ -222,7 +224,7 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint in (int, str, bool):
         return isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
     if origin is tuple:
-        if not isinstance(value, tuple):
+        if not isinstance(value, (tuple, list)):
             return False
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_fits(v, args[0]) for v in value)
@@ -337,7 +339,7 @@ def read_tensors(
     `check` sees the final config before any tensor is read (a target format refusing it).
     """
     resolved, source = open_checkpoint(path, format, config, step, new_head=num_classes is not None,
-                                       overrides=overrides)
+                                       overrides=overrides, image_size=image_size)
     target = _target_config(resolved, image_size, num_classes)
     if check is not None:
         check(target)
