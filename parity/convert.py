@@ -179,11 +179,21 @@ def open_checkpoint(
     else:
         if step is not None:
             raise ConversionError(f"{path}: --step picks a checkpoint of a training run directory; this is not one")
+        guessed = format is None and path.is_file() and path.suffix != ".msgpack"
         format = format or detect_format(path)
         if not path.exists():
             raise ConversionError(f"{path}: no such file or directory")
         module, _ = FORMATS[format]
-        source = module.read(path)
+        try:
+            source = module.read(path)
+        except ConversionError as e:
+            if not (guessed and format == flax_ckpt.FORMAT):
+                raise
+            # Only its first byte suggested msgpack (a PNG's does too): say what else it is not.
+            reason = str(e).removeprefix(f"{path}: ").split(";")[0]
+            raise ConversionError(f"{path}: not a checkpoint in a format read here (tried Google .npz, safetensors, "
+                                  f"PyTorch and Flax msgpack: {reason}); pass --from one of {list(FORMATS)} if it "
+                                  f"is one") from None
         sidecar = _read_sidecar(path)
         if sidecar:
             source.stated = {**source.stated, **sidecar}

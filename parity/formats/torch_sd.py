@@ -40,6 +40,26 @@ def is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < size <= path.stat().st_size
 
 
+def damaged_safetensors_header(path: Path) -> str | None:
+    """Why a file that looks like safetensors (by name, or by the '{' after its length) is not whole, else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if head[8:9] != b"{" and (path.suffix != ".safetensors" or head[:2] == b"PK"):  # a .safetensors-named zip: torch
+        return None
+    if len(head) < 9:
+        return f"the file has {size} bytes, fewer than a header's 8-byte length and its JSON"
+    declared = struct.unpack("<Q", head[:8])[0]
+    if head[8:9] != b"{":
+        return "it does not start with a header (an 8-byte length, then a JSON object)"
+    if declared > size - 8:
+        return f"the header declares {declared} bytes of JSON, the file holds {size - 8} after the length"
+    return None
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, tuple[int, ...]], Any, dict[str, Any]]:
     from safetensors import safe_open
 
@@ -105,6 +125,11 @@ def _read_pickle(path: Path) -> tuple[dict[str, tuple[int, ...]], Any]:
 
 def read_file(path: str | Path, format_name: str, naming: str, numerics: dict[str, Any]) -> TensorSource:
     path = Path(path)
+    if not is_safetensors(path):
+        damage = damaged_safetensors_header(path)
+        if damage is not None:
+            raise ConversionError(f"{path}: the safetensors header is damaged ({damage}); the file is corrupt or "
+                                  f"truncated")
     shapes, loader, stated = _read_safetensors(path) if is_safetensors(path) else _read_pickle(path)
     return TensorSource(path=str(path), format=format_name, naming=naming, shapes=shapes, loader=loader,
                         stated=stated, numerics=dict(numerics))
