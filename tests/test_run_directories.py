@@ -348,3 +348,20 @@ def test_garbage_metrics_in_an_older_step_warn_and_every_reader_uses_the_intact_
         assert train.main(["--eval-only", "--workdir", run_copy, "--eval-step", "4"]) == 1
     err = capsys.readouterr().err
     assert "checkpoint step 4" in err and "is damaged (its metrics file" in err and "Traceback" not in err
+
+
+# -- issue 26 case 15: predict reads any weights file, as attention_map does -------------------------------
+
+def test_predict_reads_a_converted_weights_file_like_its_run(run_dir, tmp_path, capsys):
+    write_image_folder(str(tmp_path / "images"), {"a": 2})
+    images = sorted(glob.glob(str(tmp_path / "images" / "a" / "*.png")))
+    weights = str(tmp_path / "digits.safetensors")
+    assert convert_main([run_dir, weights, "--step", str(STEPS), "-q"]) == 0
+    assert train.main(["predict", "--checkpoint", run_dir, "--step", str(STEPS), *images]) == 0
+    from_run = capsys.readouterr().out.splitlines()
+    assert train.main(["predict", "--checkpoint", weights, *images]) == 0
+    from_file = capsys.readouterr().out.splitlines()
+    assert from_file[0] == f"weights {weights}"
+    assert from_file[1:] == from_run[1:]  # digits: classes 0-9 by name and number alike, no eval crop
+    assert train.main(["predict", "--checkpoint", weights, "--step", "4", *images]) == 1
+    assert "--step applies to a training run directory" in capsys.readouterr().err
