@@ -51,6 +51,13 @@ def one_line_warnings(prog: str) -> None:
     warnings.showwarning = show
 
 
+def _release_stderr() -> None:
+    """A checkpoint write may be holding stderr back (orbax_output): the closing line must reach the user."""
+    holder = sys.modules.get("vit_jax.training.orbax_output")  # not imported: nothing held (no import in a handler)
+    if holder is not None:
+        holder.release_stderr()
+
+
 def _flush_and_exit(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -73,6 +80,7 @@ def _handler(signum: int, frame) -> None:
     if _state["deferred"]:
         _state["deferred"] = False
     elif _received or not _state["raise"]:  # a second Ctrl-C, or nothing to undo yet: stop now
+        _release_stderr()
         print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
         _flush_and_exit(128 + signum)
     else:
@@ -106,6 +114,7 @@ def _watchdog(reader: socket.socket) -> None:
             cleanup()
         except Exception:
             pass
+    _release_stderr()
     print(f"{os.path.basename(sys.argv[0])}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
     _flush_and_exit(128 + signum)
 

@@ -24,6 +24,7 @@ def quiet_failures() -> Iterator[None]:
     logger.setLevel(logging.CRITICAL)
     sys.stderr.flush()
     saved = os.dup(2)
+    _holding.append(saved)
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
         failed = True
@@ -33,6 +34,7 @@ def quiet_failures() -> Iterator[None]:
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
+            _holding.remove(saved)
             os.close(saved)
             logger.setLevel(level)
             if not failed:
@@ -44,6 +46,14 @@ def quiet_failures() -> Iterator[None]:
 
 
 _previous_hook: list = []
+_holding: list[int] = []  # the real stderr of each hold in progress (a checkpoint write spans training steps)
+
+
+def release_stderr() -> None:
+    """Point stderr back at the terminal now, for a process about to exit in the middle of a hold."""
+    if _holding:
+        sys.stderr.flush()
+        os.dup2(_holding[0], 2)
 
 
 def _drop_closed_loop_callbacks(unraisable) -> None:
