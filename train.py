@@ -249,6 +249,13 @@ def prepare(config: TrainConfig) -> Run:
         raise ConfigError("a multi-process run needs --workdir (a directory every process can reach)")
     workdir = os.path.abspath(config.workdir or default_workdir(config))
     check_workdir_path(workdir)
+    if config.export_torch:  # refused now, not after the training
+        from parity.formats.base import ConversionError, check_output_path
+
+        try:
+            check_output_path(config.export_torch)
+        except ConversionError as error:
+            raise ConfigError(f"--export-torch {error}") from None
     if jax.process_index() == 0 and not config.eval_only and os.path.isdir(workdir):
         probe(workdir)
     saved = None

@@ -198,3 +198,13 @@ def test_resume_on_a_read_only_run_is_one_line_and_eval_only_still_reads_it(fres
         assert line.startswith(f"train.py: error: --workdir {run}: cannot write there (") and "--eval-only" in line
         assert train.main(["--eval-only", "--workdir", run]) == 0
         assert '"step": 6' in capsys.readouterr().out
+
+
+def test_an_export_over_a_device_is_refused_before_training(tmp_path, capsys):
+    os.symlink("/dev/null", tmp_path / "final.safetensors")
+    assert train.main(ARGS + ["--workdir", str(tmp_path / "run"), "--export-torch",
+                              str(tmp_path / "final.safetensors")]) == 1
+    assert error_line(capsys) == (f"train.py: error: --export-torch {tmp_path / 'final.safetensors'}: is a symlink "
+                                  f"to a character device, not a regular file; refusing to replace it (choose a file "
+                                  f"path)")
+    assert os.path.islink(tmp_path / "final.safetensors") and not os.path.exists(tmp_path / "run")
