@@ -43,6 +43,9 @@ def quiet_failures() -> Iterator[None]:
             elif sys.unraisablehook is not _drop_closed_loop_callbacks:
                 _previous_hook.append(sys.unraisablehook)
                 sys.unraisablehook = _drop_closed_loop_callbacks
+                # Native callbacks report through sys.excepthook (PyErr_Print): a bare traceback each.
+                _previous_excepthook.append(sys.excepthook)
+                sys.excepthook = _drop_closed_loop_exceptions
 
 
 _previous_hook: list = []
@@ -56,9 +59,20 @@ def release_stderr() -> None:
         os.dup2(_holding[0], 2)
 
 
+def _is_closed_loop(error: BaseException | None) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _drop_closed_loop_exceptions(kind, error, traceback) -> None:
+    if not _is_closed_loop(error):
+        _previous_excepthook[0](kind, error, traceback)
+
+
+_previous_excepthook: list = []
+
+
 def _drop_closed_loop_callbacks(unraisable) -> None:
     """After a failed read or write, orbax's storage threads keep calling back into its closed event loop."""
-    error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    if _is_closed_loop(unraisable.exc_value):
         return
     _previous_hook[0](unraisable)
