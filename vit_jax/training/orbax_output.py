@@ -19,6 +19,7 @@ def quiet_failures() -> Iterator[None]:
     the caller raises says it once. Hence stderr's file descriptor, not only
     absl's logger, is redirected for the block.
     """
+    _drop_closed_loop_reports()
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
@@ -40,15 +41,21 @@ def quiet_failures() -> Iterator[None]:
             if not failed:
                 held.seek(0)
                 os.write(2, held.read())
-            elif sys.unraisablehook is not _drop_closed_loop_callbacks:
-                _previous_hook.append(sys.unraisablehook)
-                sys.unraisablehook = _drop_closed_loop_callbacks
-                # Native callbacks report through sys.excepthook (PyErr_Print): a bare traceback each.
-                _previous_excepthook.append(sys.excepthook)
-                sys.excepthook = _drop_closed_loop_exceptions
 
 
 _previous_hook: list = []
+
+
+def _drop_closed_loop_reports() -> None:
+    """From the first read or write on: a failed one leaves orbax's storage threads calling back into its
+    closed event loop, reported (unraisable, or by native code through sys.excepthook) at any later moment,
+    even mid-way through the release of the held output. That one error says nothing: drop it, always."""
+    if sys.unraisablehook is not _drop_closed_loop_callbacks:
+        _previous_hook.append(sys.unraisablehook)
+        sys.unraisablehook = _drop_closed_loop_callbacks
+    if sys.excepthook is not _drop_closed_loop_exceptions:
+        _previous_excepthook.append(sys.excepthook)
+        sys.excepthook = _drop_closed_loop_exceptions
 _holding: list[int] = []  # the real stderr of each hold in progress (a checkpoint write spans training steps)
 
 
