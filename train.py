@@ -15,7 +15,7 @@ vit_jax/training/steps.py) and runs `train_loop`, which owns the I/O: data,
 logging, evaluation and checkpoints; `finish` writes the summary. `run` ties
 them together and undoes a fresh run that stops before its first checkpoint.
 
-Ctrl-C or SIGTERM ends the run within seconds with exit status 130 or 143;
+Ctrl-C, SIGTERM, SIGHUP or SIGQUIT end the run within seconds with exit status 128 + the signal (130, 143, 129, 131);
 checkpoints already written stay, so `--resume` continues from the last one.
 """
 
@@ -52,7 +52,7 @@ from vit_jax.formats import ConversionError, training_run
 from vit_jax.formats.base import write_json_atomic
 from vit_jax.kernels import resolve_kernels
 from vit_jax.training import cli
-from vit_jax.training.checkpoint import Checkpointer, CheckpointError
+from vit_jax.training.checkpoint import Checkpointer, CheckpointError, CheckpointWriteError
 from vit_jax.training.config import (
     MODEL_OVERRIDES,
     RUN_CONFIG_FILE,
@@ -64,6 +64,7 @@ from vit_jax.training.config import (
 from vit_jax.training.mesh import parse_mesh
 from vit_jax.training.metrics import MetricsWriter, plot_curves
 from vit_jax.training.parallel import DataParallel, ParallelError, initialize_distributed
+from vit_jax.training.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLock, probe
 
 
 class TrainingStopped(RuntimeError):
@@ -189,10 +190,33 @@ def default_workdir(config: TrainConfig) -> str:
 
 
 def read_run_config(workdir: str) -> dict:
+    path = os.path.join(workdir, RUN_CONFIG_FILE)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{workdir} is not a run directory: {RUN_CONFIG_FILE} is missing (a run stopped "
+                              f"before writing it has nothing to resume: start it again without --resume)")
     try:
         return training_run.read_run_config(workdir)
     except ConversionError as error:
         raise CheckpointError(str(error)) from None
+
+
+def check_workdir_path(workdir: str) -> None:
+    """The run directory is a directory, or can be created (no regular file on the way to it)."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir} is a file; expected a run directory (or a path to create one)")
+    parent = os.path.dirname(workdir)
+    while not os.path.exists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--workdir {workdir}: {parent} is a file, not a directory; expected a path whose "
+                          f"existing parent is a directory")
+
+
+def is_unused_workdir(workdir: str) -> bool:
+    """Nothing here but what a run killed before writing its config leaves: a lock file, an empty checkpoints/."""
+    names = set(os.listdir(workdir)) - {LOCK_FILE}
+    checkpoints = os.path.join(workdir, "checkpoints")
+    return not names or (names == {"checkpoints"} and os.path.isdir(checkpoints) and not os.listdir(checkpoints))
 
 
 @dataclasses.dataclass
@@ -206,7 +230,7 @@ class Run:
     parallel: DataParallel
     tx: Any
     schedule: Any
-    host_state: Any  # the initial TrainState as NumPy (shapes only when a checkpoint supplies the values)
+    host_state: Any  # the initial TrainState as NumPy (zeros, for shapes only, on --resume and --eval-only)
     total_steps: int
     eval_every: int
     checkpoint_every: int
@@ -229,13 +253,21 @@ def prepare(config: TrainConfig) -> Run:
     if config.workdir is None and jax.process_count() > 1:
         raise ConfigError("a multi-process run needs --workdir (a directory every process can reach)")
     workdir = os.path.abspath(config.workdir or default_workdir(config))
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"--workdir {workdir} is a file; expected a run directory (or a path to create one)")
+    check_workdir_path(workdir)
+    if config.export_torch:  # refused now, not after the training
+        from vit_jax.formats.base import ConversionError, check_output_path
+
+        try:
+            check_output_path(config.export_torch)
+        except ConversionError as error:
+            raise ConfigError(f"--export-torch {error}") from None
+    if jax.process_index() == 0 and not config.eval_only and os.path.isdir(workdir):
+        probe(workdir)
     saved = None
     if config.resume or config.eval_only:
         saved = read_run_config(workdir)
         check_same_model(config, saved, workdir)
-    elif os.path.isdir(workdir) and os.listdir(workdir) and not config.dry_run:  # a dry run writes memory.json only
+    elif os.path.isdir(workdir) and not is_unused_workdir(workdir) and not config.dry_run:  # dry: memory.json only
         raise ConfigError(f"--workdir {workdir} already holds files; pass --resume to continue that run or "
                           "choose another")
 
@@ -321,13 +353,24 @@ def make_train_loader(run: Run):
     )
 
 
+def initial_state(run: Run):
+    """The host state a fresh run with the same flags starts from: its seeded init, or its --init weights."""
+    import jax
+
+    from vit_jax.training.state import create_train_state
+
+    _, params = create_model(run.config, run.dataset.num_classes, None, run.parallel)
+    return jax.device_get(create_train_state(params, run.tx, run.config.seed))
+
+
 def restore_latest(run: Run, loader) -> tuple[Any, int]:
     """(state, its step) of the newest intact checkpoint, the loader moved to its data position."""
     restored = run.checkpoints.restore_latest(run.host_state, run.parallel.state_sharding)
-    if restored is None:  # only a run stopped before its first checkpoint leaves none: start it over
-        print(f"train.py: no checkpoint yet in {run.checkpoints.directory}; starting the run from step 0",
-              file=sys.stderr)
-        return run.host_state, 0
+    if restored is None:  # a run stopped before its first checkpoint: start it over as it started
+        # (run.host_state holds only shapes on --resume: never train from it)
+        print(f"train.py: no checkpoint yet in {run.checkpoints.directory}; starting the run from step 0 "
+              f"(its seeded initialisation, as a fresh run)", file=sys.stderr)
+        return initial_state(run), 0
     step, host_state, data_state = restored
     loader.set_state(data_state)
     return host_state, step
@@ -414,6 +457,7 @@ def train_loop(run: Run, state, loader, start_step: int, train_step, eval_step, 
     last_eval: dict[str, float] = {}
     for step in range(start_step + 1, run.total_steps + 1):
         cli.check_interrupted()
+        checkpoints.poll()  # a background checkpoint write that failed (a full disk) stops the run here
         state, metrics = train_step(state, run.parallel.put_batch(next(loader)))
         log.add(step, metrics)
         last = step == run.total_steps
@@ -515,19 +559,40 @@ def _remove_unfinished(workdir: str, created: bool, before: set[str]) -> None:
 
 
 def run(config: TrainConfig) -> int:
-    from vit_jax import VisionTransformer
-
     reset_skipped_corrupt_files()  # summary.json counts this run's files only
     setup = prepare(config)
     if config.dry_run:  # compiles the step on abstract inputs; writes memory.json and nothing else
         from vit_jax.training.dry_run import dry_run
 
         return dry_run(setup, build_train_step(setup))
-    workdir = setup.workdir
     fresh = not (config.resume or config.eval_only)
-    created = not os.path.isdir(workdir)
+    created = not os.path.isdir(setup.workdir)
+    lock = lock_workdir(setup)
+    try:
+        return _run_locked(setup, fresh, created)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_workdir(setup: Run) -> WorkdirLock | None:
+    """Process 0 of a writing run owns the workdir for the run's length (--eval-only only reads it)."""
+    if setup.config.eval_only or not setup.is_main:
+        return None
+    try:
+        os.makedirs(setup.workdir, exist_ok=True)
+        return WorkdirLock(setup.workdir).acquire()
+    except OSError as error:
+        raise ConfigError(f"--workdir {setup.workdir}: cannot write there ({error.strerror}); training needs a "
+                          f"writable run directory (--eval-only and predict only read one)") from None
+
+
+def _run_locked(setup: Run, fresh: bool, created: bool) -> int:
+    from vit_jax import VisionTransformer
+
+    config, workdir = setup.config, setup.workdir
     os.makedirs(workdir, exist_ok=True)
-    before = set(os.listdir(workdir))
+    before = set(os.listdir(workdir)) | {LOCK_FILE}  # the lock goes when it is released
 
     def unfinished() -> bool:
         return fresh and setup.is_main and (setup.checkpoints is None or setup.checkpoints.latest_step() is None)
@@ -537,6 +602,8 @@ def run(config: TrainConfig) -> int:
         setup.checkpoints = Checkpointer(workdir, keep=config.keep_checkpoints, read_only=config.eval_only)
         eval_step = setup.parallel.compile_eval_step(VisionTransformer(setup.model).apply)
         return evaluate_checkpoint(setup, eval_step) if config.eval_only else train(setup, eval_step)
+    except CheckpointWriteError as error:  # the run so far stays: --resume continues it once there is space
+        raise CheckpointError(f"{error}; free space, then continue with --resume --workdir {workdir}") from None
     except BaseException:
         if unfinished():
             _remove_unfinished(workdir, created, before)
@@ -573,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with cli.interruptible():
             return run(parse_args(argv))
-    except (ConfigError, DataError, ParallelError, CheckpointError, TrainingStopped) as error:
+    except (ConfigError, DataError, ParallelError, CheckpointError, TrainingStopped, WorkdirBusy) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:

@@ -18,7 +18,7 @@ import numpy as np
 
 from vit_jax.config import ViTConfig
 from vit_jax.formats import FORMATS, ConversionError, config_sidecar, flax_ckpt, hf, torch_sd
-from vit_jax.formats.base import atomic_outputs
+from vit_jax.formats.base import atomic_outputs, check_output_path
 from vit_jax.formats.mapping import unflatten
 from vit_jax.formats.read import Progress, check_format, describe, read_tensors, target_format
 from vit_jax.training.orbax_output import quiet_failures
@@ -75,6 +75,7 @@ def convert(
         raise ConversionError(f"{dst}: destination is the source; choose another path")
     if dst.is_dir():
         raise ConversionError(f"{dst}: already exists as a directory; remove it or choose a new path")
+    check_output_path(dst)  # before the (long) read: a device, FIFO or socket is never replaced
     module, naming = FORMATS[to_format]
     # flax and hf targets are directories unless DST names a file container
     as_dir = (to_format == flax_ckpt.FORMAT and dst.suffix != ".msgpack") or (

@@ -23,6 +23,7 @@ from parity import harness, inputs, judge
 from parity.render import write_report
 from parity.tolerances import RELATIVE_ERROR_DEFINITION, RULE, ZERO_GRADIENT_FRACTION, tolerances_for
 from vit_jax.config import KERNELS, ConfigError, ViTConfig, get_config, parse_assignment
+from vit_jax.formats.base import ConversionError, file_above
 from vit_jax.formats.mapping import MappingError
 from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.kernels import resolve_kernels
@@ -101,6 +102,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--lr must be > 0 and --weight-decay >= 0, got {args.lr} and {args.weight_decay}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out!r} exists and is not a directory")
+    if file_above(args.out) is not None:
+        raise UsageError(f"--out {args.out!r}: {file_above(args.out)} is a file, not a directory")
     if args.checkpoint and not os.path.exists(args.checkpoint):
         raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist")
 
@@ -303,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         setup_s = time.perf_counter() - started
         report = run_report(args, config, params, source, images, input_text, rng)
         report["timings_s"] = {"weights and inputs": setup_s, **report["timings_s"]}
-    paths = write_report(report, args.out)
+    try:
+        paths = write_report(report, args.out)
+    except (ConversionError, OSError) as error:  # a device or FIFO in --out, a full disk
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     worst = ", ".join(f"{k} {v:.2e}" for k, v in report["summary"]["worst_rel_l2"].items())
     ratios = ", ".join(f"{k} {v:.2f}" for k, v in report["summary"]["worst_rounding_ratio"].items())
     print(f"{report['verdict'].upper()}: {report['config']['name']} {report['dtype']}, "

@@ -12,7 +12,7 @@ from PIL import Image
 
 import vit_jax
 from vit_jax import get_config
-from vit_jax.attention_map import heat_overlay, main
+from vit_jax.attention_map import COLOUR_BAR_SPACE, LABEL_LEFT, LABEL_TOP, heat_overlay, main
 from vit_jax.data import decode_image_file
 from vit_jax.formats.mapping import unflatten
 from vit_jax.model import VisionTransformer
@@ -90,8 +90,10 @@ def test_pictures_have_the_expected_size_for_a_non_square_model(tmp_path, capsys
             # 16x24 scaled by 14, the smallest integer that reaches 224 px on the short side; PIL sizes are (w, h).
             assert (overlay.format, overlay.mode, overlay.size) == ("PNG", "RGB", (336, 224))
         with Image.open(tmp_path / "out" / f"{stem}_heads.png") as heads:
-            # 2 layers (rows) x 2 heads (columns) of 4x6 grids at 16 px a patch (64x96), 2 px between and around.
-            assert (heads.format, heads.size) == ("PNG", (2 * 96 + 3 * 2, 2 * 64 + 3 * 2))
+            # 2 layers (rows) x 2 heads (columns) of 4x6 grids at 16 px a patch (64x96), 2 px between and around,
+            # with room for the labels (left, top) and the colour bar (right).
+            assert (heads.format, heads.size) == ("PNG", (LABEL_LEFT + 2 * 96 + 3 * 2 + COLOUR_BAR_SPACE,
+                                                          LABEL_TOP + 2 * 64 + 3 * 2))
     assert "no class token" not in capsys.readouterr().out
 
 
@@ -205,4 +207,29 @@ def test_run_directory_and_train_py_predict(tmp_path, capsys):
         assert from_cli.shape == (4, 4)
         np.testing.assert_array_equal(np.load(tmp_path / "predict" / f"{stem}_rollout.npy"), from_cli)
         with Image.open(tmp_path / "predict" / f"{stem}_heads.png") as heads:
-            assert heads.size == (2 * 64 + 3 * 2, 64 + 2 * 2)  # 1 layer x 2 heads
+            assert heads.size == (LABEL_LEFT + 2 * 64 + 3 * 2 + COLOUR_BAR_SPACE, LABEL_TOP + 64 + 2 * 2)  # 1 x 2
+
+
+def test_the_heads_picture_labels_layers_and_heads_and_shows_its_colour_scale():
+    from matplotlib import colormaps
+
+    from vit_jax.attention_map import BACKGROUND, CELL_GAP, COLOUR_BAR_WIDTH, heads_picture
+
+    rng = np.random.default_rng(0)
+    picture = heads_picture((rng.random((16, 16, 3)) * 255).astype(np.uint8), rng.random((3, 4, 4, 4)))
+    cell = 64  # a 4x4 grid at 16 px a patch
+    assert picture.shape == (LABEL_TOP + 3 * cell + 4 * CELL_GAP, LABEL_LEFT + 4 * cell + 5 * CELL_GAP +
+                             COLOUR_BAR_SPACE, 3)
+    for layer in range(3):  # an "L<i>" drawn left of each row
+        top = LABEL_TOP + CELL_GAP + layer * (cell + CELL_GAP)
+        assert (picture[top : top + cell, :LABEL_LEFT] > BACKGROUND + 50).any(), layer
+    for head in range(4):  # an "H<j>" above each column
+        left = LABEL_LEFT + CELL_GAP + head * (cell + CELL_GAP)
+        assert (picture[:LABEL_TOP, left : left + cell] > BACKGROUND + 50).any(), head
+    bar_left = LABEL_LEFT + 4 * cell + 6 * CELL_GAP
+    bar = picture[LABEL_TOP + CELL_GAP : LABEL_TOP + 3 * cell + 3 * CELL_GAP, bar_left : bar_left + COLOUR_BAR_WIDTH]
+    for row, value in ((0, 1.0), (-1, 0.0)):  # the colour map's top at the top, its bottom at the bottom
+        want = np.round(np.asarray(colormaps["jet"](value)[:3]) * 255)
+        np.testing.assert_array_equal(bar[row, 0], want)
+    text = picture[LABEL_TOP:, bar_left + COLOUR_BAR_WIDTH :]  # "max" and "min" beside it
+    assert (text[:20] > BACKGROUND + 50).any() and (text[-20:] > BACKGROUND + 50).any()

@@ -242,3 +242,43 @@ def test_an_existing_directory_is_never_replaced(tmp_path, capsys, good_npz):
     (mine / "notes.txt").write_text("keep me")
     assert_fails_cleanly([src, mine], capsys, "my_folder", "already exists as a directory")
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("assignment, expected", [
+    ("image_size=48,64", 'image_size="48,64": expected an integer or a list [an integer, an integer], got str'),
+    ("layer_norm_eps=abc", 'layer_norm_eps="abc": expected a number, got str'),
+    ('image_size={"a":1}', 'image_size={"a": 1}: expected an integer or a list [an integer, an integer], got dict'),
+    ("num_heads=true", "num_heads=true: expected an integer, got bool"),
+])
+def test_a_set_value_of_the_wrong_type_is_one_error_line(tmp_path, capsys, good_npz, assignment, expected):
+    assert main([str(good_npz[0]), str(tmp_path / "out.npz"), "--set", assignment]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --set {expected} (values are JSON: a pair is [48, 64])", err
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_an_image_given_as_a_checkpoint_names_the_formats_tried(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photo.png")  # its first byte reads as msgpack
+    assert main([str(tmp_path / "photo.png"), str(tmp_path / "out.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'photo.png'}: not a checkpoint in a format read here (tried Google "
+                          f".npz, safetensors, PyTorch and Flax msgpack: "), err
+    assert "pass --from one of" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("keep, reason", [
+    (40, "the header declares {} bytes of JSON, the file holds 32 after the length"),
+    (5, "the file has 5 bytes, fewer than a header's 8-byte length and its JSON"),
+])
+def test_a_safetensors_file_cut_inside_its_header_says_so(tmp_path, capsys, keep, reason):
+    state = vit_torch_ref.VisionTransformer(CONFIG).state_dict()
+    path = tmp_path / "t.safetensors"
+    safetensors.torch.save_file(state, path)
+    data = path.read_bytes()
+    path.write_bytes(data[:keep])
+    assert main([str(path), str(tmp_path / "out.npz")]) == 2
+    declared = int.from_bytes(data[:8], "little")
+    assert capsys.readouterr().err.strip() == (f"error: {path}: the safetensors header is damaged "
+                                               f"({reason.format(declared)}); the file is corrupt or truncated")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -208,3 +211,69 @@ def test_sigterm_during_a_conversion_exits_143_and_leaves_nothing(tmp_path):
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "interrupted" in err, err
     assert list(out_dir.iterdir()) == []
+
+
+# -- issue 26: what a conversion must never replace, and what a killed one must not leave -----------
+
+SPECIAL_FILES = {
+    "FIFO": lambda p: os.mkfifo(p),
+    "socket": lambda p: socket.socket(socket.AF_UNIX).bind(str(p)),
+    "symlink to a character device": lambda p: os.symlink("/dev/null", p),
+    "character device": lambda p: os.mknod(p, 0o666 | stat.S_IFCHR, os.makedev(1, 3)),
+}
+
+
+@pytest.mark.parametrize("kind", list(SPECIAL_FILES))
+@pytest.mark.parametrize("dst_name", ["out.npz", "out.safetensors"])
+def test_a_device_fifo_or_socket_is_never_replaced(tmp_path, npz, capsys, kind, dst_name):
+    dst = tmp_path / dst_name
+    try:
+        SPECIAL_FILES[kind](dst)
+    except PermissionError:
+        pytest.skip("creating a device node needs root")
+    before = os.lstat(dst)
+    assert main([str(npz), str(dst)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {dst}: is a {kind}, not a regular file; refusing to replace it (choose a file path)", err
+    after = os.lstat(dst)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src.npz", dst_name])
+    # Only the weights' own name is checked up front; the config JSON beside it is checked too.
+    os.remove(dst)
+    SPECIAL_FILES[kind](tmp_path / f"{dst_name}.json")
+    assert main([str(npz), str(dst)]) == 2
+    assert "refusing to replace it" in capsys.readouterr().err
+    assert not dst.exists()
+
+
+KILL_IN_SAFETENSORS = """
+import resource, signal, sys
+sys.dont_write_bytecode = True  # only the conversion's writes meet the limit
+from parity.convert import convert
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # a write past the limit kills the process mid-write, as kill -9 would
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+convert(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_a_conversion_killed_inside_safetensors_leaves_nothing_the_next_one_keeps(tmp_path, npz):
+    out = tmp_path / "out"
+    out.mkdir()
+    dst = out / "model.safetensors"
+    result = run_python(KILL_IN_SAFETENSORS, npz, dst)
+    assert result.returncode == -signal.SIGXFSZ, result.stderr
+    assert list(out.iterdir()), "the kill left nothing to clean up; the test did not exercise anything"
+    convert(npz, dst)
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "model.safetensors.json"]
+
+
+def test_an_output_under_a_regular_file_is_one_error_line(tmp_path, npz, capsys):
+    from parity.report_cli import main as report_main
+
+    (tmp_path / "existing.txt").write_text("x")
+    assert main([str(npz), str(tmp_path / "existing.txt" / "out.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and f"{tmp_path / 'existing.txt'} is a file, not a directory" in err, err
+    assert report_main(["--config", "ViT-testing", "--out", str(tmp_path / "existing.txt" / "sub")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{tmp_path / 'existing.txt'} is a file, not a directory" in err, err

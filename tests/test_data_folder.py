@@ -170,3 +170,32 @@ def test_decoding_refuses_special_files_without_opening_them(tmp_path):
         decode_image(str(tmp_path / "pipe.png"), 3)
     with pytest.raises(DataError, match="is a character device"):
         decode_image("/dev/null", 3)
+
+
+def test_a_folder_of_broken_files_is_summarised_not_one_line_each(tmp_path, caplog):
+    from vit_jax.data import batches
+
+    batches.reset_skipped_corrupt_files()
+    with caplog.at_level(logging.WARNING, logger="vit_jax.data.batches"):
+        for i in range(1500):  # what skipping 1,500 zero-byte files reports (decoding them all takes minutes)
+            batches._note_corrupt(CorruptImageError(str(tmp_path / f"empty{i}.png"), "file is empty"))
+    assert batches.skipped_corrupt_files() == 1500
+    lines = [r.getMessage() for r in caplog.records]
+    batches.reset_skipped_corrupt_files()
+    assert len(lines) == batches.NAMED_CORRUPT_FILES + 3, lines  # ten named, a note, then the counts 100 and 1000
+    assert "without a line each" in lines[batches.NAMED_CORRUPT_FILES]
+    assert lines[-1] == f"skipping corrupt image files: 1000 skipped so far in this process (the latest: " \
+                        f"{tmp_path / 'empty999.png'})"
+
+
+def test_an_image_over_the_decompression_bomb_threshold_warns_once_in_one_line(tmp_path, monkeypatch):
+    from vit_jax.data.decode import LargeImageWarning, decode_image
+
+    save_image(str(tmp_path / "big.png"), np.zeros((40, 50, 3), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # 2000 pixels: over the threshold, under twice it
+    with pytest.warns(LargeImageWarning) as caught:
+        first, again = decode_image(str(tmp_path / "big.png"), 3), decode_image(str(tmp_path / "big.png"), 3)
+    assert first.shape == again.shape == (40, 50, 3)
+    assert [str(w.message) for w in caught] == [
+        f"'{tmp_path / 'big.png'}' is 50x40 = 2,000 pixels, above PIL's decompression-bomb threshold of 1,500: "
+        f"decoding it anyway (slow, and memory-hungry)"]

@@ -328,3 +328,40 @@ def test_help_says_which_step_what_happens_on_damage_and_on_ctrl_c(capsys):
     for phrase in ("--step N picks another", "a damaged --step N is an error", "Ctrl-C or SIGTERM exits 130 / 143",
                    "--allow-nonfinite", "readers refuse"):
         assert phrase in text, phrase
+
+
+# -- issue 26 case 9: garbage metrics in an older step warn and fall back for every reader -----------------
+
+def test_garbage_metrics_in_an_older_step_warn_and_every_reader_uses_the_intact_steps(run_copy, tmp_path, capsys):
+    with open(os.path.join(run_copy, "checkpoints", "4", "metrics", "metrics"), "w") as f:
+        f.write("garbage{")
+    damaged = "checkpoint step 4 .* is damaged \\(its metrics file: JSONDecodeError"
+    with pytest.warns(DamagedCheckpointWarning, match=damaged):
+        assert convert_main([run_copy, str(tmp_path / "out.npz"), "-q"]) == 0
+    with pytest.warns(DamagedCheckpointWarning, match=damaged):
+        config, params = vit_jax.load_pretrained(run_copy)
+    assert_same(flatten(params), saved_params(run_copy, STEPS))  # the best intact step (the last one here)
+    with pytest.warns(DamagedCheckpointWarning, match=damaged):
+        assert train.main(["--eval-only", "--workdir", run_copy]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == STEPS
+    with pytest.warns(DamagedCheckpointWarning, match=damaged):  # asked for by number: an error naming it
+        assert train.main(["--eval-only", "--workdir", run_copy, "--eval-step", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint step 4" in err and "is damaged (its metrics file" in err and "Traceback" not in err
+
+
+# -- issue 26 case 15: predict reads any weights file, as attention_map does -------------------------------
+
+def test_predict_reads_a_converted_weights_file_like_its_run(run_dir, tmp_path, capsys):
+    write_image_folder(str(tmp_path / "images"), {"a": 2})
+    images = sorted(glob.glob(str(tmp_path / "images" / "a" / "*.png")))
+    weights = str(tmp_path / "digits.safetensors")
+    assert convert_main([run_dir, weights, "--step", str(STEPS), "-q"]) == 0
+    assert train.main(["predict", "--checkpoint", run_dir, "--step", str(STEPS), *images]) == 0
+    from_run = capsys.readouterr().out.splitlines()
+    assert train.main(["predict", "--checkpoint", weights, *images]) == 0
+    from_file = capsys.readouterr().out.splitlines()
+    assert from_file[0] == f"weights {weights}"
+    assert from_file[1:] == from_run[1:]  # digits: classes 0-9 by name and number alike, no eval crop
+    assert train.main(["predict", "--checkpoint", weights, "--step", "4", *images]) == 1
+    assert "--step applies to a training run directory" in capsys.readouterr().err

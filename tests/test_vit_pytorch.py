@@ -215,3 +215,18 @@ def test_google_layout_targets_refuse_the_vit_pytorch_options(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "patch_norm" in err and "attention_out_proj=False" in err and "Traceback" not in err
     assert not (tmp_path / "m.bin").exists()
+
+
+def test_a_non_square_grid_says_how_to_state_the_size_and_image_size_settles_it(tmp_path, capsys):
+    model = randomize(vp.ViT(**{**BASE, "image_size": (8, 12), "dim_head": 16}), seed=3)  # a 2 x 3 grid
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    args = [str(tmp_path / "m.pt"), str(tmp_path / "out.msgpack"), "-q", "--set", "num_heads=2"]
+    assert convert_main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds 6 patch positions, not a square grid; state the source's image size: --set image_size=[H,W] " \
+           "(or --image-size HxW to convert at that size, or --config x.json)" in err, err
+    assert convert_main(args + ["--image-size", "8x12"]) == 0
+    config, params = vit_jax.load_pretrained(tmp_path / "out.msgpack")
+    assert config.image_size == (8, 12)
+    posemb = params["Transformer"]["posembed_input"]["pos_embedding"]
+    np.testing.assert_array_equal(posemb, model.pos_embedding.detach().numpy().reshape(posemb.shape))  # not resized

@@ -12,7 +12,8 @@ For each image it writes into DIR:
 
     <stem>_rollout.npy   float32 (grid_h, grid_w) attention rollout, not rescaled (vit_jax.rollout)
     <stem>_rollout.png   the image as the model saw it (its crop), with the rollout overlaid
-    <stem>_heads.png     one cell per layer (rows) x head (columns): the class token's attention
+    <stem>_heads.png     one cell per layer (rows L0...) x head (columns H0...): the class token's attention,
+                         each cell scaled from its minimum to its maximum (the colour bar beside them)
 
 See docs/attention_maps.md.
 """
@@ -44,6 +45,9 @@ MIN_CELL = 64  # likewise for each cell of the per-head grid
 CELL_GAP = 2  # pixels between (and around) the cells of the per-head grid
 HEAT_ALPHA = 0.5  # weight of the heat colours over the image
 COLORMAP = "jet"
+LABEL_LEFT, LABEL_TOP = 24, 14  # room for the per-head grid's row (L0, L1, ...) and column (H0, H1, ...) labels
+COLOUR_BAR_WIDTH, COLOUR_BAR_SPACE = 10, 40  # the scale beside the grid, and the room for it and its words
+BACKGROUND, TEXT = 32, (230, 230, 230)
 
 
 # -- loading ------------------------------------------------------------------
@@ -130,16 +134,51 @@ def heat_overlay(image: np.ndarray, grid_map: np.ndarray, smooth: bool = True) -
 
 
 def heads_picture(image: np.ndarray, maps: np.ndarray) -> np.ndarray:
-    """uint8 grid of (layers, heads, grid_h, grid_w) maps over `image` resized to one cell, rows = layers."""
+    """uint8 grid of (layers, heads, grid_h, grid_w) maps over `image` resized to one cell, rows = layers.
+
+    Rows are labelled L0, L1, ... (layers from the input side), columns H0, H1, ... (heads); the colour
+    bar on the right reads from each cell's own minimum (bottom) to its maximum (top).
+    """
     layers, heads, grid_h, grid_w = maps.shape
     cell_h, cell_w = scaled_size((grid_h, grid_w), MIN_CELL)
     small = np.asarray(Image.fromarray(image).resize((cell_w, cell_h), Image.Resampling.BICUBIC))
-    out = np.full((layers * (cell_h + CELL_GAP) + CELL_GAP, heads * (cell_w + CELL_GAP) + CELL_GAP, 3), 32, np.uint8)
+    grid_height, grid_width = layers * (cell_h + CELL_GAP) + CELL_GAP, heads * (cell_w + CELL_GAP) + CELL_GAP
+    out = np.full((LABEL_TOP + grid_height, LABEL_LEFT + grid_width + COLOUR_BAR_SPACE, 3), BACKGROUND, np.uint8)
     for layer in range(layers):
         for head in range(heads):
-            top, left = CELL_GAP + layer * (cell_h + CELL_GAP), CELL_GAP + head * (cell_w + CELL_GAP)
+            top = LABEL_TOP + CELL_GAP + layer * (cell_h + CELL_GAP)
+            left = LABEL_LEFT + CELL_GAP + head * (cell_w + CELL_GAP)
             out[top : top + cell_h, left : left + cell_w] = heat_overlay(small, maps[layer, head], smooth=False)
-    return out
+    bar_left = LABEL_LEFT + grid_width + CELL_GAP
+    bar_top, bar_height = LABEL_TOP + CELL_GAP, grid_height - 2 * CELL_GAP
+    out[bar_top : bar_top + bar_height, bar_left : bar_left + COLOUR_BAR_WIDTH] = colour_bar(bar_height)
+    picture = Image.fromarray(out)
+    _label(picture, layers, heads, (cell_h, cell_w), (bar_left, bar_top, bar_height))
+    return np.asarray(picture)
+
+
+def colour_bar(height: int) -> np.ndarray:
+    """uint8 (height, COLOUR_BAR_WIDTH, 3): the colour map from 1 (top row) to 0 (bottom row)."""
+    from matplotlib import colormaps
+
+    values = np.linspace(1.0, 0.0, height)[:, None].repeat(COLOUR_BAR_WIDTH, axis=1)
+    return np.round(colormaps[COLORMAP](values)[..., :3] * 255.0).astype(np.uint8)
+
+
+def _label(picture: Image.Image, layers: int, heads: int, cell: tuple[int, int], bar: tuple[int, int, int]) -> None:
+    from PIL import ImageDraw, ImageFont
+
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    (cell_h, cell_w), (bar_left, bar_top, bar_height) = cell, bar
+    for layer in range(layers):
+        middle = LABEL_TOP + CELL_GAP + layer * (cell_h + CELL_GAP) + cell_h // 2
+        draw.text((LABEL_LEFT - 4, middle), f"L{layer}", fill=TEXT, font=font, anchor="rm")
+    for head in range(heads):
+        centre = LABEL_LEFT + CELL_GAP + head * (cell_w + CELL_GAP) + cell_w // 2
+        draw.text((centre, LABEL_TOP - 3), f"H{head}", fill=TEXT, font=font, anchor="mb")
+    text_left = bar_left + COLOUR_BAR_WIDTH + 3
+    draw.text((text_left, bar_top), "max", fill=TEXT, font=font, anchor="lt")
+    draw.text((text_left, bar_top + bar_height), "min", fill=TEXT, font=font, anchor="lb")
 
 
 # -- writing ------------------------------------------------------------------

@@ -43,14 +43,22 @@ def reset_skipped_corrupt_files() -> None:
     _skipped_paths.clear()
 
 
+NAMED_CORRUPT_FILES = 10  # the first ones are named; then only the count, at 100, 1000, ... (a folder of broken files)
+
+
 def _note_corrupt(error: CorruptImageError) -> None:
-    if error.path not in _skipped_paths:
-        _skipped_paths.add(error.path)
-        log.warning(
-            "skipping corrupt image file (%d skipped so far in this process): %s",
-            len(_skipped_paths),
-            error,
-        )
+    if error.path in _skipped_paths:
+        return
+    _skipped_paths.add(error.path)
+    count = len(_skipped_paths)
+    if count <= NAMED_CORRUPT_FILES:
+        log.warning("skipping corrupt image file (%d skipped so far in this process): %s", count, error)
+        if count == NAMED_CORRUPT_FILES:
+            log.warning("further corrupt image files are skipped without a line each; their count follows at "
+                        "100, 1000, ... (and the total is in summary.json)")
+    elif str(count).rstrip("0") == "1":
+        log.warning("skipping corrupt image files: %d skipped so far in this process (the latest: %s)", count,
+                    error.path)
 
 
 @functools.lru_cache(maxsize=4)

@@ -59,16 +59,40 @@ def decode_image(path: str, channels: int) -> np.ndarray:
     check_channels(channels)
     check_regular_file(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
             # A palette image with transparency warns on convert; we drop alpha on purpose.
             warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()  # decode now, so a truncated file fails here
-                return _to_array(image, channels)
+                array, size = _to_array(image, channels), image.size
     except FileNotFoundError as error:
         raise DataError(f"image file '{path}' does not exist") from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise CorruptImageError(path, f"{type(error).__name__}: {error}") from error
+    for warning in caught:
+        if issubclass(warning.category, Image.DecompressionBombWarning):
+            _warn_large_image(path, size)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return array
+
+
+_large_images_warned: set[str] = set()
+
+
+def _warn_large_image(path: str, size: tuple[int, int]) -> None:
+    """One line per file (PIL's own warning is a paragraph, repeated at every decode of the file)."""
+    if path in _large_images_warned:
+        return
+    _large_images_warned.add(path)
+    warnings.warn(f"'{path}' is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, above PIL's decompression-bomb "
+                  f"threshold of {Image.MAX_IMAGE_PIXELS:,}: decoding it anyway (slow, and memory-hungry)",
+                  LargeImageWarning, stacklevel=3)
+
+
+class LargeImageWarning(UserWarning):
+    """An image file over PIL's decompression-bomb threshold (but under its hard limit) was decoded."""
 
 
 def _to_array(image: Image.Image, channels: int) -> np.ndarray:

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -108,6 +109,46 @@ def config_sidecar(path: str | os.PathLike, is_dir: bool | None = None) -> Path:
     return path.with_name(path.name + ".json")
 
 
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def special_file_kind(path: str | os.PathLike) -> str | None:
+    """What `path` is when writing there would destroy something other than a file's contents, else None.
+
+    A regular file (or a symlink to one, whose link is what gets replaced), a
+    directory (refused by callers for their own reasons) and a missing path
+    are None; devices, FIFOs and sockets, or symlinks to them, are named.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # nothing there, or a dangling symlink: nothing to destroy
+    for test, kind in _KINDS:
+        if test(mode):
+            return f"a symlink to {kind}" if os.path.islink(path) else kind
+    return None
+
+
+def file_above(path: str | os.PathLike) -> Path | None:
+    """The nearest existing ancestor of `path` when it is not a directory (so `path` cannot be created), else None."""
+    parent = Path(path).absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return None if parent.is_dir() else parent
+
+
+def check_output_path(path: str | os.PathLike) -> None:
+    """Refuse (ConversionError) an output over a device, FIFO or socket, or under a regular file."""
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise ConversionError(f"{path}: is {kind}, not a regular file; refusing to replace it (choose a file path)")
+    blocking = file_above(path)
+    if blocking is not None:
+        raise ConversionError(f"{path}: {blocking} is a file, not a directory; expected a path whose existing parent "
+                              f"is a directory")
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -167,6 +208,7 @@ def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
     """
     finals = [Path(d).absolute() for d in destinations]
     for final in finals:
+        check_output_path(final)
         if final.is_dir():
             # Never delete a directory to make room: it may be the user's own folder.
             raise ConversionError(f"{final}: already exists as a directory; remove it or choose a new path")

@@ -170,10 +170,12 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
     return fields, evidence, has_cls, tokens
 
 
-def _grid_image_size(patch_size, tokens: int, has_cls: bool, wanted, path: str, evidence: str, stem: dict):
+def _grid_image_size(patch_size, tokens: int, has_cls: bool, wanted, path: str, evidence: str, stem: dict,
+                     fallback=None):
     """Image size from the position-embedding length (square grid, or the grid `wanted` implies).
 
-    `stem`: the hybrid fields; the ResNet stem's stride multiplies the patch size.
+    `stem`: the hybrid fields; the ResNet stem's stride multiplies the patch size. `fallback` (the
+    requested --image-size) is taken only for a grid that cannot be square, where it is the one guess left.
     """
     patches = tokens - (1 if has_cls else 0)
     ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
@@ -187,9 +189,12 @@ def _grid_image_size(patch_size, tokens: int, has_cls: bool, wanted, path: str, 
         if trial is not None and trial.num_patches == patches:
             return wanted
     side = math.isqrt(max(patches, 0))
+    if (side * side != patches or patches == 0) and fallback is not None and fallback != wanted:
+        return _grid_image_size(patch_size, tokens, has_cls, fallback, path, evidence, stem)
     if side * side != patches or patches == 0:
-        raise ConversionError(f"{path}: {evidence} holds {patches} patch positions, not a square grid; "
-                              f"pass a config with the image size (--config x.json)")
+        raise ConversionError(f"{path}: {evidence} holds {patches} patch positions, not a square grid; state the "
+                              f"source's image size: --set image_size=[H,W] (or --image-size HxW to convert at that "
+                              f"size, or --config x.json)")
     return side * ph if ph == pw else (side * ph, side * pw)
 
 
@@ -198,6 +203,7 @@ def build_config(
     config: ViTConfig | None = None,
     config_is_preset: bool = False,
     overrides: dict[str, Any] | None = None,
+    image_size_hint: int | tuple[int, int] | None = None,
 ) -> ViTConfig:
     """The ViTConfig of `source`: inferred architecture + the format's, the file's and the user's other fields.
 
@@ -206,6 +212,7 @@ def build_config(
     full config (a JSON file, a ViTConfig object) also sets numerics and
     runtime fields. `overrides` (`convert --set`) are fields the user states
     outright, above the config. Any stated value that contradicts a tensor is an error.
+    `image_size_hint` (the target --image-size) settles a non-square grid nothing else states.
     """
     fields, evidence, has_cls, tokens = infer_architecture(source)
     claims: list[tuple[str, dict[str, Any]]] = []
@@ -268,7 +275,7 @@ def build_config(
     if tokens is not None:
         stem = {k: fields[k] for k in ("resnet_layers", "width_factor") if k in fields}
         fields["image_size"] = _grid_image_size(fields["patch_size"], tokens, has_cls, wanted_image, source.path,
-                                                evidence["image_size"], stem)
+                                                evidence["image_size"], stem, image_size_hint)
     elif wanted_image is not None:
         fields["image_size"], evidence["image_size"] = wanted_image, "the config"
     else:

@@ -17,6 +17,8 @@ import functools
 import json
 import math
 import os
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -169,13 +171,15 @@ def open_checkpoint(
     step: int | None = None,
     new_head: bool = False,
     overrides: dict[str, Any] | None = None,
+    image_size: int | tuple[int, int] | None = None,
 ) -> tuple[ViTConfig, TensorSource]:
     """Read a checkpoint's tensor index and work out its config; tensors stay on disk until loaded.
 
     `step` picks the checkpoint of a training run directory (default: its best
     by eval accuracy, else its latest); `new_head` says a fresh head replaces
     the checkpoint's (so a config's head that the file lacks is not news);
-    `overrides` are config fields stated outright (`--set`), checked against the tensors.
+    `overrides` are config fields stated outright (`--set`), checked against the tensors; `image_size`
+    (the target resolution) settles a non-square grid that nothing else states.
     """
     check_format(format, "--from")
     path = Path(path)
@@ -184,17 +188,27 @@ def open_checkpoint(
     else:
         if step is not None:
             raise ConversionError(f"{path}: --step picks a checkpoint of a training run directory; this is not one")
+        guessed = format is None and path.is_file() and path.suffix != ".msgpack"
         format = format or detect_format(path)
         if not path.exists():
             raise ConversionError(f"{path}: no such file or directory")
         module, _ = FORMATS[format]
-        source = module.read(path)
+        try:
+            source = module.read(path)
+        except ConversionError as e:
+            if not (guessed and format == flax_ckpt.FORMAT):
+                raise
+            # Only its first byte suggested msgpack (a PNG's does too): say what else it is not.
+            reason = str(e).removeprefix(f"{path}: ").split(";")[0]
+            raise ConversionError(f"{path}: not a checkpoint in a format read here (tried Google .npz, safetensors, "
+                                  f"PyTorch and Flax msgpack: {reason}); pass --from one of {list(FORMATS)} if it "
+                                  f"is one") from None
         sidecar = _read_sidecar(path)
         if sidecar:
             source.stated = {**source.stated, **sidecar}
     user, is_preset = _user_config(config)
     _check_overrides(overrides)
-    resolved = build_config(source, user, is_preset, overrides)
+    resolved = build_config(source, user, is_preset, overrides, image_size)
     _check_tensors(source, resolved)
     if user is not None and not is_preset and user.num_classes and not resolved.num_classes and not new_head:
         warnings.warn(f"{path} has no head tensors, so the {user.num_classes}-class head of the given config is "
@@ -207,6 +221,44 @@ def _check_overrides(overrides: dict[str, Any] | None) -> None:
     hints = unknown_field_hints(ViTConfig, overrides or {})
     if hints:
         raise ConversionError(f"--set: unknown config field(s): {', '.join(hints)}")
+    annotations = typing.get_type_hints(ViTConfig)
+    for field, value in (overrides or {}).items():
+        if not _fits(value, annotations[field]):
+            shown = json.dumps(value, default=str)
+            raise ConversionError(f"--set {field}={shown}: expected {_describe(annotations[field])}, got "
+                                  f"{type(value).__name__} (values are JSON: a pair is [48, 64])")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether `value` (parsed JSON) has the type ViTConfig annotates a field with."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (int, str, bool):
+        return isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+    return True  # a type not spelled out here: the config's own validation judges it
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        inner = f"{_describe(args[0])}, ..." if args[-1] is Ellipsis else ", ".join(map(_describe, args))
+        return f"a list [{inner}]"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
 
 
 def _is_floating(dtype: np.dtype) -> bool:
@@ -304,7 +356,7 @@ def read_tensors(
     `check` sees the final config before any tensor is read (a target format refusing it).
     """
     resolved, source = open_checkpoint(path, format, config, step, new_head=num_classes is not None,
-                                       overrides=overrides)
+                                       overrides=overrides, image_size=image_size)
     target = _target_config(resolved, image_size, num_classes)
     if check is not None:
         check(target)

@@ -8,6 +8,7 @@ are timm's and therefore the mapping table's torch side.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,6 +38,26 @@ def is_safetensors(path: Path) -> bool:
         return False
     size = struct.unpack("<Q", head[:8])[0]
     return head[8:9] == b"{" and 0 < size <= path.stat().st_size
+
+
+def damaged_safetensors_header(path: Path) -> str | None:
+    """Why a file that looks like safetensors (by name, or by the '{' after its length) is not whole, else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if head[8:9] != b"{" and (path.suffix != ".safetensors" or head[:2] == b"PK"):  # a .safetensors-named zip: torch
+        return None
+    if len(head) < 9:
+        return f"the file has {size} bytes, fewer than a header's 8-byte length and its JSON"
+    declared = struct.unpack("<Q", head[:8])[0]
+    if head[8:9] != b"{":
+        return "it does not start with a header (an 8-byte length, then a JSON object)"
+    if declared > size - 8:
+        return f"the header declares {declared} bytes of JSON, the file holds {size - 8} after the length"
+    return None
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, tuple[int, ...]], Any, dict[str, Any]]:
@@ -103,6 +124,11 @@ def _read_pickle(path: Path) -> tuple[dict[str, tuple[int, ...]], Any]:
 
 def read_file(path: str | Path, format_name: str, naming: str, numerics: dict[str, Any]) -> TensorSource:
     path = Path(path)
+    if not is_safetensors(path):
+        damage = damaged_safetensors_header(path)
+        if damage is not None:
+            raise ConversionError(f"{path}: the safetensors header is damaged ({damage}); the file is corrupt or "
+                                  f"truncated")
     shapes, loader, stated = _read_safetensors(path) if is_safetensors(path) else _read_pickle(path)
     return TensorSource(path=str(path), format=format_name, naming=naming, shapes=shapes, loader=loader,
                         stated=stated, numerics=dict(numerics))
@@ -119,8 +145,15 @@ def write_file(path: str | Path, tensors: dict[str, np.ndarray], like: str | Pat
     if str(like).endswith(".safetensors"):
         from safetensors.numpy import save_file
 
-        save_file({key: np.ascontiguousarray(value) for key, value in tensors.items()}, str(path), metadata=metadata)
+        # safetensors writes through a '.tmpXXXXXX' of its own beside the file, which a kill leaves behind
+        # under a name no one can tie to `path`: give it a private directory, named after `path`, instead.
+        private = Path(f"{path}.d")
+        private.mkdir(exist_ok=True)
+        save_file({key: np.ascontiguousarray(value) for key, value in tensors.items()}, str(private / "weights"),
+                  metadata=metadata)
         tensors.clear()
+        os.replace(private / "weights", path)
+        private.rmdir()
         return
     import torch
 

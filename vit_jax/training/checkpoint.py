@@ -17,9 +17,12 @@ to `<workdir>/damaged_checkpoints/` so that it can save those steps again.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -46,9 +49,23 @@ class CheckpointError(RuntimeError):
     """A missing or unreadable checkpoint."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk); the steps saved before it are intact."""
+
+
 def _reason(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def _write_failure(error: BaseException) -> str:
+    """The OS's words for a failed write ('No space left on device'), else the error's first line."""
+    found = re.findall(r"([^:\]\[]+) \[os_error_code='(\d+)'\]", str(error))
+    if found:
+        return f"{found[-1][0].strip()} (errno {found[-1][1]})"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} (errno {error.errno})"
+    return _reason(error)
 
 
 def _unreadable_metrics(directory: str) -> dict[int, str]:
@@ -85,6 +102,24 @@ def _gather_process_json(value: Any) -> list[Any]:
     return [json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(gathered, np.ravel(lengths))]
 
 
+class _SkippingNameFormat(ocp.path.step.NameFormat):
+    """Orbax's standard step names, with some steps not there (damaged ones a read-only reader cannot move)."""
+
+    def __init__(self, skip: set[int]):
+        self.inner, self.skip = ocp.path.step.standard_name_format(), skip
+
+    def build_name(self, step: int) -> str:
+        return self.inner.build_name(step)
+
+    def find_all(self, base_path):
+        return [found for found in self.inner.find_all(base_path) if found.step not in self.skip]
+
+    def find_step(self, base_path, step: int):
+        if step in self.skip:
+            raise ValueError(f"checkpoint step {step} is damaged")
+        return self.inner.find_step(base_path, step)
+
+
 class Checkpointer:
     """Saves and restores training checkpoints under `<workdir>/checkpoints`."""
 
@@ -113,12 +148,20 @@ class Checkpointer:
         if read_only and not os.path.isdir(self.directory):
             raise CheckpointError(f"no checkpoints found: {self.directory} does not exist")
         self.read_only = read_only
+        self.damaged: dict[int, str] = {}  # read-only: steps hidden from orbax, which cannot list them
         for step, reason in sorted(_unreadable_metrics(self.directory).items()):
             if read_only:
-                raise CheckpointError(f"checkpoint step {step} in {self.directory} is damaged (its metrics file: "
-                                      f"{reason}); move that step directory away to use the others")
-            self._set_aside(step, f"its metrics file: {reason}")
+                self.damaged[step] = f"its metrics file: {reason}"
+                warnings.warn(f"checkpoint step {step} in {self.directory} is damaged (its metrics file: {reason}); "
+                              f"using the other steps", DamagedCheckpointWarning, stacklevel=2)
+            else:
+                self._set_aside(step, f"its metrics file: {reason}")
+        if self.damaged:
+            options = dataclasses.replace(options, step_name_format=_SkippingNameFormat(set(self.damaged)))
         self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data"), options=options)
+        self._pending: contextlib.ExitStack | None = None  # a write in progress, with orbax's output held back
+        self._pending_step: int | None = None
+        self.failed = False
 
     def steps(self) -> list[int]:
         return list(self.manager.all_steps())
@@ -144,16 +187,50 @@ class Checkpointer:
         `host_state` is the state as device arrays (each process writes the
         shards it holds, none is gathered) or one NumPy copy; every process
         must call this (the data iterators' states are gathered to process 0).
+        A failed write (here or in the background) raises CheckpointWriteError,
+        at the latest from the next `save`, `poll` or `wait`; orbax's own
+        output about it (a traceback per thread) is held back until then.
         """
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(host_state),
-                data=ocp.args.JsonSave({"processes": _gather_process_json(data_state)}),
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        self._finish_pending()
+        self._pending = contextlib.ExitStack()
+        self._pending.enter_context(quiet_failures())
+        self._pending_step = step
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(host_state),
+                    data=ocp.args.JsonSave({"processes": _gather_process_json(data_state)}),
+                ),
+                metrics=metrics,
+                force=True,
+            )
+        except Exception as error:
+            self._fail(error)
+
+    def poll(self) -> None:
+        """Cheap: once the background write is over, show what orbax printed, or raise CheckpointWriteError."""
+        if self._pending is not None and not self.manager.is_saving_in_progress():
+            self._finish_pending()
+
+    def _finish_pending(self) -> None:
+        if self._pending is None:
+            return
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:
+            self._fail(error)
+        pending, self._pending = self._pending, None
+        pending.close()
+
+    def _fail(self, error: BaseException) -> None:
+        pending, self._pending = self._pending, None
+        self.failed = True
+        pending.__exit__(type(error), error, error.__traceback__)  # drops orbax's held output
+        saved = [s for s in self.steps() if s != self._pending_step]
+        last = (f"the last saved step, {max(saved)}, is intact" if saved else "no step was saved before it")
+        raise CheckpointWriteError(f"cannot write checkpoint step {self._pending_step} in {self.directory} "
+                                   f"({_write_failure(error)}); {last}") from None
 
     def restore(self, step: int, template: TrainState, shardings: Any = None) -> tuple[TrainState, Any]:
         """Checkpoint `step` as (TrainState shaped like `template`, this process's data state).
@@ -237,6 +314,9 @@ class Checkpointer:
         return step, jax.tree.map(np.asarray, restored.state["params"])
 
     def _check_saved(self, step: int) -> None:
+        if step in self.damaged:
+            raise CheckpointError(f"checkpoint step {step} in {self.directory} is damaged ({self.damaged[step]}); "
+                                  f"intact steps: {self.steps()}")
         if step not in self.steps():
             raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; saved steps: {self.steps()}")
 
@@ -255,7 +335,15 @@ class Checkpointer:
                       stacklevel=3)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._finish_pending()
 
     def close(self) -> None:
-        self.manager.close()
+        """Finish the pending write (raising CheckpointWriteError if it failed) and release orbax."""
+        try:
+            self._finish_pending()
+        finally:
+            if self.failed:  # orbax re-raises the failed write: said once already
+                with contextlib.suppress(Exception), quiet_failures():
+                    self.manager.close()
+            else:
+                self.manager.close()

@@ -25,7 +25,8 @@ import warnings
 from typing import Callable, Iterator
 
 GRACE_SECONDS = 10.0
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP (the terminal closed) and SIGQUIT (Ctrl-\) end a run as SIGTERM does: with its cleanup and one line.
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 _received: list[int] = []
 _emergency_cleanups: list[Callable[[], None]] = []
@@ -34,7 +35,7 @@ _state = {"raise": False, "deferred": False}
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM; `exit_code` is the shell's convention (130, 143)."""
+    """Ctrl-C, SIGTERM, SIGHUP or SIGQUIT; `exit_code` is the shell's convention (130, 143, 129, 131)."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -48,6 +49,13 @@ def one_line_warnings(prog: str) -> None:
         print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
 
     warnings.showwarning = show
+
+
+def _release_stderr() -> None:
+    """A checkpoint write may be holding stderr back (orbax_output): the closing line must reach the user."""
+    holder = sys.modules.get("vit_jax.training.orbax_output")  # not imported: nothing held (no import in a handler)
+    if holder is not None:
+        holder.release_stderr()
 
 
 def _flush_and_exit(code: int) -> None:
@@ -72,6 +80,7 @@ def _handler(signum: int, frame) -> None:
     if _state["deferred"]:
         _state["deferred"] = False
     elif _received or not _state["raise"]:  # a second Ctrl-C, or nothing to undo yet: stop now
+        _release_stderr()
         print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
         _flush_and_exit(128 + signum)
     else:
@@ -105,6 +114,7 @@ def _watchdog(reader: socket.socket) -> None:
             cleanup()
         except Exception:
             pass
+    _release_stderr()
     print(f"{os.path.basename(sys.argv[0])}: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
     _flush_and_exit(128 + signum)
 

@@ -19,11 +19,13 @@ def quiet_failures() -> Iterator[None]:
     the caller raises says it once. Hence stderr's file descriptor, not only
     absl's logger, is redirected for the block.
     """
+    _drop_closed_loop_reports()
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     sys.stderr.flush()
     saved = os.dup(2)
+    _holding.append(saved)
     with tempfile.TemporaryFile() as held:
         os.dup2(held.fileno(), 2)
         failed = True
@@ -33,22 +35,51 @@ def quiet_failures() -> Iterator[None]:
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
+            _holding.remove(saved)
             os.close(saved)
             logger.setLevel(level)
             if not failed:
                 held.seek(0)
                 os.write(2, held.read())
-            elif sys.unraisablehook is not _drop_closed_loop_callbacks:
-                _previous_hook.append(sys.unraisablehook)
-                sys.unraisablehook = _drop_closed_loop_callbacks
 
 
 _previous_hook: list = []
 
 
+def _drop_closed_loop_reports() -> None:
+    """From the first read or write on: a failed one leaves orbax's storage threads calling back into its
+    closed event loop, reported (unraisable, or by native code through sys.excepthook) at any later moment,
+    even mid-way through the release of the held output. That one error says nothing: drop it, always."""
+    if sys.unraisablehook is not _drop_closed_loop_callbacks:
+        _previous_hook.append(sys.unraisablehook)
+        sys.unraisablehook = _drop_closed_loop_callbacks
+    if sys.excepthook is not _drop_closed_loop_exceptions:
+        _previous_excepthook.append(sys.excepthook)
+        sys.excepthook = _drop_closed_loop_exceptions
+_holding: list[int] = []  # the real stderr of each hold in progress (a checkpoint write spans training steps)
+
+
+def release_stderr() -> None:
+    """Point stderr back at the terminal now, for a process about to exit in the middle of a hold."""
+    if _holding:
+        sys.stderr.flush()
+        os.dup2(_holding[0], 2)
+
+
+def _is_closed_loop(error: BaseException | None) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _drop_closed_loop_exceptions(kind, error, traceback) -> None:
+    if not _is_closed_loop(error):
+        _previous_excepthook[0](kind, error, traceback)
+
+
+_previous_excepthook: list = []
+
+
 def _drop_closed_loop_callbacks(unraisable) -> None:
     """After a failed read or write, orbax's storage threads keep calling back into its closed event loop."""
-    error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    if _is_closed_loop(unraisable.exc_value):
         return
     _previous_hook[0](unraisable)

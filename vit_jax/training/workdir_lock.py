@@ -1,0 +1,135 @@
+"""One writer per run directory: an flock'd lock file naming its owner (PID and host).
+
+The kernel drops an flock when its process dies, however it dies, so a lock
+file left by a killed run is free and the next run takes it over: there is
+no PID guessing. The owner removes the file when it is done; a process that
+locked a file which was removed (or replaced) meanwhile tries again, so two
+processes never both hold a lock on the same path.
+
+Only one process of a multi-process job (process 0) takes the lock. Standard
+library only.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import time
+import warnings
+
+LOCK_FILE = ".train.lock"
+
+
+class WorkdirBusy(RuntimeError):
+    """Another process holds the run directory's lock; the message names it."""
+
+
+def lock_path(workdir: str) -> str:
+    return os.path.join(workdir, LOCK_FILE)
+
+
+def _owner(path: str) -> str:
+    """'PID N on HOST' from the lock file (its owner may still be writing it: retry briefly)."""
+    for _ in range(20):
+        try:
+            with open(path) as f:
+                fields = f.read().split()
+        except OSError:
+            fields = []
+        if len(fields) >= 2 and fields[0].isdigit():
+            return f"PID {fields[0]} on {fields[1]}"
+        time.sleep(0.05)
+    return "a process that has not written its PID yet"
+
+
+def _busy(workdir: str, path: str) -> WorkdirBusy:
+    return WorkdirBusy(f"--workdir {workdir} is in use by another run ({_owner(path)}, see {path}); wait for it "
+                       f"to end or stop it (the lock of a run that was killed is taken over automatically)")
+
+
+_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # a filesystem without flock (some network mounts)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+class WorkdirLock:
+    """`acquire()` or raise WorkdirBusy; `release()` removes the lock file. Also a context manager."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.path = lock_path(workdir)
+        self._fd: int | None = None
+
+    def acquire(self) -> WorkdirLock:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                locked = _try_lock(fd)
+            except OSError as error:
+                os.close(fd)
+                if error.errno not in _UNSUPPORTED:
+                    raise
+                warnings.warn(f"cannot lock {self.path} ({error.strerror}); make sure no other run uses "
+                              f"--workdir {self.workdir} at the same time")
+                return self
+            if not locked:
+                os.close(fd)
+                raise _busy(self.workdir, self.path)
+            if _same_file(fd, self.path):  # else its owner removed it between our open and our lock: again
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:  # removed while still locked, so that no one can lock this inode and think it is the path's
+            os.remove(self.path)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> WorkdirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def probe(workdir: str) -> None:
+    """Raise WorkdirBusy if a live process holds `workdir`'s lock; writes nothing."""
+    path = lock_path(workdir)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file (or an unreadable one: acquire() will say)
+    try:
+        free = _try_lock(fd)
+    except OSError:
+        free = True  # a filesystem without flock: acquire() decides
+    finally:
+        os.close(fd)
+    if not free:
+        raise _busy(workdir, path)
