@@ -67,8 +67,12 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:200] if text else ''}"
 
 
-def saved_steps(run_dir: Path) -> dict[int, dict | None]:
-    """step -> its eval metrics (None without), for every finished step; a damaged metrics file is an error."""
+def saved_steps(run_dir: Path, asked: int | None = None) -> dict[int, dict | None]:
+    """step -> its eval metrics (None without), for every finished step.
+
+    A step whose metrics file is damaged is left out with a warning (the others still serve), unless it is
+    the step asked for: that is an error naming it.
+    """
     steps: dict[int, dict | None] = {}
     directory = run_dir / CHECKPOINTS
     for entry in sorted(directory.iterdir()):
@@ -78,14 +82,16 @@ def saved_steps(run_dir: Path) -> dict[int, dict | None]:
         try:
             steps[int(entry.name)] = json.loads(metrics.read_text()) if metrics.is_file() else None
         except (OSError, ValueError) as e:
-            raise ConversionError(f"checkpoint step {entry.name} in {directory} is damaged (its metrics file: "
-                                  f"{_reason(e)}); move that step directory away to use the others") from None
+            damage = f"checkpoint step {entry.name} in {directory} is damaged (its metrics file: {_reason(e)})"
+            if int(entry.name) == asked:
+                raise ConversionError(damage) from None
+            warnings.warn(f"{damage}; using the other steps", DamagedCheckpointWarning, stacklevel=3)
     return steps
 
 
 def _candidates(run_dir: Path, step: int | None) -> list[int]:
     """Steps to try in order: `step`, else the best by eval accuracy, else the latest; then newer to older."""
-    steps = saved_steps(run_dir)
+    steps = saved_steps(run_dir, step)
     if step is not None and step not in steps:
         raise ConversionError(f"no checkpoint for step {step} in {run_dir / CHECKPOINTS}; saved steps: {sorted(steps)}")
     if not steps:
