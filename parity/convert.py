@@ -267,7 +267,7 @@ def _adapt(tensors: dict[str, np.ndarray], config: ViTConfig, target: ViTConfig,
     """Resize the position embeddings to `target`'s grid and/or put a fresh zero head on, in place."""
     if config.posemb == "learn" and target.grid_size != config.grid_size:
         key = POSEMB_KEY[naming]
-        tensors[key] = resize_pos_embed(tensors[key], target.grid_size, config.num_prefix_tokens, config.grid_size)
+        tensors[key] = resize_pos_embed(tensors[key], target.grid_size, config.posemb_prefix_tokens, config.grid_size)
     if new_head:
         kernel_key, bias_key = HEAD_KEYS[naming]
         dtype = tensors[next(iter(tensors))].dtype

@@ -76,7 +76,7 @@ def resize_params(
     posembed["pos_embedding"] = resize_pos_embed(
         np.asarray(posembed["pos_embedding"]),
         new_config.grid_size,
-        num_prefix_tokens=config.num_prefix_tokens,
+        num_prefix_tokens=config.posemb_prefix_tokens,
         old_grid=config.grid_size,
         method=method,
     )
