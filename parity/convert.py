@@ -27,7 +27,7 @@ import ml_dtypes
 import numpy as np
 
 from parity.formats import FLAX, FORMATS, TIMM, ConversionError, TensorSource, config_sidecar
-from parity.formats import flax_ckpt, google_npz, hf, torch_sd, training_run
+from parity.formats import flax_ckpt, google_npz, hf, timm_hub, torch_sd, training_run
 from parity.infer import build_config
 from parity.mapping import expected_flax_shapes, expected_torch_shapes, param_rules, unflatten
 from vit_jax.config import ConfigError, ViTConfig, get_config
@@ -47,6 +47,8 @@ def detect_format(path: str | os.PathLike) -> str:
     if not path.exists():
         raise ConversionError(f"{path}: no such file or directory")
     if path.is_dir():
+        if timm_hub.is_timm_dir(path):
+            return timm_hub.FORMAT
         if hf.weights_in_dir(path) is not None:
             return hf.FORMAT
         if flax_ckpt.orbax_item_dir(path) is not None:
@@ -381,7 +383,7 @@ def convert(
     module, naming = FORMATS[to_format]
     # flax and hf targets are directories unless DST names a file container
     as_dir = (to_format == flax_ckpt.FORMAT and dst.suffix != ".msgpack") or (
-        to_format == hf.FORMAT and dst.suffix not in torch_sd.EXTENSIONS)
+        to_format == hf.FORMAT and dst.suffix not in torch_sd.EXTENSIONS) or to_format == timm_hub.FORMAT
     check = getattr(module, "check_expressible", None)
     resolved, tensors, source = read_tensors(src, naming, from_format, config, image_size, num_classes, progress,
                                              check, step, allow_nonfinite, overrides)

@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from parity.formats.base import FLAX, ConversionError, TensorSource
+from parity.infer_options import FAMILY_OPTIONS, infer_class_slots, infer_options
 from vit_jax.config import PRESETS, ConfigError, ViTConfig
 
 # Where each fact shows, per naming: (key, function of the shape).
@@ -65,10 +66,10 @@ _STEM_PROBES = {
 # Fields the tensors fix; a config that disagrees contradicts the checkpoint.
 ARCHITECTURE = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads", "qkv_bias",
                 "posemb", "representation_size", "classifier", "image_size", "num_classes", "patch_norm",
-                "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor")
+                "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor") + FAMILY_OPTIONS
 # Of those, a preset's defaults that are not a claim about the checkpoint (a B/16 preset says 224 px, 1000 classes).
 _PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb",
-                    "patch_norm", "attention_head_dim", "attention_out_proj")
+                    "patch_norm", "attention_head_dim", "attention_out_proj") + FAMILY_OPTIONS
 # Standard ViT widths (hidden size -> heads) for fused-qkv files with no config (docs/design.md, "Presets").
 STANDARD_HEADS = {c.hidden_size: c.num_heads for name, c in PRESETS.items() if name != "ViT-testing"}
 
@@ -167,15 +168,17 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
     probe("pre_logits", required=False)
     fields["num_classes"], evidence["num_classes"] = 0, "no head tensor"
     probe("head", required=False)
+    infer_options(source, fields, evidence)
     return fields, evidence, has_cls, tokens
 
 
-def _grid_image_size(patch_size, tokens: int, has_cls: bool, wanted, path: str, evidence: str, stem: dict):
+def _grid_image_size(patch_size, tokens: int, slots: int, wanted, path: str, evidence: str, stem: dict):
     """Image size from the position-embedding length (square grid, or the grid `wanted` implies).
 
-    `stem`: the hybrid fields; the ResNet stem's stride multiplies the patch size.
+    `slots`: the class (and distillation) tokens' positions; `stem`: the hybrid fields (the ResNet stem's
+    stride multiplies the patch size).
     """
-    patches = tokens - (1 if has_cls else 0)
+    patches = tokens - slots
     ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
     stride = ViTConfig(patch_size=patch_size, image_size=(1024 * ph, 1024 * pw), num_heads=1, **stem).stem_stride
     ph, pw = ph * stride, pw * stride
@@ -208,6 +211,7 @@ def build_config(
     outright, above the config. Any stated value that contradicts a tensor is an error.
     """
     fields, evidence, has_cls, tokens = infer_architecture(source)
+    slots = infer_class_slots(source, fields, evidence, has_cls, tokens)
     claims: list[tuple[str, dict[str, Any]]] = []
     image_hint = None
     if source.stated:
@@ -232,7 +236,7 @@ def build_config(
 
     classifier = stated.get("classifier")
     if has_cls:
-        fields["classifier"] = classifier if classifier in ("token", "token_unpooled") else "token"
+        fields["classifier"] = classifier if classifier in ("token", "token_unpooled", "token_gap") else "token"
     else:
         fields["classifier"] = classifier if classifier in ("gap", "unpooled") else "gap"
     if "patch_pixels" in fields:
@@ -267,7 +271,7 @@ def build_config(
     wanted_image = stated.get("image_size", image_hint)
     if tokens is not None:
         stem = {k: fields[k] for k in ("resnet_layers", "width_factor") if k in fields}
-        fields["image_size"] = _grid_image_size(fields["patch_size"], tokens, has_cls, wanted_image, source.path,
+        fields["image_size"] = _grid_image_size(fields["patch_size"], tokens, slots, wanted_image, source.path,
                                                 evidence["image_size"], stem)
     elif wanted_image is not None:
         fields["image_size"], evidence["image_size"] = wanted_image, "the config"
