@@ -363,6 +363,8 @@ class VisionTransformer(nn.Module):
             x = jnp.tanh(x)
         if return_intermediates:
             inter["pre_logits"] = x
+        if c.distilled and not c.num_classes:  # features: the mean of the two tokens (timm's forward_head)
+            x = (x[:, 0] + x[:, 1]) / 2
         if c.num_classes:
             x = self._heads(x)
             if return_intermediates:

@@ -315,6 +315,8 @@ class VisionTransformer(nn.Module):
             x = self.pre_logits(x)
         if return_intermediates:
             inter["pre_logits"] = x
+        if c.distilled and not c.num_classes:  # features: the mean of the two tokens (timm's forward_head)
+            x = (x[:, 0] + x[:, 1]) / 2
         if c.num_classes:
             x = self.head(x) if not c.distilled else (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
             if return_intermediates:
