@@ -37,7 +37,7 @@ Progress = Callable[[str], None]
 # Per-tensor progress lines only for models this large (ViT-L and up: ~20 s or more to convert).
 PROGRESS_MIN_ELEMENTS = 100_000_000
 POSEMB_KEY = {FLAX: "Transformer/posembed_input/pos_embedding", TIMM: "pos_embed"}
-HEAD_KEYS = {FLAX: ("head/kernel", "head/bias"), TIMM: ("head.weight", "head.bias")}
+HEAD_PREFIXES = {FLAX: ("head/", "head_dist/"), TIMM: ("head.", "head_dist.")}
 
 
 # -- formats ----------------------------------------------------------------
@@ -270,15 +270,14 @@ def _adapt(tensors: dict[str, np.ndarray], config: ViTConfig, target: ViTConfig,
     if config.posemb == "learn" and target.grid_size != config.grid_size:
         key = POSEMB_KEY[naming]
         tensors[key] = resize_pos_embed(tensors[key], target.grid_size, config.posemb_prefix_tokens, config.grid_size)
-    if new_head:
-        kernel_key, bias_key = HEAD_KEYS[naming]
+    if new_head:  # zero kernels and head_bias_init biases for the head (and DeiT's distillation head)
+        heads = HEAD_PREFIXES[naming]
         dtype = tensors[next(iter(tensors))].dtype
-        tensors.pop(kernel_key, None)
-        tensors.pop(bias_key, None)
-        if target.num_classes:
-            shape = (target.features_dim, target.num_classes)
-            tensors[kernel_key] = np.zeros(shape if naming == FLAX else shape[::-1], dtype)
-            tensors[bias_key] = np.full((target.num_classes,), target.head_bias_init, dtype)
+        for key in [k for k in tensors if k.startswith(heads)]:
+            del tensors[key]
+        for key, shape in _expected_shapes(target.replace(scan=False, remat=False), naming).items():
+            if key.startswith(heads):
+                tensors[key] = np.full(shape, target.head_bias_init if key.endswith("bias") else 0.0, dtype)
 
 
 def read_tensors(

@@ -211,7 +211,6 @@ def build_config(
     outright, above the config. Any stated value that contradicts a tensor is an error.
     """
     fields, evidence, has_cls, tokens = infer_architecture(source)
-    slots = infer_class_slots(source, fields, evidence, has_cls, tokens)
     claims: list[tuple[str, dict[str, Any]]] = []
     image_hint = None
     if source.stated:
@@ -234,6 +233,7 @@ def build_config(
     for _, claim in claims:
         stated.update(claim)
 
+    slots = infer_class_slots(fields, evidence, has_cls, tokens, stated)
     classifier = stated.get("classifier")
     if has_cls:
         fields["classifier"] = classifier if classifier in ("token", "token_unpooled", "token_gap") else "token"

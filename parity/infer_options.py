@@ -44,15 +44,21 @@ def infer_options(source: TensorSource, fields: dict[str, Any], evidence: dict[s
     evidence["num_register_tokens"] = f"{source.file_name(_REGISTERS[side])} {tuple(registers or ())}"
 
 
-def infer_class_slots(source: TensorSource, fields: dict[str, Any], evidence: dict[str, str], has_cls: bool,
-                      tokens: int | None) -> int:
-    """Whether the position embedding has slots for the class (and distillation) tokens; returns their count."""
+def infer_class_slots(fields: dict[str, Any], evidence: dict[str, str], has_cls: bool, tokens: int | None,
+                      stated: dict[str, Any]) -> int:
+    """Whether the position embedding has slots for the class (and distillation) tokens; returns their count.
+
+    What the checkpoint or the user states decides; else the classic layout (slots), unless only the
+    length without slots is a square grid and no image size is stated.
+    """
     prefix = (1 + fields["distilled"]) if has_cls else 0
-    stated = source.stated.get("posemb_class_slot")
+    claim = stated.get("posemb_class_slot")
     if prefix == 0 or tokens is None:
-        slot, why = True if stated is None else bool(stated), "no class token or no learned position embedding"
-    elif stated is not None:
-        slot, why = bool(stated), "the checkpoint's config"
+        slot, why = True if claim is None else bool(claim), "no class token or no learned position embedding"
+    elif claim is not None:
+        slot, why = bool(claim), "the config"
+    elif "image_size" in stated:
+        slot, why = True, "the classic layout (an image size is stated)"
     else:
         slot = not (_square(tokens) and not _square(tokens - prefix))
         why = f"{tokens} positions: {'patches only' if not slot else f'{prefix} class slot(s) and the patches'}"
