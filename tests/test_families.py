@@ -141,3 +141,75 @@ def test_hf_directory_in_and_back(hf_dirs, tmp_path, capsys, name):
     back, info = cls.from_pretrained(tmp_path / "back", output_loading_info=True)
     assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
     same_state(source.state_dict(), back.state_dict())
+
+
+# -- bad input: one error line naming what is wrong -------------------------------------
+def _edit_config(src: Path, dst: Path, edit) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    data = json.loads((dst / "config.json").read_text())
+    edit(data)
+    (dst / "config.json").write_text(json.dumps(data))
+    return dst
+
+
+@needs_timm
+@pytest.mark.parametrize("edit, fragments", [
+    (lambda d: d.update(architecture="convnext_tiny"), ["unknown timm architecture 'convnext_tiny'"]),
+    (lambda d: d["model_args"].update(qk_norm=True), ["model_args ['qk_norm'] are not supported"]),
+    (lambda d: d["model_args"].update(reg_tokens=2), ["num_register_tokens=2", "reg_token", "(1, 4, 32)"]),
+], ids=["architecture", "model_args", "disagreeing"])
+def test_bad_timm_directories_are_named(timm_dirs, tmp_path, capsys, edit, fragments):
+    src = _edit_config(timm_dirs[0] / "vit_small_patch14_reg4_dinov2", tmp_path / "src", edit)
+    assert_fails_cleanly([src, tmp_path / "out.msgpack"], capsys, "config.json" if len(fragments) < 3 else "",
+                         *fragments)
+
+
+@pytest.mark.parametrize("edit, fragments", [
+    (lambda d: d.update(model_type="swin"), ["model_type 'swin' is not supported", "'dinov2'"]),
+    (lambda d: d.update(hidden_size=64), ["hidden_size=64", "embeddings.patch_embeddings.projection.weight"]),
+    (lambda d: d.update(use_swiglu_ffn=True), ["use_swiglu_ffn"]),
+], ids=["model_type", "disagreeing", "swiglu"])
+def test_bad_hf_directories_are_named(hf_dirs, tmp_path, capsys, edit, fragments):
+    src = _edit_config(hf_dirs / "Dinov2Model", tmp_path / "src", edit)
+    assert_fails_cleanly([src, tmp_path / "out.msgpack"], capsys, *fragments)
+
+
+def test_families_the_target_cannot_hold_are_refused(hf_dirs, tmp_path, capsys):
+    """A DINOv2 into torchvision's layout: the options are named; a CLIP tower into a timm directory is fine."""
+    assert_fails_cleanly([hf_dirs / "Dinov2Model", tmp_path / "t.pth", "--to", "torchvision"], capsys,
+                         "torchvision's VisionTransformer cannot express", "layer_scale=True", "mask_token=True")
+    convert(hf_dirs / "CLIPVisionModel", tmp_path / "timm", to_format="timm-hub")
+    assert json.loads((tmp_path / "timm" / "config.json").read_text())["architecture"] == \
+        "vit_base_patch16_clip_quickgelu_224"
+
+
+# -- presets ------------------------------------------------------------------------------
+# One size per family (L and H differ only in widths and depth; their counts are test_config's goldens).
+@needs_timm
+@pytest.mark.parametrize("preset", ["DeiT-Ti_16", "DeiT-Ti_16_distilled", "DeiT3-S_16", "DINOv2-S_14",
+                                    "DINOv2-S_14_reg4", "CLIP-B_32", "MAE-B_16"])
+def test_presets_have_timms_state_dict(preset):
+    """Every key and shape of timm's model (on the meta device, at its default head) is the mapping's for the preset."""
+    model = timm.create_model(PRESET_ARCHITECTURES[preset], device="meta", **PRESET_MODEL_ARGS.get(preset, {}))
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected_torch_shapes(get_config(preset))
+
+
+# -- the parity report, layer by layer with gradients, on a checkpoint of each family ---------------------
+# Four runs cover every option: distillation (DeiT), LayerScale + registers + no class slot (DINOv2 reg, as
+# DeiT III's posemb), ln_pre + QuickGELU + bias-free patch and head (CLIP), token_gap + fc_norm (MAE).
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["hf/DeiTForImageClassificationWithTeacher", "timm/vit_small_patch14_reg4_dinov2",
+                                    "hf/CLIPVisionModelWithProjection", "timm/vit_base_patch16_224"])
+def test_parity_report_passes_on_each_family(timm_dirs, hf_dirs, tmp_path, capsys, source):
+    from test_parity_report import check_passing_report, run
+
+    kind, name = source.split("/")
+    if kind == "timm" and timm is None:
+        pytest.skip("timm is not installed")
+    path = (timm_dirs[0] if kind == "timm" else hf_dirs) / name
+    code, report = run(tmp_path, "--checkpoint", str(path), "--backward")
+    assert code == 0, capsys.readouterr()
+    config, _ = read_flax_params(path)
+    check_passing_report(report, config, backward=True)
