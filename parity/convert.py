@@ -269,7 +269,8 @@ def _adapt(tensors: dict[str, np.ndarray], config: ViTConfig, target: ViTConfig,
     """Resize the position embeddings to `target`'s grid and/or put a fresh zero head on, in place."""
     if config.posemb == "learn" and target.grid_size != config.grid_size:
         key = POSEMB_KEY[naming]
-        tensors[key] = resize_pos_embed(tensors[key], target.grid_size, config.posemb_prefix_tokens, config.grid_size)
+        tensors[key] = resize_pos_embed(tensors[key], target.grid_size, config.posemb_prefix_tokens, config.grid_size,
+                                        config.posemb_resize)
     if new_head:  # zero kernels and head_bias_init biases for the head (and DeiT's distillation head)
         heads = HEAD_PREFIXES[naming]
         dtype = tensors[next(iter(tensors))].dtype

@@ -185,6 +185,33 @@ def test_families_the_target_cannot_hold_are_refused(hf_dirs, tmp_path, capsys):
         "vit_base_patch16_clip_quickgelu_224"
 
 
+# -- position grids resized the way each source does ----------------------------------------------------
+def test_hf_dinov2_at_another_size_matches_its_own_interpolation(hf_dirs, tmp_path):
+    """convert --image-size resizes as transformers' DINOv2 does at run time (bicubic, align_corners=False)."""
+    source = transformers.Dinov2Model.from_pretrained(hf_dirs / "Dinov2Model").eval()
+    convert(hf_dirs / "Dinov2Model", tmp_path / "x.msgpack", image_size=42)  # 2x2 patches -> 3x3
+    config, params = read_flax_params(tmp_path / "x.msgpack")
+    assert config.posemb_resize == "torch_bicubic"
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 42, 42, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = source(pixel_values=nchw(images)).pooler_output.numpy()
+    assert rel_l2(apply(config, params, images), want) < 1e-5
+
+
+@needs_timm
+@pytest.mark.parametrize("old, new", [((37, 37), (16, 16)), ((4, 4), (7, 5))])
+def test_timm_resample_is_matched(old, new):
+    """timm's resample_abs_pos_embed (bicubic, antialias) as NumPy, down (518 -> 224 px) and up."""
+    from timm.layers import resample_abs_pos_embed
+
+    from vit_jax.posemb import resize_pos_embed
+
+    grid = np.random.default_rng(0).standard_normal((1, 1 + old[0] * old[1], 8)).astype(np.float32)
+    want = resample_abs_pos_embed(torch.from_numpy(grid), list(new), list(old), num_prefix_tokens=1).numpy()
+    got = resize_pos_embed(grid, new, 1, old, "torch_bicubic_antialias")
+    assert rel_l2(got, want) < 1e-6 and np.array_equal(got[:, :1], grid[:, :1])
+
+
 # -- presets ------------------------------------------------------------------------------
 # One size per family (L and H differ only in widths and depth; their counts are test_config's goldens).
 @needs_timm
