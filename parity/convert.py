@@ -337,7 +337,12 @@ def describe(config: ViTConfig) -> str:
             f"classifier {config.classifier}, representation {config.representation_size}, "
             f"classes {config.num_classes}, gelu {config.gelu}, eps {config.layer_norm_eps:g}"
             + (f", head dim {config.attention_head_dim}" if config.attention_head_dim else "")
-            + (", patch norm" if config.patch_norm else "") + ("" if config.attention_out_proj else ", no out proj"))
+            + (", patch norm" if config.patch_norm else "") + ("" if config.attention_out_proj else ", no out proj")
+            + "".join(f", {text}" for on, text in (
+                (config.layer_scale, "LayerScale"), (config.distilled, "distillation token"),
+                (config.num_register_tokens, f"{config.num_register_tokens} registers"),
+                (not config.posemb_class_slot, "no class slot in posemb"), (config.pre_norm, "pre-norm"),
+                (config.fc_norm, "fc_norm"), (config.mask_token, "mask token")) if on))
 
 
 # -- writing ----------------------------------------------------------------

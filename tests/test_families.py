@@ -18,11 +18,11 @@ import safetensors.torch
 import torch
 from conftest import apply, nchw, rel_l2
 from test_convert_errors import assert_fails_cleanly, run_cli
+from torchvision_stub import import_timm
 
 from parity.convert import convert, read_flax_params
 from parity.formats.timm_archs import PRESET_ARCHITECTURES, PRESET_MODEL_ARGS
 from parity.mapping import expected_torch_shapes
-from torchvision_stub import import_timm
 from vit_jax import get_config
 from vit_torch_ref.pretrained import load_pretrained as load_twin
 
@@ -141,6 +141,29 @@ def test_hf_directory_in_and_back(hf_dirs, tmp_path, capsys, name):
     back, info = cls.from_pretrained(tmp_path / "back", output_loading_info=True)
     assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
     same_state(source.state_dict(), back.state_dict())
+
+
+def test_clip_model_directory_gives_its_vision_tower(tmp_path, capsys):
+    """A whole CLIPModel (what the hub's openai/clip-vit-* hold): its image features in, the tower back out."""
+    config = transformers.CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=50, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(**_SMALL, intermediate_size=64, image_size=32, patch_size=16), projection_dim=8)
+    torch.manual_seed(0)
+    source = perturb(transformers.CLIPModel(config))
+    source.save_pretrained(tmp_path / "clip")
+
+    def image_features(x):
+        out = source.get_image_features(pixel_values=x)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    check_in(tmp_path / "clip", tmp_path / "x.msgpack", image_features, capsys)
+    convert(tmp_path / "x.msgpack", tmp_path / "back", to_format="hf")
+    back, info = transformers.CLIPVisionModelWithProjection.from_pretrained(tmp_path / "back",
+                                                                            output_loading_info=True)
+    assert not any(info.values()), info
+    tower = {k: v for k, v in source.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))}
+    same_state(tower, back.state_dict())
 
 
 # -- bad input: one error line naming what is wrong -------------------------------------

@@ -98,7 +98,7 @@ class ViTConfig:
     stem_ws_form: str = "std"  # STEM_WS_FORMS; Google 'std' eps 1e-5, timm 'var' eps 1e-8
     stem_ws_eps: float = 1e-5
     stem_gn_eps: float = 1e-6  # GroupNorm epsilon; timm 1e-5
-    # -- options of today's ViT families (DeiT, DeiT III, DINOv2, CLIP, MAE; docs/model.md); the defaults are Google's --
+    # -- options of today's families (DeiT, DeiT III, DINOv2, CLIP, MAE; docs/model.md); the defaults are Google's --
     layer_scale: bool = False  # a learned per-channel scale on each residual branch (DeiT III, DINOv2)
     layer_scale_init: float = 1e-5  # its initial value (timm's init_values)
     distilled: bool = False  # a distillation token after the class token, with its own head (DeiT distilled)
@@ -233,7 +233,8 @@ class ViTConfig:
 
     def layer_names(self, attention: bool = False) -> list[str]:
         """Canonical intermediate names, in forward order, shared by both models."""
-        names = (["stem"] if self.is_hybrid else []) + ["patch_embed", "embed"] + (["norm_pre"] if self.pre_norm else [])
+        names = (["stem"] if self.is_hybrid else []) + ["patch_embed", "embed"]
+        names += ["norm_pre"] if self.pre_norm else []
         for i in range(self.num_layers):
             names += [f"blocks.{i}.attn_probs"] if attention else []
             names += [f"blocks.{i}.attn", f"blocks.{i}.mlp", f"blocks.{i}"]
