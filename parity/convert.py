@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vit_jax.config import ViTConfig
-from vit_jax.formats import FORMATS, ConversionError, config_sidecar, flax_ckpt, hf, torch_sd
+from vit_jax.formats import FORMATS, ConversionError, config_sidecar, flax_ckpt, hf, timm_hub, torch_sd
 from vit_jax.formats.base import atomic_outputs, check_output_path
 from vit_jax.formats.mapping import unflatten
 from vit_jax.formats.read import Progress, check_format, describe, read_tensors, target_format
@@ -79,7 +79,8 @@ def convert(
     module, naming = FORMATS[to_format]
     # flax and hf targets are directories unless DST names a file container
     as_dir = (to_format == flax_ckpt.FORMAT and dst.suffix != ".msgpack") or (
-        to_format == hf.FORMAT and dst.suffix not in torch_sd.EXTENSIONS)
+        to_format == hf.FORMAT and dst.suffix not in torch_sd.EXTENSIONS
+    ) or to_format == timm_hub.FORMAT
     check = getattr(module, "check_expressible", None)
     resolved, tensors, source = read_tensors(src, naming, from_format, config, image_size, num_classes, progress,
                                              check, step, allow_nonfinite, overrides)

@@ -13,8 +13,9 @@ import json
 import re
 from typing import Any
 
-CLASSIFIERS = ("token", "gap", "unpooled", "token_unpooled")
-GELU_FORMS = ("tanh", "exact")
+CLASSIFIERS = ("token", "gap", "unpooled", "token_unpooled", "token_gap")
+# 'quick': x * sigmoid(1.702 x), OpenAI CLIP's QuickGELU.
+GELU_FORMS = ("tanh", "exact", "quick")
 POSEMB_KINDS = ("learn", "sincos2d")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 KERNELS = ("reference", "cpu")
@@ -26,7 +27,10 @@ RUNTIME_FIELDS = ("kernels", "attention_impl", "remat", "remat_policy", "scan", 
 # are numerics (GELU form, epsilons, input normalisation), which a converter records beside the weights.
 ARCHITECTURE_FIELDS = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads", "qkv_bias",
                        "posemb", "representation_size", "classifier", "image_size", "num_classes", "patch_norm",
-                       "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor")
+                       "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor",
+                       # today's families (which tensors exist: vit_jax/formats/infer_options.py)
+                       "layer_scale", "distilled", "pre_norm", "patch_bias", "fc_norm", "mask_token", "head_bias",
+                       "num_register_tokens", "posemb_class_slot")
 # With `remat`, what each block keeps for the backward pass (names from
 # jax.checkpoint_policies): nothing but its input, or also the outputs of its
 # matmuls (the linear layers only, or those and the attention products).
@@ -35,6 +39,9 @@ REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_
 # 'std': (w - mean) / (std + eps), Google's; 'var': (w - mean) / sqrt(var + eps), timm's.
 STEM_WS_FORMS = ("std", "var")
 STEM_GROUPS = 32  # GroupNorm groups in the ResNet stem (Google's and timm's)
+# How the position grid is resized for another image size (vit_jax/posemb.py RESIZE_METHODS): Google's
+# bilinear, or torch's bicubic as transformers ('torch_bicubic') and timm ('torch_bicubic_antialias') do it.
+POSEMB_RESIZE = ("bilinear", "bicubic", "torch_bicubic", "torch_bicubic_antialias")
 
 
 class ConfigError(ValueError):
@@ -68,13 +75,14 @@ class ViTConfig:
     num_heads: int = 12
     num_layers: int = 12
     # token: class token; gap: mean over patch tokens; unpooled: every token;
-    # token_unpooled: class token prepended, every token returned.
+    # token_unpooled: class token prepended, every token returned;
+    # token_gap: class token prepended, the head reads the mean of the patch tokens (MAE fine-tunes).
     classifier: str = "token"
     representation_size: int | None = None  # pre-logits Dense + tanh
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     stochastic_depth_rate: float = 0.0  # largest drop-path rate, reached at the last block
-    gelu: str = "tanh"  # 'tanh' (Flax nn.gelu default, Google training) or 'exact' (erf; torch/timm/HF)
+    gelu: str = "tanh"  # 'tanh' (Flax nn.gelu default, Google training), 'exact' (erf; torch/timm/HF), 'quick' (CLIP)
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
     posemb: str = "learn"  # 'learn' or 'sincos2d' (fixed, big_vision style; class slot gets zero)
@@ -98,6 +106,18 @@ class ViTConfig:
     stem_ws_form: str = "std"  # STEM_WS_FORMS; Google 'std' eps 1e-5, timm 'var' eps 1e-8
     stem_ws_eps: float = 1e-5
     stem_gn_eps: float = 1e-6  # GroupNorm epsilon; timm 1e-5
+    # -- options of today's families (DeiT, DeiT III, DINOv2, CLIP, MAE; docs/model.md); the defaults are Google's --
+    layer_scale: bool = False  # a learned per-channel scale on each residual branch (DeiT III, DINOv2)
+    layer_scale_init: float = 1e-5  # its initial value (timm's init_values)
+    distilled: bool = False  # a distillation token after the class token, with its own head (DeiT distilled)
+    num_register_tokens: int = 0  # tokens after the class token, without position embedding, dropped before the head
+    posemb_class_slot: bool = True  # False: the position embedding covers the patches only (timm's no_embed_class)
+    pre_norm: bool = False  # a LayerNorm after the position embedding, before the blocks (CLIP's ln_pre)
+    patch_bias: bool = True  # the patch embedding's bias (CLIP has none)
+    head_bias: bool = True  # the head's bias (CLIP's projection has none)
+    fc_norm: bool = False  # the final norm after pooling instead of before it (timm's fc_norm; MAE fine-tunes)
+    mask_token: bool = False  # Hugging Face DINOv2's mask token: held so it survives a round trip, not computed with
+    posemb_resize: str = "bilinear"  # the source's interpolation of the position grid to a new size (POSEMB_RESIZE)
 
     # -- runtime: how the function is computed, never what it is (RUNTIME_FIELDS) --
     # 'reference': plain Flax and JAX on every backend; 'cpu': the XLA:CPU forms
@@ -173,11 +193,26 @@ class ViTConfig:
 
     @property
     def has_class_token(self) -> bool:
-        return self.classifier in ("token", "token_unpooled")
+        return self.classifier in ("token", "token_unpooled", "token_gap")
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 1 if self.has_class_token else 0
+        """Tokens before the patches: class, distillation, registers (in that order)."""
+        return (1 + self.distilled if self.has_class_token else 0) + self.num_register_tokens
+
+    @property
+    def posemb_prefix_tokens(self) -> int:
+        """Prefix tokens with a position-embedding slot: class and distillation unless posemb_class_slot is off."""
+        return (1 + self.distilled) * (self.has_class_token and self.posemb_class_slot)
+
+    @property
+    def posemb_len(self) -> int:
+        return self.num_patches + self.posemb_prefix_tokens
+
+    @property
+    def final_norm(self) -> bool:
+        """The encoder's norm over every token (Google's encoder_norm), unless fc_norm moves it after pooling."""
+        return not self.fc_norm
 
     @property
     def seq_len(self) -> int:
@@ -207,6 +242,7 @@ class ViTConfig:
     def layer_names(self, attention: bool = False) -> list[str]:
         """Canonical intermediate names, in forward order, shared by both models."""
         names = (["stem"] if self.is_hybrid else []) + ["patch_embed", "embed"]
+        names += ["norm_pre"] if self.pre_norm else []
         for i in range(self.num_layers):
             names += [f"blocks.{i}.attn_probs"] if attention else []
             names += [f"blocks.{i}.attn", f"blocks.{i}.mlp", f"blocks.{i}"]
@@ -250,6 +286,7 @@ class ViTConfig:
         if min(h, w, ph, pw) <= 0:
             raise ConfigError(f"image_size {self.image_size!r} and patch_size {self.patch_size!r} must be positive")
         self._validate_stem()
+        self._validate_families()
         (sh, sw) = self.stem_hw
         if sh % ph or sw % pw:
             if self.is_hybrid:
@@ -328,6 +365,26 @@ class ViTConfig:
                 )
         if any(s <= 0 for s in self.pixel_std):
             raise ConfigError(f"pixel_std must be > 0, got {self.pixel_std!r}")
+
+    def _validate_families(self) -> None:
+        """The options of DeiT, DeiT III, DINOv2, CLIP and MAE, and what they need."""
+        n = self.num_register_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"num_register_tokens must be an integer >= 0, got {n!r}")
+        if self.distilled and self.classifier != "token":
+            raise ConfigError(f"distilled needs classifier 'token' (the class and distillation heads), got "
+                              f"{self.classifier!r}")
+        if self.distilled and self.representation_size is not None:
+            raise ConfigError("distilled with representation_size: DeiT's two heads read the tokens directly")
+        if self.fc_norm and self.classifier in ("unpooled", "token_unpooled"):
+            raise ConfigError(f"fc_norm normalises the pooled features; classifier {self.classifier!r} pools nothing")
+        if self.posemb_resize not in POSEMB_RESIZE:
+            raise ConfigError(f"posemb_resize {self.posemb_resize!r} is not one of {POSEMB_RESIZE}")
+        if self.gelu == "quick" and self.recompute_gelu:
+            raise ConfigError("recompute_gelu computes the erf or tanh GELU; set recompute_gelu=False for gelu 'quick'")
+        if (self.distilled or n) and (self.is_hybrid or self.patch_norm):
+            raise ConfigError("distillation and register tokens are options of the plain ViT (no ResNet stem, no "
+                              "patch_norm)")
 
     def _validate_stem(self) -> None:
         if self.stem_ws_form not in STEM_WS_FORMS:
@@ -449,6 +506,36 @@ _HYBRIDS = {
 }
 for _name, (_variant, _patch, _layers) in _HYBRIDS.items():
     PRESETS[_name] = _preset(_variant, _patch).replace(name=_name, resnet_layers=_layers)
+# Today's families (docs/design.md, "Presets"): each the plain ViT with its options and numerics; parameter
+# counts equal timm's model of the same architecture at its default head (parity/formats/timm_archs.py names it).
+_IMAGENET = dict(pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225))
+_TIMM_NUMERICS = dict(gelu="exact", layer_norm_eps=1e-6, posemb_resize="torch_bicubic_antialias", **_IMAGENET)
+_FAMILIES = {
+    "DeiT": (("Ti_16", "S_16", "B_16"), _TIMM_NUMERICS),
+    "DeiT3": (("S_16", "B_16", "L_16"), dict(_TIMM_NUMERICS, layer_scale=True, layer_scale_init=1e-6,
+                                               posemb_class_slot=False)),
+    "DINOv2": (("S_14", "B_14", "L_14"), dict(_TIMM_NUMERICS, image_size=518, layer_scale=True, num_classes=0)),
+    # OpenAI CLIP's vision tower: QuickGELU, ln_pre, no patch bias; the head is the projection to the joint space
+    "CLIP": (("B_16", "B_32", "L_14"), dict(gelu="quick", layer_norm_eps=1e-5, pre_norm=True, patch_bias=False,
+                                             posemb_resize="torch_bicubic_antialias",
+                                             pixel_mean=(0.48145466, 0.4578275, 0.40821073),
+                                             pixel_std=(0.26862954, 0.26130258, 0.27577711))),
+    # MAE's fine-tuned classifiers: the class token kept, the head reads the mean of the patch tokens after fc_norm
+    "MAE": (("B_16", "L_16", "H_14"), dict(_TIMM_NUMERICS, classifier="token_gap", fc_norm=True)),
+}
+_CLIP_PROJECTION = {"B": 512, "L": 768}
+for _family, (_variants, _options) in _FAMILIES.items():
+    for _name in _variants:
+        _variant, _patch = _name.split("_")
+        _extra = dict(num_classes=_CLIP_PROJECTION[_variant]) if _family == "CLIP" else {}
+        PRESETS[f"{_family}-{_name}"] = _preset(_variant, int(_patch)).replace(
+            name=f"{_family}-{_name}", **_options, **_extra)
+        if _family == "DeiT":
+            PRESETS[f"DeiT-{_name}_distilled"] = PRESETS[f"DeiT-{_name}"].replace(
+                name=f"DeiT-{_name}_distilled", distilled=True)
+        if _family == "DINOv2":  # with registers, timm's layout: no class slot in the position embedding
+            PRESETS[f"DINOv2-{_name}_reg4"] = PRESETS[f"DINOv2-{_name}"].replace(
+                name=f"DINOv2-{_name}_reg4", num_register_tokens=4, posemb_class_slot=False)
 # Tiny model for tests and quick experiments.
 PRESETS["ViT-testing"] = ViTConfig(
     name="ViT-testing",

@@ -36,12 +36,19 @@ class Kernels:
     # (config, x, Dense_1 layer, dropout) -> the MLP after Dense_0: GELU, dropout, Dense_1, dropout
     mlp_out: Callable[..., Array]
     mean_tokens: Callable[[Array], Array]  # (n, seq, d) -> (n, d)
-    # (x, the norm module, whether the head reads the class token alone) -> what the head reads from
-    final_norm: Callable[[Array, Callable[[Array], Array], bool], Array]
+    # (x, the norm module, how many leading tokens the head reads alone, 0: all) -> what the head reads from
+    final_norm: Callable[[Array, Callable[[Array], Array], int], Array]
+
+
+def activation(c, x: Array) -> Array:
+    """The MLP's GELU (`config.gelu`): 'exact' (erf), 'tanh', or OpenAI CLIP's 'quick' x * sigmoid(1.702 x)."""
+    if c.gelu == "quick":
+        return x * jax.nn.sigmoid(1.702 * x)
+    return jax.nn.gelu(x, approximate=c.gelu == "tanh")
 
 
 def _mlp_out(c, x: Array, dense_1: Layer, dropout: Callable[[Array], Array]) -> Array:
-    return dropout(dense_1()(dropout(jax.nn.gelu(x, approximate=c.gelu == "tanh"))))
+    return dropout(dense_1()(dropout(activation(c, x))))
 
 
 REFERENCE = Kernels(
@@ -52,7 +59,7 @@ REFERENCE = Kernels(
     attention=dot_product_attention,
     mlp_out=_mlp_out,
     mean_tokens=lambda x: jnp.mean(x, axis=1),
-    final_norm=lambda x, norm, head_reads_class_token: norm(x),
+    final_norm=lambda x, norm, head_tokens: norm(x),
 )
 
 

@@ -3,16 +3,19 @@
 Module and parameter names match Google's `vit_jax` (models_vit.py), so its
 released param trees load unchanged:
 
-    embedding/{kernel,bias}            Conv, kernel (ph, pw, C, D)
+    embedding/{kernel,bias}            Conv, kernel (ph, pw, C, D); no bias without patch_bias
     embedding_norm_{in,out}            patch_norm only (vit-pytorch's patch embedding)
     cls                                (1, 1, D)            token classifiers only
-    Transformer/posembed_input/pos_embedding  (1, seq, D)   learned posemb only
+    dist, registers, mask_token        (1, 1, D), (1, R, D), (1, D): distilled, num_register_tokens, mask_token
+    Transformer/posembed_input/pos_embedding  (1, patches [+ class slots], D)   learned posemb only
+    Transformer/pre_norm               pre_norm only (CLIP's ln_pre)
     Transformer/encoderblock_{i}/LayerNorm_0, MultiHeadDotProductAttention_0
         {query,key,value}/kernel (D, H, hd), bias (H, hd); out/kernel (H, hd, D) unless not attention_out_proj
     Transformer/encoderblock_{i}/LayerNorm_1, MlpBlock_0/Dense_{0,1}
-    Transformer/encoder_norm
+    Transformer/encoderblock_{i}/LayerScale_{0,1}/scale   (D,) layer_scale only
+    Transformer/encoder_norm           unless fc_norm, which puts fc_norm after pooling instead
     pre_logits/{kernel,bias}           representation_size only
-    head/{kernel,bias}                 num_classes > 0 only
+    head/{kernel,bias}, head_dist      num_classes > 0 only (head_dist: distilled; no biases without head_bias)
 
 A hybrid (`config.resnet_layers` set) first runs Google's ResNet stem
 (vit_jax/resnet.py: conv_root, gn_root, block{i}/unit{j}/... at the top level)
@@ -94,6 +97,18 @@ class AddPositionEmbs(nn.Module):
         pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), shape,
                          jnp.dtype(self.config.param_dtype))
         return x + pos.astype(x.dtype)
+
+
+class LayerScale(nn.Module):
+    """A learned per-channel scale of a residual branch (CaiT, DeiT III, DINOv2: timm's `ls1/ls2.gamma`)."""
+
+    config: ViTConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = self.config
+        init = nn.initializers.constant(c.layer_scale_init)
+        return x * self.param("scale", init, (x.shape[-1],), jnp.dtype(c.param_dtype)).astype(x.dtype)
 
 
 class MlpBlock(nn.Module):
@@ -178,12 +193,16 @@ class Encoder1DBlock(nn.Module):
             c, train=self.train, return_attention=self.return_attention, name="MultiHeadDotProductAttention_0"
         )(x)
         attn = nn.Dropout(rate=c.dropout_rate)(attn, deterministic=not self.train)
+        if c.layer_scale:
+            attn = LayerScale(c, name="LayerScale_0")(attn)
         if stochastic_depth:
             attn = drop_path(attn, drop_path_rate, self.make_rng("dropout"))
         x = inputs + attn
 
         y = _layer_norm(c, "LayerNorm_1")(x)
         mlp = MlpBlock(c, train=self.train, name="MlpBlock_0")(y)
+        if c.layer_scale:
+            mlp = LayerScale(c, name="LayerScale_1")(mlp)
         if stochastic_depth:
             mlp = drop_path(mlp, drop_path_rate, self.make_rng("dropout"))
         out = x + mlp
@@ -196,8 +215,29 @@ class Encoder1DBlock(nn.Module):
         return out, inter
 
 
+def join_tokens(c: ViTConfig, patches: Array, prefix: Array | None, registers: Array | None, add_posemb) -> Array:
+    """Prefix tokens, position embedding and registers, in the sources' order: class, distillation, registers, patches.
+
+    The class and distillation tokens get position slots unless `posemb_class_slot` is off (timm's
+    no_embed_class: add, then concatenate); registers never do (inserted after the embedding is added).
+    """
+    if prefix is not None and c.posemb_class_slot:
+        x = add_posemb(jnp.concatenate([prefix, patches], axis=1))
+    else:
+        x = add_posemb(patches)
+        x = x if prefix is None else jnp.concatenate([prefix, x], axis=1)
+    if registers is not None:
+        k = 0 if prefix is None else prefix.shape[1]
+        x = jnp.concatenate([x[:, :k], registers, x[:, k:]], axis=1)
+    return x
+
+
 class Encoder(nn.Module):
-    """Position embeddings, the blocks and the final norm (Google's 'Transformer')."""
+    """Position embeddings, the blocks and the final norm (Google's 'Transformer').
+
+    Takes the patch tokens and the prefix tokens (class, distillation; registers apart), which
+    `join_tokens` places around the position embedding.
+    """
 
     config: ViTConfig
     train: bool = False
@@ -205,17 +245,26 @@ class Encoder(nn.Module):
     return_attention: bool = False
 
     @nn.compact
-    def __call__(self, x: Array) -> tuple[Array, Intermediates]:
+    def __call__(self, x: Array, prefix: Array | None = None, registers: Array | None = None
+                 ) -> tuple[Array, Intermediates]:
         c = self.config
         inter: Intermediates = {}
-        if c.posemb == "learn":
-            x = AddPositionEmbs(c, name="posembed_input")(x)
-        else:  # fixed 2-D sin-cos; the class slot, if any, gets none (big_vision)
+
+        def add_posemb(x: Array) -> Array:
+            if c.posemb == "learn":
+                return AddPositionEmbs(c, name="posembed_input")(x)
+            # fixed 2-D sin-cos; class slots, if any, get none (big_vision)
             table = jnp.asarray(sincos_2d(c.grid_size, c.hidden_size), dtype=x.dtype)
-            x = x + jnp.pad(table, ((0, 0), (c.num_prefix_tokens, 0), (0, 0)))
+            return x + jnp.pad(table, ((0, 0), (x.shape[1] - c.num_patches, 0), (0, 0)))
+
+        x = join_tokens(c, x, prefix, registers, add_posemb)
         x = nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
         if self.return_intermediates:
             inter["embed"] = x
+        if c.pre_norm:
+            x = _layer_norm(c, "pre_norm")(x)
+            if self.return_intermediates:
+                inter["norm_pre"] = x
 
         block = functools.partial(
             Encoder1DBlock if not c.remat else nn.remat(
@@ -245,9 +294,12 @@ class Encoder(nn.Module):
             for key, value in block_inter.items():
                 inter[f"blocks.{i}" if key == "out" else f"blocks.{i}.{key}"] = value
 
-        # A 'token' head reads the class token alone, and the norm is per token: a kernel set may norm just that.
-        head_reads_class_token = c.classifier == "token" and not self.return_intermediates
-        x = kernels_for(c).final_norm(x, _layer_norm(c, "encoder_norm"), head_reads_class_token)
+        if not c.final_norm:
+            return x, inter  # fc_norm: the norm comes after pooling
+        # A 'token' head reads the class (and distillation) token alone, and the norm is per token: a kernel set
+        # may norm just those.
+        head_tokens = 1 + c.distilled if c.classifier == "token" and not self.return_intermediates else 0
+        x = kernels_for(c).final_norm(x, _layer_norm(c, "encoder_norm"), head_tokens)
         if self.return_intermediates:
             inter["norm"] = x
         return x, inter
@@ -290,46 +342,72 @@ class VisionTransformer(nn.Module):
             x = _layer_norm(c, "embedding_norm_out")(x)
         else:  # Patches embedded by a strided convolution, then flattened to tokens.
             x = nn.Conv(
-                c.hidden_size, c.patch_hw, strides=c.patch_hw, padding="VALID", dtype=dtype, param_dtype=param_dtype,
-                name="embedding",
+                c.hidden_size, c.patch_hw, strides=c.patch_hw, padding="VALID", use_bias=c.patch_bias, dtype=dtype,
+                param_dtype=param_dtype, name="embedding",
             )(x)
             x = jnp.reshape(x, (x.shape[0], -1, x.shape[-1]))
         n, _, d = x.shape
         if return_intermediates:
             inter["patch_embed"] = x
-        if c.has_class_token:
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, d), param_dtype)
-            x = jnp.concatenate([jnp.tile(cls.astype(dtype), (n, 1, 1)), x], axis=1)
-
+        prefix, registers = self._prefix_tokens(n, d)
         x, encoder_inter = Encoder(
             c, train=train, return_intermediates=return_intermediates, return_attention=return_attention,
             name="Transformer",
-        )(x)
+        )(x, prefix, registers)
         inter.update(encoder_inter)
 
         if c.classifier == "token":
-            x = x[:, 0]
-        elif c.classifier == "gap":
-            x = kernels_for(c).mean_tokens(x)
+            x = x[:, 0] if not c.distilled else x[:, :2]  # class (and distillation) token
+        elif c.classifier in ("gap", "token_gap"):
+            x = kernels_for(c).mean_tokens(x[:, c.num_prefix_tokens:])  # patch tokens only
+        if c.fc_norm:
+            x = _layer_norm(c, "fc_norm")(x)
+            if return_intermediates:
+                inter["norm"] = x
         if c.representation_size is not None:
             x = nn.Dense(c.representation_size, dtype=dtype, param_dtype=param_dtype, name="pre_logits")(x)
             x = jnp.tanh(x)
         if return_intermediates:
             inter["pre_logits"] = x
+        if c.distilled and not c.num_classes:  # features: the mean of the two tokens (timm's forward_head)
+            x = (x[:, 0] + x[:, 1]) / 2
         if c.num_classes:
-            x = nn.Dense(
-                c.num_classes,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                kernel_init=nn.initializers.zeros if c.head_zero_init else nn.initializers.lecun_normal(),
-                bias_init=nn.initializers.constant(c.head_bias_init),
-                name="head",
-            )(x)
+            x = self._heads(x)
             if return_intermediates:
                 inter["logits"] = x
         if return_intermediates or return_attention:
             return x, inter
         return x
+
+    def _prefix_tokens(self, n: int, d: int) -> tuple[Array | None, Array | None]:
+        """(class [+ distillation] tokens, register tokens), each tiled over the batch, or None."""
+        c, dtype, param_dtype = self.config, jnp.dtype(self.config.dtype), jnp.dtype(self.config.param_dtype)
+        if c.mask_token:  # Hugging Face DINOv2 holds it for masked pre-training; inference never reads it
+            self.param("mask_token", nn.initializers.zeros, (1, d), param_dtype)
+        tokens = []
+        if c.has_class_token:
+            tokens.append(self.param("cls", nn.initializers.zeros, (1, 1, d), param_dtype))
+        if c.distilled:
+            tokens.append(self.param("dist", nn.initializers.normal(stddev=0.02), (1, 1, d), param_dtype))
+        prefix = jnp.tile(jnp.concatenate(tokens, axis=1).astype(dtype), (n, 1, 1)) if tokens else None
+        if not c.num_register_tokens:
+            return prefix, None
+        registers = self.param("registers", nn.initializers.normal(stddev=1e-6), (1, c.num_register_tokens, d),
+                               param_dtype)
+        return prefix, jnp.tile(registers.astype(dtype), (n, 1, 1))
+
+    def _heads(self, x: Array) -> Array:
+        """The classifier; distilled: the mean of the class head and the distillation head (DeiT's inference)."""
+        c = self.config
+        head = functools.partial(
+            nn.Dense, c.num_classes, use_bias=c.head_bias, dtype=jnp.dtype(c.dtype),
+            param_dtype=jnp.dtype(c.param_dtype),
+            kernel_init=nn.initializers.zeros if c.head_zero_init else nn.initializers.lecun_normal(),
+            bias_init=nn.initializers.constant(c.head_bias_init),
+        )
+        if not c.distilled:
+            return head(name="head")(x)
+        return (head(name="head")(x[:, 0]) + head(name="head_dist")(x[:, 1])) / 2
 
 
 def init_params(config: ViTConfig, rng: Array | int = 0) -> dict[str, Any]:

@@ -7,12 +7,15 @@ architecture loads with strict=True:
     patch_embed.norm_{in,out}        patch_norm only
     patch_embed.backbone.*           hybrids only: the ResNet stem (vit_torch_ref/resnet.py)
     cls_token (1, 1, D)              token classifiers only
-    pos_embed (1, seq, D)            learned posemb only
-    blocks.{i}.norm1, blocks.{i}.attn.qkv (3D, D; q,k,v order), blocks.{i}.attn.proj,
-    blocks.{i}.norm2, blocks.{i}.mlp.fc1, blocks.{i}.mlp.fc2
-    norm
+    dist_token, reg_token            (1, 1, D), (1, R, D): distilled, num_register_tokens
+    mask_token (1, D)                mask_token only (Hugging Face DINOv2; not in timm)
+    pos_embed (1, patches [+ class slots], D)   learned posemb only
+    norm_pre                         pre_norm only
+    blocks.{i}.norm1, blocks.{i}.attn.qkv (3D, D; q,k,v order), blocks.{i}.attn.proj, blocks.{i}.ls1.gamma,
+    blocks.{i}.norm2, blocks.{i}.mlp.fc1, blocks.{i}.mlp.fc2, blocks.{i}.ls2.gamma   (ls: layer_scale only)
+    norm                             unless fc_norm (then fc_norm, after pooling)
     pre_logits.fc                    representation_size only (Linear + tanh)
-    head                             num_classes > 0 only
+    head, head_dist                  num_classes > 0 only (head_dist: distilled)
 
 Input is NCHW. Intermediates carry the canonical names of `ViTConfig.layer_names`.
 """
@@ -55,7 +58,8 @@ class PatchEmbed(nn.Module):
         if config.is_hybrid:
             self.backbone = build_backbone(config)
         self.proj = nn.Conv2d(
-            config.stem_width, config.hidden_size, kernel_size=config.patch_hw, stride=config.patch_hw
+            config.stem_width, config.hidden_size, kernel_size=config.patch_hw, stride=config.patch_hw,
+            bias=config.patch_bias,
         )
 
     def forward(self, x: torch.Tensor, inter: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -110,11 +114,30 @@ class Attention(nn.Module):
         return self.proj(out), probs
 
 
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's x * sigmoid(1.702 x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch (timm's `ls1/ls2.gamma`)."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((config.hidden_size,), config.layer_scale_init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Mlp(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, config.mlp_dim)
-        self.act = nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none")
+        self.act = QuickGELU() if config.gelu == "quick" else nn.GELU(
+            approximate="tanh" if config.gelu == "tanh" else "none")
         self.fc2 = nn.Linear(config.mlp_dim, config.hidden_size)
         self.drop = nn.Dropout(config.dropout_rate)
 
@@ -146,12 +169,14 @@ class Block(nn.Module):
         self.mlp = Mlp(config)
         self.drop = nn.Dropout(config.dropout_rate)
         self.drop_path = DropPath(drop_path_rate)
+        self.ls1 = LayerScale(config) if config.layer_scale else nn.Identity()
+        self.ls2 = LayerScale(config) if config.layer_scale else nn.Identity()
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         attn, probs = self.attn(self.norm1(x), return_attention)
-        attn = self.drop_path(self.drop(attn))
+        attn = self.drop_path(self.ls1(self.drop(attn)))
         x = x + attn
-        mlp = self.drop_path(self.mlp(self.norm2(x)))
+        mlp = self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x + mlp, attn, mlp, probs
 
 
@@ -181,19 +206,33 @@ class VisionTransformer(nn.Module):
         self.patch_embed = NormedPatchEmbed(c) if c.patch_norm else PatchEmbed(c)
         if c.has_class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, c.hidden_size))
+        if c.distilled:
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, c.hidden_size))
+        if c.num_register_tokens:
+            self.reg_token = nn.Parameter(torch.zeros(1, c.num_register_tokens, c.hidden_size))
+        if c.mask_token:  # Hugging Face DINOv2's, held for the way back; never computed with
+            self.mask_token = nn.Parameter(torch.zeros(1, c.hidden_size))
         if c.posemb == "learn":
-            self.pos_embed = nn.Parameter(torch.zeros(1, c.seq_len, c.hidden_size))
+            self.pos_embed = nn.Parameter(torch.zeros(1, c.posemb_len, c.hidden_size))
         else:
-            table = F.pad(sincos_2d(c.grid_size, c.hidden_size), (0, 0, c.num_prefix_tokens, 0))
+            table = F.pad(sincos_2d(c.grid_size, c.hidden_size), (0, 0, c.posemb_prefix_tokens, 0))
             # Kept in float64 here; `self.to(param_dtype)` below rounds it once, as Flax does.
             self.register_buffer("pos_embed", table, persistent=False)
         self.pos_drop = nn.Dropout(c.dropout_rate)
+        if c.pre_norm:
+            self.norm_pre = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.blocks = nn.ModuleList(Block(c, rate) for rate in c.drop_path_rates())
-        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        if c.fc_norm:
+            self.fc_norm = norm
+        else:
+            self.norm = norm
         if c.representation_size is not None:
             self.pre_logits = PreLogits(c)
         if c.num_classes:
-            self.head = nn.Linear(c.features_dim, c.num_classes)
+            self.head = nn.Linear(c.features_dim, c.num_classes, bias=c.head_bias)
+            if c.distilled:
+                self.head_dist = nn.Linear(c.features_dim, c.num_classes, bias=c.head_bias)
         self.reset_parameters()
         self.to(torch_dtype(c.param_dtype))
 
@@ -202,7 +241,7 @@ class VisionTransformer(nn.Module):
         """Initialisation mirroring vit_jax (xavier-uniform dense, zero head, posemb N(0, 0.02))."""
         c = self.config
         for name, module in self.named_modules():
-            if isinstance(module, nn.Linear) and name not in ("head", "patch_embed.proj"):
+            if isinstance(module, nn.Linear) and name not in ("head", "head_dist", "patch_embed.proj"):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     if name.endswith(("fc1", "fc2")):
@@ -212,17 +251,25 @@ class VisionTransformer(nn.Module):
         proj = self.patch_embed.proj
         fan_in = proj.weight[0].numel()
         nn.init.trunc_normal_(proj.weight, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)
-        nn.init.zeros_(proj.bias)
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
         if c.is_hybrid:
             reset_stem(self.patch_embed.backbone)
         if c.posemb == "learn":
             nn.init.normal_(self.pos_embed, std=0.02)
-        if c.num_classes:
+        if c.distilled:
+            nn.init.normal_(self.dist_token, std=0.02)
+        if c.num_register_tokens:
+            nn.init.normal_(self.reg_token, std=1e-6)
+        for head in [self.head, getattr(self, "head_dist", None)] if c.num_classes else []:
+            if head is None:
+                continue
             if c.head_zero_init:
-                nn.init.zeros_(self.head.weight)
+                nn.init.zeros_(head.weight)
             else:
-                nn.init.trunc_normal_(self.head.weight, std=math.sqrt(1.0 / c.features_dim) / 0.87962566103423978)
-            nn.init.constant_(self.head.bias, c.head_bias_init)
+                nn.init.trunc_normal_(head.weight, std=math.sqrt(1.0 / c.features_dim) / 0.87962566103423978)
+            if head.bias is not None:
+                nn.init.constant_(head.bias, c.head_bias_init)
 
     def forward(self, images: torch.Tensor, return_intermediates: bool = False, return_attention: bool = False):
         c = self.config
@@ -239,32 +286,56 @@ class VisionTransformer(nn.Module):
         x = self.patch_embed(images, inter if return_intermediates else None)
         if return_intermediates:
             inter["patch_embed"] = x
-        if c.has_class_token:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        x = self.pos_drop(x + self.pos_embed.to(x.dtype))
+        x = self.pos_drop(self._join_tokens(x))
         if return_intermediates:
             inter["embed"] = x
+        if c.pre_norm:
+            x = self.norm_pre(x)
+            if return_intermediates:
+                inter["norm_pre"] = x
         for i, block in enumerate(self.blocks):
             x, attn, mlp, probs = block(x, return_attention)
             if return_attention:
                 inter[f"blocks.{i}.attn_probs"] = probs
             if return_intermediates:
                 inter.update({f"blocks.{i}.attn": attn, f"blocks.{i}.mlp": mlp, f"blocks.{i}": x})
-        x = self.norm(x)
-        if return_intermediates:
-            inter["norm"] = x
+        if c.final_norm:
+            x = self.norm(x)
+            if return_intermediates:
+                inter["norm"] = x
         if c.classifier == "token":
-            x = x[:, 0]
-        elif c.classifier == "gap":
-            x = x.mean(dim=1)
+            x = x[:, 0] if not c.distilled else x[:, :2]
+        elif c.classifier in ("gap", "token_gap"):
+            x = x[:, c.num_prefix_tokens:].mean(dim=1)
+        if c.fc_norm:
+            x = self.fc_norm(x)
+            if return_intermediates:
+                inter["norm"] = x
         if c.representation_size is not None:
             x = self.pre_logits(x)
         if return_intermediates:
             inter["pre_logits"] = x
+        if c.distilled and not c.num_classes:  # features: the mean of the two tokens (timm's forward_head)
+            x = (x[:, 0] + x[:, 1]) / 2
         if c.num_classes:
-            x = self.head(x)
+            x = self.head(x) if not c.distilled else (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
             if return_intermediates:
                 inter["logits"] = x
         if return_intermediates or return_attention:
             return x, inter
+        return x
+
+    def _join_tokens(self, patches: torch.Tensor) -> torch.Tensor:
+        """Class, distillation, register and patch tokens with the position embedding, as `vit_jax.join_tokens`."""
+        c, n = self.config, patches.shape[0]
+        prefix = [getattr(self, name) for name in ("cls_token", "dist_token") if hasattr(self, name)]
+        prefix = [t.expand(n, -1, -1).to(patches.dtype) for t in prefix]
+        pos = self.pos_embed.to(patches.dtype)
+        if c.posemb_class_slot:
+            x = torch.cat(prefix + [patches], dim=1) + pos
+        else:
+            x = torch.cat(prefix + [patches + pos], dim=1)
+        if c.num_register_tokens:
+            k = len(prefix)
+            x = torch.cat([x[:, :k], self.reg_token.expand(n, -1, -1).to(x.dtype), x[:, k:]], dim=1)
         return x

@@ -33,7 +33,7 @@ from vit_jax.cpu import attention
 from vit_jax.cpu.autodiff import reverse_mode_only
 from vit_jax.cpu.layer_norm import LayerNorm
 from vit_jax.cpu.matmul import gelu_projection, shared_input_projections, token_dot_general
-from vit_jax.kernels import Kernels, Layer
+from vit_jax.kernels import Kernels, Layer, activation
 
 Array = jax.Array
 
@@ -92,24 +92,23 @@ def gelu_dense(x: Array, layer: Layer, approximate: bool) -> Array:
     return y if bias is None else y + bias.astype(dtype)
 
 
-def _gelu(x: Array, approximate: bool) -> Array:
+def _activation(c, x: Array) -> Array:
     # Rematerialised: the backward pass keeps GELU's input only, not every
     # elementwise temporary of the formula.
-    return jax.checkpoint(functools.partial(jax.nn.gelu, approximate=approximate))(x)
+    return jax.checkpoint(functools.partial(activation, c))(x)
 
 
 def mlp_out(c: ViTConfig, x: Array, dense_1: Layer, dropout) -> Array:
     """GELU, dropout, Dense_1, dropout, as the reference's; with `recompute_gelu` GELU and Dense_1 are one op
     (the config allows it only at dropout 0, so the dropouts it skips are identities)."""
-    approximate = c.gelu == "tanh"
-    if c.recompute_gelu:
-        return reverse_mode_only(gelu_dense)(x, dense_1, approximate)
-    return dropout(dense_1()(dropout(_gelu(x, approximate))))
+    if c.recompute_gelu:  # erf or tanh only (the config refuses it for 'quick')
+        return reverse_mode_only(gelu_dense)(x, dense_1, c.gelu == "tanh")
+    return dropout(dense_1()(dropout(_activation(c, x))))
 
 
-def final_norm(x: Array, norm, head_reads_class_token: bool) -> Array:
+def final_norm(x: Array, norm, head_tokens: int) -> Array:
     # XLA:CPU otherwise fused the last block and an all-token norm into one slow kernel.
-    return norm(x[:, :1]) if head_reads_class_token else norm(x)
+    return norm(x[:, :head_tokens]) if head_tokens else norm(x)
 
 
 CPU_KERNELS = Kernels(

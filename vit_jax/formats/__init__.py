@@ -1,6 +1,6 @@
 """Checkpoint formats, each read lazily into a TensorSource and written from Flax- or timm-named tensors."""
 
-from vit_jax.formats import flax_ckpt, google_npz, hf, torch_sd, torchvision, vit_pytorch
+from vit_jax.formats import flax_ckpt, google_npz, hf, timm_hub, torch_sd, torchvision, vit_pytorch
 from vit_jax.formats.base import FLAX, TIMM, ConversionError, TensorSource, config_sidecar
 
 # name -> (module, naming its writer takes)
@@ -8,6 +8,7 @@ FORMATS = {
     google_npz.FORMAT: (google_npz, FLAX),
     flax_ckpt.FORMAT: (flax_ckpt, FLAX),
     torch_sd.FORMAT: (torch_sd, TIMM),
+    timm_hub.FORMAT: (timm_hub, TIMM),
     hf.FORMAT: (hf, TIMM),
     torchvision.FORMAT: (torchvision, TIMM),
     vit_pytorch.FORMAT: (vit_pytorch, TIMM),

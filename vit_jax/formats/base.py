@@ -87,6 +87,22 @@ def vit_pytorch_option_problems(config, who: str) -> list[str]:
     return problems
 
 
+# Options of today's families (DeiT, DINOv2, CLIP, MAE) and the value the classic ViT layouts hold.
+_PLAIN_VIT = (("layer_scale", False), ("distilled", False), ("num_register_tokens", 0), ("posemb_class_slot", True),
+              ("pre_norm", False), ("patch_bias", True), ("head_bias", True), ("fc_norm", False),
+              ("mask_token", False))
+
+
+def family_option_problems(config, who: str) -> list[str]:
+    """The family options of `config` that `who` (a layout of the classic ViT only) cannot hold."""
+    problems = [f"{field}={getattr(config, field)!r}" for field, plain in _PLAIN_VIT
+                if getattr(config, field) != plain and (field != "head_bias" or config.num_classes)]
+    if config.gelu == "quick":
+        problems.append("gelu 'quick'")
+    return [f"{', '.join(problems)} ({who} holds the classic ViT; the timm-hub, torch, flax and google-npz "
+            f"formats hold these)"] if problems else []
+
+
 def fix_void_bfloat16(array: np.ndarray) -> np.ndarray:
     """bfloat16 saved by NumPy without ml_dtypes reads back as 2-byte void ('|V2'): reinterpret it."""
     if array.dtype.kind == "V" and array.dtype.itemsize == 2 and array.dtype.names is None:

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from vit_jax.formats.base import ConversionError, TensorSource, vit_pytorch_option_problems
+from vit_jax.formats import hf_families
+from vit_jax.formats.base import ConversionError, TensorSource, family_option_problems, vit_pytorch_option_problems
 from vit_jax.formats.renames import RenameTable
 from vit_jax.formats.torch_sd import read_file, write_file
 
@@ -60,7 +61,8 @@ def weights_in_dir(path: Path) -> Path | None:
 def config_from_hf(hf: dict[str, Any], where: Path) -> dict[str, Any]:
     """ViTConfig fields stated by an HF ViT config.json."""
     if hf.get("model_type", "vit") != "vit":
-        raise ConversionError(f"{where}: model_type {hf.get('model_type')!r}, expected 'vit'")
+        raise ConversionError(f"{where}: model_type {hf.get('model_type')!r} is not supported; expected one of "
+                              f"{['vit', *hf_families.FAMILIES]}")
     act = hf.get("hidden_act", "gelu")
     if act not in _ACTIVATIONS:
         raise ConversionError(f"{where}: hidden_act {act!r} is not supported; expected one of {sorted(_ACTIVATIONS)}")
@@ -89,15 +91,16 @@ def read(path: str | Path) -> TensorSource:
     if weights is None:
         raise ConversionError(f"{path}: directory has none of {list(WEIGHT_FILES)} (sharded checkpoints are not "
                               "supported)")
+    data = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
+    if data.get("model_type") in hf_families.FAMILIES:
+        source = hf_families.read(path, weights, data)
+        source.stated.update(_preprocessor(directory))
+        return source
     source = read_file(weights, FORMAT, "hf", NUMERICS)
     stated = dict(source.stated)
-    if (directory / "config.json").is_file():
-        stated.update(config_from_hf(_read_json(directory / "config.json"), directory / "config.json"))
-    if (directory / "preprocessor_config.json").is_file():
-        pre = _read_json(directory / "preprocessor_config.json")
-        stated.update({ours: tuple(pre[theirs]) for theirs,
-                       ours in (("image_mean", "pixel_mean"), ("image_std", "pixel_std"))
-                       if theirs in pre})
+    if data:
+        stated.update(config_from_hf(data, directory / "config.json"))
+    stated.update(_preprocessor(directory))
     source.stated = stated
     # Drop the `vit.` wrapper so one table covers ViTModel and ViTForImageClassification.
     renamed = {(k[len(PREFIX):] if k.startswith(PREFIX) else k): k for k in source.shapes}
@@ -108,7 +111,20 @@ def read(path: str | Path) -> TensorSource:
     return TABLE.source_as_timm(inner, "Hugging Face")
 
 
+def _preprocessor(directory: Path) -> dict[str, Any]:
+    """The input normalisation a preprocessor_config.json states."""
+    if (directory / "preprocessor_config.json").is_file():
+        pre = _read_json(directory / "preprocessor_config.json")
+        return {ours: tuple(pre[theirs]) for theirs, ours in (("image_mean", "pixel_mean"), ("image_std", "pixel_std"))
+                if theirs in pre}
+    return {}
+
+
 def check_expressible(config) -> None:
+    family = hf_families.family_for(config)
+    if family is not None:
+        hf_families.check_expressible(config, family)
+        return
     problems = []
     if config.classifier != "token":
         problems.append(f"classifier {config.classifier!r} (HF ViT always has a class token and classifies it)")
@@ -118,6 +134,7 @@ def check_expressible(config) -> None:
     if config.posemb != "learn":
         problems.append(f"posemb {config.posemb!r} (HF ViT has only learned position embeddings)")
     problems += vit_pytorch_option_problems(config, "HF ViT")
+    problems += family_option_problems(config, "HF ViT")
     if config.representation_size is not None and config.num_classes:
         problems.append("representation_size with a classifier head (ViTForImageClassification has no pre-logits "
                         "layer; ViTModel's pooler holds it only when num_classes=0)")
@@ -154,6 +171,10 @@ def hf_names(tensors: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
 
 
 def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | Path) -> None:
+    family = hf_families.family_for(config)
+    if family is not None:  # DINOv2, CLIP, DeiT keep their family (parity/formats/hf_families.py)
+        hf_families.write(Path(path), tensors, config, family, like)
+        return
     check_expressible(config)
     state = hf_names(tensors, config)
     tensors.clear()

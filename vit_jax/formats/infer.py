@@ -19,6 +19,7 @@ from typing import Any
 
 from vit_jax.config import ARCHITECTURE_FIELDS, PRESETS, ConfigError, ViTConfig
 from vit_jax.formats.base import FLAX, ConversionError, TensorSource
+from vit_jax.formats.infer_options import FAMILY_OPTIONS, infer_class_slots, infer_options
 
 # Where each fact shows, per naming: (key, function of the shape).
 _PROBES = {
@@ -66,7 +67,7 @@ _STEM_PROBES = {
 ARCHITECTURE = ARCHITECTURE_FIELDS
 # Of those, a preset's defaults that are not a claim about the checkpoint (a B/16 preset says 224 px, 1000 classes).
 _PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb",
-                    "patch_norm", "attention_head_dim", "attention_out_proj")
+                    "patch_norm", "attention_head_dim", "attention_out_proj") + FAMILY_OPTIONS
 # Standard ViT widths (hidden size -> heads) for fused-qkv files with no config (docs/design.md, "Presets").
 STANDARD_HEADS = {c.hidden_size: c.num_heads for name, c in PRESETS.items() if name != "ViT-testing"}
 
@@ -167,17 +168,19 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
     probe("pre_logits", required=False)
     fields["num_classes"], evidence["num_classes"] = 0, "no head tensor"
     probe("head", required=False)
+    infer_options(source, fields, evidence)
     return fields, evidence, has_cls, tokens
 
 
-def _grid_image_size(patch_size, tokens: int, has_cls: bool, wanted, path: str, evidence: str, stem: dict,
+def _grid_image_size(patch_size, tokens: int, slots: int, wanted, path: str, evidence: str, stem: dict,
                      fallback=None):
     """Image size from the position-embedding length (square grid, or the grid `wanted` implies).
 
-    `stem`: the hybrid fields; the ResNet stem's stride multiplies the patch size. `fallback` (the
-    requested --image-size) is taken only for a grid that cannot be square, where it is the one guess left.
+    `slots`: the class (and distillation) tokens' positions; `stem`: the hybrid fields (the ResNet stem's
+    stride multiplies the patch size). `fallback` (the requested --image-size) is taken only for a grid that
+    cannot be square, where it is the one guess left.
     """
-    patches = tokens - (1 if has_cls else 0)
+    patches = tokens - slots
     ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
     stride = ViTConfig(patch_size=patch_size, image_size=(1024 * ph, 1024 * pw), num_heads=1, **stem).stem_stride
     ph, pw = ph * stride, pw * stride
@@ -190,7 +193,7 @@ def _grid_image_size(patch_size, tokens: int, has_cls: bool, wanted, path: str, 
             return wanted
     side = math.isqrt(max(patches, 0))
     if (side * side != patches or patches == 0) and fallback is not None and fallback != wanted:
-        return _grid_image_size(patch_size, tokens, has_cls, fallback, path, evidence, stem)
+        return _grid_image_size(patch_size, tokens, slots, fallback, path, evidence, stem)
     if side * side != patches or patches == 0:
         raise ConversionError(f"{path}: {evidence} holds {patches} patch positions, not a square grid; state the "
                               f"source's image size: --set image_size=[H,W] (or --image-size HxW to convert at that "
@@ -237,9 +240,10 @@ def build_config(
     for _, claim in claims:
         stated.update(claim)
 
+    slots = infer_class_slots(fields, evidence, has_cls, tokens, stated)
     classifier = stated.get("classifier")
     if has_cls:
-        fields["classifier"] = classifier if classifier in ("token", "token_unpooled") else "token"
+        fields["classifier"] = classifier if classifier in ("token", "token_unpooled", "token_gap") else "token"
     else:
         fields["classifier"] = classifier if classifier in ("gap", "unpooled") else "gap"
     if "patch_pixels" in fields:
@@ -274,7 +278,7 @@ def build_config(
     wanted_image = stated.get("image_size", image_hint)
     if tokens is not None:
         stem = {k: fields[k] for k in ("resnet_layers", "width_factor") if k in fields}
-        fields["image_size"] = _grid_image_size(fields["patch_size"], tokens, has_cls, wanted_image, source.path,
+        fields["image_size"] = _grid_image_size(fields["patch_size"], tokens, slots, wanted_image, source.path,
                                                 evidence["image_size"], stem, image_size_hint)
     elif wanted_image is not None:
         fields["image_size"], evidence["image_size"] = wanted_image, "the config"

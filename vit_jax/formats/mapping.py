@@ -98,7 +98,44 @@ _BLOCK = [
     (("MlpBlock_0/Dense_0/bias",), "mlp.fc1.bias", IDENTITY, None),
     (("MlpBlock_0/Dense_1/kernel",), "mlp.fc2.weight", LINEAR, None),
     (("MlpBlock_0/Dense_1/bias",), "mlp.fc2.bias", IDENTITY, None),
+    (("LayerScale_0/scale",), "ls1.gamma", IDENTITY, "layer_scale"),
+    (("LayerScale_1/scale",), "ls2.gamma", IDENTITY, "layer_scale"),
 ]
+# Tokens and norms around the blocks: (flax path, torch key, transform, the config fields that must all be
+# set, or 'field=value', for the tensor to exist), in model order; _AFTER follows the blocks.
+_BEFORE = [
+    ("mask_token", "mask_token", IDENTITY, ("mask_token",)),
+    ("cls", "cls_token", IDENTITY, ("has_class_token",)),
+    ("dist", "dist_token", IDENTITY, ("distilled",)),
+    ("registers", "reg_token", IDENTITY, ("num_register_tokens",)),
+    ("Transformer/posembed_input/pos_embedding", "pos_embed", IDENTITY, ("posemb=learn",)),
+    ("Transformer/pre_norm/scale", "norm_pre.weight", IDENTITY, ("pre_norm",)),
+    ("Transformer/pre_norm/bias", "norm_pre.bias", IDENTITY, ("pre_norm",)),
+]
+_AFTER = [
+    ("Transformer/encoder_norm/scale", "norm.weight", IDENTITY, ("final_norm",)),
+    ("Transformer/encoder_norm/bias", "norm.bias", IDENTITY, ("final_norm",)),
+    ("fc_norm/scale", "fc_norm.weight", IDENTITY, ("fc_norm",)),
+    ("fc_norm/bias", "fc_norm.bias", IDENTITY, ("fc_norm",)),
+    ("pre_logits/kernel", "pre_logits.fc.weight", LINEAR, ("representation_size",)),
+    ("pre_logits/bias", "pre_logits.fc.bias", IDENTITY, ("representation_size",)),
+    ("head/kernel", "head.weight", LINEAR, ("num_classes",)),
+    ("head/bias", "head.bias", IDENTITY, ("num_classes", "head_bias")),
+    ("head_dist/kernel", "head_dist.weight", LINEAR, ("num_classes", "distilled")),
+    ("head_dist/bias", "head_dist.bias", IDENTITY, ("num_classes", "distilled", "head_bias")),
+]
+
+
+def _present(config: ViTConfig, needs: tuple[str, ...]) -> bool:
+    def holds(need: str) -> bool:
+        field, _, value = need.partition("=")
+        return getattr(config, field) == value if value else getattr(config, field) not in (None, False, 0)
+
+    return all(map(holds, needs))
+
+
+def _rules(config: ViTConfig, table) -> list[Rule]:
+    return [Rule((flax,), torch, t) for flax, torch, t, needs in table if _present(config, needs)]
 
 
 # Hybrid ResNet stem: Google's names (top level) <-> timm's under patch_embed.backbone.
@@ -147,17 +184,15 @@ def param_rules(config: ViTConfig) -> list[Rule]:
     """Every parameter of `config`, as Flax path(s) <-> torch key, in model order."""
     rules = stem_rules(config) + [
         Rule(("embedding/kernel",), "patch_embed.proj.weight", PATCH_LINEAR if config.patch_norm else CONV),
-        Rule(("embedding/bias",), "patch_embed.proj.bias", IDENTITY),
     ]
+    if config.patch_bias:
+        rules.append(Rule(("embedding/bias",), "patch_embed.proj.bias", IDENTITY))
     if config.patch_norm:
         rules += [
             Rule((f"embedding_norm_{side}/{flax}",), f"patch_embed.norm_{side}.{torch}", IDENTITY)
             for side in ("in", "out") for flax, torch in (("scale", "weight"), ("bias", "bias"))
         ]
-    if config.has_class_token:
-        rules.append(Rule(("cls",), "cls_token", IDENTITY))
-    if config.posemb == "learn":
-        rules.append(Rule(("Transformer/posembed_input/pos_embedding",), "pos_embed", IDENTITY))
+    rules += _rules(config, _BEFORE)
     for i in range(config.num_layers):
         for flax_paths, torch_key, transform, needs in _BLOCK:
             if needs is not None and not getattr(config, needs):
@@ -169,21 +204,7 @@ def param_rules(config: ViTConfig) -> list[Rule]:
                     transform,
                 )
             )
-    rules += [
-        Rule(("Transformer/encoder_norm/scale",), "norm.weight", IDENTITY),
-        Rule(("Transformer/encoder_norm/bias",), "norm.bias", IDENTITY),
-    ]
-    if config.representation_size is not None:
-        rules += [
-            Rule(("pre_logits/kernel",), "pre_logits.fc.weight", LINEAR),
-            Rule(("pre_logits/bias",), "pre_logits.fc.bias", IDENTITY),
-        ]
-    if config.num_classes:
-        rules += [
-            Rule(("head/kernel",), "head.weight", LINEAR),
-            Rule(("head/bias",), "head.bias", IDENTITY),
-        ]
-    return rules
+    return rules + _rules(config, _AFTER)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

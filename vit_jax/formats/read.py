@@ -37,6 +37,7 @@ from vit_jax.formats import (
     flax_ckpt,
     google_npz,
     hf,
+    timm_hub,
     torch_sd,
     training_run,
 )
@@ -50,7 +51,7 @@ Progress = Callable[[str], None]
 # Per-tensor progress lines only for models this large (ViT-L and up: ~20 s or more to convert).
 PROGRESS_MIN_ELEMENTS = 100_000_000
 POSEMB_KEY = {FLAX: "Transformer/posembed_input/pos_embedding", TIMM: "pos_embed"}
-HEAD_KEYS = {FLAX: ("head/kernel", "head/bias"), TIMM: ("head.weight", "head.bias")}
+HEAD_PREFIXES = {FLAX: ("head/", "head_dist/"), TIMM: ("head.", "head_dist.")}
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -59,6 +60,8 @@ def detect_format(path: str | os.PathLike) -> str:
     if not path.exists():
         raise ConversionError(f"{path}: no such file or directory")
     if path.is_dir():
+        if timm_hub.is_timm_dir(path):
+            return timm_hub.FORMAT
         if hf.weights_in_dir(path) is not None:
             return hf.FORMAT
         if flax_ckpt.orbax_item_dir(path) is not None:
@@ -326,16 +329,16 @@ def _adapt(tensors: dict[str, np.ndarray], config: ViTConfig, target: ViTConfig,
     """Resize the position embeddings to `target`'s grid and/or put a fresh zero head on, in place."""
     if config.posemb == "learn" and target.grid_size != config.grid_size:
         key = POSEMB_KEY[naming]
-        tensors[key] = resize_pos_embed(tensors[key], target.grid_size, config.num_prefix_tokens, config.grid_size)
-    if new_head:
-        kernel_key, bias_key = HEAD_KEYS[naming]
+        tensors[key] = resize_pos_embed(tensors[key], target.grid_size, config.posemb_prefix_tokens, config.grid_size,
+                                        config.posemb_resize)
+    if new_head:  # zero kernels and head_bias_init biases for the head (and DeiT's distillation head)
+        heads = HEAD_PREFIXES[naming]
         dtype = tensors[next(iter(tensors))].dtype
-        tensors.pop(kernel_key, None)
-        tensors.pop(bias_key, None)
-        if target.num_classes:
-            shape = (target.features_dim, target.num_classes)
-            tensors[kernel_key] = np.zeros(shape if naming == FLAX else shape[::-1], dtype)
-            tensors[bias_key] = np.full((target.num_classes,), target.head_bias_init, dtype)
+        for key in [k for k in tensors if k.startswith(heads)]:
+            del tensors[key]
+        for key, shape in _expected_shapes(target.replace(scan=False, remat=False), naming).items():
+            if key.startswith(heads):
+                tensors[key] = np.full(shape, target.head_bias_init if key.endswith("bias") else 0.0, dtype)
 
 
 def read_tensors(
@@ -392,4 +395,9 @@ def describe(config: ViTConfig) -> str:
             f"classifier {config.classifier}, representation {config.representation_size}, "
             f"classes {config.num_classes}, gelu {config.gelu}, eps {config.layer_norm_eps:g}"
             + (f", head dim {config.attention_head_dim}" if config.attention_head_dim else "")
-            + (", patch norm" if config.patch_norm else "") + ("" if config.attention_out_proj else ", no out proj"))
+            + (", patch norm" if config.patch_norm else "") + ("" if config.attention_out_proj else ", no out proj")
+            + "".join(f", {text}" for on, text in (
+                (config.layer_scale, "LayerScale"), (config.distilled, "distillation token"),
+                (config.num_register_tokens, f"{config.num_register_tokens} registers"),
+                (not config.posemb_class_slot, "no class slot in posemb"), (config.pre_norm, "pre-norm"),
+                (config.fc_norm, "fc_norm"), (config.mask_token, "mask token")) if on))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vit_jax.formats.base import ConversionError, TensorSource, vit_pytorch_option_problems
+from vit_jax.formats.base import ConversionError, TensorSource, family_option_problems, vit_pytorch_option_problems
 from vit_jax.formats.renames import RenameTable
 from vit_jax.formats.torch_sd import read_file, write_file
 
@@ -55,6 +55,7 @@ def check_expressible(config) -> None:
     if not config.qkv_bias:
         problems.append("qkv_bias=False (torchvision's attention always has in_proj_bias)")
     problems += vit_pytorch_option_problems(config, "torchvision")
+    problems += family_option_problems(config, "torchvision")
     if not config.num_classes:
         problems.append("num_classes=0 (torchvision always has heads.head)")
     for field in ("image_size", "patch_size"):

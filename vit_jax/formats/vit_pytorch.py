@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vit_jax.formats.base import ConversionError, TensorSource
+from vit_jax.formats.base import ConversionError, TensorSource, family_option_problems
 from vit_jax.formats.renames import RenameTable
 from vit_jax.formats.torch_sd import read_file, write_file
 
@@ -79,6 +79,7 @@ def check_expressible(config) -> None:
     if config.gelu != "exact" or config.layer_norm_eps != NUMERICS["layer_norm_eps"]:
         problems.append(f"gelu {config.gelu!r}, layer_norm_eps {config.layer_norm_eps:g} (vit-pytorch computes "
                         f"exact GELU, eps 1e-5)")
+    problems += family_option_problems(config, "vit-pytorch")
     if problems:
         raise ConversionError(f"vit-pytorch's ViT cannot express this model: {'; '.join(problems)}")
 

@@ -17,8 +17,8 @@ from flax import traverse_util
 # Only matmul/conv kernels are decayed; biases, LayerNorm scales, the position
 # embedding and the class token are not (the usual ViT recipe).
 DECAY_RULE = r"(^|/)kernel$"
-# Trainable with --freeze-backbone: the classifier and its optional pre-logits layer.
-HEAD_RULE = r"^(head|pre_logits)/"
+# Trainable with --freeze-backbone: the classifier (DeiT's two) and its optional pre-logits layer.
+HEAD_RULE = r"^(head|head_dist|pre_logits)/"
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
