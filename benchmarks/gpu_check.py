@@ -47,7 +47,7 @@ def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str]]]:
         ("parity float32", report + ["--out", str(out / "parity_float32")]),
         ("parity bfloat16", report + ["--dtype", "bfloat16", "--out", str(out / "parity_bfloat16")]),
         ("bench bf16 train", bench),
-        ("fsdp L/16 train", sharded),
+        ("fsdp L16 train", sharded),
     ]
 
 

@@ -14,7 +14,7 @@ def test_gpu_check_dry_run_completes_every_step(tmp_path):
     run = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--out", str(out)],
                          cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for step in ("gpu tests", "parity float32", "parity bfloat16", "bench bf16 train", "fsdp L/16 train"):
+    for step in ("gpu tests", "parity float32", "parity bfloat16", "bench bf16 train", "fsdp L16 train"):
         assert any(line.startswith(step) and " ok " in line for line in run.stdout.splitlines()), run.stdout
     for report in ("parity_float32", "parity_bfloat16"):
         assert json.loads((out / report / "report.json").read_text())["verdict"] == "pass"
