@@ -507,7 +507,7 @@ _HYBRIDS = {
 for _name, (_variant, _patch, _layers) in _HYBRIDS.items():
     PRESETS[_name] = _preset(_variant, _patch).replace(name=_name, resnet_layers=_layers)
 # Today's families (docs/design.md, "Presets"): each the plain ViT with its options and numerics; parameter
-# counts equal timm's model of the same architecture at its default head (parity/formats/timm_archs.py names it).
+# counts equal timm's model of the same architecture at its default head (vit_jax/formats/timm_archs.py names it).
 _IMAGENET = dict(pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225))
 _TIMM_NUMERICS = dict(gelu="exact", layer_norm_eps=1e-6, posemb_resize="torch_bicubic_antialias", **_IMAGENET)
 _FAMILIES = {

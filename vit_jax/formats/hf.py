@@ -172,7 +172,7 @@ def hf_names(tensors: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
 
 def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | Path) -> None:
     family = hf_families.family_for(config)
-    if family is not None:  # DINOv2, CLIP, DeiT keep their family (parity/formats/hf_families.py)
+    if family is not None:  # DINOv2, CLIP, DeiT keep their family (vit_jax/formats/hf_families.py)
         hf_families.write(Path(path), tensors, config, family, like)
         return
     check_expressible(config)

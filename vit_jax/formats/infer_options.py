@@ -22,7 +22,7 @@ _PRESENCE = {
     "fc_norm": ("fc_norm/scale", "fc_norm.weight"),
     "mask_token": ("mask_token", "mask_token"),
 }
-# What the tensors fix, beyond the plain ViT's fields (parity/infer.py ARCHITECTURE).
+# What the tensors fix, beyond the plain ViT's fields (vit_jax/formats/infer.py ARCHITECTURE).
 FAMILY_OPTIONS = (*_PRESENCE, "head_bias", "num_register_tokens", "posemb_class_slot")
 _HEAD = ("head/kernel", "head.weight")
 _HEAD_BIAS = ("head/bias", "head.bias")

@@ -2,7 +2,7 @@
 
 What `timm.create_model('hf-hub:...')` downloads and timm's `save_for_hf` writes. The tensors are in timm's
 naming (the mapping table's torch side); the architecture name and its arguments decide the numerics
-through parity/formats/timm_archs.py. Written back, `timm.create_model(architecture, **model_args)` (or
+through vit_jax/formats/timm_archs.py. Written back, `timm.create_model(architecture, **model_args)` (or
 `timm.create_model('local-dir:DIR')`) loads the weights with strict=True.
 """
 
