@@ -162,6 +162,11 @@ def test_missing_unexpected_and_misshaped_tensors_are_named():
     {"attention_head_dim": 16, "num_heads": 2, "attention_out_proj": False, "hidden_size": 32},
     {"resnet_layers": (1, 2), "width_factor": 0.5, "image_size": 64, "patch_size": 1},
     {"resnet_layers": (), "width_factor": 0.5, "image_size": 64, "patch_size": 2},
+    # today's families (issue 28): DeiT distilled, DINOv2 with registers, CLIP, MAE
+    {"distilled": True, "layer_scale": True},
+    {"num_register_tokens": 4, "posemb_class_slot": False, "mask_token": True, "layer_scale": True},
+    {"pre_norm": True, "patch_bias": False, "head_bias": False, "gelu": "quick"},
+    {"classifier": "token_gap", "fc_norm": True},
 ])
 def test_expected_flax_shapes_from_the_rules_are_the_models(overrides):
     """The formats layer derives every leaf's shape from the config without tracing; the model must agree."""

@@ -260,10 +260,14 @@ def _leaf_shape(path: str, config: ViTConfig) -> tuple[int, ...]:
         return (*c.patch_hw, c.stem_width, d)
     if path == "embedding_norm_in/scale" or path == "embedding_norm_in/bias":
         return (c.patch_hw[0] * c.patch_hw[1] * c.num_channels,)
-    if path == "cls":
+    if path in ("cls", "dist"):
         return (1, 1, d)
+    if path == "registers":
+        return (1, c.num_register_tokens, d)
+    if path == "mask_token":
+        return (1, d)
     if path.endswith("pos_embedding"):
-        return (1, c.seq_len, d)
+        return (1, c.posemb_len, d)
     if last[0] in ("query", "key", "value"):
         return (d, c.num_heads, c.head_dim) if last[1] == "kernel" else (c.num_heads, c.head_dim)
     if last == ["out", "kernel"]:
@@ -272,7 +276,7 @@ def _leaf_shape(path: str, config: ViTConfig) -> tuple[int, ...]:
         return (d, c.mlp_dim) if last[1] == "kernel" else (c.mlp_dim,)
     if last[0] == "pre_logits":
         return (d, c.representation_size) if last[1] == "kernel" else (c.representation_size,)
-    if last[0] == "head":
+    if last[0] in ("head", "head_dist"):
         return (c.features_dim, c.num_classes) if last[1] == "kernel" else (c.num_classes,)
     if last == ["Dense_1", "kernel"]:
         return (c.mlp_dim, d)
