@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from parity.formats.base import TIMM, ConversionError, TensorSource, vit_pytorch_option_problems
-from parity.formats.timm_archs import (UnknownArchitecture, architecture_fields, model_args_fields,
-                                       writer_architecture, writer_model_args)
+from parity.formats.timm_archs import UnknownArchitecture
+from parity.formats.timm_archs_2 import (architecture_fields, model_args_fields, writer_architecture,
+                                         writer_model_args)
 from parity.formats.torch_sd import read_file, write_file
 
 FORMAT = "timm-hub"
@@ -44,7 +45,7 @@ def stated_fields(data: dict[str, Any], where: Path) -> dict[str, Any]:
     if not isinstance(args, dict):
         raise ConversionError(f"{where}: \"model_args\" is {type(args).__name__}, expected an object")
     try:
-        fields = {**architecture_fields(arch), **model_args_fields(args)}
+        fields = {**architecture_fields(arch), **model_args_fields(arch, args)}
     except UnknownArchitecture as e:
         raise ConversionError(f"{where}: {e}") from None
     fields["name"] = arch
@@ -86,6 +87,8 @@ def check_expressible(config) -> None:
         problems.append(f"posemb {config.posemb!r}")
     if config.representation_size is not None:
         problems.append("representation_size (timm's ViT has no pre-logits layer)")
+    if config.classifier == "map" and (config.has_class_token or config.num_register_tokens):
+        problems.append("a MAP head with prefix tokens (timm's SigLIP has none)")
     if config.num_classes and not config.head_bias:
         problems.append("a head without bias (timm's head always has one)")
     if config.patch_bias == config.pre_norm:
