@@ -382,7 +382,8 @@ def convert(
     module, naming = FORMATS[to_format]
     # flax and hf targets are directories unless DST names a file container
     as_dir = (to_format == flax_ckpt.FORMAT and dst.suffix != ".msgpack") or (
-        to_format == hf.FORMAT and dst.suffix not in torch_sd.EXTENSIONS) or to_format == timm_hub.FORMAT
+        to_format == hf.FORMAT and dst.suffix not in torch_sd.EXTENSIONS
+    ) or to_format == timm_hub.FORMAT
     check = getattr(module, "check_expressible", None)
     resolved, tensors, source = read_tensors(src, naming, from_format, config, image_size, num_classes, progress,
                                              check, step, allow_nonfinite, overrides)

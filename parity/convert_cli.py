@@ -24,12 +24,20 @@ formats (--from / --to):
                blocks.{i}.attn.qkv, head): .safetensors (preferred) or
                .pt/.pth (read with torch.load(weights_only=True)).
                Numerics: exact GELU, eps 1e-6.
+  timm-hub     a timm hub directory (config.json with "architecture" and
+               "model_args", model.safetensors), as timm's save_for_hf writes
+               and hf-hub downloads: DeiT, DeiT III, DINOv2 (+reg), CLIP
+               towers, plain ViTs (MAE fine-tunes). The architecture name
+               decides the numerics; written back, timm.create_model(
+               architecture, **model_args) loads it with strict=True.
   hf           Hugging Face ViTModel / ViTForImageClassification naming
                (vit.embeddings..., vit.encoder.layer.{i}..., classifier): a
                .safetensors/.bin file or a model directory (config.json +
                model.safetensors; written as such when DST has no weights
                extension). Numerics: from config.json if present, else exact
-               GELU, eps 1e-12.
+               GELU, eps 1e-12. config.json's model_type also reads dinov2,
+               dinov2_with_registers, clip_vision_model, clip (its vision
+               tower) and deit directories; --to hf keeps the family.
   torchvision  torchvision.models.vit_b_16 naming (conv_proj, class_token,
                encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight,
                heads.head): .pth/.pt/.safetensors. Numerics: exact GELU,

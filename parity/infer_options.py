@@ -38,7 +38,8 @@ def infer_options(source: TensorSource, fields: dict[str, Any], evidence: dict[s
         evidence[field] = f"{source.file_name(keys[side])} ({'present' if fields[field] else 'absent'})"
     if _HEAD[side] in shapes:
         fields["head_bias"] = _HEAD_BIAS[side] in shapes
-        evidence["head_bias"] = f"{source.file_name(_HEAD_BIAS[side])} ({'present' if fields['head_bias'] else 'absent'})"
+        found = "present" if fields["head_bias"] else "absent"
+        evidence["head_bias"] = f"{source.file_name(_HEAD_BIAS[side])} ({found})"
     registers = shapes.get(_REGISTERS[side])
     fields["num_register_tokens"] = int(registers[1]) if registers is not None and len(registers) == 3 else 0
     evidence["num_register_tokens"] = f"{source.file_name(_REGISTERS[side])} {tuple(registers or ())}"

@@ -14,10 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from parity.formats.base import TIMM, ConversionError, TensorSource, vit_pytorch_option_problems
+from parity.formats.base import (
+    TIMM,
+    ConversionError,
+    TensorSource,
+    vit_pytorch_option_problems,
+)
 from parity.formats.timm_archs import UnknownArchitecture
-from parity.formats.timm_archs_2 import (architecture_fields, model_args_fields, writer_architecture,
-                                         writer_model_args)
+from parity.formats.timm_archs_2 import (
+    architecture_fields,
+    model_args_fields,
+    writer_architecture,
+    writer_model_args,
+)
 from parity.formats.torch_sd import read_file, write_file
 
 FORMAT = "timm-hub"

@@ -1,0 +1,234 @@
+"""Today's ViT families in and out: timm hub directories and Hugging Face DINOv2, CLIP and DeiT directories.
+
+Each source is the real timm 1.0.31 / transformers model, tiny, with every parameter (LayerScale, norms,
+class, distillation and register tokens) moved away from its init. `python -m parity convert DIR
+out.msgpack` (no other flag) brings it in: the Flax model and the PyTorch twin reproduce its output within
+1e-5 relative L2 in float32. The way back is bit-exact and loads strictly into the same architecture.
+timm needs tests/torchvision_stub.py (see test_convert_timm.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from conftest import apply, nchw, rel_l2
+from test_convert_errors import assert_fails_cleanly, run_cli
+
+from parity.convert import convert, read_flax_params
+from parity.formats.timm_archs import PRESET_ARCHITECTURES, PRESET_MODEL_ARGS
+from parity.mapping import expected_torch_shapes
+from torchvision_stub import import_timm
+from vit_jax import get_config
+from vit_torch_ref.pretrained import load_pretrained as load_twin
+
+timm = import_timm()
+transformers = pytest.importorskip("transformers")
+needs_timm = pytest.mark.skipif(timm is None, reason="timm is not installed (pip install --no-deps timm)")
+
+TINY = dict(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+TIMM_CASES = {  # architecture -> tiny geometry (and, for an MAE fine-tune, its pooling)
+    "deit_tiny_patch16_224": dict(img_size=32, patch_size=8),
+    "deit_tiny_distilled_patch16_224": dict(img_size=32, patch_size=8),
+    "deit3_small_patch16_224": dict(img_size=32, patch_size=8),
+    "vit_small_patch14_dinov2": dict(img_size=28, patch_size=14),
+    "vit_small_patch14_reg4_dinov2": dict(img_size=28, patch_size=14),
+    "vit_base_patch16_clip_quickgelu_224": dict(img_size=32, patch_size=16),
+    "vit_base_patch16_clip_224": dict(img_size=32, patch_size=16),
+    "vit_base_patch16_224": dict(img_size=32, patch_size=8, global_pool="avg", fc_norm=True, num_classes=7),
+}
+_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+HF_CASES = {  # class -> (config, the output the project's model gives)
+    "Dinov2Model": (lambda: transformers.Dinov2Config(**_SMALL, image_size=28, patch_size=14, mlp_ratio=2),
+                    "pooler_output"),
+    "Dinov2WithRegistersModel": (lambda: transformers.Dinov2WithRegistersConfig(
+        **_SMALL, image_size=28, patch_size=14, mlp_ratio=2, num_register_tokens=3), "pooler_output"),
+    "CLIPVisionModelWithProjection": (lambda: transformers.CLIPVisionConfig(
+        **_SMALL, intermediate_size=64, image_size=32, patch_size=16, projection_dim=8), "image_embeds"),
+    "CLIPVisionModel": (lambda: transformers.CLIPVisionConfig(**_SMALL, intermediate_size=64, image_size=32,
+                                                              patch_size=16), "pooler_output"),
+    "DeiTForImageClassificationWithTeacher": (lambda: transformers.DeiTConfig(
+        **_SMALL, intermediate_size=64, image_size=32, patch_size=16, num_labels=5), "logits"),
+}
+
+
+def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter moved away from its init (LayerScale 1e-5, zero tokens, unit norms would hide errors)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.2)
+    return model.eval()
+
+
+def timm_model(arch: str):
+    return perturb(timm.create_model(arch, pretrained=False, **TINY, **TIMM_CASES[arch]))
+
+
+@pytest.fixture(scope="module")
+def timm_dirs(tmp_path_factory):
+    """Per architecture, timm's model and the hub directory its save_for_hf writes, built once for the module."""
+    from timm.models._hub import save_for_hf
+
+    root, models = tmp_path_factory.mktemp("timm"), {}
+    for arch in TIMM_CASES:
+        models[arch] = timm_model(arch)
+        save_for_hf(models[arch], root / arch, safe_serialization=True)
+    return root, models
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    """One transformers directory per class (save_pretrained), built once for the module."""
+    root = tmp_path_factory.mktemp("hf")
+    for name, (config, _) in HF_CASES.items():
+        torch.manual_seed(0)
+        perturb(getattr(transformers, name)(config())).save_pretrained(root / name)
+    return root
+
+
+def check_in(src: Path, dst: Path, want_fn, capsys) -> tuple:
+    """`convert SRC DST.msgpack` at the CLI, then the Flax model and the twin against the source's output."""
+    code, err = run_cli([src, dst], capsys)
+    assert code == 0, err
+    config, params = read_flax_params(dst)
+    images = np.random.default_rng(0).uniform(-1, 1, (2, *config.image_hw, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = want_fn(nchw(images)).numpy()
+    assert rel_l2(apply(config, params, images), want) < 1e-5
+    _, twin = load_twin(src)
+    with torch.no_grad():
+        assert rel_l2(twin(nchw(images)).numpy(), want) < 1e-5
+    return config, params
+
+
+def same_state(want: dict, got: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+
+
+@needs_timm
+@pytest.mark.parametrize("arch", sorted(TIMM_CASES))
+def test_timm_hub_directory_in_and_back(timm_dirs, tmp_path, capsys, arch):
+    root, models = timm_dirs
+    source = models[arch]
+    config, _ = check_in(root / arch, tmp_path / "x.msgpack", source, capsys)
+    assert config.name == arch
+    convert(tmp_path / "x.msgpack", tmp_path / "back", to_format="timm-hub")
+    hub = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert hub["architecture"] == arch
+    rebuilt = timm.create_model(hub["architecture"], pretrained=False, **hub["model_args"])
+    rebuilt.load_state_dict(safetensors.torch.load_file(tmp_path / "back" / "model.safetensors"), strict=True)
+    same_state(source.state_dict(), rebuilt.state_dict())
+    # timm's own hub loader reads the directory (strict load of its pretrained path)
+    same_state(source.state_dict(), timm.create_model(f"local-dir:{tmp_path / 'back'}", pretrained=True).state_dict())
+
+
+@pytest.mark.parametrize("name", sorted(HF_CASES))
+def test_hf_directory_in_and_back(hf_dirs, tmp_path, capsys, name):
+    cls, output = getattr(transformers, name), HF_CASES[name][1]
+    source = cls.from_pretrained(hf_dirs / name).eval()
+    config, _ = check_in(hf_dirs / name, tmp_path / "x.msgpack",
+                         lambda x: getattr(source(pixel_values=x), output), capsys)
+    assert config.name == name
+    convert(tmp_path / "x.msgpack", tmp_path / "back", to_format="hf")
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["architectures"] == [name]
+    back, info = cls.from_pretrained(tmp_path / "back", output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
+    same_state(source.state_dict(), back.state_dict())
+
+
+# -- bad input: one error line naming what is wrong -------------------------------------
+def _edit_config(src: Path, dst: Path, edit) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    data = json.loads((dst / "config.json").read_text())
+    edit(data)
+    (dst / "config.json").write_text(json.dumps(data))
+    return dst
+
+
+@needs_timm
+@pytest.mark.parametrize("edit, fragments", [
+    (lambda d: d.update(architecture="convnext_tiny"), ["unknown timm architecture 'convnext_tiny'"]),
+    (lambda d: d["model_args"].update(qk_norm=True), ["model_args ['qk_norm'] are not supported"]),
+    (lambda d: d["model_args"].update(reg_tokens=2), ["num_register_tokens=2", "reg_token", "(1, 4, 32)"]),
+], ids=["architecture", "model_args", "disagreeing"])
+def test_bad_timm_directories_are_named(timm_dirs, tmp_path, capsys, edit, fragments):
+    src = _edit_config(timm_dirs[0] / "vit_small_patch14_reg4_dinov2", tmp_path / "src", edit)
+    assert_fails_cleanly([src, tmp_path / "out.msgpack"], capsys, "config.json" if len(fragments) < 3 else "",
+                         *fragments)
+
+
+@pytest.mark.parametrize("edit, fragments", [
+    (lambda d: d.update(model_type="swin"), ["model_type 'swin' is not supported", "'dinov2'"]),
+    (lambda d: d.update(hidden_size=64), ["hidden_size=64", "embeddings.patch_embeddings.projection.weight"]),
+    (lambda d: d.update(use_swiglu_ffn=True), ["use_swiglu_ffn"]),
+], ids=["model_type", "disagreeing", "swiglu"])
+def test_bad_hf_directories_are_named(hf_dirs, tmp_path, capsys, edit, fragments):
+    src = _edit_config(hf_dirs / "Dinov2Model", tmp_path / "src", edit)
+    assert_fails_cleanly([src, tmp_path / "out.msgpack"], capsys, *fragments)
+
+
+def test_families_the_target_cannot_hold_are_refused(hf_dirs, tmp_path, capsys):
+    """A DINOv2 into torchvision's layout: the options are named; a CLIP tower into a timm directory is fine."""
+    assert_fails_cleanly([hf_dirs / "Dinov2Model", tmp_path / "t.pth", "--to", "torchvision"], capsys,
+                         "torchvision's VisionTransformer cannot express", "layer_scale=True", "mask_token=True")
+    convert(hf_dirs / "CLIPVisionModel", tmp_path / "timm", to_format="timm-hub")
+    assert json.loads((tmp_path / "timm" / "config.json").read_text())["architecture"] == \
+        "vit_base_patch16_clip_quickgelu_224"
+
+
+# -- presets ------------------------------------------------------------------------------
+# One size per family (L and H differ only in widths and depth; their counts are test_config's goldens).
+@needs_timm
+@pytest.mark.parametrize("preset", ["DeiT-Ti_16", "DeiT-Ti_16_distilled", "DeiT3-S_16", "DINOv2-S_14",
+                                    "DINOv2-S_14_reg4", "CLIP-B_32", "MAE-B_16"])
+def test_presets_have_timms_state_dict(preset):
+    """Every key and shape of timm's model (on the meta device, at its default head) is the mapping's for the preset."""
+    model = timm.create_model(PRESET_ARCHITECTURES[preset], device="meta", **PRESET_MODEL_ARGS.get(preset, {}))
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected_torch_shapes(get_config(preset))
+
+
+# -- the parity report, layer by layer with gradients, on a checkpoint of each family ---------------------
+# Four runs cover every option: distillation (DeiT), LayerScale + registers + no class slot (DINOv2 reg, as
+# DeiT III's posemb), ln_pre + QuickGELU + bias-free patch and head (CLIP), token_gap + fc_norm (MAE).
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["hf/DeiTForImageClassificationWithTeacher", "timm/vit_small_patch14_reg4_dinov2",
+                                    "hf/CLIPVisionModelWithProjection", "timm/vit_base_patch16_224"])
+def test_parity_report_passes_on_each_family(timm_dirs, hf_dirs, tmp_path, capsys, source):
+    from test_parity_report import check_passing_report, run
+
+    kind, name = source.split("/")
+    if kind == "timm" and timm is None:
+        pytest.skip("timm is not installed")
+    path = (timm_dirs[0] if kind == "timm" else hf_dirs) / name
+    code, report = run(tmp_path, "--checkpoint", str(path), "--backward")
+    assert code == 0, capsys.readouterr()
+    config, _ = read_flax_params(path)
+    check_passing_report(report, config, backward=True)
+
+
+# -- fine-tuning ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_train_init_fine_tunes_a_distilled_deit(hf_dirs, tmp_path):
+    """train.py --init DIR: the HF DeiT's two heads replaced for digits' 10 classes, the loss falls."""
+    from train_runs import final_params, load_train_module, records
+
+    workdir = tmp_path / "run"
+    argv = ["--init", str(hf_dirs / "DeiTForImageClassificationWithTeacher"), "--image-size", "32", "--steps", "30",
+            "--warmup-steps", "3", "--lr", "3e-3", "--log-every", "1", "--eval-every", "30", "--no-progress",
+            "--workdir", str(workdir)]
+    assert load_train_module().main(argv) == 0
+    model = json.loads((workdir / "config.json").read_text())["model"]
+    assert model["distilled"] and model["num_classes"] == 10 and model["layer_norm_eps"] == 1e-12
+    params = final_params(str(workdir))
+    assert params["head"]["kernel"].shape == params["head_dist"]["kernel"].shape == (32, 10)
+    losses = [r["loss"] for r in records(str(workdir))]
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5])  # from ln(10): zero heads
