@@ -67,7 +67,8 @@ _STEM_PROBES = {
 # Fields the tensors fix; a config that disagrees contradicts the checkpoint.
 ARCHITECTURE = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads", "qkv_bias",
                 "posemb", "representation_size", "classifier", "image_size", "num_classes", "patch_norm",
-                "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor") + FAMILY_OPTIONS + FAMILY_OPTIONS_2
+                "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor") + FAMILY_OPTIONS
+ARCHITECTURE += FAMILY_OPTIONS_2
 # Of those, a preset's defaults that are not a claim about the checkpoint (a B/16 preset says 224 px, 1000 classes).
 _PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb",
                     "patch_norm", "attention_head_dim", "attention_out_proj") + FAMILY_OPTIONS + FAMILY_OPTIONS_2

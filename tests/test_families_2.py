@@ -15,10 +15,10 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import nchw, rel_l2
+from torchvision_stub import import_timm
 
 import vit_jax
 from parity.convert import convert, read_state_dict
-from torchvision_stub import import_timm
 from vit_torch_ref import VisionTransformer as Twin
 
 timm = import_timm()

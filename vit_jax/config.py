@@ -395,7 +395,7 @@ class ViTConfig:
             raise ConfigError("classifier 'map' pools with its own LayerNorm and MLP: no fc_norm, representation_size "
                               "or distillation token")
         if self.rope and self.head_dim % 4:
-            raise ConfigError(f"rope needs a head width divisible by 4 (two axes, sin and cos pairs), got {self.head_dim}")
+            raise ConfigError(f"rope needs a head width divisible by 4, got {self.head_dim}")
         grid = self.rope_ref_grid
         if grid is not None and (not isinstance(grid, tuple) or len(grid) != 2 or not all(
                 isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)):

@@ -1,4 +1,4 @@
-"""The twin of vit_jax/glu.py: SwiGLU MLPs under timm's names (SwiGLUPacked `fc1`, or SwiGLU `fc1_g`, `fc1_x`, `norm`)."""
+"""The twin of vit_jax/glu.py: SwiGLU MLPs under timm's names (SwiGLUPacked `fc1`; SwiGLU `fc1_g`, `fc1_x`, `norm`)."""
 
 from __future__ import annotations
 
