@@ -269,7 +269,8 @@ def _adapt(tensors: dict[str, np.ndarray], config: ViTConfig, target: ViTConfig,
     """Resize the position embeddings to `target`'s grid and/or put a fresh zero head on, in place."""
     if config.posemb == "learn" and target.grid_size != config.grid_size:
         key = POSEMB_KEY[naming]
-        tensors[key] = resize_pos_embed(tensors[key], target.grid_size, config.posemb_prefix_tokens, config.grid_size)
+        tensors[key] = resize_pos_embed(tensors[key], target.grid_size, config.posemb_prefix_tokens, config.grid_size,
+                                        config.posemb_resize)
     if new_head:  # zero kernels and head_bias_init biases for the head (and DeiT's distillation head)
         heads = HEAD_PREFIXES[naming]
         dtype = tensors[next(iter(tensors))].dtype
@@ -336,7 +337,12 @@ def describe(config: ViTConfig) -> str:
             f"classifier {config.classifier}, representation {config.representation_size}, "
             f"classes {config.num_classes}, gelu {config.gelu}, eps {config.layer_norm_eps:g}"
             + (f", head dim {config.attention_head_dim}" if config.attention_head_dim else "")
-            + (", patch norm" if config.patch_norm else "") + ("" if config.attention_out_proj else ", no out proj"))
+            + (", patch norm" if config.patch_norm else "") + ("" if config.attention_out_proj else ", no out proj")
+            + "".join(f", {text}" for on, text in (
+                (config.layer_scale, "LayerScale"), (config.distilled, "distillation token"),
+                (config.num_register_tokens, f"{config.num_register_tokens} registers"),
+                (not config.posemb_class_slot, "no class slot in posemb"), (config.pre_norm, "pre-norm"),
+                (config.fc_norm, "fc_norm"), (config.mask_token, "mask token")) if on))
 
 
 # -- writing ----------------------------------------------------------------

@@ -18,11 +18,11 @@ import safetensors.torch
 import torch
 from conftest import apply, nchw, rel_l2
 from test_convert_errors import assert_fails_cleanly, run_cli
+from torchvision_stub import import_timm
 
 from parity.convert import convert, read_flax_params
 from parity.formats.timm_archs import PRESET_ARCHITECTURES, PRESET_MODEL_ARGS
 from parity.mapping import expected_torch_shapes
-from torchvision_stub import import_timm
 from vit_jax import get_config
 from vit_torch_ref.pretrained import load_pretrained as load_twin
 
@@ -143,6 +143,29 @@ def test_hf_directory_in_and_back(hf_dirs, tmp_path, capsys, name):
     same_state(source.state_dict(), back.state_dict())
 
 
+def test_clip_model_directory_gives_its_vision_tower(tmp_path, capsys):
+    """A whole CLIPModel (what the hub's openai/clip-vit-* hold): its image features in, the tower back out."""
+    config = transformers.CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=50, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(**_SMALL, intermediate_size=64, image_size=32, patch_size=16), projection_dim=8)
+    torch.manual_seed(0)
+    source = perturb(transformers.CLIPModel(config))
+    source.save_pretrained(tmp_path / "clip")
+
+    def image_features(x):
+        out = source.get_image_features(pixel_values=x)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    check_in(tmp_path / "clip", tmp_path / "x.msgpack", image_features, capsys)
+    convert(tmp_path / "x.msgpack", tmp_path / "back", to_format="hf")
+    back, info = transformers.CLIPVisionModelWithProjection.from_pretrained(tmp_path / "back",
+                                                                            output_loading_info=True)
+    assert not any(info.values()), info
+    tower = {k: v for k, v in source.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))}
+    same_state(tower, back.state_dict())
+
+
 # -- bad input: one error line naming what is wrong -------------------------------------
 def _edit_config(src: Path, dst: Path, edit) -> Path:
     import shutil
@@ -183,6 +206,33 @@ def test_families_the_target_cannot_hold_are_refused(hf_dirs, tmp_path, capsys):
     convert(hf_dirs / "CLIPVisionModel", tmp_path / "timm", to_format="timm-hub")
     assert json.loads((tmp_path / "timm" / "config.json").read_text())["architecture"] == \
         "vit_base_patch16_clip_quickgelu_224"
+
+
+# -- position grids resized the way each source does ----------------------------------------------------
+def test_hf_dinov2_at_another_size_matches_its_own_interpolation(hf_dirs, tmp_path):
+    """convert --image-size resizes as transformers' DINOv2 does at run time (bicubic, align_corners=False)."""
+    source = transformers.Dinov2Model.from_pretrained(hf_dirs / "Dinov2Model").eval()
+    convert(hf_dirs / "Dinov2Model", tmp_path / "x.msgpack", image_size=42)  # 2x2 patches -> 3x3
+    config, params = read_flax_params(tmp_path / "x.msgpack")
+    assert config.posemb_resize == "torch_bicubic"
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 42, 42, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = source(pixel_values=nchw(images)).pooler_output.numpy()
+    assert rel_l2(apply(config, params, images), want) < 1e-5
+
+
+@needs_timm
+@pytest.mark.parametrize("old, new", [((37, 37), (16, 16)), ((4, 4), (7, 5))])
+def test_timm_resample_is_matched(old, new):
+    """timm's resample_abs_pos_embed (bicubic, antialias) as NumPy, down (518 -> 224 px) and up."""
+    from timm.layers import resample_abs_pos_embed
+
+    from vit_jax.posemb import resize_pos_embed
+
+    grid = np.random.default_rng(0).standard_normal((1, 1 + old[0] * old[1], 8)).astype(np.float32)
+    want = resample_abs_pos_embed(torch.from_numpy(grid), list(new), list(old), num_prefix_tokens=1).numpy()
+    got = resize_pos_embed(grid, new, 1, old, "torch_bicubic_antialias")
+    assert rel_l2(got, want) < 1e-6 and np.array_equal(got[:, :1], grid[:, :1])
 
 
 # -- presets ------------------------------------------------------------------------------

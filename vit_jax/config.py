@@ -34,6 +34,9 @@ REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_
 # 'std': (w - mean) / (std + eps), Google's; 'var': (w - mean) / sqrt(var + eps), timm's.
 STEM_WS_FORMS = ("std", "var")
 STEM_GROUPS = 32  # GroupNorm groups in the ResNet stem (Google's and timm's)
+# How the position grid is resized for another image size (vit_jax/posemb.py RESIZE_METHODS): Google's
+# bilinear, or torch's bicubic as transformers ('torch_bicubic') and timm ('torch_bicubic_antialias') do it.
+POSEMB_RESIZE = ("bilinear", "bicubic", "torch_bicubic", "torch_bicubic_antialias")
 
 
 class ConfigError(ValueError):
@@ -99,7 +102,7 @@ class ViTConfig:
     stem_ws_form: str = "std"  # STEM_WS_FORMS; Google 'std' eps 1e-5, timm 'var' eps 1e-8
     stem_ws_eps: float = 1e-5
     stem_gn_eps: float = 1e-6  # GroupNorm epsilon; timm 1e-5
-    # -- options of today's ViT families (DeiT, DeiT III, DINOv2, CLIP, MAE; docs/model.md); the defaults are Google's --
+    # -- options of today's families (DeiT, DeiT III, DINOv2, CLIP, MAE; docs/model.md); the defaults are Google's --
     layer_scale: bool = False  # a learned per-channel scale on each residual branch (DeiT III, DINOv2)
     layer_scale_init: float = 1e-5  # its initial value (timm's init_values)
     distilled: bool = False  # a distillation token after the class token, with its own head (DeiT distilled)
@@ -110,6 +113,7 @@ class ViTConfig:
     head_bias: bool = True  # the head's bias (CLIP's projection has none)
     fc_norm: bool = False  # the final norm after pooling instead of before it (timm's fc_norm; MAE fine-tunes)
     mask_token: bool = False  # Hugging Face DINOv2's mask token: held so it survives a round trip, not computed with
+    posemb_resize: str = "bilinear"  # the source's interpolation of the position grid to a new size (POSEMB_RESIZE)
     # -- options of SigLIP, DINOv2-giant and EVA-02 (docs/model.md); the defaults are Google's --
     mlp_type: str = "gelu"  # MLP_TYPES; mlp_dim is the width fc2 reads (the gated width for SwiGLU)
     mlp_norm: bool = False  # a LayerNorm over the gated units before fc2 (EVA-02's sub-LN, timm's scale_mlp)
@@ -239,7 +243,8 @@ class ViTConfig:
 
     def layer_names(self, attention: bool = False) -> list[str]:
         """Canonical intermediate names, in forward order, shared by both models."""
-        names = (["stem"] if self.is_hybrid else []) + ["patch_embed", "embed"] + (["norm_pre"] if self.pre_norm else [])
+        names = (["stem"] if self.is_hybrid else []) + ["patch_embed", "embed"]
+        names += ["norm_pre"] if self.pre_norm else []
         for i in range(self.num_layers):
             names += [f"blocks.{i}.rope"] if self.rope else []  # q and k after the rotation
             names += [f"blocks.{i}.attn_probs"] if attention else []
@@ -377,6 +382,8 @@ class ViTConfig:
             raise ConfigError("distilled with representation_size: DeiT's two heads read the tokens directly")
         if self.fc_norm and self.classifier in ("unpooled", "token_unpooled"):
             raise ConfigError(f"fc_norm normalises the pooled features; classifier {self.classifier!r} pools nothing")
+        if self.posemb_resize not in POSEMB_RESIZE:
+            raise ConfigError(f"posemb_resize {self.posemb_resize!r} is not one of {POSEMB_RESIZE}")
         if self.gelu == "quick" and self.recompute_gelu:
             raise ConfigError("recompute_gelu computes the erf or tanh GELU; set recompute_gelu=False for gelu 'quick'")
         if (self.distilled or n) and (self.is_hybrid or self.patch_norm):
@@ -519,7 +526,7 @@ for _name, (_variant, _patch, _layers) in _HYBRIDS.items():
 # Today's families (docs/design.md, "Presets"): each the plain ViT with its options and numerics; parameter
 # counts equal timm's model of the same architecture at its default head (parity/formats/timm_archs.py names it).
 _IMAGENET = dict(pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225))
-_TIMM_NUMERICS = dict(gelu="exact", layer_norm_eps=1e-6, **_IMAGENET)
+_TIMM_NUMERICS = dict(gelu="exact", layer_norm_eps=1e-6, posemb_resize="torch_bicubic_antialias", **_IMAGENET)
 _FAMILIES = {
     "DeiT": (("Ti_16", "S_16", "B_16"), _TIMM_NUMERICS),
     "DeiT3": (("S_16", "B_16", "L_16"), dict(_TIMM_NUMERICS, layer_scale=True, layer_scale_init=1e-6,
@@ -527,6 +534,7 @@ _FAMILIES = {
     "DINOv2": (("S_14", "B_14", "L_14"), dict(_TIMM_NUMERICS, image_size=518, layer_scale=True, num_classes=0)),
     # OpenAI CLIP's vision tower: QuickGELU, ln_pre, no patch bias; the head is the projection to the joint space
     "CLIP": (("B_16", "B_32", "L_14"), dict(gelu="quick", layer_norm_eps=1e-5, pre_norm=True, patch_bias=False,
+                                             posemb_resize="torch_bicubic_antialias",
                                              pixel_mean=(0.48145466, 0.4578275, 0.40821073),
                                              pixel_std=(0.26862954, 0.26130258, 0.27577711))),
     # MAE's fine-tuned classifiers: the class token kept, the head reads the mean of the patch tokens after fc_norm

@@ -62,9 +62,9 @@ def resize_params(
     params: dict[str, Any],
     config: ViTConfig,
     image_size: int | tuple[int, int],
-    method: str = "bilinear",
+    method: str | None = None,
 ) -> dict[str, Any]:
-    """Params of `config` adapted to a new image size (learned posemb resized).
+    """Params of `config` adapted to a new image size (learned posemb resized; `method` default: the config's).
 
     Returns a new tree; use it with `config.replace(image_size=image_size)`.
     """
@@ -78,7 +78,7 @@ def resize_params(
         new_config.grid_size,
         num_prefix_tokens=config.posemb_prefix_tokens,
         old_grid=config.grid_size,
-        method=method,
+        method=method or config.posemb_resize,
     )
     encoder["posembed_input"] = posembed
     return {**params, "Transformer": encoder}

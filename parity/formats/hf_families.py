@@ -133,8 +133,9 @@ def stated_fields(family: Family, data: dict[str, Any], where: Path) -> dict[str
         raise ConversionError(f"{where}: hidden_act {act!r} is not supported; expected one of {sorted(_ACTIVATIONS)}")
     if hf.get("use_swiglu_ffn"):
         raise ConversionError(f"{where}: use_swiglu_ffn=true (DINOv2-g's SwiGLU MLP) is not supported")
-    fields = {**family.fixed, "gelu": _ACTIVATIONS[act], "layer_norm_eps": hf.get("layer_norm_eps",
-                                                                                   family.numerics["layer_norm_eps"])}
+    # transformers resizes position grids with F.interpolate(mode='bicubic', align_corners=False)
+    fields = {**family.fixed, "posemb_resize": "torch_bicubic", "gelu": _ACTIVATIONS[act],
+              "layer_norm_eps": hf.get("layer_norm_eps", family.numerics["layer_norm_eps"])}
     renames = {"hidden_size": "hidden_size", "num_hidden_layers": "num_layers", "num_attention_heads": "num_heads",
                "image_size": "image_size", "patch_size": "patch_size", "num_channels": "num_channels",
                "qkv_bias": "qkv_bias", "layerscale_value": "layer_scale_init",

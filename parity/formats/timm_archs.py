@@ -14,8 +14,10 @@ import re
 from typing import Any
 
 _IMAGENET = dict(pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225))
-_TIMM = dict(gelu="exact", layer_norm_eps=1e-6)
-_CLIP = dict(layer_norm_eps=1e-5, pixel_mean=(0.48145466, 0.4578275, 0.40821073),
+# timm resizes position grids with resample_abs_pos_embed: torch bicubic, antialias=True.
+_TIMM = dict(gelu="exact", layer_norm_eps=1e-6, posemb_resize="torch_bicubic_antialias")
+_CLIP = dict(layer_norm_eps=1e-5, posemb_resize="torch_bicubic_antialias",
+             pixel_mean=(0.48145466, 0.4578275, 0.40821073),
              pixel_std=(0.26862954, 0.26130258, 0.27577711))
 _SIZES = "(tiny|small|base|large|huge)"
 
