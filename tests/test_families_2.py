@@ -31,7 +31,9 @@ FAMILIES = {
     "siglip-tanh": ("vit_so400m_patch16_siglip_256", dict(mlp_ratio=1.25, num_classes=3)),
     "dinov2-giant": ("vit_giant_patch14_dinov2", dict(mlp_ratio=2.5, init_values=1.0)),
     "eva02-packed": ("eva02_tiny_patch14_224", dict(ref_feat_shape=[5, 5])),
-    "eva02-sub-ln": ("eva02_base_patch14_224", dict(qkv_fused=True, ref_feat_shape=[4, 4], num_classes=3)),
+    # eva02_base/large: separate q/k/v projections (q_proj, k_proj without bias, v_proj), SwiGLU with sub-LN
+    "eva02-sub-ln": ("eva02_base_patch14_224", dict(ref_feat_shape=[4, 4], num_classes=3)),
+    "eva02-layer-scale": ("eva02_large_patch14_224", dict(init_values=0.5, ref_feat_shape=[4, 4])),
 }
 
 
@@ -83,7 +85,7 @@ def test_back_to_a_timm_hub_dir_is_bit_exact_and_loads_strict(hub, tmp_path):
     tensors = safetensors.torch.load_file(tmp_path / "back" / "model.safetensors")
     back.load_state_dict(tensors, strict=True)
     original = model.state_dict()
-    assert sorted(tensors) == sorted(k for k in original if k in tensors)
+    assert sorted(tensors) == sorted(original)
     for key, value in tensors.items():
         assert torch.equal(value, original[key]), key
     with torch.no_grad():

@@ -12,21 +12,23 @@ import re
 from typing import Any
 
 from parity.formats import timm_archs
+from parity.formats.renames import RenameTable
 from parity.formats.timm_archs import UnknownArchitecture
 
 _HALF = dict(pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.5, 0.5, 0.5))
+_RESIZE = dict(posemb_resize="torch_bicubic_antialias")  # timm's resample_abs_pos_embed, as timm_archs' rows
 _CLIP_PIXELS = dict(pixel_mean=(0.48145466, 0.4578275, 0.40821073), pixel_std=(0.26862954, 0.26130258, 0.27577711))
-_SIGLIP = dict(layer_norm_eps=1e-6, classifier="map", mlp_type="gelu", rope=False, distilled=False, **_HALF)
+_SIGLIP = dict(layer_norm_eps=1e-6, classifier="map", mlp_type="gelu", rope=False, distilled=False, **_HALF, **_RESIZE)
 # (pattern, an architecture a writer may name, ViTConfig fields it fixes); timm builds some SigLIPs with gelu_tanh.
 ARCHITECTURES = [
     (r"vit_base_patch32_siglip_256|vit_large_patch16_siglip_512|vit_so400m_patch16_siglip_\d+",
      "vit_base_patch32_siglip_256", dict(_SIGLIP, gelu="tanh")),
     (r"vit_(base|large|so400m)_patch\d+_siglip_\d+", "vit_base_patch16_siglip_224", dict(_SIGLIP, gelu="exact")),
     (r"vit_giant_patch14_(reg\d+_)?dinov2", "vit_giant_patch14_dinov2",
-     dict(layer_norm_eps=1e-6, mlp_type="swiglu_packed", rope=False, distilled=False,
+     dict(layer_norm_eps=1e-6, mlp_type="swiglu_packed", rope=False, distilled=False, **_RESIZE,
           pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225))),
     (r"eva02_(tiny|small|base|large)_patch14_(224|336|448)", "eva02_tiny_patch14_224",
-     dict(layer_norm_eps=1e-6, rope=True, distilled=False, classifier="token_gap", **_CLIP_PIXELS)),
+     dict(layer_norm_eps=1e-6, rope=True, distilled=False, classifier="token_gap", **_CLIP_PIXELS, **_RESIZE)),
 ]
 PRESET_ARCHITECTURES = {
     "SigLIP-B_16": "vit_base_patch16_siglip_224", "SigLIP-B_16_256": "vit_base_patch16_siglip_256",
@@ -134,7 +136,32 @@ def writer_model_args(config) -> dict[str, Any]:
     return dict(img_size=size(config.image_size), patch_size=size(config.patch_size), in_chans=config.num_channels,
                 embed_dim=config.hidden_size, depth=config.num_layers, num_heads=config.num_heads,
                 mlp_ratio=_mlp_ratio(config, config.mlp_dim), num_classes=config.num_classes,
-                qkv_bias=config.qkv_bias, qkv_fused=True, swiglu_mlp=True, scale_mlp=config.mlp_type == "swiglu",
+                qkv_bias=config.qkv_bias, swiglu_mlp=True, scale_mlp=config.mlp_type == "swiglu",
                 use_rot_pos_emb=True, ref_feat_shape=list(config.rope_ref_grid or config.grid_size),
                 class_token=config.has_class_token, global_pool="avg" if config.classifier == "token_gap" else "token",
                 use_fc_norm=config.fc_norm, init_values=config.layer_scale_init if config.layer_scale else None)
+
+
+# timm's Eva names that differ from VisionTransformer's (the mapping table's torch side): LayerScale's gamma_1/2,
+# and, unless qkv_fused (the default of eva02_base/large), separate q/k/v projections with q and v biases.
+_EVA_SAME = ["cls_token", "reg_token", "pos_embed", "patch_embed.proj.{p}", "norm.{p}", "fc_norm.{p}", "head.{p}"]
+_EVA_BLOCK_SAME = ["norm1.{p}", "attn.proj.{p}", "norm2.{p}", "mlp.fc1.{p}", "mlp.fc1_g.{p}", "mlp.fc1_x.{p}",
+                   "mlp.norm.{p}", "mlp.fc2.{p}"]
+
+
+def eva_names(fused: bool) -> RenameTable:
+    block = "blocks.{i}."
+    entries = [(k, k) for k in _EVA_SAME] + [(block + k, block + k) for k in _EVA_BLOCK_SAME]
+    entries += [(block + "ls1.gamma", block + "gamma_1"), (block + "ls2.gamma", block + "gamma_2")]
+    if fused:
+        entries += [(block + k, block + k) for k in ("attn.qkv.weight", "attn.q_bias", "attn.v_bias")]
+    else:
+        entries += [(block + "attn.qkv.weight", tuple(f"{block}attn.{n}_proj.weight" for n in "qkv")),
+                    (block + "attn.q_bias", block + "attn.q_proj.bias"),
+                    (block + "attn.v_bias", block + "attn.v_proj.bias")]
+    return RenameTable(entries)
+
+
+def eva_fused(name: str, args: dict[str, Any]) -> bool:
+    """Whether Eva architecture `name` built with `args` fuses q/k/v (timm: eva02_base/large do not)."""
+    return bool(args.get("qkv_fused", not re.match(r"eva02_(base|large)", name)))

@@ -23,6 +23,9 @@ from parity.formats.base import (
 from parity.formats.timm_archs import UnknownArchitecture
 from parity.formats.timm_archs_2 import (
     architecture_fields,
+    eva_fused,
+    eva_names,
+    is_eva,
     model_args_fields,
     writer_architecture,
     writer_model_args,
@@ -80,6 +83,9 @@ def read(path: str | Path) -> TensorSource:
     stated = stated_fields(data, config)
     source = read_file(weights, FORMAT, TIMM, {})
     source.stated = {**source.stated, **stated}
+    if is_eva(stated["name"]):  # Eva's own names (gamma_1, q_proj, ...) -> the mapping table's
+        table = eva_names(eva_fused(stated["name"], data.get("model_args") or {}))
+        source = table.source_as_timm(source, f"timm Eva ({stated['name']})")
     if "fc_norm" in stated and stated["fc_norm"] != ("fc_norm.weight" in source.shapes):
         raise ConversionError(f"{config}: model_args fc_norm={stated['fc_norm']} but {weights.name} "
                               f"{'lacks' if stated['fc_norm'] else 'has'} 'fc_norm.weight'")
@@ -133,5 +139,8 @@ def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | 
     tensors.pop("mask_token", None)  # Hugging Face DINOv2's; timm's ViT has none (inference never reads it)
     path = Path(path)
     path.mkdir()
+    hub = hub_config(config)
+    if is_eva(hub["architecture"]):
+        tensors = eva_names(eva_fused(hub["architecture"], hub["model_args"])).rename_to_other(tensors)
     write_file(path / "model.safetensors", tensors, "model.safetensors", metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(hub_config(config), indent=2))
+    (path / "config.json").write_text(json.dumps(hub, indent=2))
