@@ -90,3 +90,42 @@ def test_back_to_a_timm_hub_dir_is_bit_exact_and_loads_strict(hub, tmp_path):
         assert torch.equal(value, original[key]), key
     with torch.no_grad():
         assert np.array_equal(back(nchw(images)).numpy(), want)
+
+
+@pytest.fixture(scope="module")
+def siglip_hf(tmp_path_factory):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    hf_config = SiglipVisionConfig(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
+                                   image_size=28, patch_size=7)
+    model = perturbed(SiglipVisionModel(hf_config), seed=3)
+    path = tmp_path_factory.mktemp("siglip_hf") / "hf"
+    model.save_pretrained(path)
+    images = np.random.default_rng(1).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = model(pixel_values=nchw(images)).pooler_output.numpy()
+    return model, path, images, want
+
+
+def test_transformers_siglip_vision_model_in_and_back(siglip_hf, tmp_path):
+    from transformers import SiglipVisionModel
+
+    model, path, images, want = siglip_hf
+    convert(path, tmp_path / "out.msgpack")
+    config, params = vit_jax.load_pretrained(tmp_path / "out.msgpack")
+    assert (config.classifier, config.gelu) == ("map", "tanh")
+    assert rel_l2(np.asarray(vit_jax.VisionTransformer(config).apply({"params": params}, images)), want) < 1e-5
+    _, state = read_state_dict(path)
+    twin = Twin(config).eval()
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+    with torch.no_grad():
+        assert rel_l2(twin(nchw(images)).numpy(), want) < 1e-5
+
+    convert(tmp_path / "out.msgpack", tmp_path / "back", to_format="hf")
+    back, info = SiglipVisionModel.from_pretrained(tmp_path / "back", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    written = safetensors.torch.load_file(tmp_path / "back" / "model.safetensors")
+    original = model.state_dict()
+    assert sorted(written) == sorted(original)
+    for key, value in written.items():
+        assert torch.equal(value, original[key]), key
