@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import safetensors.torch
@@ -19,6 +20,7 @@ from torchvision_stub import import_timm
 
 import vit_jax
 from parity.convert import convert, read_state_dict
+from parity.mapping import flatten
 from vit_torch_ref import VisionTransformer as Twin
 
 timm = import_timm()
@@ -129,3 +131,36 @@ def test_transformers_siglip_vision_model_in_and_back(siglip_hf, tmp_path):
     assert sorted(written) == sorted(original)
     for key, value in written.items():
         assert torch.equal(value, original[key]), key
+
+
+@pytest.mark.parametrize("scanned", [False, True], ids=["per-block", "scanned"])
+def test_big_vision_siglip_npz_converts_with_no_flag(tmp_path, scanned):
+    """A big_vision SigLIP .npz (image tower under params/img/, pos_embedding at its top, MAPHead_0, the text
+    tower and logit scale beside it), written here in that layout from a model's weights."""
+    from transformers import SiglipVisionModel
+
+    config = vit_jax.get_config("SigLIP-B_16").replace(image_size=28, patch_size=7, hidden_size=32, mlp_dim=40,
+                                                       num_heads=2, num_layers=2)
+    params = jax.tree.map(lambda a: a + 0.2 * np.random.default_rng(4).standard_normal(a.shape).astype(a.dtype),
+                          vit_jax.init_params(config, 2))
+    flat = {k.replace("Transformer/posembed_input/pos_embedding", "pos_embedding"): np.asarray(v)
+            for k, v in flatten(params).items()}
+    if scanned:
+        blocks = sorted({k.split("/")[1] for k in flat if k.startswith("Transformer/encoderblock_")})
+        for rest in sorted({k.split("/", 2)[2] for k in flat if k.startswith("Transformer/encoderblock_0/")}):
+            flat[f"Transformer/encoderblock/{rest}"] = np.stack([flat.pop(f"Transformer/{b}/{rest}") for b in blocks])
+    arrays = {f"params/img/{k}": v for k, v in flat.items()}
+    arrays.update({"params/txt/Embed_0/embedding": np.ones((7, 32), np.float32), "params/t": np.ones(1, np.float32),
+                   "params/b": np.zeros(1, np.float32)})
+    np.savez(tmp_path / "siglip.npz", **arrays)
+    images = np.random.default_rng(2).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
+    want = np.asarray(vit_jax.VisionTransformer(config).apply({"params": params}, images))
+
+    convert(tmp_path / "siglip.npz", tmp_path / "out.msgpack")
+    got_config, got = vit_jax.load_pretrained(tmp_path / "out.msgpack")
+    assert (got_config.classifier, got_config.gelu, got_config.num_classes) == ("map", "tanh", 0)
+    assert np.array_equal(np.asarray(vit_jax.VisionTransformer(got_config).apply({"params": got}, images)), want)
+    convert(tmp_path / "siglip.npz", tmp_path / "hf", to_format="hf")  # and into transformers' SigLIP
+    model = SiglipVisionModel.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert rel_l2(model(pixel_values=nchw(images)).pooler_output.numpy(), want) < 1e-5
