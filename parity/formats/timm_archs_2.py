@@ -88,7 +88,8 @@ def model_args_fields(name: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def writer_architecture(config) -> str:
-    """The timm architecture for `config`: its own or its preset's if a row here fits, a row's example, else timm_archs'."""
+    """The timm architecture for `config`: its own or its preset's if a row here fits, a row's example, else
+    timm_archs'."""
     for name in (config.name, PRESET_ARCHITECTURES.get(config.name)):
         if name and _row(name) and _fits(config, name):
             return name
