@@ -164,3 +164,28 @@ def test_big_vision_siglip_npz_converts_with_no_flag(tmp_path, scanned):
     model = SiglipVisionModel.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         assert rel_l2(model(pixel_values=nchw(images)).pooler_output.numpy(), want) < 1e-5
+
+
+def test_transformers_siglip2_vision_model_at_its_fixed_resolution_in_and_back(tmp_path):
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    model = perturbed(Siglip2VisionModel(Siglip2VisionConfig(
+        hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2, num_patches=16,
+        patch_size=7)), seed=5)
+    model.save_pretrained(tmp_path / "hf")
+    images = np.random.default_rng(3).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
+    # The processor's patches: (ph, pw, C)-ordered pixels of each patch, row-major
+    patches = torch.from_numpy(images.reshape(2, 4, 7, 4, 7, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 16, -1))
+    with torch.no_grad():
+        want = model(pixel_values=patches, pixel_attention_mask=torch.ones(2, 16, dtype=torch.long),
+                     spatial_shapes=torch.tensor([[4, 4], [4, 4]])).pooler_output.numpy()
+    convert(tmp_path / "hf", tmp_path / "out.msgpack")
+    config, params = vit_jax.load_pretrained(tmp_path / "out.msgpack")
+    assert rel_l2(np.asarray(vit_jax.VisionTransformer(config).apply({"params": params}, images)), want) < 1e-5
+    convert(tmp_path / "out.msgpack", tmp_path / "back", to_format="hf")
+    back, info = Siglip2VisionModel.from_pretrained(tmp_path / "back", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    written, original = safetensors.torch.load_file(tmp_path / "back" / "model.safetensors"), model.state_dict()
+    assert sorted(written) == sorted(original)
+    for key, value in written.items():
+        assert torch.equal(value, original[key]), key
