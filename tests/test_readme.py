@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
 # Programs the docs show for the reader's machine, not this project's: not run here.
-EXTERNAL = {"gsutil", "wget", "apt-get", "tensorboard"}
+EXTERNAL = {"gsutil", "wget", "apt-get", "tensorboard", "hf"}
 # Modules that parallel branches add; a command naming one is skipped only while it is absent.
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
