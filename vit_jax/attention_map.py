@@ -210,7 +210,7 @@ def write_attention_maps(
     from parity.formats.base import atomic_outputs
 
     forward = attention_forward(config, params, framework)
-    prefix, grid = config.num_prefix_tokens, config.grid_size
+    prefix, grid = config.num_prefix_tokens, config.grid_size  # class token first: its row over the patches
     display = scaled_size(config.image_hw, MIN_DISPLAY)
     for start in range(0, len(images), batch_size):
         probs = forward(inputs[start : start + batch_size])

@@ -122,14 +122,14 @@ def attention_rollout(
 
     `attention_probs`: the intermediates of `apply(..., return_attention=True)`
     (or the twin's), or per-layer (B, heads, seq, seq) arrays. `num_prefix_tokens`:
-    1 when the sequence starts with a class token (`config.num_prefix_tokens`);
-    then the map is the class token's row over the patch tokens. With 0 (a
+    the tokens before the patches when the sequence starts with a class token
+    (`config.num_prefix_tokens`: 1, or more with DeiT's distillation token or
+    registers); then the map is the class token's row over the patch tokens. With 0 (a
     model without class token, e.g. classifier 'gap') the map is the mean of
     all rows. Not rescaled: with a class token it sums, with the class token's
     own entry, to 1.
     """
-    if num_prefix_tokens not in (0, 1):
-        raise ValueError(f"num_prefix_tokens must be 0 (no class token) or 1, got {num_prefix_tokens!r}")
+    _check_prefix(num_prefix_tokens)
     joint = rollout_matrix(attention_probs, head_fusion, discard_ratio, num_prefix_tokens)
     maps = joint[:, 0, num_prefix_tokens:] if num_prefix_tokens else joint.mean(axis=1)
     return _to_grid(maps, grid_size).astype(np.float32)
@@ -142,11 +142,15 @@ def head_maps(
 ) -> np.ndarray:
     """float32 (B, layers, heads, num_patches) (or (..., grid_h, grid_w)): each head's
     class-token attention over the patch tokens, or the mean of its rows without a class token."""
-    if num_prefix_tokens not in (0, 1):
-        raise ValueError(f"num_prefix_tokens must be 0 (no class token) or 1, got {num_prefix_tokens!r}")
+    _check_prefix(num_prefix_tokens)
     layers = np.stack(layer_probs(attention_probs), axis=1)  # (B, layers, heads, seq, seq)
     maps = layers[..., 0, num_prefix_tokens:] if num_prefix_tokens else layers.mean(axis=-2)
     return _to_grid(maps, grid_size).astype(np.float32)
+
+
+def _check_prefix(num_prefix_tokens: int) -> None:
+    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
+        raise ValueError(f"num_prefix_tokens must be an integer >= 0 (0: no class token), got {num_prefix_tokens!r}")
 
 
 def _to_grid(maps: np.ndarray, grid_size: tuple[int, int] | None) -> np.ndarray:
