@@ -68,7 +68,7 @@ def load_images(paths: list[str], config: ViTConfig) -> np.ndarray:
 def output_shape(config: ViTConfig, batch: int) -> tuple[int, ...]:
     """Shape of the model output: pooled (B, K) or per token (B, seq, K)."""
     width = config.num_classes or config.features_dim
-    if config.classifier in ("token", "gap", "token_gap"):
+    if config.classifier in ("token", "gap", "token_gap", "map"):
         return (batch, width)
     return (batch, config.seq_len, width)
 

@@ -51,6 +51,18 @@ GOLDEN_PARAM_COUNTS = {
     "MAE-B_16": 86_567_656,
     "MAE-L_16": 304_326_632,
     "MAE-H_14": 632_045_800,
+    # SigLIP, DINOv2-giant, EVA-02: equal to timm 1.0.31's vit_{base_patch16,so400m_patch14}_siglip_{224,256,384},
+    # vit_giant_patch14_dinov2 and eva02_{tiny,small,base,large}_patch14_224 built with pretrained=False (no head).
+    "SigLIP-B_16": 92_884_224,
+    "SigLIP-B_16_256": 92_930_304,
+    "SigLIP-B_16_384": 93_176_064,
+    "SigLIP-So400m_14": 427_680_704,
+    "SigLIP-So400m_14_384": 428_225_600,
+    "DINOv2-g_14": 1_136_479_232,
+    "EVA02-Ti_14": 5_502_144,
+    "EVA02-S_14": 21_621_120,
+    "EVA02-B_14": 85_758_720,
+    "EVA02-L_14": 303_268_800,
 }
 
 PRESET_SHAPES = {  # hidden, mlp, heads, layers, patch

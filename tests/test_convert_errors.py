@@ -135,8 +135,9 @@ def test_config_that_contradicts_the_tensors(tmp_path, capsys, good_npz):
     src, _ = good_npz
     wrong = tmp_path / "wrong.json"
     wrong.write_text(CONFIG.replace(mlp_dim=128).to_json())
+    # mlp_dim is the width the MLP's second layer reads (a SwiGLU's first layer is twice as wide)
     assert_fails_cleanly([src, tmp_path / "o.safetensors", "--config", wrong], capsys, "good.npz", "mlp_dim=128",
-                         "MlpBlock_0/Dense_0/kernel", "mlp_dim=64")
+                         "MlpBlock_0/Dense_1/kernel", "mlp_dim=64")
     assert_fails_cleanly([src, tmp_path / "o.safetensors", "--config", "ViT-B_16"], capsys, "good.npz",
                          "patch_size=16", "embedding/kernel")
     # A config JSON beside a file that no longer matches it is caught too.

@@ -13,7 +13,10 @@ import json
 import re
 from typing import Any
 
-CLASSIFIERS = ("token", "gap", "unpooled", "token_unpooled", "token_gap")
+CLASSIFIERS = ("token", "gap", "unpooled", "token_unpooled", "token_gap", "map")
+# The MLP of each block: GELU (Dense, GELU, Dense) or SwiGLU, silu(gate) * value: packed, one fc1 whose first half
+# is the gate (timm SwiGLUPacked: DINOv2-giant, EVA-02 Ti/S), or separate gate and value layers (EVA-02 B/L).
+MLP_TYPES = ("gelu", "swiglu_packed", "swiglu")
 # 'quick': x * sigmoid(1.702 x), OpenAI CLIP's QuickGELU.
 GELU_FORMS = ("tanh", "exact", "quick")
 POSEMB_KINDS = ("learn", "sincos2d")
@@ -30,7 +33,8 @@ ARCHITECTURE_FIELDS = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "
                        "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor",
                        # today's families (which tensors exist: vit_jax/formats/infer_options.py)
                        "layer_scale", "distilled", "pre_norm", "patch_bias", "fc_norm", "mask_token", "head_bias",
-                       "num_register_tokens", "posemb_class_slot")
+                       "num_register_tokens", "posemb_class_slot",
+                       "mlp_type", "mlp_norm", "key_bias")  # (vit_jax/formats/infer_options_2.py)
 # With `remat`, what each block keeps for the backward pass (names from
 # jax.checkpoint_policies): nothing but its input, or also the outputs of its
 # matmuls (the linear layers only, or those and the attention products).
@@ -76,7 +80,8 @@ class ViTConfig:
     num_layers: int = 12
     # token: class token; gap: mean over patch tokens; unpooled: every token;
     # token_unpooled: class token prepended, every token returned;
-    # token_gap: class token prepended, the head reads the mean of the patch tokens (MAE fine-tunes).
+    # token_gap: class token prepended, the head reads the mean of the patch tokens (MAE fine-tunes);
+    # map: no class token, a learned probe attends over the tokens (SigLIP's MAP head, vit_jax/heads.py).
     classifier: str = "token"
     representation_size: int | None = None  # pre-logits Dense + tanh
     dropout_rate: float = 0.0
@@ -118,6 +123,12 @@ class ViTConfig:
     fc_norm: bool = False  # the final norm after pooling instead of before it (timm's fc_norm; MAE fine-tunes)
     mask_token: bool = False  # Hugging Face DINOv2's mask token: held so it survives a round trip, not computed with
     posemb_resize: str = "bilinear"  # the source's interpolation of the position grid to a new size (POSEMB_RESIZE)
+    # -- options of SigLIP, DINOv2-giant and EVA-02 (docs/model.md); the defaults are Google's --
+    mlp_type: str = "gelu"  # MLP_TYPES; mlp_dim is the width fc2 reads (the gated width for SwiGLU)
+    mlp_norm: bool = False  # a LayerNorm over the gated units before fc2 (EVA-02's sub-LN, timm's scale_mlp)
+    key_bias: bool = True  # with qkv_bias: False gives q and v biases only (EVA-02)
+    rope: bool = False  # 2D rotary position embedding on the patch tokens' q and k (EVA-02; vit_jax/rope.py)
+    rope_ref_grid: tuple[int, int] | None = None  # the grid rotary positions are scaled to (timm's ref_feat_shape)
 
     # -- runtime: how the function is computed, never what it is (RUNTIME_FIELDS) --
     # 'reference': plain Flax and JAX on every backend; 'cpu': the XLA:CPU forms
@@ -137,7 +148,7 @@ class ViTConfig:
 
     def __post_init__(self):
         # JSON gives lists; keep tuples so the dataclass stays hashable.
-        for field in ("image_size", "patch_size", "pixel_mean", "pixel_std", "resnet_layers"):
+        for field in ("image_size", "patch_size", "pixel_mean", "pixel_std", "resnet_layers", "rope_ref_grid"):
             value = getattr(self, field)
             if isinstance(value, list):
                 object.__setattr__(self, field, tuple(value))
@@ -244,9 +255,10 @@ class ViTConfig:
         names = (["stem"] if self.is_hybrid else []) + ["patch_embed", "embed"]
         names += ["norm_pre"] if self.pre_norm else []
         for i in range(self.num_layers):
+            names += [f"blocks.{i}.rope"] if self.rope else []  # q and k after the rotation
             names += [f"blocks.{i}.attn_probs"] if attention else []
             names += [f"blocks.{i}.attn", f"blocks.{i}.mlp", f"blocks.{i}"]
-        names += ["norm", "pre_logits"]
+        names += ["norm"] + (["pool.attn", "pool"] if self.classifier == "map" else []) + ["pre_logits"]
         return names + (["logits"] if self.num_classes else [])
 
     def check_image_shape(self, shape: tuple[int, ...], layout: str = "NHWC") -> None:
@@ -287,6 +299,7 @@ class ViTConfig:
             raise ConfigError(f"image_size {self.image_size!r} and patch_size {self.patch_size!r} must be positive")
         self._validate_stem()
         self._validate_families()
+        self._validate_families_2()
         (sh, sw) = self.stem_hw
         if sh % ph or sw % pw:
             if self.is_hybrid:
@@ -385,6 +398,24 @@ class ViTConfig:
         if (self.distilled or n) and (self.is_hybrid or self.patch_norm):
             raise ConfigError("distillation and register tokens are options of the plain ViT (no ResNet stem, no "
                               "patch_norm)")
+
+    def _validate_families_2(self) -> None:
+        """The options of SigLIP (MAP head), DINOv2-giant and EVA-02 (SwiGLU, rotary embedding, q/v biases)."""
+        if self.mlp_type not in MLP_TYPES:
+            raise ConfigError(f"mlp_type {self.mlp_type!r} is not one of {MLP_TYPES}")
+        if self.mlp_norm and self.mlp_type != "swiglu":
+            raise ConfigError(f"mlp_norm (EVA-02's sub-LayerNorm) needs mlp_type 'swiglu', got {self.mlp_type!r}")
+        if self.mlp_type != "gelu" and self.recompute_gelu:
+            raise ConfigError("recompute_gelu recomputes a GELU; a SwiGLU MLP has none (set recompute_gelu=False)")
+        if self.classifier == "map" and (self.fc_norm or self.representation_size is not None or self.distilled):
+            raise ConfigError("classifier 'map' pools with its own LayerNorm and MLP: no fc_norm, representation_size "
+                              "or distillation token")
+        if self.rope and self.head_dim % 4:
+            raise ConfigError(f"rope needs a head width divisible by 4, got {self.head_dim}")
+        grid = self.rope_ref_grid
+        if grid is not None and (not isinstance(grid, tuple) or len(grid) != 2 or not all(
+                isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)):
+            raise ConfigError(f"rope_ref_grid must be None or two positive integers (rows, columns), got {grid!r}")
 
     def _validate_stem(self) -> None:
         if self.stem_ws_form not in STEM_WS_FORMS:
@@ -536,6 +567,30 @@ for _family, (_variants, _options) in _FAMILIES.items():
         if _family == "DINOv2":  # with registers, timm's layout: no class slot in the position embedding
             PRESETS[f"DINOv2-{_name}_reg4"] = PRESETS[f"DINOv2-{_name}"].replace(
                 name=f"DINOv2-{_name}_reg4", num_register_tokens=4, posemb_class_slot=False)
+# SigLIP (MAP head), DINOv2-giant (packed SwiGLU), EVA-02 (rotary embedding, SwiGLU, q/v biases): docs/design.md,
+# "Presets"; counts equal timm's models of vit_jax/formats/timm_archs.py. SigLIP computes the tanh GELU (big_vision).
+_SIGLIP = dict(classifier="map", num_classes=0, gelu="tanh")
+_SO400M = dict(patch_size=14, hidden_size=1152, mlp_dim=4304, num_heads=16, num_layers=27)  # mlp_ratio 3.7362
+for _size in (224, 256, 384):
+    _name = "SigLIP-B_16" + ("" if _size == 224 else f"_{_size}")
+    PRESETS[_name] = _preset("B", 16).replace(name=_name, image_size=_size, **_SIGLIP)
+PRESETS["SigLIP-So400m_14"] = ViTConfig(name="SigLIP-So400m_14", **_SO400M, **_SIGLIP)
+# timm's 384 px So400m/14: its 14 px convolution covers 378 of the 384 pixels (27 x 27 patches); the same weights.
+PRESETS["SigLIP-So400m_14_384"] = ViTConfig(name="SigLIP-So400m_14_384", image_size=378, **_SO400M, **_SIGLIP)
+PRESETS["DINOv2-g_14"] = ViTConfig(name="DINOv2-g_14", image_size=518, patch_size=14, hidden_size=1536, mlp_dim=4096,
+                                   num_heads=24, num_layers=40, mlp_type="swiglu_packed", layer_scale=True,
+                                   num_classes=0, **_TIMM_NUMERICS)
+_EVA02 = dict(patch_size=14, num_classes=0, classifier="token_gap", fc_norm=True, rope=True, key_bias=False,
+              layer_norm_eps=1e-6, pixel_mean=(0.48145466, 0.4578275, 0.40821073),
+              pixel_std=(0.26862954, 0.26130258, 0.27577711))
+# int(d * 8/3) gated units; Ti and S: packed SwiGLU, B and L: separate gate and value layers and a sub-LN.
+for _variant, (_hidden, _heads, _layers) in {"Ti": (192, 3, 12), "S": (384, 6, 12), "B": (768, 12, 12),
+                                             "L": (1024, 16, 24)}.items():
+    _wide = _variant in ("B", "L")
+    PRESETS[f"EVA02-{_variant}_14"] = ViTConfig(
+        name=f"EVA02-{_variant}_14", hidden_size=_hidden, num_heads=_heads, num_layers=_layers,
+        mlp_dim=_hidden * 8 // 3, mlp_type="swiglu" if _wide else "swiglu_packed",
+        mlp_norm=_wide, **_EVA02)
 # Tiny model for tests and quick experiments.
 PRESETS["ViT-testing"] = ViTConfig(
     name="ViT-testing",

@@ -13,6 +13,9 @@ released param trees load unchanged:
         {query,key,value}/kernel (D, H, hd), bias (H, hd); out/kernel (H, hd, D) unless not attention_out_proj
     Transformer/encoderblock_{i}/LayerNorm_1, MlpBlock_0/Dense_{0,1}
     Transformer/encoderblock_{i}/LayerScale_{0,1}/scale   (D,) layer_scale only
+        SwiGLU MLPs (vit_jax/glu.py): MlpBlock_0/Dense_0 (D, 2 mlp) packed, or gate, Dense_0, norm; no key/bias
+        without key_bias (EVA-02); rope has no parameters (vit_jax/rope.py)
+    MAPHead_0/probe, MultiHeadDotProductAttention_0, LayerNorm_0, MlpBlock_0   classifier 'map' (vit_jax/heads.py)
     Transformer/encoder_norm           unless fc_norm, which puts fc_norm after pooling instead
     pre_logits/{kernel,bias}           representation_size only
     head/{kernel,bias}, head_dist      num_classes > 0 only (head_dist: distilled; no biases without head_bias)
@@ -44,9 +47,12 @@ import numpy as np
 
 from vit_jax.attention import attend, explicit_attention
 from vit_jax.config import ViTConfig
+from vit_jax.glu import SwiGLU
+from vit_jax.heads import MAPHead
 from vit_jax.kernels import REFERENCE, Kernels
 from vit_jax.posemb import sincos_2d
 from vit_jax.resnet import resnet_stem
+from vit_jax.rope import apply_rope
 
 Array = jax.Array
 Intermediates = dict[str, Array]
@@ -133,7 +139,7 @@ class MultiHeadDotProductAttention(nn.Module):
     Written out to allow a qkv bias switch independent of the output bias, to
     choose the attention core (`config.attention_impl`; cuDNN on GPU through
     `jax.nn.dot_product_attention`), and to return the probabilities.
-    Returns (output, probabilities or None).
+    Returns (output, probabilities or None, q and k after the rotary embedding or None).
     """
 
     config: ViTConfig
@@ -141,14 +147,19 @@ class MultiHeadDotProductAttention(nn.Module):
     return_attention: bool = False
 
     @nn.compact
-    def __call__(self, x: Array) -> tuple[Array, Array | None]:
+    def __call__(self, x: Array) -> tuple[Array, Array | None, Array | None]:
         c, ops = self.config, kernels_for(self.config)
         dense = _block_layer(nn.DenseGeneral, c)
-        qkv = [
-            functools.partial(dense, features=(c.num_heads, c.head_dim), use_bias=c.qkv_bias, name=name)
+        qkv = [  # EVA-02 (key_bias off): biases on q and v only
+            functools.partial(dense, features=(c.num_heads, c.head_dim), name=name,
+                              use_bias=c.qkv_bias and (c.key_bias or name != "key"))
             for name in ("query", "key", "value")
         ]
         q, k, v = ops.project(x, qkv)  # each (batch, seq, heads, head_dim)
+        rotated = None
+        if c.rope:
+            q, k = apply_rope(c, q), apply_rope(c, k)
+            rotated = jnp.stack([q, k], axis=1)  # (batch, 2, seq, heads, head_dim)
 
         dropout = self.train and c.attention_dropout_rate > 0
         probs = None
@@ -163,7 +174,7 @@ class MultiHeadDotProductAttention(nn.Module):
             out = dense(features=c.hidden_size, axis=(-2, -1), name="out")(out)
         else:  # vit-pytorch's Identity (heads x head_dim == hidden_size, the config checks)
             out = jnp.reshape(out, (*out.shape[:-2], c.inner_dim))
-        return out, probs
+        return out, probs, rotated
 
 
 def drop_path(x: Array, rate: Array | float, rng: Array) -> Array:
@@ -189,7 +200,7 @@ class Encoder1DBlock(nn.Module):
         inputs = nn.with_logical_constraint(inputs, ("batch", None, None))
 
         x = _layer_norm(c, "LayerNorm_0")(inputs)
-        attn, probs = MultiHeadDotProductAttention(
+        attn, probs, rotated = MultiHeadDotProductAttention(
             c, train=self.train, return_attention=self.return_attention, name="MultiHeadDotProductAttention_0"
         )(x)
         attn = nn.Dropout(rate=c.dropout_rate)(attn, deterministic=not self.train)
@@ -200,7 +211,7 @@ class Encoder1DBlock(nn.Module):
         x = inputs + attn
 
         y = _layer_norm(c, "LayerNorm_1")(x)
-        mlp = MlpBlock(c, train=self.train, name="MlpBlock_0")(y)
+        mlp = (MlpBlock if c.mlp_type == "gelu" else SwiGLU)(c, train=self.train, name="MlpBlock_0")(y)
         if c.layer_scale:
             mlp = LayerScale(c, name="LayerScale_1")(mlp)
         if stochastic_depth:
@@ -210,6 +221,8 @@ class Encoder1DBlock(nn.Module):
         inter: Intermediates = {}
         if self.return_intermediates:
             inter.update(attn=attn, mlp=mlp, out=out)
+            if rotated is not None:
+                inter["rope"] = rotated
         if self.return_attention:
             inter["attn_probs"] = probs
         return out, inter
@@ -360,6 +373,10 @@ class VisionTransformer(nn.Module):
             x = x[:, 0] if not c.distilled else x[:, :2]  # class (and distillation) token
         elif c.classifier in ("gap", "token_gap"):
             x = kernels_for(c).mean_tokens(x[:, c.num_prefix_tokens:])  # patch tokens only
+        elif c.classifier == "map":  # a learned probe attends over the patch tokens (vit_jax/heads.py)
+            x, pool_attn = MAPHead(c, MlpBlock, name="MAPHead_0")(x[:, c.num_prefix_tokens:])
+            if return_intermediates:
+                inter.update({"pool.attn": pool_attn, "pool": x})
         if c.fc_norm:
             x = _layer_norm(c, "fc_norm")(x)
             if return_intermediates:

@@ -13,6 +13,8 @@ architecture loads with strict=True:
     norm_pre                         pre_norm only
     blocks.{i}.norm1, blocks.{i}.attn.qkv (3D, D; q,k,v order), blocks.{i}.attn.proj, blocks.{i}.ls1.gamma,
     blocks.{i}.norm2, blocks.{i}.mlp.fc1, blocks.{i}.mlp.fc2, blocks.{i}.ls2.gamma   (ls: layer_scale only)
+        blocks.{i}.attn.q_bias, v_bias (no qkv.bias) without key_bias; blocks.{i}.mlp.fc1_g, fc1_x, norm: SwiGLU
+    attn_pool.latent, q, kv, proj, norm, mlp.fc1, mlp.fc2    classifier 'map' (vit_torch_ref/heads.py)
     norm                             unless fc_norm (then fc_norm, after pooling)
     pre_logits.fc                    representation_size only (Linear + tanh)
     head, head_dist                  num_classes > 0 only (head_dist: distilled)
@@ -29,7 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit_jax.config import ViTConfig
+from vit_torch_ref.glu import SwiGLU
+from vit_torch_ref.heads import AttentionPool
 from vit_torch_ref.resnet import build_backbone, reset_stem
+from vit_torch_ref.rope import apply_rope, rope_table
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -93,13 +98,28 @@ class Attention(nn.Module):
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
         self.attn_drop = config.attention_dropout_rate
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.inner_dim, bias=config.qkv_bias)
+        separate = config.qkv_bias and not config.key_bias  # EVA-02: q and v biases, none on k (timm's Eva names)
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.inner_dim, bias=config.qkv_bias and not separate)
+        if separate:
+            self.q_bias = nn.Parameter(torch.zeros(config.inner_dim))
+            self.v_bias = nn.Parameter(torch.zeros(config.inner_dim))
         self.proj = nn.Linear(config.inner_dim, config.hidden_size) if config.attention_out_proj else nn.Identity()
+        self.rope_prefix = config.num_prefix_tokens
+        if config.rope:  # float64 here; the model's `.to(param_dtype)` rounds it once
+            self.register_buffer("rope", rope_table(config.grid_size, config.rope_ref_grid, config.head_dim),
+                                 persistent=False)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """(output, probabilities or None, q and k after the rotary embedding (B, 2, N, H, hd) or None)."""
         b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, hd)
+        qkv = self.qkv(x)
+        if hasattr(self, "q_bias"):
+            qkv = qkv + torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        q, k, v = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd)
+        rotated = None
+        if hasattr(self, "rope"):
+            q, k = apply_rope(q, self.rope, self.rope_prefix), apply_rope(k, self.rope, self.rope_prefix)
+            rotated = torch.stack([q, k], dim=1).transpose(2, 3)
         dropout = self.attn_drop if self.training else 0.0
         probs = None
         if return_attention:
@@ -111,7 +131,7 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
-        return self.proj(out), probs
+        return self.proj(out), probs, rotated
 
 
 class QuickGELU(nn.Module):
@@ -166,18 +186,18 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.attn = Attention(config)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = Mlp(config)
+        self.mlp = Mlp(config) if config.mlp_type == "gelu" else SwiGLU(config)
         self.drop = nn.Dropout(config.dropout_rate)
         self.drop_path = DropPath(drop_path_rate)
         self.ls1 = LayerScale(config) if config.layer_scale else nn.Identity()
         self.ls2 = LayerScale(config) if config.layer_scale else nn.Identity()
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        attn, probs = self.attn(self.norm1(x), return_attention)
+        attn, probs, rotated = self.attn(self.norm1(x), return_attention)
         attn = self.drop_path(self.ls1(self.drop(attn)))
         x = x + attn
         mlp = self.drop_path(self.ls2(self.mlp(self.norm2(x))))
-        return x + mlp, attn, mlp, probs
+        return x + mlp, attn, mlp, probs, rotated
 
 
 class PreLogits(nn.Module):
@@ -227,6 +247,8 @@ class VisionTransformer(nn.Module):
             self.fc_norm = norm
         else:
             self.norm = norm
+        if c.classifier == "map":
+            self.attn_pool = AttentionPool(c, Mlp(c))
         if c.representation_size is not None:
             self.pre_logits = PreLogits(c)
         if c.num_classes:
@@ -294,11 +316,13 @@ class VisionTransformer(nn.Module):
             if return_intermediates:
                 inter["norm_pre"] = x
         for i, block in enumerate(self.blocks):
-            x, attn, mlp, probs = block(x, return_attention)
+            x, attn, mlp, probs, rotated = block(x, return_attention)
             if return_attention:
                 inter[f"blocks.{i}.attn_probs"] = probs
             if return_intermediates:
                 inter.update({f"blocks.{i}.attn": attn, f"blocks.{i}.mlp": mlp, f"blocks.{i}": x})
+                if rotated is not None:
+                    inter[f"blocks.{i}.rope"] = rotated
         if c.final_norm:
             x = self.norm(x)
             if return_intermediates:
@@ -307,6 +331,10 @@ class VisionTransformer(nn.Module):
             x = x[:, 0] if not c.distilled else x[:, :2]
         elif c.classifier in ("gap", "token_gap"):
             x = x[:, c.num_prefix_tokens:].mean(dim=1)
+        elif c.classifier == "map":
+            x, pool_attn = self.attn_pool(x[:, c.num_prefix_tokens:])
+            if return_intermediates:
+                inter.update({"pool.attn": pool_attn, "pool": x})
         if c.fc_norm:
             x = self.fc_norm(x)
             if return_intermediates:

@@ -3,8 +3,9 @@
 Handles trees wrapped under `opt/target/` (pre-Linen training checkpoints, with
 optimizer state beside them) or `params/` (Linen variables, train states), the
 pre-Linen numbering inside a block (`MultiHeadDotProductAttention_1`,
-`LayerNorm_2`, `MlpBlock_3`), and scanned blocks (`Transformer/encoderblock`
-with a leading layer axis).
+`LayerNorm_2`, `MlpBlock_3`), scanned blocks (`Transformer/encoderblock`
+with a leading layer axis), and big_vision's two-tower files (SigLIP: the image
+tower under `params/img/`, its position embedding at `pos_embedding`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import numpy as np
 
 from vit_jax.formats.base import FLAX, ConversionError, TensorSource
 
-WRAPPERS = ("opt/target/", "params/", "target/")
+# params/img/: big_vision's two-tower checkpoints (SigLIP): the image tower; the text tower is left out.
+WRAPPERS = ("opt/target/", "params/img/", "params/", "target/")
+# big_vision's ViT keeps its learned position embedding at the top level.
+_RENAMES = {"pos_embedding": "Transformer/posembed_input/pos_embedding"}
 _PRE_LINEN = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0", "LayerNorm_2": "LayerNorm_1",
               "MlpBlock_3": "MlpBlock_0"}
 _BLOCK_MODULE = re.compile(r"^(Transformer/encoderblock_\d+/)([^/]+)(/.*)$")
@@ -43,7 +47,8 @@ def flax_source(
     wrapper, keys = _strip_wrapper(list(shapes))
     notes = []
     if len(keys) < len(shapes):
-        notes.append(f"ignored {len(shapes) - len(keys)} arrays outside '{wrapper}' (optimizer state)")
+        notes.append(f"ignored {len(shapes) - len(keys)} arrays outside '{wrapper}' (optimizer state, or the "
+                     f"text tower and logit scale of a two-tower model)")
     stripped = [k[len(wrapper):] for k in keys]
     pre_linen = any((m := _BLOCK_MODULE.match(k)) and m.group(2) in ("LayerNorm_2", "MlpBlock_3") for k in stripped)
     if pre_linen:
@@ -53,6 +58,7 @@ def flax_source(
     layer_of: dict[str, int] = {}
     for file_key in keys:
         key = file_key[len(wrapper):]
+        key = _RENAMES.get(key, key)
         match = _BLOCK_MODULE.match(key)
         if pre_linen and match and match.group(2) in _PRE_LINEN:
             key = match.group(1) + _PRE_LINEN[match.group(2)] + match.group(3)

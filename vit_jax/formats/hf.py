@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vit_jax.formats import hf_families
+from vit_jax.formats import hf_families, hf_siglip
 from vit_jax.formats.base import ConversionError, TensorSource, family_option_problems, vit_pytorch_option_problems
 from vit_jax.formats.renames import RenameTable
 from vit_jax.formats.torch_sd import read_file, write_file
@@ -62,7 +62,7 @@ def config_from_hf(hf: dict[str, Any], where: Path) -> dict[str, Any]:
     """ViTConfig fields stated by an HF ViT config.json."""
     if hf.get("model_type", "vit") != "vit":
         raise ConversionError(f"{where}: model_type {hf.get('model_type')!r} is not supported; expected one of "
-                              f"{['vit', *hf_families.FAMILIES]}")
+                              f"{['vit', *hf_families.FAMILIES, *hf_siglip.MODEL_TYPES]}")
     act = hf.get("hidden_act", "gelu")
     if act not in _ACTIVATIONS:
         raise ConversionError(f"{where}: hidden_act {act!r} is not supported; expected one of {sorted(_ACTIVATIONS)}")
@@ -92,6 +92,10 @@ def read(path: str | Path) -> TensorSource:
         raise ConversionError(f"{path}: directory has none of {list(WEIGHT_FILES)} (sharded checkpoints are not "
                               "supported)")
     data = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
+    if data.get("model_type") in hf_siglip.MODEL_TYPES:  # SigLIP's vision tower (vit_jax/formats/hf_siglip.py)
+        source = hf_siglip.read(path, weights, data)
+        source.stated.update(_preprocessor(directory))
+        return source
     if data.get("model_type") in hf_families.FAMILIES:
         source = hf_families.read(path, weights, data)
         source.stated.update(_preprocessor(directory))
@@ -121,6 +125,9 @@ def _preprocessor(directory: Path) -> dict[str, Any]:
 
 
 def check_expressible(config) -> None:
+    if config.classifier == "map":
+        hf_siglip.check_expressible(config)
+        return
     family = hf_families.family_for(config)
     if family is not None:
         hf_families.check_expressible(config, family)
@@ -171,6 +178,9 @@ def hf_names(tensors: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
 
 
 def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | Path) -> None:
+    if config.classifier == "map":  # SigLIP's vision tower keeps its family
+        hf_siglip.write(Path(path), tensors, config, like)
+        return
     family = hf_families.family_for(config)
     if family is not None:  # DINOv2, CLIP, DeiT keep their family (vit_jax/formats/hf_families.py)
         hf_families.write(Path(path), tensors, config, family, like)

@@ -20,12 +20,13 @@ from typing import Any
 from vit_jax.config import ARCHITECTURE_FIELDS, PRESETS, ConfigError, ViTConfig
 from vit_jax.formats.base import FLAX, ConversionError, TensorSource
 from vit_jax.formats.infer_options import FAMILY_OPTIONS, infer_class_slots, infer_options
+from vit_jax.formats.infer_options_2 import FAMILY_OPTIONS_2, infer_options_2
 
 # Where each fact shows, per naming: (key, function of the shape).
 _PROBES = {
     FLAX: {
         "patch": ("embedding/kernel", lambda s: {"patch": s[:2], "num_channels": s[2], "hidden_size": s[3]}),
-        "mlp": ("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel", lambda s: {"mlp_dim": s[1]}),
+        "mlp": ("Transformer/encoderblock_0/MlpBlock_0/Dense_1/kernel", lambda s: {"mlp_dim": s[0]}),
         "heads": ("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel",
                   lambda s: {"num_heads": s[1], "inner_dim": s[1] * s[2]}),
         "out_proj": "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/out/kernel",
@@ -39,7 +40,7 @@ _PROBES = {
     },
     "timm": {
         "patch": ("patch_embed.proj.weight", lambda s: {"patch": s[2:], "num_channels": s[1], "hidden_size": s[0]}),
-        "mlp": ("blocks.0.mlp.fc1.weight", lambda s: {"mlp_dim": s[0]}),
+        "mlp": ("blocks.0.mlp.fc2.weight", lambda s: {"mlp_dim": s[1]}),  # the width fc2 reads (SwiGLU's gated)
         "heads": None,  # fused qkv: the split into heads is not stored
         "inner": ("blocks.0.attn.qkv.weight", lambda s: {"inner_dim": s[0] // 3}),
         "out_proj": "blocks.0.attn.proj.weight",
@@ -67,7 +68,7 @@ _STEM_PROBES = {
 ARCHITECTURE = ARCHITECTURE_FIELDS
 # Of those, a preset's defaults that are not a claim about the checkpoint (a B/16 preset says 224 px, 1000 classes).
 _PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb",
-                    "patch_norm", "attention_head_dim", "attention_out_proj") + FAMILY_OPTIONS
+                    "patch_norm", "attention_head_dim", "attention_out_proj") + FAMILY_OPTIONS + FAMILY_OPTIONS_2
 # Standard ViT widths (hidden size -> heads) for fused-qkv files with no config (docs/design.md, "Presets").
 STANDARD_HEADS = {c.hidden_size: c.num_heads for name, c in PRESETS.items() if name != "ViT-testing"}
 
@@ -169,6 +170,7 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
     fields["num_classes"], evidence["num_classes"] = 0, "no head tensor"
     probe("head", required=False)
     infer_options(source, fields, evidence)
+    infer_options_2(source, fields, evidence)
     return fields, evidence, has_cls, tokens
 
 
@@ -246,6 +248,9 @@ def build_config(
         fields["classifier"] = classifier if classifier in ("token", "token_unpooled", "token_gap") else "token"
     else:
         fields["classifier"] = classifier if classifier in ("gap", "unpooled") else "gap"
+    if fields.pop("map_head"):  # a MAP probe pools (SigLIP)
+        fields["classifier"], evidence["classifier"] = "map", evidence.pop("map_head")
+    evidence.pop("map_head", None)
     if "patch_pixels" in fields:
         _split_patch_pixels(fields, evidence, stated, source)
     inner = fields.pop("inner_dim")

@@ -75,6 +75,26 @@ OUT_KERNEL = Transform(
 )
 
 
+# One of q/k/v: kernel (D, heads, head_dim) <-> Linear weight (inner, D); bias (heads, head_dim) <-> (inner,).
+HEADS_KERNEL = Transform(
+    "heads_kernel",
+    lambda xs: _contiguous(xs[0].reshape(xs[0].shape[0], -1).T),
+    lambda t, c: [_contiguous(t.T.reshape(t.shape[1], c.num_heads, -1))],
+)
+HEADS_BIAS = Transform("heads_bias", lambda xs: xs[0].reshape(-1), lambda t, c: [t.reshape(c.num_heads, -1)])
+# The MAP head's key and value kernels (D, heads, head_dim) <-> timm's fused kv weight (2D, D), k;v order.
+KV_KERNEL = Transform(
+    "kv_kernel",
+    lambda xs: _contiguous(np.concatenate([x.reshape(x.shape[0], -1).T for x in xs], axis=0)),
+    lambda t, c: [_contiguous(part.T.reshape(t.shape[1], c.num_heads, -1)) for part in np.split(t, 2, axis=0)],
+)
+KV_BIAS = Transform(
+    "kv_bias",
+    lambda xs: np.concatenate([x.reshape(-1) for x in xs]),
+    lambda t, c: [part.reshape(c.num_heads, -1) for part in np.split(t, 2)],
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     flax: tuple[str, ...]  # '/'-joined Flax paths (several for a fused torch tensor)
@@ -204,7 +224,63 @@ def param_rules(config: ViTConfig) -> list[Rule]:
                     transform,
                 )
             )
-    return rules + _rules(config, _AFTER)
+    return family_2_rules(config, rules + _rules(config, _AFTER))
+
+
+# SwiGLU with separate gate and value layers (EVA-02 B/L): (flax under MlpBlock_0/, torch under mlp., needs).
+_SWIGLU = [("gate", "fc1_g", None), ("Dense_0", "fc1_x", None), ("norm", "norm", "mlp_norm")]
+_MAP = "MAPHead_0/"
+_MAP_ATTN = _MAP + "MultiHeadDotProductAttention_0/"
+# The MAP head (big_vision's names <-> timm's attn_pool), placed before the head's rules.
+_MAP_RULES = [
+    ((_MAP + "probe",), "attn_pool.latent", IDENTITY),
+    ((_MAP_ATTN + "query/kernel",), "attn_pool.q.weight", HEADS_KERNEL),
+    ((_MAP_ATTN + "query/bias",), "attn_pool.q.bias", HEADS_BIAS),
+    ((_MAP_ATTN + "key/kernel", _MAP_ATTN + "value/kernel"), "attn_pool.kv.weight", KV_KERNEL),
+    ((_MAP_ATTN + "key/bias", _MAP_ATTN + "value/bias"), "attn_pool.kv.bias", KV_BIAS),
+    ((_MAP_ATTN + "out/kernel",), "attn_pool.proj.weight", OUT_KERNEL),
+    ((_MAP_ATTN + "out/bias",), "attn_pool.proj.bias", IDENTITY),
+    ((_MAP + "LayerNorm_0/scale",), "attn_pool.norm.weight", IDENTITY),
+    ((_MAP + "LayerNorm_0/bias",), "attn_pool.norm.bias", IDENTITY),
+    ((_MAP + "MlpBlock_0/Dense_0/kernel",), "attn_pool.mlp.fc1.weight", LINEAR),
+    ((_MAP + "MlpBlock_0/Dense_0/bias",), "attn_pool.mlp.fc1.bias", IDENTITY),
+    ((_MAP + "MlpBlock_0/Dense_1/kernel",), "attn_pool.mlp.fc2.weight", LINEAR),
+    ((_MAP + "MlpBlock_0/Dense_1/bias",), "attn_pool.mlp.fc2.bias", IDENTITY),
+]
+
+
+def _block_rules_2(config: ViTConfig, rule: Rule) -> list[Rule]:
+    """One block rule under SigLIP's, DINOv2-giant's and EVA-02's options (the packed SwiGLU keeps fc1's rules)."""
+    block, _, key = rule.torch.partition(".")[2].partition(".")
+    prefix = f"Transformer/encoderblock_{block}/"
+    if key == "attn.qkv.bias" and not config.key_bias:  # EVA-02: q_bias and v_bias, no key bias
+        return [Rule((prefix + f"{_ATTN}/{p}/bias",), f"blocks.{block}.attn.{p[0]}_bias", HEADS_BIAS)
+                for p in ("query", "value")]
+    if key.startswith("mlp.fc1.") and config.mlp_type == "swiglu":
+        leaf = key.rpartition(".")[2]
+        return [Rule((f"{prefix}MlpBlock_0/{flax}/{'kernel' if leaf == 'weight' else 'bias'}",),
+                     f"blocks.{block}.mlp.{torch}.{leaf}", LINEAR if leaf == "weight" else IDENTITY)
+                for flax, torch, needs in _SWIGLU if needs is None]
+    if key == "mlp.fc2.weight" and config.mlp_norm:
+        return [Rule((f"{prefix}MlpBlock_0/norm/{flax}",), f"blocks.{block}.mlp.norm.{torch}", IDENTITY)
+                for flax, torch in (("scale", "weight"), ("bias", "bias"))] + [rule]
+    return [rule]
+
+
+def family_2_rules(config: ViTConfig, rules: list[Rule]) -> list[Rule]:
+    """`rules` under the options of SigLIP (MAP head), DINOv2-giant and EVA-02 (SwiGLU, q/v biases); rope has none."""
+    out: list[Rule] = []
+    for rule in rules:
+        if rule.torch.startswith("blocks."):
+            out += _block_rules_2(config, rule)
+            continue
+        if rule.torch.startswith(("head.", "head_dist.")) and config.classifier == "map" and not any(
+                r.torch.startswith("attn_pool.") for r in out):
+            out += [Rule(flax, torch, t) for flax, torch, t in _MAP_RULES]
+        out.append(rule)
+    if config.classifier == "map" and not any(r.torch.startswith("attn_pool.") for r in out):
+        out += [Rule(flax, torch, t) for flax, torch, t in _MAP_RULES]
+    return out
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

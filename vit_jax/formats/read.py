@@ -400,4 +400,12 @@ def describe(config: ViTConfig) -> str:
                 (config.layer_scale, "LayerScale"), (config.distilled, "distillation token"),
                 (config.num_register_tokens, f"{config.num_register_tokens} registers"),
                 (not config.posemb_class_slot, "no class slot in posemb"), (config.pre_norm, "pre-norm"),
-                (config.fc_norm, "fc_norm"), (config.mask_token, "mask token")) if on))
+                (config.fc_norm, "fc_norm"), (config.mask_token, "mask token")) if on)) + _describe_options_2(config)
+
+
+def _describe_options_2(config: ViTConfig) -> str:
+    """The SigLIP, DINOv2-giant and EVA-02 options for the summary line."""
+    grid = f" (positions scaled to {config.rope_ref_grid})" if config.rope_ref_grid else ""
+    return "".join(f", {text}" for on, text in (
+        (config.mlp_type != "gelu", f"MLP {config.mlp_type}" + (" + sub-LN" if config.mlp_norm else "")),
+        (config.rope, "rotary embedding" + grid), (not config.key_bias, "no key bias")) if on)

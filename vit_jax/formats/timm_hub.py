@@ -20,9 +20,12 @@ from vit_jax.formats.base import (
     TensorSource,
     vit_pytorch_option_problems,
 )
-from vit_jax.formats.timm_archs import (
-    UnknownArchitecture,
+from vit_jax.formats.timm_archs import UnknownArchitecture
+from vit_jax.formats.timm_archs_2 import (
     architecture_fields,
+    eva_fused,
+    eva_names,
+    is_eva,
     model_args_fields,
     writer_architecture,
     writer_model_args,
@@ -54,7 +57,7 @@ def stated_fields(data: dict[str, Any], where: Path) -> dict[str, Any]:
     if not isinstance(args, dict):
         raise ConversionError(f"{where}: \"model_args\" is {type(args).__name__}, expected an object")
     try:
-        fields = {**architecture_fields(arch), **model_args_fields(args)}
+        fields = {**architecture_fields(arch), **model_args_fields(arch, args)}
     except UnknownArchitecture as e:
         raise ConversionError(f"{where}: {e}") from None
     fields["name"] = arch
@@ -80,6 +83,9 @@ def read(path: str | Path) -> TensorSource:
     stated = stated_fields(data, config)
     source = read_file(weights, FORMAT, TIMM, {})
     source.stated = {**source.stated, **stated}
+    if is_eva(stated["name"]):  # Eva's own names (gamma_1, q_proj, ...) -> the mapping table's
+        table = eva_names(eva_fused(stated["name"], data.get("model_args") or {}))
+        source = table.source_as_timm(source, f"timm Eva ({stated['name']})")
     if "fc_norm" in stated and stated["fc_norm"] != ("fc_norm.weight" in source.shapes):
         raise ConversionError(f"{config}: model_args fc_norm={stated['fc_norm']} but {weights.name} "
                               f"{'lacks' if stated['fc_norm'] else 'has'} 'fc_norm.weight'")
@@ -96,6 +102,8 @@ def check_expressible(config) -> None:
         problems.append(f"posemb {config.posemb!r}")
     if config.representation_size is not None:
         problems.append("representation_size (timm's ViT has no pre-logits layer)")
+    if config.classifier == "map" and (config.has_class_token or config.num_register_tokens):
+        problems.append("a MAP head with prefix tokens (timm's SigLIP has none)")
     if config.num_classes and not config.head_bias:
         problems.append("a head without bias (timm's head always has one)")
     if config.patch_bias == config.pre_norm:
@@ -131,5 +139,8 @@ def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | 
     tensors.pop("mask_token", None)  # Hugging Face DINOv2's; timm's ViT has none (inference never reads it)
     path = Path(path)
     path.mkdir()
+    hub = hub_config(config)
+    if is_eva(hub["architecture"]):
+        tensors = eva_names(eva_fused(hub["architecture"], hub["model_args"])).rename_to_other(tensors)
     write_file(path / "model.safetensors", tensors, "model.safetensors", metadata={"format": "pt"})
-    (path / "config.json").write_text(json.dumps(hub_config(config), indent=2))
+    (path / "config.json").write_text(json.dumps(hub, indent=2))

@@ -1,0 +1,191 @@
+"""SigLIP (MAP head), DINOv2-giant (packed SwiGLU) and EVA-02 (rotary embedding, SwiGLU + sub-LN, q/v biases).
+
+Real timm 1.0.31 models at tiny widths with every weight perturbed away from its init, saved as timm hub
+directories (config.json + model.safetensors): `convert DIR out.msgpack` with no other flag; the Flax model
+and the PyTorch twin match timm within 1e-5 relative L2 (float32); the way back is bit-exact and timm
+loads it strict.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from conftest import nchw, rel_l2
+from torchvision_stub import import_timm
+
+import vit_jax
+from parity.convert import convert, read_state_dict
+from vit_jax.formats.mapping import flatten
+from vit_torch_ref import VisionTransformer as Twin
+
+timm = import_timm()
+pytestmark = pytest.mark.skipif(timm is None, reason="timm is not installed (pip install --no-deps timm)")
+
+TINY = dict(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+# id -> (architecture, model_args beyond TINY): what the hub's config.json says
+FAMILIES = {
+    "siglip": ("vit_base_patch16_siglip_224", dict(mlp_ratio=1.25)),
+    "siglip-tanh": ("vit_so400m_patch16_siglip_256", dict(mlp_ratio=1.25, num_classes=3)),
+    "dinov2-giant": ("vit_giant_patch14_dinov2", dict(mlp_ratio=2.5, init_values=1.0)),
+    "eva02-packed": ("eva02_tiny_patch14_224", dict(ref_feat_shape=[5, 5])),
+    # eva02_base/large: separate q/k/v projections (q_proj, k_proj without bias, v_proj), SwiGLU with sub-LN
+    "eva02-sub-ln": ("eva02_base_patch14_224", dict(ref_feat_shape=[4, 4], num_classes=3)),
+    "eva02-layer-scale": ("eva02_large_patch14_224", dict(init_values=0.5, ref_feat_shape=[4, 4])),
+}
+
+
+def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter moved away from its init (zero biases, unit norms, the probe, LayerScale)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def hub(request, tmp_path_factory):
+    arch, extra = FAMILIES[request.param]
+    args = {**TINY, **extra}
+    model = perturbed(timm.create_model(arch, pretrained=False, **args), seed=len(request.param))
+    path = tmp_path_factory.mktemp(request.param) / "hub"
+    path.mkdir()
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                                path / "model.safetensors", metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps({"architecture": arch, "num_classes": args["num_classes"],
+                                                  "model_args": args}))
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = model(nchw(images)).numpy()
+    return arch, args, model, path, images, want
+
+
+def test_timm_hub_to_flax_and_twin_within_float32_rounding(hub, tmp_path):
+    arch, args, model, path, images, want = hub
+    convert(path, tmp_path / "out.msgpack")  # no other flag: the architecture and the tensors decide
+    config, params = vit_jax.load_pretrained(tmp_path / "out.msgpack")
+    assert rel_l2(np.asarray(vit_jax.VisionTransformer(config).apply({"params": params}, images)), want) < 1e-5
+    config_t, state = read_state_dict(path)
+    twin = Twin(config_t).eval()
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+    with torch.no_grad():
+        assert rel_l2(twin(nchw(images)).numpy(), want) < 1e-5
+
+
+def test_back_to_a_timm_hub_dir_is_bit_exact_and_loads_strict(hub, tmp_path):
+    arch, args, model, path, images, want = hub
+    convert(path, tmp_path / "out.msgpack")
+    convert(tmp_path / "out.msgpack", tmp_path / "back", to_format="timm-hub")
+    written = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert written["architecture"] == arch
+    back = timm.create_model(written["architecture"], pretrained=False, **written["model_args"]).eval()
+    tensors = safetensors.torch.load_file(tmp_path / "back" / "model.safetensors")
+    back.load_state_dict(tensors, strict=True)
+    original = model.state_dict()
+    assert sorted(tensors) == sorted(original)
+    for key, value in tensors.items():
+        assert torch.equal(value, original[key]), key
+    with torch.no_grad():
+        assert np.array_equal(back(nchw(images)).numpy(), want)
+
+
+@pytest.fixture(scope="module")
+def siglip_hf(tmp_path_factory):
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    hf_config = SiglipVisionConfig(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
+                                   image_size=28, patch_size=7)
+    model = perturbed(SiglipVisionModel(hf_config), seed=3)
+    path = tmp_path_factory.mktemp("siglip_hf") / "hf"
+    model.save_pretrained(path)
+    images = np.random.default_rng(1).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = model(pixel_values=nchw(images)).pooler_output.numpy()
+    return model, path, images, want
+
+
+def test_transformers_siglip_vision_model_in_and_back(siglip_hf, tmp_path):
+    from transformers import SiglipVisionModel
+
+    model, path, images, want = siglip_hf
+    convert(path, tmp_path / "out.msgpack")
+    config, params = vit_jax.load_pretrained(tmp_path / "out.msgpack")
+    assert (config.classifier, config.gelu) == ("map", "tanh")
+    assert rel_l2(np.asarray(vit_jax.VisionTransformer(config).apply({"params": params}, images)), want) < 1e-5
+    _, state = read_state_dict(path)
+    twin = Twin(config).eval()
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+    with torch.no_grad():
+        assert rel_l2(twin(nchw(images)).numpy(), want) < 1e-5
+
+    convert(tmp_path / "out.msgpack", tmp_path / "back", to_format="hf")
+    back, info = SiglipVisionModel.from_pretrained(tmp_path / "back", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    written = safetensors.torch.load_file(tmp_path / "back" / "model.safetensors")
+    original = model.state_dict()
+    assert sorted(written) == sorted(original)
+    for key, value in written.items():
+        assert torch.equal(value, original[key]), key
+
+
+@pytest.mark.parametrize("scanned", [False, True], ids=["per-block", "scanned"])
+def test_big_vision_siglip_npz_converts_with_no_flag(tmp_path, scanned):
+    """A big_vision SigLIP .npz (image tower under params/img/, pos_embedding at its top, MAPHead_0, the text
+    tower and logit scale beside it), written here in that layout from a model's weights."""
+    from transformers import SiglipVisionModel
+
+    config = vit_jax.get_config("SigLIP-B_16").replace(image_size=28, patch_size=7, hidden_size=32, mlp_dim=40,
+                                                       num_heads=2, num_layers=2)
+    params = jax.tree.map(lambda a: a + 0.2 * np.random.default_rng(4).standard_normal(a.shape).astype(a.dtype),
+                          vit_jax.init_params(config, 2))
+    flat = {k.replace("Transformer/posembed_input/pos_embedding", "pos_embedding"): np.asarray(v)
+            for k, v in flatten(params).items()}
+    if scanned:
+        blocks = sorted({k.split("/")[1] for k in flat if k.startswith("Transformer/encoderblock_")})
+        for rest in sorted({k.split("/", 2)[2] for k in flat if k.startswith("Transformer/encoderblock_0/")}):
+            flat[f"Transformer/encoderblock/{rest}"] = np.stack([flat.pop(f"Transformer/{b}/{rest}") for b in blocks])
+    arrays = {f"params/img/{k}": v for k, v in flat.items()}
+    arrays.update({"params/txt/Embed_0/embedding": np.ones((7, 32), np.float32), "params/t": np.ones(1, np.float32),
+                   "params/b": np.zeros(1, np.float32)})
+    np.savez(tmp_path / "siglip.npz", **arrays)
+    images = np.random.default_rng(2).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
+    want = np.asarray(vit_jax.VisionTransformer(config).apply({"params": params}, images))
+
+    convert(tmp_path / "siglip.npz", tmp_path / "out.msgpack")
+    got_config, got = vit_jax.load_pretrained(tmp_path / "out.msgpack")
+    assert (got_config.classifier, got_config.gelu, got_config.num_classes) == ("map", "tanh", 0)
+    assert np.array_equal(np.asarray(vit_jax.VisionTransformer(got_config).apply({"params": got}, images)), want)
+    convert(tmp_path / "siglip.npz", tmp_path / "hf", to_format="hf")  # and into transformers' SigLIP
+    model = SiglipVisionModel.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert rel_l2(model(pixel_values=nchw(images)).pooler_output.numpy(), want) < 1e-5
+
+
+def test_transformers_siglip2_vision_model_at_its_fixed_resolution_in_and_back(tmp_path):
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    model = perturbed(Siglip2VisionModel(Siglip2VisionConfig(
+        hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2, num_patches=16,
+        patch_size=7)), seed=5)
+    model.save_pretrained(tmp_path / "hf")
+    images = np.random.default_rng(3).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
+    # The processor's patches: (ph, pw, C)-ordered pixels of each patch, row-major
+    patches = torch.from_numpy(images.reshape(2, 4, 7, 4, 7, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 16, -1))
+    with torch.no_grad():
+        want = model(pixel_values=patches, pixel_attention_mask=torch.ones(2, 16, dtype=torch.long),
+                     spatial_shapes=torch.tensor([[4, 4], [4, 4]])).pooler_output.numpy()
+    convert(tmp_path / "hf", tmp_path / "out.msgpack")
+    config, params = vit_jax.load_pretrained(tmp_path / "out.msgpack")
+    assert rel_l2(np.asarray(vit_jax.VisionTransformer(config).apply({"params": params}, images)), want) < 1e-5
+    convert(tmp_path / "out.msgpack", tmp_path / "back", to_format="hf")
+    back, info = Siglip2VisionModel.from_pretrained(tmp_path / "back", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    written, original = safetensors.torch.load_file(tmp_path / "back" / "model.safetensors"), model.state_dict()
+    assert sorted(written) == sorted(original)
+    for key, value in written.items():
+        assert torch.equal(value, original[key]), key
