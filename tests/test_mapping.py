@@ -167,6 +167,10 @@ def test_missing_unexpected_and_misshaped_tensors_are_named():
     {"num_register_tokens": 4, "posemb_class_slot": False, "mask_token": True, "layer_scale": True},
     {"pre_norm": True, "patch_bias": False, "head_bias": False, "gelu": "quick"},
     {"classifier": "token_gap", "fc_norm": True},
+    # issue 29: SigLIP's MAP head, DINOv2-giant's packed SwiGLU, EVA-02's SwiGLU with sub-LN and q/v biases
+    {"classifier": "map"},
+    {"mlp_type": "swiglu_packed", "layer_scale": True},
+    {"mlp_type": "swiglu", "mlp_norm": True, "key_bias": False, "rope": True, "classifier": "gap"},
 ])
 def test_expected_flax_shapes_from_the_rules_are_the_models(overrides):
     """The formats layer derives every leaf's shape from the config without tracing; the model must agree."""

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.config import ViTConfig
-from vit_jax.kernels import kernels_for
+from vit_jax.kernel_sets import kernels_for
 
 Array = jax.Array
 

@@ -5,7 +5,7 @@
 semantics: jvp, vmap, grad of grad) or 'cpu' (vit_jax/cpu: the same function
 with hand-written backward passes that XLA:CPU runs faster and in less
 memory; reverse-mode autodiff only). tests/test_kernels.py checks that both
-compute the same function. Which set a config gets is `vit_jax.model.kernels_for`
+compute the same function. Which set a config gets is `vit_jax.kernel_sets.kernels_for`
 (this module sits below vit_jax/cpu, which builds its set from `Kernels`).
 """
 

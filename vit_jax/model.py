@@ -49,22 +49,13 @@ from vit_jax.attention import attend, explicit_attention
 from vit_jax.config import ViTConfig
 from vit_jax.glu import SwiGLU
 from vit_jax.heads import MAPHead
-from vit_jax.kernels import REFERENCE, Kernels
+from vit_jax.kernel_sets import kernels_for
 from vit_jax.posemb import sincos_2d
 from vit_jax.resnet import resnet_stem
 from vit_jax.rope import apply_rope
 
 Array = jax.Array
 Intermediates = dict[str, Array]
-
-
-def kernels_for(config: ViTConfig) -> Kernels:
-    """The operation set `config.kernels` names; the CPU set is imported only when asked for."""
-    if config.kernels == "cpu":
-        from vit_jax.cpu.kernel_set import CPU_KERNELS
-
-        return CPU_KERNELS
-    return REFERENCE
 
 
 def _layer_norm(c: ViTConfig, name: str) -> nn.Module:

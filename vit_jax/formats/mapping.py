@@ -336,7 +336,7 @@ def _leaf_shape(path: str, config: ViTConfig) -> tuple[int, ...]:
         return (*c.patch_hw, c.stem_width, d)
     if path == "embedding_norm_in/scale" or path == "embedding_norm_in/bias":
         return (c.patch_hw[0] * c.patch_hw[1] * c.num_channels,)
-    if path in ("cls", "dist"):
+    if path in ("cls", "dist", "MAPHead_0/probe"):
         return (1, 1, d)
     if path == "registers":
         return (1, c.num_register_tokens, d)
@@ -348,8 +348,11 @@ def _leaf_shape(path: str, config: ViTConfig) -> tuple[int, ...]:
         return (d, c.num_heads, c.head_dim) if last[1] == "kernel" else (c.num_heads, c.head_dim)
     if last == ["out", "kernel"]:
         return (c.num_heads, c.head_dim, d)
-    if last[0] == "Dense_0":
-        return (d, c.mlp_dim) if last[1] == "kernel" else (c.mlp_dim,)
+    if last[0] in ("Dense_0", "gate"):  # a packed SwiGLU's Dense_0 holds gate and value side by side
+        width = 2 * c.mlp_dim if c.mlp_type == "swiglu_packed" and path.startswith("Transformer/") else c.mlp_dim
+        return (d, width) if last[1] == "kernel" else (width,)
+    if path.endswith("MlpBlock_0/norm/scale") or path.endswith("MlpBlock_0/norm/bias"):
+        return (c.mlp_dim,)  # EVA-02's sub-LayerNorm, inside the MLP
     if last[0] == "pre_logits":
         return (d, c.representation_size) if last[1] == "kernel" else (c.representation_size,)
     if last[0] in ("head", "head_dist"):
