@@ -20,9 +20,10 @@ from conftest import apply, nchw, rel_l2
 from test_convert_errors import assert_fails_cleanly, run_cli
 from torchvision_stub import import_timm
 
-from parity.convert import convert, read_flax_params
+from parity.convert import convert
 from vit_jax import get_config
 from vit_jax.formats.mapping import expected_torch_shapes
+from vit_jax.formats.read import read_flax_params
 from vit_jax.formats.timm_archs import PRESET_ARCHITECTURES, PRESET_MODEL_ARGS
 from vit_torch_ref.pretrained import load_pretrained as load_twin
 

@@ -19,8 +19,9 @@ from conftest import nchw, rel_l2
 from torchvision_stub import import_timm
 
 import vit_jax
-from parity.convert import convert, read_state_dict
+from parity.convert import convert
 from vit_jax.formats.mapping import flatten
+from vit_jax.formats.read import read_state_dict
 from vit_torch_ref import VisionTransformer as Twin
 
 timm = import_timm()

@@ -51,8 +51,10 @@ def test_resume_restores_optimizer_state_and_takes_the_uninterrupted_next_step(t
     restore_latest = train.restore_latest
 
     def recording_restore_latest(run, loader):
-        restored.append(restore_latest(run, loader))
-        return restored[-1]
+        state, step = restore_latest(run, loader)
+        # a host copy: the restored device arrays are donated to the next step
+        restored.append((jax.tree.map(np.array, state), step))
+        return state, step
 
     monkeypatch.setattr(Checkpointer, "save", recording_save)
     monkeypatch.setattr(train, "restore_latest", recording_restore_latest)
