@@ -285,21 +285,37 @@ class ViTConfig:
 
     # -- validation -------------------------------------------------------
     def validate(self) -> None:
-        def positive_int(field):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+        # In this order: a config with several faults gets the first one's message, and later checks
+        # lean on earlier ones (head_dim needs num_heads > 0, the grid needs a valid stem).
+        self._validate_sizes()
+        self._validate_stem()
+        self._validate_families()
+        self._validate_families_2()
+        self._validate_grid()
+        self._validate_heads()
+        self._validate_choices()
+        self._validate_runtime()
+        self._validate_head_and_dropout()
+        self._validate_normalisation()
 
+    def _check_positive_int(self, field: str) -> None:
+        value = getattr(self, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+
+    def _validate_sizes(self) -> None:
+        """The widths, depth and class count, and positive image and patch sizes."""
         for field in ("num_channels", "hidden_size", "mlp_dim", "num_heads", "num_layers"):
-            positive_int(field)
+            self._check_positive_int(field)
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ConfigError(f"num_classes must be an integer >= 0 (0 = features only), got {self.num_classes!r}")
         (h, w), (ph, pw) = self.image_hw, self.patch_hw
         if min(h, w, ph, pw) <= 0:
             raise ConfigError(f"image_size {self.image_size!r} and patch_size {self.patch_size!r} must be positive")
-        self._validate_stem()
-        self._validate_families()
-        self._validate_families_2()
+
+    def _validate_grid(self) -> None:
+        """Patches tile the image, or the hybrid stem's feature map, exactly."""
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
         (sh, sw) = self.stem_hw
         if sh % ph or sw % pw:
             if self.is_hybrid:
@@ -310,8 +326,11 @@ class ViTConfig:
             raise ConfigError(
                 f"image size {h}x{w} is not divisible by patch size {ph}x{pw}"
             )
+
+    def _validate_heads(self) -> None:
+        """The split into heads, and the width an attention without output projection must keep."""
         if self.attention_head_dim is not None:
-            positive_int("attention_head_dim")
+            self._check_positive_int("attention_head_dim")
         elif self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads} "
@@ -322,6 +341,9 @@ class ViTConfig:
                 f"attention_out_proj=False needs num_heads x head_dim == hidden_size, got {self.num_heads} x "
                 f"{self.head_dim} != {self.hidden_size}"
             )
+
+    def _validate_choices(self) -> None:
+        """Pooling, GELU form and position embedding are known names (sin-cos needs a width of 4k)."""
         if self.classifier not in CLASSIFIERS:
             raise ConfigError(f"classifier {self.classifier!r} is not one of {CLASSIFIERS}")
         if self.gelu not in GELU_FORMS:
@@ -332,6 +354,9 @@ class ViTConfig:
             raise ConfigError(
                 f"posemb 'sincos2d' needs hidden_size divisible by 4, got {self.hidden_size}"
             )
+
+    def _validate_runtime(self) -> None:
+        """Kernels, attention implementation, rematerialisation and dtypes: how the function is computed."""
         if self.kernels not in KERNELS:
             raise ConfigError(f"kernels {self.kernels!r} is not one of {KERNELS}")
         if self.attention_impl not in ATTENTION_IMPLS:
@@ -348,6 +373,9 @@ class ViTConfig:
         for field in ("dtype", "param_dtype"):
             if getattr(self, field) not in DTYPES:
                 raise ConfigError(f"{field} {getattr(self, field)!r} is not one of {DTYPES}")
+
+    def _validate_head_and_dropout(self) -> None:
+        """The pre-logits width and the dropout rates (a recomputed GELU cannot keep a dropout mask)."""
         if self.representation_size is not None and (
             isinstance(self.representation_size, bool)
             or not isinstance(self.representation_size, int)
@@ -365,6 +393,9 @@ class ViTConfig:
                 f"recompute_gelu needs dropout_rate 0, got {self.dropout_rate!r} (the dropout between the MLP's "
                 "two layers would have to keep its mask; set recompute_gelu=False or dropout_rate=0)"
             )
+
+    def _validate_normalisation(self) -> None:
+        """The patch-embedding norm (not with a stem), LayerNorm epsilon and per-channel input statistics."""
         if self.patch_norm and self.resnet_layers is not None:
             raise ConfigError("patch_norm (vit-pytorch's patch embedding) and resnet_layers (a hybrid stem) "
                               "cannot be combined: no released model has both")

@@ -220,6 +220,26 @@ def build_config(
     `image_size_hint` (the target --image-size) settles a non-square grid nothing else states.
     """
     fields, evidence, has_cls, tokens = infer_architecture(source)
+    claims, image_hint = _claims(source, config, config_is_preset, overrides)
+    stated: dict[str, Any] = {}
+    for _, claim in claims:
+        stated.update(claim)
+
+    slots = infer_class_slots(fields, evidence, has_cls, tokens, stated)
+    _settle_classifier(fields, evidence, has_cls, stated.get("classifier"))
+    if "patch_pixels" in fields:
+        _split_patch_pixels(fields, evidence, stated, source)
+    _settle_heads(fields, evidence, stated, source)
+    _settle_image_size(fields, evidence, tokens, slots, stated.get("image_size", image_hint), source,
+                       image_size_hint)
+    _check_claims(claims, fields, evidence, source.path)
+    return _assemble(fields, claims, source, config.name if config_is_preset else None)
+
+
+def _claims(source: TensorSource, config: ViTConfig | None, config_is_preset: bool,
+            overrides: dict[str, Any] | None) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+    """(who, the fields they state) in rising priority: the checkpoint, the user's config, --set; and the
+    image size a full user config names, which only settles what the tensors leave open."""
     claims: list[tuple[str, dict[str, Any]]] = []
     image_hint = None
     if source.stated:
@@ -237,13 +257,12 @@ def build_config(
         claims.append((f"config {config.name!r}", user))
     if overrides:
         claims.append(("--set", dict(overrides)))
+    return claims, image_hint
 
-    stated: dict[str, Any] = {}
-    for _, claim in claims:
-        stated.update(claim)
 
-    slots = infer_class_slots(fields, evidence, has_cls, tokens, stated)
-    classifier = stated.get("classifier")
+def _settle_classifier(fields: dict[str, Any], evidence: dict[str, str], has_cls: bool, classifier) -> None:
+    """The pooling: a class token means one of the token poolings, none means gap or unpooled; a stated
+    classifier picks among those, and a MAP probe (SigLIP) overrides both."""
     if has_cls:
         fields["classifier"] = classifier if classifier in ("token", "token_unpooled", "token_gap") else "token"
     else:
@@ -251,8 +270,11 @@ def build_config(
     if fields.pop("map_head"):  # a MAP probe pools (SigLIP)
         fields["classifier"], evidence["classifier"] = "map", evidence.pop("map_head")
     evidence.pop("map_head", None)
-    if "patch_pixels" in fields:
-        _split_patch_pixels(fields, evidence, stated, source)
+
+
+def _settle_heads(fields: dict[str, Any], evidence: dict[str, str], stated: dict[str, Any],
+                  source: TensorSource) -> None:
+    """num_heads (stored, stated, or assumed from a standard width) and attention_head_dim from the q/k/v width."""
     inner = fields.pop("inner_dim")
     if "num_heads" not in fields:
         if "num_heads" in stated:
@@ -280,17 +302,25 @@ def build_config(
     # None is the default hidden_size // num_heads; a vit-pytorch dim_head that differs is stated.
     fields["attention_head_dim"] = None if inner == fields["hidden_size"] else inner // heads
     evidence["attention_head_dim"] = f"the q/k/v width {inner}"
-    wanted_image = stated.get("image_size", image_hint)
+
+
+def _settle_image_size(fields: dict[str, Any], evidence: dict[str, str], tokens: int | None, slots: int, wanted,
+                       source: TensorSource, image_size_hint) -> None:
+    """The image size from the position grid (what is `wanted` where the grid allows it), else as stated."""
     if tokens is not None:
         stem = {k: fields[k] for k in ("resnet_layers", "width_factor") if k in fields}
-        fields["image_size"] = _grid_image_size(fields["patch_size"], tokens, slots, wanted_image, source.path,
+        fields["image_size"] = _grid_image_size(fields["patch_size"], tokens, slots, wanted, source.path,
                                                 evidence["image_size"], stem, image_size_hint)
-    elif wanted_image is not None:
-        fields["image_size"], evidence["image_size"] = wanted_image, "the config"
+    elif wanted is not None:
+        fields["image_size"], evidence["image_size"] = wanted, "the config"
     else:
         raise ConversionError(f"{source.path}: no position embedding to infer the image size from (fixed sin-cos "
                               f"embedding); pass a config with the image size (--config x.json)")
 
+
+def _check_claims(claims: list[tuple[str, dict[str, Any]]], fields: dict[str, Any], evidence: dict[str, str],
+                  path: str) -> None:
+    """Every stated architecture field agrees with what the tensors show (fields taken from a config pass)."""
     for who, claim in claims:
         for field, value in claim.items():
             if field not in fields or evidence[field] == "the config":
@@ -301,10 +331,14 @@ def build_config(
                     continue
             if _normal(value) != _normal(fields[field]):
                 raise ConversionError(
-                    f"{source.path}: {who} says {field}={value!r}, but tensor {evidence[field]} implies "
+                    f"{path}: {who} says {field}={value!r}, but tensor {evidence[field]} implies "
                     f"{field}={fields[field]!r}"
                 )
 
+
+def _assemble(fields: dict[str, Any], claims: list[tuple[str, dict[str, Any]]], source: TensorSource,
+              preset_name: str | None) -> ViTConfig:
+    """Defaults < the format's numerics < the claims' non-architecture fields < the settled architecture."""
     # A format's stem numerics (timm's standardisation and GroupNorm eps) apply to hybrids only.
     numerics = {k: v for k,
                 v in source.numerics.items() if fields["resnet_layers"] is not None or not k.startswith("stem_")}
@@ -315,8 +349,8 @@ def build_config(
     for field in ("pixel_mean", "pixel_std"):  # a format's one-value-per-channel default, for any channel count
         if len(merged[field]) != merged["num_channels"] and len(set(merged[field])) == 1:
             merged[field] = (merged[field][0],) * merged["num_channels"]
-    if config_is_preset:
-        merged["name"] = config.name
+    if preset_name is not None:
+        merged["name"] = preset_name
     try:
         return ViTConfig.from_dict(merged)
     except ConfigError as e:
