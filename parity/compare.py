@@ -40,7 +40,7 @@ class Metrics:
 
 
 def _f64(array) -> np.ndarray:
-    return np.asarray(array).astype(np.float64)
+    return np.asarray(array).astype(np.float64, copy=False)
 
 
 def rms(array) -> float:
@@ -89,6 +89,7 @@ def sums(candidate, reference) -> Sums:
         nan = float("nan")
         return Sums(tuple(b.shape), b.size, nan, nan, nan, nan, nan, nan, nan, f"shape {a.shape} != reference {b.shape}")
     diff = a - b
+    abs_diff = np.abs(diff)
     problem = None if np.all(np.isfinite(a)) and np.all(np.isfinite(b)) else "non-finite values"
     return Sums(
         shape=tuple(b.shape),
@@ -97,8 +98,8 @@ def sums(candidate, reference) -> Sums:
         ref_norm=float(np.linalg.norm(b)),
         cand_norm=float(np.linalg.norm(a)),
         dot=float(np.vdot(a, b)),
-        max_abs=float(np.max(np.abs(diff))) if diff.size else 0.0,
-        mean_abs=float(np.mean(np.abs(diff))) if diff.size else 0.0,
+        max_abs=float(np.max(abs_diff)) if diff.size else 0.0,
+        mean_abs=float(np.mean(abs_diff)) if diff.size else 0.0,
         max_ref=float(np.max(np.abs(b))) if b.size else 0.0,
         problem=problem,
     )

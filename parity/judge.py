@@ -43,10 +43,10 @@ class Measured:
 
 
 def measure(jax_value, torch_value, jax64_value, torch64_value) -> Measured:
-    pairs = (sums(jax_value, torch_value), sums(jax_value, jax64_value), sums(torch_value, torch64_value),
-             sums(jax64_value, torch64_value))
-    return Measured(pairs, rms(torch_value), float(np.linalg.norm(np.asarray(jax64_value, np.float64))),
-                    rms(jax64_value))
+    a, b, a64, b64 = (np.asarray(v).astype(np.float64, copy=False) for v in (jax_value, torch_value, jax64_value,
+                                                                            torch64_value))
+    pairs = (sums(a, b), sums(a, a64), sums(b, b64), sums(a64, b64))
+    return Measured(pairs, rms(b), float(np.linalg.norm(a64)), rms(a64))
 
 
 def _row(section: str, name: str, metrics: Metrics, judged: bool, passed: bool, checked: str, **extra: Any) -> dict[str, Any]:
