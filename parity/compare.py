@@ -87,7 +87,8 @@ def sums(candidate, reference) -> Sums:
     a, b = _f64(candidate), _f64(reference)
     if a.shape != b.shape:
         nan = float("nan")
-        return Sums(tuple(b.shape), b.size, nan, nan, nan, nan, nan, nan, nan, f"shape {a.shape} != reference {b.shape}")
+        problem = f"shape {a.shape} != reference {b.shape}"
+        return Sums(tuple(b.shape), b.size, nan, nan, nan, nan, nan, nan, nan, problem)
     diff = a - b
     abs_diff = np.abs(diff)
     problem = None if np.all(np.isfinite(a)) and np.all(np.isfinite(b)) else "non-finite values"

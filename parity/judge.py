@@ -174,7 +174,7 @@ def update_rows(
     return _parameter_rows("update", config, tol, tol.update, measured, "parameters", zero_grad)
 
 
-def loss_rows(tol: Tolerances, curves: tuple[list[float], list[float], list[float], list[float]]) -> list[dict[str, Any]]:
+def loss_rows(tol: Tolerances, curves: tuple[list[float], ...]) -> list[dict[str, Any]]:
     """The loss at each step (jax, torch, f64 jax, f64 torch curves), judged by its drift from each side's
     float64 run (rounding accumulated over steps)."""
     rows = []

@@ -205,7 +205,9 @@ def rules_to_torch(flat: Mapping[str, Any], rules: list[Rule], strip: str = "") 
     return {r.torch[len(strip):]: r.transform.to_torch([np.asarray(flat[p]) for p in r.flax]) for r in rules}
 
 
-def rules_to_flax(tensors: Mapping[str, Any], rules: list[Rule], config: ViTConfig, strip: str = "") -> dict[str, np.ndarray]:
+def rules_to_flax(
+    tensors: Mapping[str, Any], rules: list[Rule], config: ViTConfig, strip: str = ""
+) -> dict[str, np.ndarray]:
     """{torch key without `strip`: tensor} -> {'/'-path: leaf} by `rules` (the inverse of rules_to_torch)."""
     flat = {}
     for rule in rules:
