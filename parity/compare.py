@@ -106,6 +106,27 @@ def sums(candidate, reference) -> Sums:
     )
 
 
+def pair_sums(arrays: list, pairs: list[tuple[int, int]]) -> tuple[Sums, ...]:
+    """`sums(arrays[i], arrays[j])` for each (i, j), each array's own norm, max and finiteness computed once."""
+    arrays = [_f64(a) for a in arrays]
+    if len({a.shape for a in arrays}) > 1:
+        return tuple(sums(arrays[i], arrays[j]) for i, j in pairs)
+    norms = [float(np.linalg.norm(a)) for a in arrays]
+    max_abs = [float(np.max(np.abs(a))) if a.size else 0.0 for a in arrays]
+    finite = [bool(np.all(np.isfinite(a))) for a in arrays]
+    out = []
+    for i, j in pairs:
+        a, b = arrays[i], arrays[j]
+        abs_diff = np.abs(a - b)
+        out.append(Sums(
+            shape=tuple(b.shape), size=int(b.size), l2=float(np.linalg.norm(abs_diff)), ref_norm=norms[j],
+            cand_norm=norms[i], dot=float(np.vdot(a, b)), max_abs=float(np.max(abs_diff)) if b.size else 0.0,
+            mean_abs=float(np.mean(abs_diff)) if b.size else 0.0, max_ref=max_abs[j],
+            problem=None if finite[i] and finite[j] else "non-finite values",
+        ))
+    return tuple(out)
+
+
 def metrics(s: Sums, floor: float = 0.0) -> Metrics:
     if s.problem and s.problem.startswith("shape"):
         nan = float("nan")

@@ -1,4 +1,5 @@
-"""Forward and backward passes over the model one block at a time, on several sides in lockstep.
+"""Forward and backward passes over the model one block at a time, on several sides in lockstep; the report's
+comparison of the four sides (`compare`) and their loss curves (`loss_curves`).
 
 A pass holds, per side, the inputs of the blocks (one activation each) and
 one group's parameters at a time, never every intermediate or every gradient
@@ -13,11 +14,13 @@ let it go:
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
 import numpy as np
 
 from parity.harness import OUTER, AdamWSettings, Flat, Side, add_flat, group_params, groups
+from parity.judge import Measured, measure
 from vit_jax.config import ViTConfig
 
 ParamsOf = Callable[[Side, "int | None"], Flat]
@@ -93,3 +96,60 @@ def train(side: Side, master: Flat, config: ViTConfig, images: np.ndarray, targe
         saved = forward([side], lambda s, group: params[group], config, data, None)
         losses += backward([side], lambda s, group: params[group], config, data, saved, update)
     return losses
+
+
+# -- the report: four sides in lockstep, compared as they go ------------------------
+def _measure_into(measured: dict[str, Measured], tensors: list[dict[str, np.ndarray]], clock: dict) -> None:
+    """Compare one stage's tensors of the four sides (same keys) and keep only the comparisons."""
+    start = time.perf_counter()
+    for key in tensors[0]:
+        measured[key] = measure(*(t[key] for t in tensors))
+    clock["compare"] = clock.get("compare", 0.0) + time.perf_counter() - start
+
+
+def _first_step(sides, optimizers, params_of, group, grads) -> list[Flat]:
+    """Each side's parameters of `group` after one AdamW step from the report's weights."""
+    updated = []
+    for side, optimizer, side_grads in zip(sides, optimizers, grads):
+        updated.append(optimizer.step(group, params_of(side, group), side_grads))
+        optimizer.forget(group)  # one step only: the state goes with the group
+    return updated
+
+
+def compare(sides: list[Side], master: Flat, config: ViTConfig, images: np.ndarray, targets: np.ndarray,
+            gradients: bool, settings: AdamWSettings | None,
+            clock: dict) -> tuple[dict[str, dict[str, Measured]], list[float]]:
+    """One forward (and backward) pass of the four sides in lockstep, block by block: every canonical layer,
+    gradient and (with `settings`) first-step update measured as it is computed. Returns the comparisons by
+    section and each side's loss."""
+    measured: dict[str, dict[str, Measured]] = {"forward": {}, "gradients": {}, "update": {}}
+
+    def params_of(side, group):  # made when the group runs: its only copy in the side's dtype
+        return group_params(master, config, group, side.param_dtype)
+
+    def on_grads(group, grads):
+        _measure_into(measured["gradients"], grads, clock)
+        if optimizers:
+            _measure_into(measured["update"], _first_step(sides, optimizers, params_of, group, grads), clock)
+
+    data = [side.inputs(images, targets) for side in sides]
+    on_layers = lambda layers: _measure_into(measured["forward"], layers, clock)  # noqa: E731
+    saved = forward(sides, params_of, config, data, on_layers)
+    if not gradients:
+        return measured, head(sides, params_of, data, saved, on_layers)
+    optimizers = [side.optimizer(settings) for side in sides] if settings else None
+    return measured, backward(sides, params_of, config, data, saved, on_grads, on_layers)
+
+
+def loss_curves(sides, master, config, images, targets, settings, steps, first_losses, clock) -> tuple:
+    """Each side's losses over `steps` AdamW steps (one side at a time); the first is the lockstep pass's."""
+    if steps == 1:
+        return tuple([loss] for loss in first_losses)
+    curves = []
+    for side in sides:
+        before = side.seconds
+        # Every step sees the report's batch and labels: the model memorises them,
+        # so a correct run shows both losses falling together.
+        curves.append(train(side, master, config, images, targets, settings, steps))
+        clock[f"{side.name} adamw"] = side.seconds - before
+    return tuple(curves)

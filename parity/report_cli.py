@@ -187,62 +187,6 @@ def _sides(config: ViTConfig) -> list[harness.Side]:
             harness.JaxSide(SIDE_NAMES[2], config64, cpu), harness.TorchSide(SIDE_NAMES[3], config64, "cpu")]
 
 
-def _measure_into(measured: dict[str, judge.Measured], tensors: list[dict[str, np.ndarray]], clock: dict) -> None:
-    """Compare one stage's tensors of the four sides (same keys) and keep only the comparisons."""
-    start = time.perf_counter()
-    for key in tensors[0]:
-        measured[key] = judge.measure(*(t[key] for t in tensors))
-    clock["compare"] = clock.get("compare", 0.0) + time.perf_counter() - start
-
-
-def _first_step(sides, optimizers, params_of, group, grads) -> list[harness.Flat]:
-    """Each side's parameters of `group` after one AdamW step from the report's weights."""
-    updated = []
-    for side, optimizer, side_grads in zip(sides, optimizers, grads):
-        updated.append(optimizer.step(group, params_of(side, group), side_grads))
-        optimizer.forget(group)  # one step only: the state goes with the group
-    return updated
-
-
-def compare_passes(sides: list[harness.Side], master: harness.Flat, config: ViTConfig, images: np.ndarray,
-                   targets: np.ndarray, backward: bool, settings: harness.AdamWSettings | None,
-                   clock: dict) -> tuple[dict[str, dict[str, judge.Measured]], list[float]]:
-    """One forward (and backward) pass of the four sides in lockstep, block by block: every canonical layer,
-    gradient and (with `settings`) first-step update measured as it is computed. Returns the comparisons by
-    section and each side's loss."""
-    measured: dict[str, dict[str, judge.Measured]] = {"forward": {}, "gradients": {}, "update": {}}
-
-    def params_of(side, group):  # made when the group runs: its only copy in the side's dtype
-        return harness.group_params(master, config, group, side.param_dtype)
-
-    def on_grads(group, grads):
-        _measure_into(measured["gradients"], grads, clock)
-        if optimizers:
-            _measure_into(measured["update"], _first_step(sides, optimizers, params_of, group, grads), clock)
-
-    data = [side.inputs(images, targets) for side in sides]
-    on_layers = lambda layers: _measure_into(measured["forward"], layers, clock)  # noqa: E731
-    saved = passes.forward(sides, params_of, config, data, on_layers)
-    if not backward:
-        return measured, passes.head(sides, params_of, data, saved, on_layers)
-    optimizers = [side.optimizer(settings) for side in sides] if settings else None
-    return measured, passes.backward(sides, params_of, config, data, saved, on_grads, on_layers)
-
-
-def _loss_curves(sides, master, config, images, targets, settings, steps, first_losses, clock) -> tuple:
-    """Each side's losses over `steps` AdamW steps (one side at a time); the first is the lockstep pass's."""
-    if steps == 1:
-        return tuple([loss] for loss in first_losses)
-    curves = []
-    for side in sides:
-        before = side.seconds
-        # Every step sees the report's batch and labels: the model memorises them,
-        # so a correct run shows both losses falling together.
-        curves.append(passes.train(side, master, config, images, targets, settings, steps))
-        clock[f"{side.name} adamw"] = side.seconds - before
-    return tuple(curves)
-
-
 def _optimizer_info(settings: harness.AdamWSettings, steps: int) -> dict[str, Any]:
     return {
         "hyperparameters": {"lr": settings.learning_rate, "b1": settings.b1, "b2": settings.b2,
@@ -288,7 +232,7 @@ def judged_rows(args: argparse.Namespace, config: ViTConfig, master: harness.Fla
     backward = args.backward or args.optimizer_step
     settings = harness.AdamWSettings(learning_rate=args.lr, weight_decay=args.weight_decay)
     sides = _sides(config)
-    measured, losses = compare_passes(sides, master, config, images, targets, backward,
+    measured, losses = passes.compare(sides, master, config, images, targets, backward,
                                       settings if args.optimizer_step else None, clock)
     clock.update({side.name: side.seconds for side in sides})
     rows = judge.forward_rows(config, tol, measured["forward"])
@@ -297,7 +241,7 @@ def judged_rows(args: argparse.Namespace, config: ViTConfig, master: harness.Fla
         rows += judge.gradient_rows(config, tol, measured["gradients"], zero_grad)
     if args.optimizer_step:
         rows += judge.update_rows(config, tol, measured["update"], zero_grad)
-        curves = _loss_curves(sides, master, config, images, targets, settings, args.steps, losses, clock)
+        curves = passes.loss_curves(sides, master, config, images, targets, settings, args.steps, losses, clock)
         rows += judge.loss_rows(tol, curves)
     return rows, zero_grad
 
