@@ -40,7 +40,7 @@ class Metrics:
 
 
 def _f64(array) -> np.ndarray:
-    return np.asarray(array).astype(np.float64)
+    return np.asarray(array).astype(np.float64, copy=False)
 
 
 def rms(array) -> float:
@@ -62,35 +62,96 @@ def norm_floor(size: int, typical_rms: float, fraction: float) -> float:
     return fraction * typical_rms * math.sqrt(max(size, 1))
 
 
-def compare(candidate, reference, floor: float = 0.0) -> Metrics:
+@dataclasses.dataclass(frozen=True)
+class Sums:
+    """What `compare` needs from the two arrays before the floor is known (so the arrays can go).
+
+    The floor comes from a whole group of tensors (`group_rms`), so a report
+    that meets its tensors one block at a time keeps these and builds the
+    Metrics at the end: the same numbers as comparing the arrays themselves.
+    """
+
+    shape: tuple[int, ...]
+    size: int
+    l2: float
+    ref_norm: float
+    cand_norm: float
+    dot: float  # <candidate, reference>
+    max_abs: float
+    mean_abs: float
+    max_ref: float  # max |reference|
+    problem: str | None = None
+
+
+def sums(candidate, reference) -> Sums:
     a, b = _f64(candidate), _f64(reference)
     if a.shape != b.shape:
         nan = float("nan")
-        return Metrics(tuple(b.shape), nan, nan, nan, nan, None, nan, floor, nan,
-                       f"shape {a.shape} != reference {b.shape}")
+        problem = f"shape {a.shape} != reference {b.shape}"
+        return Sums(tuple(b.shape), b.size, nan, nan, nan, nan, nan, nan, nan, problem)
     diff = a - b
-    l2 = float(np.linalg.norm(diff))
-    ref_norm = float(np.linalg.norm(b))
-    cand_norm = float(np.linalg.norm(a))
-    tiny = np.finfo(np.float64).tiny
-    denominator = max(ref_norm, floor, tiny)
-    cosine = None
-    if ref_norm >= floor and ref_norm > 0 and cand_norm > 0:
-        cosine = float(np.clip(np.vdot(a, b) / (cand_norm * ref_norm), -1.0, 1.0))
-    elif ref_norm >= floor and ref_norm > 0:
-        cosine = 0.0
-    scale_floor = floor / math.sqrt(max(b.size, 1))
+    abs_diff = np.abs(diff)
     problem = None if np.all(np.isfinite(a)) and np.all(np.isfinite(b)) else "non-finite values"
-    return Metrics(
+    return Sums(
         shape=tuple(b.shape),
-        max_abs=float(np.max(np.abs(diff))) if diff.size else 0.0,
-        mean_abs=float(np.mean(np.abs(diff))) if diff.size else 0.0,
-        l2=l2,
-        rel_l2=l2 / denominator,
-        cosine=cosine,
-        ref_norm=ref_norm,
-        floor=floor,
-        scale=max(float(np.max(np.abs(b))) if b.size else 0.0, scale_floor, tiny),
+        size=int(b.size),
+        l2=float(np.linalg.norm(diff)),
+        ref_norm=float(np.linalg.norm(b)),
+        cand_norm=float(np.linalg.norm(a)),
+        dot=float(np.vdot(a, b)),
+        max_abs=float(np.max(abs_diff)) if diff.size else 0.0,
+        mean_abs=float(np.mean(abs_diff)) if diff.size else 0.0,
+        max_ref=float(np.max(np.abs(b))) if b.size else 0.0,
         problem=problem,
     )
 
+
+def pair_sums(arrays: list, pairs: list[tuple[int, int]]) -> tuple[Sums, ...]:
+    """`sums(arrays[i], arrays[j])` for each (i, j), each array's own norm, max and finiteness computed once."""
+    arrays = [_f64(a) for a in arrays]
+    if len({a.shape for a in arrays}) > 1:
+        return tuple(sums(arrays[i], arrays[j]) for i, j in pairs)
+    norms = [float(np.linalg.norm(a)) for a in arrays]
+    max_abs = [float(np.max(np.abs(a))) if a.size else 0.0 for a in arrays]
+    finite = [bool(np.all(np.isfinite(a))) for a in arrays]
+    out = []
+    for i, j in pairs:
+        a, b = arrays[i], arrays[j]
+        abs_diff = np.abs(a - b)
+        out.append(Sums(
+            shape=tuple(b.shape), size=int(b.size), l2=float(np.linalg.norm(abs_diff)), ref_norm=norms[j],
+            cand_norm=norms[i], dot=float(np.vdot(a, b)), max_abs=float(np.max(abs_diff)) if b.size else 0.0,
+            mean_abs=float(np.mean(abs_diff)) if b.size else 0.0, max_ref=max_abs[j],
+            problem=None if finite[i] and finite[j] else "non-finite values",
+        ))
+    return tuple(out)
+
+
+def metrics(s: Sums, floor: float = 0.0) -> Metrics:
+    if s.problem and s.problem.startswith("shape"):
+        nan = float("nan")
+        return Metrics(s.shape, nan, nan, nan, nan, None, nan, floor, nan, s.problem)
+    tiny = np.finfo(np.float64).tiny
+    denominator = max(s.ref_norm, floor, tiny)
+    cosine = None
+    if s.ref_norm >= floor and s.ref_norm > 0 and s.cand_norm > 0:
+        cosine = float(np.clip(s.dot / (s.cand_norm * s.ref_norm), -1.0, 1.0))
+    elif s.ref_norm >= floor and s.ref_norm > 0:
+        cosine = 0.0
+    scale_floor = floor / math.sqrt(max(s.size, 1))
+    return Metrics(
+        shape=s.shape,
+        max_abs=s.max_abs,
+        mean_abs=s.mean_abs,
+        l2=s.l2,
+        rel_l2=s.l2 / denominator,
+        cosine=cosine,
+        ref_norm=s.ref_norm,
+        floor=floor,
+        scale=max(s.max_ref, scale_floor, tiny),
+        problem=s.problem,
+    )
+
+
+def compare(candidate, reference, floor: float = 0.0) -> Metrics:
+    return metrics(sums(candidate, reference), floor)

@@ -1,21 +1,37 @@
-"""Runs the Flax ViT and its PyTorch twin on one config, one set of weights and one batch.
+"""Runs the Flax ViT and its PyTorch twin one block at a time, on one config, one set of weights and one batch.
 
-Weights reach the twin only through the mapping table (`torch_model_from_flax`),
-and the twin's gradients and updated parameters come back through the same
-table (`torch_to_flax`), so a wrong rule shows up as a numeric difference.
-Everything returned is NumPy, keyed by canonical layer names (activations) or
-'/'-joined Flax paths in per-block layout (gradients, parameters).
+Each framework at each precision is a `Side`: the model's own modules cut in
+three stages, run on its own previous output. The embedding stage and the head
+stage are the whole model with its encoder blocks stood in for (a Flax method
+interceptor, a twin module in `blocks`), so everything outside the blocks
+(stem, tokens, position embeddings, final norm, pooling, head) is the model's
+own code; each block is the model's block module applied to that block's
+parameters. Memory then holds one block's parameters and intermediates, plus the
+blocks' inputs, whatever the depth:
 
-Dropout and stochastic depth are off on both sides (deterministic forward),
-so the two runs are comparable element by element.
+- forward: embedding, then block i on the previous output; the caller compares
+  every canonical intermediate of the four sides and lets them go.
+- backward: the loss cotangent enters at the head; going down, each block's
+  forward is recomputed from its saved input and its VJP gives that block's
+  parameter gradients and the cotangent of its input (block-granularity
+  rematerialisation, the same in both frameworks).
+- parameters: a group's (one block's, or everything outside the blocks) tensors
+  are made in the side's dtype when the group runs and dropped after.
+
+Weights reach the twin only through the mapping table, and its gradients and
+updated parameters come back through the same table, so a wrong rule shows up
+as a numeric difference. Dropout and stochastic depth are off on both sides
+(deterministic forward), so the runs are comparable element by element.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,21 +39,14 @@ import optax
 import torch
 import torch.nn.functional as F
 
-import parity
 from vit_jax.config import ViTConfig
-from vit_jax.formats.mapping import flatten
-from vit_jax.formats.torch_arrays import to_numpy
-from vit_jax.model import VisionTransformer
+from vit_jax.formats import mapping
+from vit_jax.formats.torch_arrays import to_numpy, to_torch
+from vit_jax.model import Encoder1DBlock, VisionTransformer
 from vit_jax.params import unstack_block_params
 
-
-@dataclasses.dataclass
-class RunResult:
-    """What one framework computed at one precision."""
-
-    intermediates: dict[str, np.ndarray]  # canonical layer name -> activation (attention maps included)
-    loss: float | None = None
-    grads: dict[str, np.ndarray] | None = None  # Flax path -> gradient
+OUTER = None  # the group of every parameter outside the encoder blocks; block groups are their indices
+Flat = dict[str, np.ndarray]  # '/'-joined Flax path (per-block layout) -> array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +56,8 @@ class AdamWSettings:
     Both apply decoupled weight decay to every parameter (no mask on either
     side): p <- p - lr * (adam_direction + weight_decay * p), where torch's
     `p.mul_(1 - lr * wd)` before the Adam update is the same expression.
-    Both use eps outside the square root and bias-corrected moments.
+    Both use eps outside the square root and bias-corrected moments. The update
+    is per parameter, so one group's step is that group's part of the model's step.
     """
 
     learning_rate: float = 1e-3
@@ -55,12 +65,6 @@ class AdamWSettings:
     b2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.05
-
-
-@dataclasses.dataclass
-class TrainResult:
-    params_after_first_step: dict[str, np.ndarray]  # Flax path -> updated parameter
-    losses: list[float]  # loss of each step, before its update
 
 
 def float64_config(config: ViTConfig) -> ViTConfig:
@@ -71,9 +75,28 @@ def cast_params(params: Any, dtype) -> Any:
     return jax.tree.map(lambda a: np.asarray(a, dtype), params)
 
 
-def flat_per_block(tree: Any) -> dict[str, np.ndarray]:
+def flat_per_block(tree: Any) -> Flat:
     """Nested (per-block or scanned) tree -> {'/'-path: NumPy array}, per-block layout."""
-    return {k: np.asarray(v) for k, v in flatten(unstack_block_params(dict(tree))).items()}
+    return {k: np.asarray(v) for k, v in mapping.flatten(unstack_block_params(dict(tree))).items()}
+
+
+def groups(config: ViTConfig) -> list[int | None]:
+    """Parameter groups in forward order: outside the blocks, then each block."""
+    return [OUTER, *range(config.num_layers)]
+
+
+def group_paths(config: ViTConfig, group: int | None) -> list[str]:
+    return [p for rule in mapping.group_rules(config, group) for p in rule.flax]
+
+
+def group_params(master: Flat, config: ViTConfig, group: int | None, dtype) -> Flat:
+    """One group's parameters in `dtype`: the only copy of them at that precision."""
+    return {p: np.asarray(master[p], dtype) for p in group_paths(config, group)}
+
+
+def add_flat(a: Flat, b: Flat) -> Flat:
+    """Gradients of the outer group from its two stages; each path is zero in one of them, so the sum is exact."""
+    return {k: a[k] + b[k] for k in a}
 
 
 @contextlib.contextmanager
@@ -112,131 +135,339 @@ def _torch_loss(output: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype)
 LOSS_DESCRIPTION = (
     "mean softmax cross-entropy over fixed random labels (one per output row; per token for unpooled "
     "classifiers), or mean squared error to fixed random targets when num_classes = 0; computed in the "
-    "parameter dtype on both sides. Gradients are taken through the same forward pass that yields the "
-    "intermediates (explicit attention, which also returns the attention maps); the AdamW steps use each "
-    "framework's default attention kernel (jax.nn.dot_product_attention, torch scaled_dot_product_attention)"
+    "parameter dtype on both sides. Gradients, AdamW steps and losses are all taken through the forward pass "
+    "that yields the intermediates (explicit attention, which also returns the attention maps), one block at "
+    "a time: each block's forward is recomputed from its saved input for its VJP, in both frameworks"
 )
 
 
+def stage_names(config: ViTConfig) -> tuple[list[str], list[str]]:
+    """Canonical layers before the first block (embedding stage) and after the last (head stage)."""
+    names = config.layer_names(attention=True)
+    in_blocks = [i for i, n in enumerate(names) if n.startswith("blocks.")]
+    first, last = (in_blocks[0], in_blocks[-1]) if in_blocks else (len(names), len(names) - 1)
+    return names[:first], names[last + 1:]
+
+
+def block_layer_name(index: int, key: str) -> str:
+    """A block's intermediate under its canonical name (the Encoder's naming: its output is `blocks.{i}`)."""
+    return f"blocks.{index}" if key == "out" else f"blocks.{index}.{key}"
+
+
+class Side:
+    """One framework at one precision, run a stage at a time. Params are `Flat` dicts in this side's dtype.
+
+    Activations stay native (jax.Array / torch.Tensor) between stages; intermediates come back as NumPy.
+    `seconds` is the time spent in this side's computations.
+    """
+
+    name: str
+    config: ViTConfig
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def timed(self, fn: Callable, *args):
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    @property
+    def param_dtype(self):
+        return np.dtype(jnp.dtype(self.config.param_dtype))
+
+
 # -- Flax ----------------------------------------------------------------------
-def run_flax(
-    config: ViTConfig, params: Any, images: np.ndarray, targets: np.ndarray, backward: bool, device: jax.Device
-) -> RunResult:
-    model = VisionTransformer(config)
-    param_dtype = jnp.dtype(config.param_dtype)
+def _stand_in_blocks(replacement: jax.Array | None, seen: list) -> Callable:
+    """A Flax method interceptor: every encoder block records its input and returns `replacement` (or its input)."""
 
-    def forward(p, x, y):
-        out, inter = model.apply({"params": p}, x, return_intermediates=True, return_attention=True)
-        return _jax_loss(out, y, param_dtype), inter
+    def interceptor(next_fun, args, kwargs, context):
+        if isinstance(context.module, Encoder1DBlock) and context.method_name == "__call__":
+            seen.append(args[0])
+            return (args[0] if replacement is None else replacement), {}
+        return next_fun(*args, **kwargs)
 
-    with jax.default_device(device):
-        params = jax.device_put(params, device)
-        x = jax.device_put(jnp.asarray(images, param_dtype), device)
-        y = jax.device_put(jnp.asarray(targets), device)
-        # One compiled function gives the intermediates, the loss and (with
-        # backward) the gradients: compiling a ViT dominates small runs.
-        # Results are waited for while the compiled function is alive: with oneDNN
-        # matmuls, freeing a running executable aborts the process (vit_jax/cpu/onednn.py).
-        if backward:
-            step = jax.jit(jax.value_and_grad(forward, has_aux=True))
-            (loss, inter), grads = jax.block_until_ready(step(params, x, y))
-            return RunResult({k: np.asarray(v) for k, v in inter.items()}, float(loss), flat_per_block(grads))
-        step = jax.jit(forward)
-        loss, inter = jax.block_until_ready(step(params, x, y))
-        return RunResult({k: np.asarray(v) for k, v in inter.items()}, float(loss))
+    return interceptor
 
 
-def train_flax(
-    config: ViTConfig, params: Any, batches: list[np.ndarray], targets: list[np.ndarray], settings: AdamWSettings,
-    device: jax.Device,
-) -> TrainResult:
-    model = VisionTransformer(config)
-    param_dtype = jnp.dtype(config.param_dtype)
-    tx = optax.adamw(settings.learning_rate, settings.b1, settings.b2, settings.eps, weight_decay=settings.weight_decay)
+class JaxSide(Side):
+    def __init__(self, name: str, config: ViTConfig, device: jax.Device):
+        super().__init__()
+        self.name, self.config, self.device = name, config, device
+        # The whole model with one (stood-in) block: its embedding and head are the model's own code.
+        outer = VisionTransformer(config.replace(num_layers=1, scan=False, remat=False))
+        block = Encoder1DBlock(config, return_intermediates=True, return_attention=True)
+        pre, post = stage_names(config)
+        loss_dtype = jnp.dtype(config.param_dtype)
 
-    @jax.jit
-    def step(p, state, x, y):
-        loss, grads = jax.value_and_grad(lambda p: _jax_loss(model.apply({"params": p}, x), y, param_dtype))(p)
-        updates, state = tx.update(grads, state, p)
-        return optax.apply_updates(p, updates), state, loss
+        def embed(p, images):
+            seen: list = []
+            with nn.intercept_methods(_stand_in_blocks(None, seen)):
+                _, inter = outer.apply({"params": p}, images, return_intermediates=True, return_attention=True)
+            return seen[0], {k: inter[k] for k in pre}
 
-    with jax.default_device(device):
-        p = jax.device_put(jax.tree.map(jnp.asarray, params), device)
-        state = tx.init(p)
-        losses, first = [], None
-        for x, y in zip(batches, targets):
-            p, state, loss = step(p, state, jnp.asarray(x, param_dtype), jnp.asarray(y))
-            losses.append(float(loss))
-            if first is None:
-                first = flat_per_block(p)
-    return TrainResult(first, losses)
+        def head(p, images, x, targets):
+            with nn.intercept_methods(_stand_in_blocks(x, [])):
+                out, inter = outer.apply({"params": p}, images, return_intermediates=True, return_attention=True)
+            return _jax_loss(out, targets, loss_dtype), {k: inter[k] for k in post}
+
+        def run_block(p, x):
+            return block.apply({"params": p}, x, 0.0)
+
+        def block_vjp(p, x, cotangent):
+            return jax.vjp(lambda p, x: run_block(p, x)[0], p, x)[1](cotangent)
+
+        def embed_vjp(p, images, cotangent):
+            return jax.vjp(lambda p: embed(p, images)[0], p)[1](cotangent)[0]
+
+        def head_vjp(p, images, x, targets):
+            loss, pullback, inter = jax.vjp(lambda p, x: head(p, images, x, targets), p, x, has_aux=True)
+            return (loss, *pullback(jnp.ones_like(loss)), inter)
+
+        # Compiled once per side (every block has the same shapes). Results are waited for while the compiled
+        # functions are alive: with oneDNN matmuls, freeing a running executable aborts (vit_jax/cpu/onednn.py).
+        self._fns = {name: jax.jit(fn) for name, fn in (
+            ("embed", embed), ("head", head), ("block", run_block), ("block_vjp", block_vjp),
+            ("embed_vjp", embed_vjp), ("head_vjp", head_vjp))}
+        self._adamw: dict[AdamWSettings, tuple] = {}
+
+    def _call(self, fn: str, *args):
+        with jax.default_device(self.device):
+            args = jax.device_put(args, self.device)
+            return self.timed(lambda: jax.block_until_ready(self._fns[fn](*args)))
+
+    def _tree(self, params: Flat, group: int | None) -> dict:
+        strip = "" if group is OUTER else mapping.block_prefixes(group)[0]
+        return mapping.unflatten({k[len(strip):]: v for k, v in params.items()})
+
+    def _flat(self, tree: Any, group: int | None) -> Flat:
+        prefix = "" if group is OUTER else mapping.block_prefixes(group)[0]
+        return {prefix + k: np.asarray(v) for k, v in mapping.flatten(tree).items()}
+
+    def inputs(self, images: np.ndarray, targets: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        return jnp.asarray(images, self.param_dtype), jnp.asarray(targets)
+
+    def embed(self, params: Flat, images) -> tuple[jax.Array, dict[str, np.ndarray]]:
+        x, inter = self._call("embed", self._tree(params, OUTER), images)
+        return x, {k: np.asarray(v) for k, v in inter.items()}
+
+    def block(self, index: int, params: Flat, x) -> tuple[jax.Array, dict[str, np.ndarray]]:
+        y, inter = self._call("block", self._tree(params, index), x)
+        return y, {block_layer_name(index, k): np.asarray(v) for k, v in inter.items()}
+
+    def head(self, params: Flat, images, x, targets) -> tuple[float, dict[str, np.ndarray]]:
+        loss, inter = self._call("head", self._tree(params, OUTER), images, x, targets)
+        return float(loss), {k: np.asarray(v) for k, v in inter.items()}
+
+    def head_vjp(self, params: Flat, images, x, targets) -> tuple[float, Flat, jax.Array, dict[str, np.ndarray]]:
+        """(loss, gradients of the outer parameters' head part, cotangent of x, the head's intermediates)."""
+        loss, grads, cotangent, inter = self._call("head_vjp", self._tree(params, OUTER), images, x, targets)
+        return float(loss), self._flat(grads, OUTER), cotangent, {k: np.asarray(v) for k, v in inter.items()}
+
+    def block_vjp(self, index: int, params: Flat, x, cotangent) -> tuple[Flat, jax.Array]:
+        grads, cotangent = self._call("block_vjp", self._tree(params, index), x, cotangent)
+        return self._flat(grads, index), cotangent
+
+    def embed_vjp(self, params: Flat, images, cotangent) -> Flat:
+        return self._flat(self._call("embed_vjp", self._tree(params, OUTER), images, cotangent), OUTER)
+
+    def optimizer(self, settings: AdamWSettings) -> JaxAdamW:
+        return JaxAdamW(self, settings)
+
+    def adamw(self, s: AdamWSettings) -> tuple[optax.GradientTransformation, Callable]:
+        """(optax.adamw, its compiled step), made once per side and settings: every AdamW of the report shares it."""
+        if s not in self._adamw:
+            tx = optax.adamw(s.learning_rate, s.b1, s.b2, s.eps, weight_decay=s.weight_decay)
+
+            def step(p, state, g):
+                updates, state = tx.update(g, state, p)
+                return optax.apply_updates(p, updates), state
+
+            self._adamw[s] = tx, jax.jit(step)
+        return self._adamw[s]
+
+
+class JaxAdamW:
+    """optax.adamw, one state per parameter group (its update is per parameter)."""
+
+    def __init__(self, side: JaxSide, settings: AdamWSettings):
+        self.side, self.states = side, {}
+        self.tx, self._step = side.adamw(settings)
+
+    def step(self, group: int | None, params: Flat, grads: Flat) -> Flat:
+        side = self.side
+        p, g = side._tree(params, group), side._tree(grads, group)
+        with jax.default_device(side.device):
+            p, g = jax.device_put((p, g), side.device)
+            state = self.states.get(group)
+            state = side.timed(lambda: self.tx.init(p)) if state is None else state
+            p, self.states[group] = side.timed(lambda: jax.block_until_ready(self._step(p, state, g)))
+        return side._flat(p, group)
+
+    def forget(self, group: int | None) -> None:
+        self.states.pop(group, None)
 
 
 # -- PyTorch -------------------------------------------------------------------
-def _torch_images(images: np.ndarray, device: str, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device=device, dtype=dtype)
+class _StandIn(torch.nn.Module):
+    """Takes the place of the twin's blocks: records their input, returns `replacement` (or the input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: torch.Tensor | None = None
+        self.replacement: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        self.seen = x
+        return (x if self.replacement is None else self.replacement), None, None, None
 
 
-def _torch_targets(targets: np.ndarray, device: str) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(targets)).to(device)
+def torch_block(config: ViTConfig, index: int, tensors: dict[str, torch.Tensor], device: str) -> torch.nn.Module:
+    """The twin's block `index` holding `tensors` (its state dict, keys without `blocks.{index}.`)."""
+    from vit_torch_ref.model import Block
+
+    with torch.device("meta"):  # no initialisation: every tensor is assigned next
+        block = Block(config, config.drop_path_rates()[index])
+    block.load_state_dict(tensors, strict=True, assign=True)
+    return block.to(device).eval()
 
 
-def build_torch_model(params: Any, config: ViTConfig, device: str) -> torch.nn.Module:
-    """The twin holding `params`, moved across by the mapping table."""
-    return parity.torch_model_from_flax(params, config).to(device)
+class TorchSide(Side):
+    def __init__(self, name: str, config: ViTConfig, device: str):
+        from vit_torch_ref.model import VisionTransformer as Twin
+        from vit_torch_ref.model import torch_dtype
+
+        super().__init__()
+        self.name, self.config, self.device = name, config, device
+        self.dtype, self.compute = torch_dtype(config.param_dtype), torch_dtype(config.dtype)
+        self.outer = Twin(config.replace(num_layers=1)).to(device).eval()
+        self.stand_in = _StandIn()
+        self.outer.blocks = torch.nn.ModuleList([self.stand_in])
+        self.pre, self.post = stage_names(config)
+
+    def _autocast(self):
+        # as the twin's forward: bf16 compute over float32 parameters runs under autocast
+        if self.compute == self.dtype:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=self.compute)
+
+    def _tensors(self, params: Flat, group: int | None) -> dict[str, torch.Tensor]:
+        strip = "" if group is OUTER else mapping.block_prefixes(group)[1]
+        flat = mapping.rules_to_torch(params, mapping.group_rules(self.config, group), strip)
+        return {k: to_torch(v).to(self.device) for k, v in flat.items()}
+
+    def module(self, group: int | None, params: Flat) -> torch.nn.Module:
+        tensors = self._tensors(params, group)
+        if group is OUTER:
+            self.outer.load_state_dict(tensors, strict=True)
+            return self.outer
+        return torch_block(self.config, group, tensors, self.device)
+
+    def _flat(self, module: torch.nn.Module, group: int | None, grads: list[torch.Tensor | None] | None) -> Flat:
+        """The module's parameters (or `grads`, one per parameter, None for unused) mapped back to Flax paths."""
+        strip = "" if group is OUTER else mapping.block_prefixes(group)[1]
+        tensors = {}
+        for (key, p), g in zip(module.named_parameters(), grads or [None] * len(list(module.parameters()))):
+            value = p if grads is None else (g if g is not None else torch.zeros_like(p))
+            tensors[key] = to_numpy(value).copy()  # to_numpy shares memory; the optimizer updates in place
+        return mapping.rules_to_flax(tensors, mapping.group_rules(self.config, group), self.config, strip)
+
+    def inputs(self, images: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(self.device, self.dtype)
+        return x, torch.from_numpy(np.ascontiguousarray(targets)).to(self.device)
+
+    def _embed(self, model: torch.nn.Module, images: torch.Tensor):
+        self.stand_in.replacement = None
+        _, inter = model(images, return_intermediates=True, return_attention=True)
+        x, self.stand_in.seen = self.stand_in.seen, None
+        return x, {k: to_numpy(inter[k]) for k in self.pre}
+
+    def _head(self, model: torch.nn.Module, images, x, targets):
+        self.stand_in.replacement = x
+        out, inter = model(images, return_intermediates=True, return_attention=True)
+        self.stand_in.replacement = None
+        return _torch_loss(out, targets, self.dtype), {k: to_numpy(inter[k]) for k in self.post}
+
+    def _block(self, model: torch.nn.Module, index: int, x):
+        with self._autocast():
+            y, attn, mlp, probs = model(x, True)
+        return y, {f"blocks.{index}.attn_probs": probs, f"blocks.{index}.attn": attn, f"blocks.{index}.mlp": mlp}
+
+    def embed(self, params: Flat, images):
+        with torch.no_grad():
+            x, inter = self.timed(self._embed, self.module(OUTER, params), images)
+        return x, inter
+
+    def block(self, index: int, params: Flat, x):
+        with torch.no_grad():
+            y, inter = self.timed(self._block, self.module(index, params), index, x)
+        inter = {k: to_numpy(v) for k, v in inter.items()}
+        return y, {**inter, f"blocks.{index}": to_numpy(y)}
+
+    def head(self, params: Flat, images, x, targets):
+        with torch.no_grad():
+            loss, inter = self.timed(self._head, self.module(OUTER, params), images, x, targets)
+        return loss.item(), inter
+
+    def _vjp(self, module: torch.nn.Module, run: Callable, x, cotangent=None, input_grad: bool = True):
+        """(output, grads of the module's parameters (None: unused), grad of x) of `run(module, x)`."""
+        params = list(module.parameters())
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(input_grad)
+            out = run(module, x)
+            grads = torch.autograd.grad(out, [x, *params] if input_grad else params, cotangent, allow_unused=True)
+        return out, list(grads[-len(params):]), grads[0] if input_grad else None
+
+    def head_vjp(self, params: Flat, images, x, targets):
+        module, inter = self.module(OUTER, params), {}
+
+        def run(module, x):
+            loss, head_inter = self._head(module, images, x, targets)
+            inter.update(head_inter)
+            return loss
+
+        loss, grads, cotangent = self.timed(self._vjp, module, run, x)
+        return loss.item(), self._flat(module, OUTER, grads), cotangent, inter
+
+    def block_vjp(self, index: int, params: Flat, x, cotangent):
+        module = self.module(index, params)
+        _, grads, cotangent = self.timed(self._vjp, module, lambda m, x: self._block(m, index, x)[0], x, cotangent)
+        return self._flat(module, index, grads), cotangent
+
+    def embed_vjp(self, params: Flat, images, cotangent):
+        module = self.module(OUTER, params)
+        _, grads, _ = self.timed(self._vjp, module, lambda m, images: self._embed(m, images)[0], images, cotangent,
+                                 False)
+        return self._flat(module, OUTER, grads)
+
+    def optimizer(self, settings: AdamWSettings) -> TorchAdamW:
+        return TorchAdamW(self, settings)
 
 
-def _torch_param_tree(model: torch.nn.Module, config: ViTConfig, grads: bool) -> dict[str, np.ndarray]:
-    """Parameters (or their gradients) of the twin, mapped back to Flax paths by the same table."""
-    tensors = {}
-    for name, p in model.named_parameters():
-        tensor = p.grad if grads else p
-        # Copy: to_numpy shares memory, and the optimizer keeps updating these tensors in place.
-        tensors[name] = to_numpy(tensor if tensor is not None else torch.zeros_like(p)).copy()
-    return flat_per_block(parity.torch_to_flax(tensors, config,
-                                               source="twin " + ("gradients" if grads else "parameters")))
+class TorchAdamW:
+    """torch.optim.AdamW, one optimizer (and the module whose parameters it steps) per parameter group."""
 
+    def __init__(self, side: TorchSide, settings: AdamWSettings):
+        self.side, self.settings, self.held = side, settings, {}
 
-def run_torch(
-    config: ViTConfig, params: Any, images: np.ndarray, targets: np.ndarray, backward: bool, device: str
-) -> RunResult:
-    from vit_torch_ref.model import torch_dtype
+    def step(self, group: int | None, params: Flat, grads: Flat) -> Flat:
+        """`params` after one step; a group seen before continues from its own module, equal to `params`."""
+        side, s = self.side, self.settings
+        if group not in self.held:  # torch keeps the optimizer's state by parameter object: keep the module
+            module = side.module(group, params)
+            optimizer = torch.optim.AdamW(module.parameters(), lr=s.learning_rate, betas=(s.b1, s.b2), eps=s.eps,
+                                          weight_decay=s.weight_decay)
+            self.held[group] = module, optimizer
+        module, optimizer = self.held[group]
+        if group is OUTER:  # the outer twin is shared with the passes, which load other values into it
+            module.load_state_dict(side._tensors(params, OUTER), strict=True)
+        tensors = side._tensors(grads, group)
+        for key, p in module.named_parameters():
+            p.grad = tensors[key]
+        side.timed(optimizer.step)
+        return side._flat(module, group, None)
 
-    model = build_torch_model(params, config, device)
-    param_dtype = torch_dtype(config.param_dtype)
-    x = _torch_images(images, device, param_dtype)
-    with torch.set_grad_enabled(backward):
-        out, inter = model(x, return_intermediates=True, return_attention=True)
-        loss = _torch_loss(out, _torch_targets(targets, device), param_dtype)
-    result = RunResult({k: to_numpy(v) for k, v in inter.items()}, loss.item())
-    if backward:
-        loss.backward()
-        result.grads = _torch_param_tree(model, config, grads=True)
-    return result
-
-
-def train_torch(
-    config: ViTConfig, params: Any, batches: list[np.ndarray], targets: list[np.ndarray], settings: AdamWSettings,
-    device: str,
-) -> TrainResult:
-    from vit_torch_ref.model import torch_dtype
-
-    model = build_torch_model(params, config, device)
-    param_dtype = torch_dtype(config.param_dtype)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=settings.learning_rate,
-        betas=(settings.b1, settings.b2),
-        eps=settings.eps,
-        weight_decay=settings.weight_decay,
-    )
-    losses, first = [], None
-    for x, y in zip(batches, targets):
-        optimizer.zero_grad(set_to_none=True)
-        loss = _torch_loss(model(_torch_images(x, device, param_dtype)), _torch_targets(y, device), param_dtype)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if first is None:
-            first = _torch_param_tree(model, config, grads=False)
-    return TrainResult(first, losses)
+    def forget(self, group: int | None) -> None:
+        self.held.pop(group, None)

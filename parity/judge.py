@@ -10,12 +10,13 @@ layers and gradients, an absolute bound.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
-from parity.compare import Metrics, compare, group_rms, norm_floor
-from parity.harness import RunResult, TrainResult
+from parity.compare import Metrics, Sums, norm_floor, pair_sums, rms
+from parity.compare import metrics as to_metrics
 from parity.tolerances import NORM_FLOOR_FRACTION, ZERO_GRADIENT_FRACTION, Criterion, Tolerances
 from vit_jax.config import ViTConfig
 from vit_jax.formats.mapping import param_rules, stem_rules
@@ -26,6 +27,30 @@ SECTIONS = ("forward", "gradients", "update", "loss")
 # differ, values are not finite).
 CHECKS = ("float64", "rounding", "bound")
 ZERO_GRADIENT_NOTE = "exact (float64) gradient is zero, both sides compute rounding noise"
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """One tensor's four comparisons, kept while the arrays themselves are let go.
+
+    pairs: jax vs torch, jax vs f64 jax, torch vs f64 torch, f64 jax vs f64 torch.
+    """
+
+    pairs: tuple[Sums, Sums, Sums, Sums]
+    torch_rms: float  # per-element RMS of the torch (low-precision) tensor: its group's norm floor
+    jax64_norm: float  # and of the f64 jax tensor: whether an exact gradient is zero
+    jax64_rms: float
+
+    @property
+    def size(self) -> int:
+        return self.pairs[0].size
+
+
+def measure(jax_value, torch_value, jax64_value, torch64_value) -> Measured:
+    a, b, a64, b64 = (np.asarray(v).astype(np.float64, copy=False) for v in (jax_value, torch_value, jax64_value,
+                                                                            torch64_value))
+    pairs = pair_sums([a, b, a64, b64], [(0, 1), (0, 2), (1, 3), (2, 3)])
+    return Measured(pairs, rms(b), float(np.linalg.norm(a64)), rms(a64))
 
 
 def _row(section: str, name: str, metrics: Metrics, judged: bool, passed: bool, checked: str,
@@ -48,18 +73,15 @@ def _row(section: str, name: str, metrics: Metrics, judged: bool, passed: bool, 
 
 
 def _judged_row(
-    section: str, name: str, tol: Tolerances, criterion: Criterion | None, jax_value, torch_value,
-    jax64_value, torch64_value, floor: float, judged: bool = True, **extra: Any,
+    section: str, name: str, tol: Tolerances, criterion: Criterion | None, measured: Measured,
+    floor: float, judged: bool = True, **extra: Any,
 ) -> dict[str, Any]:
     """One row: the absolute bound (where there is one), the rounding rule and the float64 agreement.
 
     The f64 columns are relative to the same floored norms as rel_l2; the rounding
     rule compares plain L2 distances (printed relative to the float64 torch norm).
     """
-    metrics = compare(jax_value, torch_value, floor)
-    jax_f64 = compare(jax_value, jax64_value, floor)
-    torch_f64 = compare(torch_value, torch64_value, floor)
-    agreement = compare(jax64_value, torch64_value, floor)
+    metrics, jax_f64, torch_f64, agreement = (to_metrics(pair, floor) for pair in measured.pairs)
     scale = max(agreement.ref_norm, floor, np.finfo(np.float64).tiny)
     problem = next((m.problem for m in (metrics, jax_f64, torch_f64, agreement) if m.problem), None)
     if problem:
@@ -81,29 +103,27 @@ def _judged_row(
     )
 
 
-def _floors(references: dict[str, np.ndarray], groups: dict[str, str]) -> dict[str, float]:
-    """Denominator floor per tensor, from the typical magnitude of its group."""
+def _floors(measured: dict[str, Measured], groups: dict[str, str]) -> dict[str, float]:
+    """Denominator floor per tensor, from the typical magnitude (median RMS, `group_rms`) of its group."""
     typical = {
-        group: group_rms(references[k] for k in references if groups[k] == group) for group in set(groups.values())
+        group: float(np.median([measured[k].torch_rms for k in measured if groups[k] == group]))
+        for group in set(groups.values())
     }
-    return {k: norm_floor(np.size(v), typical[groups[k]], NORM_FLOOR_FRACTION) for k, v in references.items()}
+    return {k: norm_floor(m.size, typical[groups[k]], NORM_FLOOR_FRACTION) for k, m in measured.items()}
 
 
-def forward_rows(
-    config: ViTConfig, tol: Tolerances, jax_run: RunResult, torch_run: RunResult,
-    jax64: RunResult, torch64: RunResult,
-) -> list[dict[str, Any]]:
+def forward_rows(config: ViTConfig, tol: Tolerances, measured: dict[str, Measured]) -> list[dict[str, Any]]:
+    """Canonical layers in forward order, from each layer's four comparisons."""
     names = config.layer_names(attention=True)
-    runs = (jax_run.intermediates, torch_run.intermediates, jax64.intermediates, torch64.intermediates)
-    missing = [n for n in names if any(n not in run for run in runs)]
+    missing = [n for n in names if n not in measured]
     if missing:
         raise KeyError(f"canonical layer(s) {missing} missing from a model's intermediates")
     groups = {n: "attention" if n.endswith("attn_probs") else "activations" for n in names}
-    floors = _floors({n: torch_run.intermediates[n] for n in names}, groups)
+    floors = _floors({n: measured[n] for n in names}, groups)
     rows = []
     for depth, name in enumerate(names):
         criterion = tol.logits if name == "logits" else tol.layer
-        rows.append(_judged_row("forward", name, tol, criterion, *(run[name] for run in runs), floors[name],
+        rows.append(_judged_row("forward", name, tol, criterion, measured[name], floors[name],
                                 depth=depth, group=groups[name]))
     return rows
 
@@ -119,61 +139,54 @@ def _flax_paths_in_model_order(config: ViTConfig) -> list[tuple[str, str]]:
 
 
 def _parameter_rows(
-    section: str, config: ViTConfig, tol: Tolerances, criterion: Criterion | None, trees: tuple[dict, dict, dict, dict],
+    section: str, config: ViTConfig, tol: Tolerances, criterion: Criterion | None, measured: dict[str, Measured],
     group: str, zero_grad: set[str], criteria: dict[str, Criterion] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows for per-parameter tensors (gradients or updated values), judged unless the exact gradient is zero.
 
     `criteria` gives some paths a bound other than `criterion`."""
     pairs = _flax_paths_in_model_order(config)
-    floors = _floors({p: trees[1][p] for p, _ in pairs}, {p: group for p, _ in pairs})
+    floors = _floors({p: measured[p] for p, _ in pairs}, {p: group for p, _ in pairs})
     rows = []
     for path, torch_name in pairs:
         judged = path not in zero_grad
-        rows.append(_judged_row(section, path, tol, (criteria or {}).get(path, criterion),
-                                *(tree[path] for tree in trees), floors[path],
-                                judged=judged, torch_name=torch_name, note=None if judged else ZERO_GRADIENT_NOTE))
+        rows.append(_judged_row(section, path, tol, (criteria or {}).get(path, criterion), measured[path],
+                                floors[path], judged=judged, torch_name=torch_name,
+                                note=None if judged else ZERO_GRADIENT_NOTE))
     return rows
 
 
 def gradient_rows(
-    config: ViTConfig, tol: Tolerances, jax_run: RunResult, torch_run: RunResult,
-    jax64: RunResult, torch64: RunResult, zero_grad: set[str],
+    config: ViTConfig, tol: Tolerances, measured: dict[str, Measured], zero_grad: set[str],
 ) -> list[dict[str, Any]]:
-    trees = (jax_run.grads, torch_run.grads, jax64.grads, torch64.grads)
     # a hybrid's ResNet stem has a bound of its own (tolerances.Tolerances.stem_gradient)
     stem = {path: tol.stem_gradient for rule in stem_rules(config) for path in rule.flax} if tol.stem_gradient else {}
-    return _parameter_rows("gradients", config, tol, tol.gradient, trees, "gradients", zero_grad, stem)
+    return _parameter_rows("gradients", config, tol, tol.gradient, measured, "gradients", zero_grad, stem)
 
 
-def zero_gradient_params(config: ViTConfig, grads64: dict[str, np.ndarray]) -> set[str]:
+def zero_gradient_params(config: ViTConfig, measured: dict[str, Measured]) -> set[str]:
     """Parameters whose exact (float64) gradient is zero up to rounding."""
     paths = [p for p, _ in _flax_paths_in_model_order(config)]
-    typical = group_rms(grads64[p] for p in paths)
+    typical = float(np.median([measured[p].jax64_rms for p in paths]))
     return {
         p for p in paths
-        if np.linalg.norm(np.asarray(grads64[p], np.float64))
-        < norm_floor(np.size(grads64[p]), typical, ZERO_GRADIENT_FRACTION)
+        if measured[p].jax64_norm < norm_floor(measured[p].size, typical, ZERO_GRADIENT_FRACTION)
     }
 
 
 def update_rows(
-    config: ViTConfig, tol: Tolerances, jax_train: TrainResult, torch_train: TrainResult,
-    jax64: TrainResult, torch64: TrainResult, zero_grad: set[str],
+    config: ViTConfig, tol: Tolerances, measured: dict[str, Measured], zero_grad: set[str],
 ) -> list[dict[str, Any]]:
-    trees = tuple(t.params_after_first_step for t in (jax_train, torch_train, jax64, torch64))
-    return _parameter_rows("update", config, tol, tol.update, trees, "parameters", zero_grad)
+    return _parameter_rows("update", config, tol, tol.update, measured, "parameters", zero_grad)
 
 
-def loss_rows(
-    tol: Tolerances, jax_train: TrainResult, torch_train: TrainResult, jax64: TrainResult, torch64: TrainResult,
-) -> list[dict[str, Any]]:
-    """The loss at each step, judged by its drift from each side's float64 run (rounding accumulated over steps)."""
+def loss_rows(tol: Tolerances, curves: tuple[list[float], ...]) -> list[dict[str, Any]]:
+    """The loss at each step (jax, torch, f64 jax, f64 torch curves), judged by its drift from each side's
+    float64 run (rounding accumulated over steps)."""
     rows = []
-    curves = zip(jax_train.losses, torch_train.losses, jax64.losses, torch64.losses)
-    for step, values in enumerate(curves, start=1):
+    for step, values in enumerate(zip(*curves), start=1):
         a, b, a64, b64 = (np.float64(v) for v in values)
-        rows.append(_judged_row("loss", f"step {step}", tol, tol.loss, a, b, a64, b64, 0.0,
+        rows.append(_judged_row("loss", f"step {step}", tol, tol.loss, measure(a, b, a64, b64), 0.0,
                                 jax=float(a), torch=float(b), jax_f64=float(a64), torch_f64=float(b64)))
     return rows
 

@@ -132,6 +132,10 @@ def _setup_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
         items.append(("optimizer",
                       f"optax.adamw vs torch.optim.AdamW ({hp}), {opt['steps']} steps. {opt['semantics']}"))
     items.append(("timings", ", ".join(f"{k} {v:.1f}s" for k, v in report["timings_s"].items())))
+    if "peak_rss_bytes" in report:
+        items.append(("peak RSS", f"{report['peak_rss_bytes'] / 2**30:.2f} GiB (whole process; "
+                                  f"{report['peak_rss_after_weights_bytes'] / 2**30:.2f} GiB once the weights and "
+                                  "inputs were ready)"))
     return items
 
 

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import os
 import platform
+import resource
 import sys
 import time
 from typing import Any
@@ -19,7 +20,7 @@ import jax
 import numpy as np
 import torch
 
-from parity import harness, inputs, judge
+from parity import harness, inputs, judge, passes
 from parity.render import write_report
 from parity.tolerances import RELATIVE_ERROR_DEFINITION, RULE, ZERO_GRADIENT_FRACTION, tolerances_for
 from vit_jax.config import KERNELS, ConfigError, ViTConfig, get_config, parse_assignment
@@ -191,58 +192,44 @@ def _environment(jax_device: jax.Device, torch_device: str, dtype: str) -> dict[
     }
 
 
-def run_report(args: argparse.Namespace, config: ViTConfig, params: Any, source: str,
-               images: np.ndarray, input_text: str, rng: np.random.Generator) -> dict[str, Any]:
-    tol = tolerances_for(config.dtype)
-    backward = args.backward or args.optimizer_step
-    targets = inputs.make_targets(config, images.shape[0], rng)
+SIDE_NAMES = ("jax", "torch", "jax float64", "torch float64")  # the order of every list of sides
+
+
+def _sides(config: ViTConfig) -> list[harness.Side]:
+    """The model under test in each framework, and each again in float64 on CPU: the rounding references."""
     jax_device, torch_device = _devices()
-    cpu = jax.devices("cpu")[0]
-    pin = harness.full_float32_precision() if config.dtype == "float32" else contextlib.nullcontext()
-    timings: dict[str, float] = {}
+    config64, cpu = harness.float64_config(config), jax.devices("cpu")[0]
+    return [harness.JaxSide(SIDE_NAMES[0], config, jax_device), harness.TorchSide(SIDE_NAMES[1], config, torch_device),
+            harness.JaxSide(SIDE_NAMES[2], config64, cpu), harness.TorchSide(SIDE_NAMES[3], config64, "cpu")]
 
-    def timed(name, fn, *a):
-        start = time.perf_counter()
-        value = fn(*a)
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-        return value
 
-    with pin:
-        jax_run = timed("jax", harness.run_flax, config, params, images, targets, backward, jax_device)
-        torch_run = timed("torch", harness.run_torch, config, params, images, targets, backward, torch_device)
-        config64, params64 = harness.float64_config(config), harness.cast_params(params, np.float64)
-        jax64 = timed("jax float64", harness.run_flax, config64, params64, images, targets, backward, cpu)
-        torch64 = timed("torch float64", harness.run_torch, config64, params64, images, targets, backward, "cpu")
-        rows = judge.forward_rows(config, tol, jax_run, torch_run, jax64, torch64)
-        zero_grad = judge.zero_gradient_params(config, jax64.grads) if backward else set()
-        if backward:
-            rows += judge.gradient_rows(config, tol, jax_run, torch_run, jax64, torch64, zero_grad)
-        optimizer = None
-        if args.optimizer_step:
-            settings = harness.AdamWSettings(learning_rate=args.lr, weight_decay=args.weight_decay)
-            # Every step sees the report's batch and labels: the model memorises
-            # them, so a correct run shows both losses falling together.
-            batches, labels = [images] * args.steps, [targets] * args.steps
-            jax_train = timed("jax adamw", harness.train_flax, config, params, batches, labels, settings, jax_device)
-            torch_train = timed("torch adamw", harness.train_torch, config, params, batches, labels, settings,
-                                torch_device)
-            # The same steps in float64 (optax and torch.optim.AdamW): the rounding references.
-            jax_train64 = timed("jax adamw float64", harness.train_flax, config64, params64, batches, labels, settings,
-                                cpu)
-            torch_train64 = timed("torch adamw float64", harness.train_torch, config64, params64, batches, labels,
-                                  settings, "cpu")
-            rows += judge.update_rows(config, tol, jax_train, torch_train, jax_train64, torch_train64, zero_grad)
-            rows += judge.loss_rows(tol, jax_train, torch_train, jax_train64, torch_train64)
-            optimizer = {
-                "hyperparameters": {"lr": settings.learning_rate, "b1": settings.b1, "b2": settings.b2,
-                                    "eps": settings.eps, "weight_decay": settings.weight_decay},
-                "steps": args.steps,
-                "semantics": "Decoupled weight decay on every parameter on both sides (no mask on either): "
-                             "p <- p - lr*(m_hat/(sqrt(v_hat)+eps) + wd*p); torch applies p *= 1 - lr*wd before "
-                             "the Adam update, which is the same expression.",
-            }
+def _optimizer_info(settings: harness.AdamWSettings, steps: int) -> dict[str, Any]:
+    return {
+        "hyperparameters": {"lr": settings.learning_rate, "b1": settings.b1, "b2": settings.b2,
+                            "eps": settings.eps, "weight_decay": settings.weight_decay},
+        "steps": steps,
+        "semantics": "Decoupled weight decay on every parameter on both sides (no mask on either): "
+                     "p <- p - lr*(m_hat/(sqrt(v_hat)+eps) + wd*p); torch applies p *= 1 - lr*wd before "
+                     "the Adam update, which is the same expression.",
+    }
 
-    passed, first = judge.verdict(rows)
+
+def _tolerance_info(tol) -> dict[str, Any]:
+    return {
+        "rule": RULE,
+        "criteria": tol.as_dict(),
+        "layer_bounds": {"max_rel_l2": tol.layer.max_rel_l2, "min_cosine": tol.layer.min_cosine},
+        "relative_error": RELATIVE_ERROR_DEFINITION,
+        "zero_gradient": (
+            f"a parameter whose float64 gradient norm is below {ZERO_GRADIENT_FRACTION:g} x the typical gradient "
+            "norm has zero gradient in exact arithmetic (e.g. the key bias: softmax ignores a common shift of "
+            "the key logits, so it cannot change any output either); both sides then compute rounding noise (and "
+            "AdamW turns it into a step of random sign), so its gradient and update rows are shown, not judged"
+        ),
+    }
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     judged = [r for r in rows if r["judged"]]
     worst, worst_ratio = {}, {}
     for section in judge.SECTIONS:
@@ -250,35 +237,64 @@ def run_report(args: argparse.Namespace, config: ViTConfig, params: Any, source:
         if in_section:
             worst[section] = float(np.nanmax([r["rel_l2"] for r in in_section]))
             worst_ratio[section] = float(np.nanmax([r["rounding_ratio"] for r in in_section]))
+    return {"judged": len(judged), "failed": sum(not r["passed"] for r in judged), "worst_rel_l2": worst,
+            "worst_rounding_ratio": worst_ratio}
+
+
+def judged_rows(args: argparse.Namespace, config: ViTConfig, master: harness.Flat, images: np.ndarray,
+                targets: np.ndarray, clock: dict) -> tuple[list[dict[str, Any]], set[str]]:
+    """Every report row and the parameters whose exact gradient is zero."""
+    tol = tolerances_for(config.dtype)
+    backward = args.backward or args.optimizer_step
+    settings = harness.AdamWSettings(learning_rate=args.lr, weight_decay=args.weight_decay)
+    sides = _sides(config)
+    measured, losses = passes.compare(sides, master, config, images, targets, backward,
+                                      settings if args.optimizer_step else None, clock)
+    clock.update({side.name: side.seconds for side in sides})
+    rows = judge.forward_rows(config, tol, measured["forward"])
+    zero_grad = judge.zero_gradient_params(config, measured["gradients"]) if backward else set()
+    if backward:
+        rows += judge.gradient_rows(config, tol, measured["gradients"], zero_grad)
+    if args.optimizer_step:
+        rows += judge.update_rows(config, tol, measured["update"], zero_grad)
+        curves = passes.loss_curves(sides, master, config, images, targets, settings, args.steps, losses, clock)
+        rows += judge.loss_rows(tol, curves)
+    return rows, zero_grad
+
+
+def run_report(args: argparse.Namespace, config: ViTConfig, params: Any, source: str,
+               images: np.ndarray, input_text: str, rng: np.random.Generator) -> dict[str, Any]:
+    backward = args.backward or args.optimizer_step
+    targets = inputs.make_targets(config, images.shape[0], rng)
+    pin = harness.full_float32_precision() if config.dtype == "float32" else contextlib.nullcontext()
+    clock: dict[str, float] = {}
+    with pin:
+        rows, zero_grad = judged_rows(args, config, harness.flat_per_block(params), images, targets, clock)
+    passed, first = judge.verdict(rows)
+    settings = harness.AdamWSettings(learning_rate=args.lr, weight_decay=args.weight_decay)
     return {
         "verdict": "pass" if passed else "fail",
         "first_failure": first,
-        "summary": {"judged": len(judged), "failed": sum(not r["passed"] for r in judged), "worst_rel_l2": worst,
-                    "worst_rounding_ratio": worst_ratio},
+        "summary": _summary(rows),
         "command": "python -m parity report " + " ".join(args.argv),
         "config": config.to_dict(),
         "dtype": config.dtype,
         "weights": source,
         "inputs": input_text,
         "loss_definition": harness.LOSS_DESCRIPTION if backward else None,
-        "optimizer": optimizer,
-        "environment": _environment(jax_device, torch_device, config.dtype),
+        "optimizer": _optimizer_info(settings, args.steps) if args.optimizer_step else None,
+        "environment": _environment(*_devices(), config.dtype),
         "zero_gradient_params": sorted(zero_grad),
-        "tolerances": {
-            "rule": RULE,
-            "criteria": tol.as_dict(),
-            "layer_bounds": {"max_rel_l2": tol.layer.max_rel_l2, "min_cosine": tol.layer.min_cosine},
-            "relative_error": RELATIVE_ERROR_DEFINITION,
-            "zero_gradient": (
-                f"a parameter whose float64 gradient norm is below {ZERO_GRADIENT_FRACTION:g} x the typical gradient "
-                "norm has zero gradient in exact arithmetic (e.g. the key bias: softmax ignores a common shift of "
-                "the key logits, so it cannot change any output either); both sides then compute rounding noise (and "
-                "AdamW turns it into a step of random sign), so its gradient and update rows are shown, not judged"
-            ),
-        },
-        "timings_s": timings,
+        "tolerances": _tolerance_info(tolerances_for(config.dtype)),
+        "timings_s": clock,
         "rows": rows,
     }
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size so far (Linux reports kilobytes, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,9 +319,12 @@ def main(argv: list[str] | None = None) -> int:
         except (UsageError, ConfigError, MappingError, inputs.InputError, OSError, ValueError, KeyError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        setup_s = time.perf_counter() - started
+        setup_s, setup_rss = time.perf_counter() - started, peak_rss_bytes()
         report = run_report(args, config, params, source, images, input_text, rng)
         report["timings_s"] = {"weights and inputs": setup_s, **report["timings_s"]}
+        report["timings_s"]["total"] = time.perf_counter() - started
+        report["peak_rss_bytes"] = peak_rss_bytes()
+        report["peak_rss_after_weights_bytes"] = setup_rss  # the model's float32 weights (and their init)
     try:
         paths = write_report(report, args.out)
     except (ConversionError, OSError) as error:  # a device or FIFO in --out, a full disk
@@ -320,5 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     if report["first_failure"]:
         failure = report["first_failure"]
         print(f"first failure: {failure['name']} ({failure['section']}): {failure['check']}")
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in report["timings_s"].items())
+    print(f"peak RSS {report['peak_rss_bytes'] / 2**30:.2f} GiB ({setup_rss / 2**30:.2f} GiB once the weights "
+          f"and inputs were ready); timings: {timings}")
     print(f"wrote {', '.join(paths)} ({time.perf_counter() - started:.1f}s)")
     return 0 if report["verdict"] == "pass" else 1

@@ -14,7 +14,9 @@ import optax
 import optax.tree
 import pytest
 import torch
+from test_parity_report import swap_query_key
 
+from parity import harness
 from parity.report_cli import main
 
 SMALL = "ViT-testing"  # 16 px, patch 4, hidden 32, 2 heads, 2 layers, 10 classes
@@ -77,3 +79,37 @@ def test_one_side_optimizer_bug_fails_at_first_moved_parameter(tmp_path, monkeyp
     assert all(r["passed"] for r in by_section["forward"] + by_section["gradients"])
     # the first loss comes before any update; the second sees the wrong step
     assert by_section["loss"][0]["passed"] and not by_section["loss"][1]["passed"]
+
+
+def twin_layer_norm_eps_larger_in_block_1(monkeypatch):
+    build = harness.torch_block
+
+    def block(config, index, tensors, device):
+        module = build(config, index, tensors, device)
+        if index == 1:
+            module.norm2.eps += 1e-5
+        return module
+
+    monkeypatch.setattr(harness, "torch_block", block)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "inject, first",
+    [
+        (jax_eps_1e6, ("update", "embedding/kernel")),
+        (torch_weight_decay_10_percent_larger, ("update", "embedding/kernel")),
+        (twin_layer_norm_eps_larger_in_block_1, ("forward", "blocks.1.mlp")),
+        (swap_query_key, ("forward", "blocks.0.attn_probs")),
+    ],
+    ids=["eps-1e-6", "weight-decay-x1.1", "layer-norm-eps", "query-key-swap"],
+)
+def test_one_side_bug_fails_in_bfloat16(tmp_path, monkeypatch, inject, first):
+    """bf16 compute hides these bugs under its own rounding; the float64 runs of the same report do not."""
+    inject(monkeypatch)
+    out = tmp_path / "out"
+    optimizer = ["--optimizer-step", "--steps", "1"] if first[0] == "update" else []
+    code = main(["--config", SMALL, "--batch", "1", "--dtype", "bfloat16", *optimizer, "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    assert code == 1 and (report["first_failure"]["section"], report["first_failure"]["name"]) == first
+    assert report["first_failure"]["f64_jax_vs_torch"] > 1e-8

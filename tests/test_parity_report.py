@@ -252,14 +252,15 @@ def test_bfloat16_forward_backward_adamw_pass(tmp_path):
 
 @pytest.mark.slow
 def test_layer_norm_epsilon_changed_in_the_twin_fails_at_that_block(tmp_path, monkeypatch):
-    build = harness.build_torch_model
+    build = harness.torch_block
 
-    def twin_with_wrong_eps(params, config, device):
-        model = build(params, config, device)
-        model.blocks[1].norm2.eps += 1e-5  # 1.1e-5 instead of the config's 1e-6, in both twin runs
-        return model
+    def twin_block_with_wrong_eps(config, index, tensors, device):
+        block = build(config, index, tensors, device)
+        if index == 1:
+            block.norm2.eps += 1e-5  # 1.1e-5 instead of the config's 1e-6, in both twin runs
+        return block
 
-    monkeypatch.setattr(harness, "build_torch_model", twin_with_wrong_eps)
+    monkeypatch.setattr(harness, "torch_block", twin_block_with_wrong_eps)
     code, report = run(tmp_path, "--config", SMALL, "--batch", "1", "--backward")
     assert code == 1
     assert report["first_failure"]["name"] == "blocks.1.mlp"

@@ -283,6 +283,35 @@ def family_2_rules(config: ViTConfig, rules: list[Rule]) -> list[Rule]:
     return out
 
 
+def block_prefixes(index: int) -> tuple[str, str]:
+    """(Flax path prefix, torch key prefix) of encoder block `index`."""
+    return f"Transformer/encoderblock_{index}/", f"blocks.{index}."
+
+
+def group_rules(config: ViTConfig, block: int | None) -> list[Rule]:
+    """The rules of one encoder block, or (block None) of everything outside the blocks, in model order."""
+    rules = param_rules(config)
+    if block is None:
+        return [r for r in rules if not r.torch.startswith("blocks.")]
+    prefix = block_prefixes(block)[1]
+    return [r for r in rules if r.torch.startswith(prefix)]
+
+
+def rules_to_torch(flat: Mapping[str, Any], rules: list[Rule], strip: str = "") -> dict[str, np.ndarray]:
+    """{'/'-path: leaf} (a group's Flax tensors) -> {torch key without `strip`: tensor} by `rules`."""
+    return {r.torch[len(strip):]: r.transform.to_torch([np.asarray(flat[p]) for p in r.flax]) for r in rules}
+
+
+def rules_to_flax(
+    tensors: Mapping[str, Any], rules: list[Rule], config: ViTConfig, strip: str = ""
+) -> dict[str, np.ndarray]:
+    """{torch key without `strip`: tensor} -> {'/'-path: leaf} by `rules` (the inverse of rules_to_torch)."""
+    flat = {}
+    for rule in rules:
+        flat.update(zip(rule.flax, rule.transform.to_flax(np.asarray(tensors[rule.torch[len(strip):]]), config)))
+    return flat
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dict -> {'a/b/c': leaf}."""
     flat: dict[str, Any] = {}
