@@ -321,7 +321,7 @@ class _StandIn(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         self.seen = x
-        return (x if self.replacement is None else self.replacement), None, None, None
+        return (x if self.replacement is None else self.replacement), None, None, None, None
 
 
 def torch_block(config: ViTConfig, index: int, tensors: dict[str, torch.Tensor], device: str) -> torch.nn.Module:
@@ -392,8 +392,11 @@ class TorchSide(Side):
 
     def _block(self, model: torch.nn.Module, index: int, x):
         with self._autocast():
-            y, attn, mlp, probs = model(x, True)
-        return y, {f"blocks.{index}.attn_probs": probs, f"blocks.{index}.attn": attn, f"blocks.{index}.mlp": mlp}
+            y, attn, mlp, probs, rotated = model(x, True)
+        inter = {f"blocks.{index}.attn_probs": probs, f"blocks.{index}.attn": attn, f"blocks.{index}.mlp": mlp}
+        if rotated is not None:  # q and k after the rotary embedding (EVA-02)
+            inter[f"blocks.{index}.rope"] = rotated
+        return y, inter
 
     def embed(self, params: Flat, images):
         with torch.no_grad():
