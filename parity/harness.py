@@ -328,10 +328,11 @@ def torch_block(config: ViTConfig, index: int, tensors: dict[str, torch.Tensor],
     """The twin's block `index` holding `tensors` (its state dict, keys without `blocks.{index}.`)."""
     from vit_torch_ref.model import Block
 
-    with torch.device("meta"):  # no initialisation: every tensor is assigned next
+    # Built on its device, not on 'meta': buffers outside the state dict (the rotary tables) need real values.
+    with torch.device(device):
         block = Block(config, config.drop_path_rates()[index])
     block.load_state_dict(tensors, strict=True, assign=True)
-    return block.to(device).eval()
+    return block.eval()
 
 
 class TorchSide(Side):
