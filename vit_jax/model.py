@@ -3,7 +3,7 @@
 Module and parameter names match Google's `vit_jax` (models_vit.py), so its
 released param trees load unchanged:
 
-    embedding/{kernel,bias}            Conv, kernel (ph, pw, C, D); no bias without patch_bias
+    embedding/{kernel,bias}            Conv, kernel (ph, pw, C, D); no bias without patch_bias (vit_jax/embedding.py)
     embedding_norm_{in,out}            patch_norm only (vit-pytorch's patch embedding)
     cls                                (1, 1, D)            token classifiers only
     dist, registers, mask_token        (1, 1, D), (1, R, D), (1, D): distilled, num_register_tokens, mask_token
@@ -19,6 +19,10 @@ released param trees load unchanged:
     Transformer/encoder_norm           unless fc_norm, which puts fc_norm after pooling instead
     pre_logits/{kernel,bias}           representation_size only
     head/{kernel,bias}, head_dist      num_classes > 0 only (head_dist: distilled; no biases without head_bias)
+
+The token assembly (patch embedding, class/distillation/register tokens, position embeddings)
+lives in vit_jax/embedding.py, the pooling and heads in vit_jax/heads.py; both create their
+parameters in the calling module, so the names above stay where Google has them.
 
 A hybrid (`config.resnet_layers` set) first runs Google's ResNet stem
 (vit_jax/resnet.py: conv_root, gn_root, block{i}/unit{j}/... at the top level)
@@ -47,28 +51,15 @@ import numpy as np
 
 from vit_jax.attention import attend, explicit_attention
 from vit_jax.config import ViTConfig
+from vit_jax.embedding import embed_patches, join_tokens, prefix_tokens
 from vit_jax.glu import SwiGLU
-from vit_jax.heads import MAPHead
-from vit_jax.kernel_sets import kernels_for
-from vit_jax.posemb import sincos_2d
+from vit_jax.heads import head_output
+from vit_jax.kernel_sets import kernels_for, layer_norm
 from vit_jax.resnet import resnet_stem
 from vit_jax.rope import apply_rope
 
 Array = jax.Array
 Intermediates = dict[str, Array]
-
-
-def _layer_norm(c: ViTConfig, name: str) -> nn.Module:
-    return kernels_for(c).layer_norm(
-        epsilon=c.layer_norm_eps, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype), name=name
-    )
-
-
-def patch_pixels(images: Array, patch_hw: tuple[int, int]) -> Array:
-    """(n, H, W, C) -> (n, patches, ph * pw * C): row-major patches, each flattened as (ph, pw, C)."""
-    (n, h, w, ch), (ph, pw) = images.shape, patch_hw
-    x = jnp.reshape(images, (n, h // ph, ph, w // pw, pw, ch)).transpose(0, 1, 3, 2, 4, 5)
-    return jnp.reshape(x, (n, (h // ph) * (w // pw), ph * pw * ch))
 
 
 def _block_layer(layer: type[nn.Module], c: ViTConfig, **kwargs) -> functools.partial:
@@ -81,19 +72,6 @@ def _block_layer(layer: type[nn.Module], c: ViTConfig, **kwargs) -> functools.pa
         dot_general=kernels_for(c).dot_general,
         **kwargs,
     )
-
-
-class AddPositionEmbs(nn.Module):
-    """Adds learned position embeddings (class slot included, as in vit_jax)."""
-
-    config: ViTConfig
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        shape = (1, x.shape[1], x.shape[2])
-        pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), shape,
-                         jnp.dtype(self.config.param_dtype))
-        return x + pos.astype(x.dtype)
 
 
 class LayerScale(nn.Module):
@@ -190,7 +168,7 @@ class Encoder1DBlock(nn.Module):
         # Sharded training keeps the batch split here (vit_jax/sharding.py); without its rules, a no-op.
         inputs = nn.with_logical_constraint(inputs, ("batch", None, None))
 
-        x = _layer_norm(c, "LayerNorm_0")(inputs)
+        x = layer_norm(c, "LayerNorm_0")(inputs)
         attn, probs, rotated = MultiHeadDotProductAttention(
             c, train=self.train, return_attention=self.return_attention, name="MultiHeadDotProductAttention_0"
         )(x)
@@ -201,7 +179,7 @@ class Encoder1DBlock(nn.Module):
             attn = drop_path(attn, drop_path_rate, self.make_rng("dropout"))
         x = inputs + attn
 
-        y = _layer_norm(c, "LayerNorm_1")(x)
+        y = layer_norm(c, "LayerNorm_1")(x)
         mlp = (MlpBlock if c.mlp_type == "gelu" else SwiGLU)(c, train=self.train, name="MlpBlock_0")(y)
         if c.layer_scale:
             mlp = LayerScale(c, name="LayerScale_1")(mlp)
@@ -217,23 +195,6 @@ class Encoder1DBlock(nn.Module):
         if self.return_attention:
             inter["attn_probs"] = probs
         return out, inter
-
-
-def join_tokens(c: ViTConfig, patches: Array, prefix: Array | None, registers: Array | None, add_posemb) -> Array:
-    """Prefix tokens, position embedding and registers, in the sources' order: class, distillation, registers, patches.
-
-    The class and distillation tokens get position slots unless `posemb_class_slot` is off (timm's
-    no_embed_class: add, then concatenate); registers never do (inserted after the embedding is added).
-    """
-    if prefix is not None and c.posemb_class_slot:
-        x = add_posemb(jnp.concatenate([prefix, patches], axis=1))
-    else:
-        x = add_posemb(patches)
-        x = x if prefix is None else jnp.concatenate([prefix, x], axis=1)
-    if registers is not None:
-        k = 0 if prefix is None else prefix.shape[1]
-        x = jnp.concatenate([x[:, :k], registers, x[:, k:]], axis=1)
-    return x
 
 
 class Encoder(nn.Module):
@@ -253,20 +214,12 @@ class Encoder(nn.Module):
                  ) -> tuple[Array, Intermediates]:
         c = self.config
         inter: Intermediates = {}
-
-        def add_posemb(x: Array) -> Array:
-            if c.posemb == "learn":
-                return AddPositionEmbs(c, name="posembed_input")(x)
-            # fixed 2-D sin-cos; class slots, if any, get none (big_vision)
-            table = jnp.asarray(sincos_2d(c.grid_size, c.hidden_size), dtype=x.dtype)
-            return x + jnp.pad(table, ((0, 0), (x.shape[1] - c.num_patches, 0), (0, 0)))
-
-        x = join_tokens(c, x, prefix, registers, add_posemb)
+        x = join_tokens(c, x, prefix, registers)  # vit_jax/embedding.py
         x = nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
         if self.return_intermediates:
             inter["embed"] = x
         if c.pre_norm:
-            x = _layer_norm(c, "pre_norm")(x)
+            x = layer_norm(c, "pre_norm")(x)
             if self.return_intermediates:
                 inter["norm_pre"] = x
 
@@ -303,7 +256,7 @@ class Encoder(nn.Module):
         # A 'token' head reads the class (and distillation) token alone, and the norm is per token: a kernel set
         # may norm just those.
         head_tokens = 1 + c.distilled if c.classifier == "token" and not self.return_intermediates else 0
-        x = kernels_for(c).final_norm(x, _layer_norm(c, "encoder_norm"), head_tokens)
+        x = kernels_for(c).final_norm(x, layer_norm(c, "encoder_norm"), head_tokens)
         if self.return_intermediates:
             inter["norm"] = x
         return x, inter
@@ -330,92 +283,30 @@ class VisionTransformer(nn.Module):
     ) -> Array | tuple[Array, Intermediates]:
         c = self.config
         c.check_image_shape(images.shape, "NHWC")
-        dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         inter: Intermediates = {}
 
-        x = images.astype(dtype)
+        x = images.astype(jnp.dtype(c.dtype))
         if c.is_hybrid:  # Google's hybrid: patches are cut from a ResNet's feature map
             x = resnet_stem(c, x)
             if return_intermediates:
                 inter["stem"] = x
-        if c.patch_norm:  # vit-pytorch: LayerNorm over each patch's pixels, projection, LayerNorm
-            x = _layer_norm(c, "embedding_norm_in")(patch_pixels(x, c.patch_hw))
-            x = jnp.reshape(x, (*x.shape[:2], *c.patch_hw, x.shape[-1] // (c.patch_hw[0] * c.patch_hw[1])))
-            x = nn.DenseGeneral(c.hidden_size, axis=(-3, -2, -1), dtype=dtype, param_dtype=param_dtype,
-                                name="embedding")(x)  # kernel (ph, pw, C, D), as the Conv's
-            x = _layer_norm(c, "embedding_norm_out")(x)
-        else:  # Patches embedded by a strided convolution, then flattened to tokens.
-            x = nn.Conv(
-                c.hidden_size, c.patch_hw, strides=c.patch_hw, padding="VALID", use_bias=c.patch_bias, dtype=dtype,
-                param_dtype=param_dtype, name="embedding",
-            )(x)
-            x = jnp.reshape(x, (x.shape[0], -1, x.shape[-1]))
+        x = embed_patches(c, x)  # strided Conv, or vit-pytorch's normed patches (vit_jax/embedding.py)
         n, _, d = x.shape
         if return_intermediates:
             inter["patch_embed"] = x
-        prefix, registers = self._prefix_tokens(n, d)
+        prefix, registers = prefix_tokens(self, n, d)
         x, encoder_inter = Encoder(
             c, train=train, return_intermediates=return_intermediates, return_attention=return_attention,
             name="Transformer",
         )(x, prefix, registers)
         inter.update(encoder_inter)
 
-        if c.classifier == "token":
-            x = x[:, 0] if not c.distilled else x[:, :2]  # class (and distillation) token
-        elif c.classifier in ("gap", "token_gap"):
-            x = kernels_for(c).mean_tokens(x[:, c.num_prefix_tokens:])  # patch tokens only
-        elif c.classifier == "map":  # a learned probe attends over the patch tokens (vit_jax/heads.py)
-            x, pool_attn = MAPHead(c, MlpBlock, name="MAPHead_0")(x[:, c.num_prefix_tokens:])
-            if return_intermediates:
-                inter.update({"pool.attn": pool_attn, "pool": x})
-        if c.fc_norm:
-            x = _layer_norm(c, "fc_norm")(x)
-            if return_intermediates:
-                inter["norm"] = x
-        if c.representation_size is not None:
-            x = nn.Dense(c.representation_size, dtype=dtype, param_dtype=param_dtype, name="pre_logits")(x)
-            x = jnp.tanh(x)
-        if return_intermediates:
-            inter["pre_logits"] = x
-        if c.distilled and not c.num_classes:  # features: the mean of the two tokens (timm's forward_head)
-            x = (x[:, 0] + x[:, 1]) / 2
-        if c.num_classes:
-            x = self._heads(x)
-            if return_intermediates:
-                inter["logits"] = x
+        # pooling, fc_norm, pre-logits, the classifier and distillation heads (vit_jax/heads.py)
+        x, head_inter = head_output(c, x, MlpBlock, return_intermediates)
+        inter.update(head_inter)
         if return_intermediates or return_attention:
             return x, inter
         return x
-
-    def _prefix_tokens(self, n: int, d: int) -> tuple[Array | None, Array | None]:
-        """(class [+ distillation] tokens, register tokens), each tiled over the batch, or None."""
-        c, dtype, param_dtype = self.config, jnp.dtype(self.config.dtype), jnp.dtype(self.config.param_dtype)
-        if c.mask_token:  # Hugging Face DINOv2 holds it for masked pre-training; inference never reads it
-            self.param("mask_token", nn.initializers.zeros, (1, d), param_dtype)
-        tokens = []
-        if c.has_class_token:
-            tokens.append(self.param("cls", nn.initializers.zeros, (1, 1, d), param_dtype))
-        if c.distilled:
-            tokens.append(self.param("dist", nn.initializers.normal(stddev=0.02), (1, 1, d), param_dtype))
-        prefix = jnp.tile(jnp.concatenate(tokens, axis=1).astype(dtype), (n, 1, 1)) if tokens else None
-        if not c.num_register_tokens:
-            return prefix, None
-        registers = self.param("registers", nn.initializers.normal(stddev=1e-6), (1, c.num_register_tokens, d),
-                               param_dtype)
-        return prefix, jnp.tile(registers.astype(dtype), (n, 1, 1))
-
-    def _heads(self, x: Array) -> Array:
-        """The classifier; distilled: the mean of the class head and the distillation head (DeiT's inference)."""
-        c = self.config
-        head = functools.partial(
-            nn.Dense, c.num_classes, use_bias=c.head_bias, dtype=jnp.dtype(c.dtype),
-            param_dtype=jnp.dtype(c.param_dtype),
-            kernel_init=nn.initializers.zeros if c.head_zero_init else nn.initializers.lecun_normal(),
-            bias_init=nn.initializers.constant(c.head_bias_init),
-        )
-        if not c.distilled:
-            return head(name="head")(x)
-        return (head(name="head")(x[:, 0]) + head(name="head_dist")(x[:, 1])) / 2
 
 
 def init_params(config: ViTConfig, rng: Array | int = 0) -> dict[str, Any]:

@@ -354,7 +354,7 @@ class VisionTransformer(nn.Module):
         return x
 
     def _join_tokens(self, patches: torch.Tensor) -> torch.Tensor:
-        """Class, distillation, register and patch tokens with the position embedding, as `vit_jax.join_tokens`."""
+        """Class, distillation, register and patch tokens and the position embedding (vit_jax.embedding.join_tokens)."""
         c, n = self.config, patches.shape[0]
         prefix = [getattr(self, name) for name in ("cls_token", "dist_token") if hasattr(self, name)]
         prefix = [t.expand(n, -1, -1).to(patches.dtype) for t in prefix]
