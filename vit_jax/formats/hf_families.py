@@ -22,13 +22,12 @@ from typing import Any
 import numpy as np
 
 from vit_jax.formats.base import ConversionError, TensorSource, vit_pytorch_option_problems
-from vit_jax.formats.renames import RenameTable
+from vit_jax.formats.renames import HF_VIT_BLOCK, RenameTable
 from vit_jax.formats.torch_sd import read_file, write_file
 
 _ACTIVATIONS = {"gelu": "exact", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "quick_gelu": "quick"}
 _HF_ACT = {"exact": "gelu", "tanh": "gelu_pytorch_tanh", "quick": "quick_gelu"}
 _CLASSIC = "encoder.layer.{i}"  # names on the hub (read and written); transformers 5 renames on load
-_V5 = "layers.{i}"
 
 
 def _dinov2_table(registers: bool) -> RenameTable:
@@ -75,22 +74,10 @@ _DEIT_TABLE = RenameTable([
     ("dist_token", "embeddings.distillation_token"),
     ("pos_embed", "embeddings.position_embeddings"),
     ("patch_embed.proj.{p}", "embeddings.patch_embeddings.projection.{p}"),
-    ("blocks.{i}.norm1.{p}", f"{_CLASSIC}.layernorm_before.{{p}}"),
-    ("blocks.{i}.attn.qkv.{p}", tuple(f"{_CLASSIC}.attention.attention.{n}.{{p}}" for n in ("query", "key", "value"))),
-    ("blocks.{i}.attn.proj.{p}", f"{_CLASSIC}.attention.output.dense.{{p}}"),
-    ("blocks.{i}.norm2.{p}", f"{_CLASSIC}.layernorm_after.{{p}}"),
-    ("blocks.{i}.mlp.fc1.{p}", f"{_CLASSIC}.intermediate.dense.{{p}}"),
-    ("blocks.{i}.mlp.fc2.{p}", f"{_CLASSIC}.output.dense.{{p}}"),
+    *HF_VIT_BLOCK,
     ("norm.{p}", "layernorm.{p}"),
     ("head.{p}", "cls_classifier.{p}"),
     ("head_dist.{p}", "distillation_classifier.{p}"),
-    # transformers 5 names, read only
-    ("blocks.{i}.norm1.{p}", f"{_V5}.layernorm_before.{{p}}"),
-    ("blocks.{i}.attn.qkv.{p}", tuple(f"{_V5}.attention.{n}_proj.{{p}}" for n in "qkv")),
-    ("blocks.{i}.attn.proj.{p}", f"{_V5}.attention.o_proj.{{p}}"),
-    ("blocks.{i}.norm2.{p}", f"{_V5}.layernorm_after.{{p}}"),
-    ("blocks.{i}.mlp.fc1.{p}", f"{_V5}.mlp.fc1.{{p}}"),
-    ("blocks.{i}.mlp.fc2.{p}", f"{_V5}.mlp.fc2.{{p}}"),
 ])
 
 
