@@ -279,6 +279,11 @@ def test_dinov2_swiglu_widths_are_transformers_own():
     hf.check_expressible(giant)
     with pytest.raises(ConversionError, match=r"mlp_dim 40 \(transformers' DINOv2 SwiGLU .* \[24, 48"):
         hf.check_expressible(giant.replace(hidden_size=32, mlp_dim=40, num_heads=2))
+    with pytest.raises(ConversionError, match="q/v-only biases"):  # EVA-02's options have no HF DINOv2 form
+        hf.check_expressible(giant.replace(key_bias=False))
+    eva = vit_jax.get_config("EVA02-Ti_14").replace(classifier="token", fc_norm=False)
+    with pytest.raises(ConversionError, match="mlp_type='swiglu_packed', rope=True, key_bias=False"):
+        hf.check_expressible(eva)  # nor in the plain HF ViT's (nor torchvision's, vit-pytorch's)
 
 
 def test_transformers_dinov2_classifier_is_named(dinov2_swiglu, tmp_path, capsys):
