@@ -135,12 +135,9 @@ def test_transformers_siglip_vision_model_in_and_back(siglip_hf, tmp_path):
         assert torch.equal(value, original[key]), key
 
 
-@pytest.mark.parametrize("scanned", [False, True], ids=["per-block", "scanned"])
-def test_big_vision_siglip_npz_converts_with_no_flag(tmp_path, scanned):
+def big_vision_siglip(path, scanned: bool) -> tuple:
     """A big_vision SigLIP .npz (image tower under params/img/, pos_embedding at its top, MAPHead_0, the text
-    tower and logit scale beside it), written here in that layout from a model's weights."""
-    from transformers import SiglipVisionModel
-
+    tower and logit scale beside it), written here in that layout from a tiny model's weights: (config, params)."""
     config = vit_jax.get_config("SigLIP-B_16").replace(image_size=28, patch_size=7, hidden_size=32, mlp_dim=40,
                                                        num_heads=2, num_layers=2)
     params = jax.tree.map(lambda a: a + 0.2 * np.random.default_rng(4).standard_normal(a.shape).astype(a.dtype),
@@ -154,7 +151,15 @@ def test_big_vision_siglip_npz_converts_with_no_flag(tmp_path, scanned):
     arrays = {f"params/img/{k}": v for k, v in flat.items()}
     arrays.update({"params/txt/Embed_0/embedding": np.ones((7, 32), np.float32), "params/t": np.ones(1, np.float32),
                    "params/b": np.zeros(1, np.float32)})
-    np.savez(tmp_path / "siglip.npz", **arrays)
+    np.savez(path, **arrays)
+    return config, params
+
+
+@pytest.mark.parametrize("scanned", [False, True], ids=["per-block", "scanned"])
+def test_big_vision_siglip_npz_converts_with_no_flag(tmp_path, scanned):
+    from transformers import SiglipVisionModel
+
+    config, params = big_vision_siglip(tmp_path / "siglip.npz", scanned)
     images = np.random.default_rng(2).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
     want = np.asarray(vit_jax.VisionTransformer(config).apply({"params": params}, images))
 
@@ -166,6 +171,44 @@ def test_big_vision_siglip_npz_converts_with_no_flag(tmp_path, scanned):
     model = SiglipVisionModel.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         assert rel_l2(model(pixel_values=nchw(images)).pooler_output.numpy(), want) < 1e-5
+
+
+@pytest.mark.parametrize("scanned", [False, True], ids=["per-block", "scanned"])
+def test_big_vision_siglip_npz_written_back_in_its_names(tmp_path, capsys, scanned):
+    """`convert x.msgpack y.npz --to big-vision`: the image tower under params/img/ with big_vision's names
+    (pos_embedding at its top, MAPHead_0), the same bytes as the source file's tower; read back with no
+    flag (and without the config JSON beside it) to the same tensors."""
+    from test_convert_errors import run_cli
+
+    big_vision_siglip(tmp_path / "siglip.npz", scanned)
+    convert(tmp_path / "siglip.npz", tmp_path / "x.msgpack")
+    code, err = run_cli([tmp_path / "x.msgpack", tmp_path / "bv.npz", "--to", "big-vision"], capsys)
+    assert code == 0, err
+    written = dict(np.load(tmp_path / "bv.npz"))
+    source = dict(np.load(tmp_path / "siglip.npz"))
+    if scanned:  # big_vision loads per-block trees too (its scan=False layout)
+        for key in [k for k in source if "/encoderblock/" in k]:
+            stacked = source.pop(key)
+            source.update({key.replace("/encoderblock/", f"/encoderblock_{i}/"): a for i, a in enumerate(stacked)})
+    tower = {k: v for k, v in source.items() if k.startswith("params/img/")}
+    assert sorted(written) == sorted(tower) and "params/img/MAPHead_0/probe" in written
+    assert all(np.array_equal(written[k], v) and written[k].dtype == v.dtype for k, v in tower.items())
+
+    (tmp_path / "bv.npz.json").unlink()  # the file alone, as big_vision's own
+    convert(tmp_path / "bv.npz", tmp_path / "back.msgpack")
+    (config, got), (_, want) = vit_jax.load_pretrained(tmp_path / "back.msgpack"), vit_jax.load_pretrained(
+        tmp_path / "x.msgpack")
+    assert (config.classifier, config.gelu, config.layer_norm_eps) == ("map", "tanh", 1e-6)
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), got, want))
+
+
+def test_big_vision_target_names_what_it_cannot_hold(dinov2_swiglu, tmp_path, capsys):
+    """A DINOv2 has LayerScale, a SwiGLU MLP and exact GELU, which big_vision's ViT has no place for."""
+    from test_convert_errors import assert_fails_cleanly
+
+    assert_fails_cleanly([dinov2_swiglu[0] / "Dinov2Model", tmp_path / "bv.npz", "--to", "big-vision"], capsys,
+                         "big_vision's ViT cannot express", "layer_scale=True", "mlp_type='swiglu_packed'",
+                         "a class token with a position slot", "gelu='exact'", "--set gelu")
 
 
 def test_transformers_siglip2_vision_model_at_its_fixed_resolution_in_and_back(tmp_path):
