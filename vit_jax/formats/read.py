@@ -5,7 +5,8 @@
 
 Formats: google-npz, flax (msgpack / orbax directory), torch (timm naming,
 .safetensors or .pt/.pth), hf (Hugging Face ViT), torchvision (vit_b_16
-naming), vit-pytorch (lucidrains' vit_pytorch.ViT); and a train.py run directory (one saved step).
+naming), vit-pytorch (lucidrains' vit_pytorch.ViT), big-vision (big_vision's SigLIP image tower, an .npz
+read as google-npz); and a train.py run directory (one saved step).
 Weights must be floating point, and finite unless `allow_nonfinite`. Tensors are read lazily and
 converted one mapping rule at a time. Both models' `load_pretrained` and `python -m parity convert`
 read through here.
