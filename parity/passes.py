@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from parity.harness import OUTER, AdamWSettings, Flat, Side, add_flat, group_params, groups
+from parity.harness import OUTER, AdamWSettings, Flat, Master, Side, add_flat, group_params, groups
 from parity.judge import Measured, measure
 from vit_jax.config import ViTConfig
 
@@ -78,7 +78,7 @@ def backward(sides: Sequence[Side], params_of: ParamsOf, config: ViTConfig, data
     return losses
 
 
-def train(side: Side, master: Flat, config: ViTConfig, images: np.ndarray, targets: np.ndarray,
+def train(side: Side, master: Master, config: ViTConfig, images: np.ndarray, targets: np.ndarray,
           settings: AdamWSettings, steps: int) -> list[float]:
     """`steps` AdamW steps of one side on the same batch, block by block; the loss of each step before its update.
 
@@ -116,7 +116,7 @@ def _first_step(sides, optimizers, params_of, group, grads) -> list[Flat]:
     return updated
 
 
-def compare(sides: list[Side], master: Flat, config: ViTConfig, images: np.ndarray, targets: np.ndarray,
+def compare(sides: list[Side], master: Master, config: ViTConfig, images: np.ndarray, targets: np.ndarray,
             gradients: bool, settings: AdamWSettings | None,
             clock: dict) -> tuple[dict[str, dict[str, Measured]], list[float]]:
     """One forward (and backward) pass of the four sides in lockstep, block by block: every canonical layer,
