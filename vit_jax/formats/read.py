@@ -8,7 +8,7 @@ Formats: google-npz, flax (msgpack / orbax directory), torch (timm naming,
 naming), vit-pytorch (lucidrains' vit_pytorch.ViT); and a train.py run directory (one saved step).
 Weights must be floating point, and finite unless `allow_nonfinite`. Tensors are read lazily and
 converted one mapping rule at a time. Both models' `load_pretrained` and `python -m parity convert`
-read through here.
+read through here; vit_jax.formats.stream reads the same rules lazily, never holding the model.
 """
 
 from __future__ import annotations
