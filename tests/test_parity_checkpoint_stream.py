@@ -8,6 +8,7 @@ first pass; the report from a checkpoint must be the eager path's, row for row.
 
 from __future__ import annotations
 
+import collections
 import json
 
 import numpy as np
@@ -16,6 +17,7 @@ from checkpoint_writers import random_flax_params, write_google_npz
 from safetensors.numpy import save_file
 
 import parity.report_cli
+import vit_jax.formats.stream
 from parity import harness
 from parity.convert import convert
 from parity.report_cli import main
@@ -123,7 +125,16 @@ def test_a_bad_tensor_is_refused_before_the_first_pass(tmp_path, capsys, monkeyp
 @pytest.mark.parametrize("name, args", [("timm.safetensors", ["--backward"]), ("google.npz", [])])
 def test_report_from_a_checkpoint_equals_the_eager_report(files, tmp_path, monkeypatch, name, args):
     common = ["--checkpoint", str(files / name), "--config", SMALL, "--batch", "1", *args]
+    reads = collections.Counter()
+    load = vit_jax.formats.stream.load_checked
+    monkeypatch.setattr(vit_jax.formats.stream, "load_checked", lambda s, k, a: reads.update([k]) or load(s, k, a))
     assert main([*common, "--out", str(tmp_path / "lazy")]) == 0
+    # each tensor: the checking pass, then once per pass for the four sides (the head and embedding stages
+    # share the outer group: read at the embedding, the head and, going back down, the embedding again)
+    outer = {k for rule in mapping.group_rules(CONFIG, None) for k in (rule.flax if "npz" in name else (rule.torch,))}
+    assert {key: n for key, n in reads.items() if key in outer} == dict.fromkeys(outer, 4 if args else 3)
+    assert {n for key, n in reads.items() if key not in outer} == {3 if args else 2}
+    monkeypatch.undo()
     streamed = json.loads((tmp_path / "lazy" / "report.json").read_text())
 
     def read_whole(path, config=None, overrides=None, dtype=None):
