@@ -66,6 +66,7 @@ def test_lazy_params_are_the_eager_ones_read_one_rule_at_a_time(files, name):
     assert config == read_flax_params(path, config=SMALL)[0]
     assert sorted(params) == sorted(want) and len(params) == len(want)
     reads = counting(params)
+    assert "head/kernel" in params and "head/nothing" not in params and reads == []  # no read to find out
     for group in harness.groups(config):
         del reads[:]
         rules = mapping.group_rules(config, group)

@@ -65,6 +65,9 @@ class LazyFlatParams(Mapping[str, np.ndarray]):
     def __len__(self) -> int:
         return len(self.rules)
 
+    def __contains__(self, path: object) -> bool:  # Mapping's would read the tensor to find out
+        return path in self.rules
+
     def _load(self, key: str) -> np.ndarray:
         return load_checked(self.source, key, self.allow_nonfinite)
 
