@@ -325,7 +325,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         setup_s, setup_rss = time.perf_counter() - started, peak_rss_bytes()
-        report = run_report(args, config, master, source, images, input_text, rng)
+        try:
+            report = run_report(args, config, master, source, images, input_text, rng)
+        except ConversionError as error:  # a checkpoint changed on disk after its checking pass
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         report["timings_s"] = {"weights and inputs": setup_s, **report["timings_s"]}
         report["timings_s"]["total"] = time.perf_counter() - started
         report["peak_rss_bytes"] = peak_rss_bytes()
