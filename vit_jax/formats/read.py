@@ -295,7 +295,7 @@ def rule_tensors(source: TensorSource, rule: Rule, config: ViTConfig, naming: st
                  load: Callable[[str], np.ndarray]) -> dict[str, np.ndarray]:
     """One mapping rule's tensors in `naming`, made from the source tensors `load` reads (`source_keys`)."""
     if source.naming == naming:
-        return {key: load(key) for key in (rule.flax if naming == FLAX else (rule.torch,))}
+        return {key: load(key) for key in source_keys(source, rule)}
     if naming == TIMM:
         return {rule.torch: rule.transform.to_torch([load(p) for p in rule.flax])}
     return dict(zip(rule.flax, rule.transform.to_flax(load(rule.torch), config)))
