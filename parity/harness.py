@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -47,6 +47,8 @@ from vit_jax.params import unstack_block_params
 
 OUTER = None  # the group of every parameter outside the encoder blocks; block groups are their indices
 Flat = dict[str, np.ndarray]  # '/'-joined Flax path (per-block layout) -> array
+# The report's float32 weights, read group by group: a Flat, or a checkpoint's lazy mapping (vit_jax.formats.stream)
+Master = Mapping[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +91,7 @@ def group_paths(config: ViTConfig, group: int | None) -> list[str]:
     return [p for rule in mapping.group_rules(config, group) for p in rule.flax]
 
 
-def group_params(master: Flat, config: ViTConfig, group: int | None, dtype) -> Flat:
+def group_params(master: Master, config: ViTConfig, group: int | None, dtype) -> Flat:
     """One group's parameters in `dtype`: the only copy of them at that precision."""
     return {p: np.asarray(master[p], dtype) for p in group_paths(config, group)}
 
