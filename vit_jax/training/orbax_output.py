@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from typing import Iterator
 
 
@@ -56,6 +57,22 @@ def _drop_closed_loop_reports() -> None:
     if sys.excepthook is not _drop_closed_loop_exceptions:
         _previous_excepthook.append(sys.excepthook)
         sys.excepthook = _drop_closed_loop_exceptions
+    asyncio_logger = logging.getLogger("asyncio")
+    if _drop_orbax_orphans not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_drop_orbax_orphans)
+        # Only orbax runs coroutines in this process; the ones a failed write abandons are reported when collected.
+        warnings.filterwarnings("ignore", message="coroutine '.*' was never awaited", category=RuntimeWarning)
+
+
+def _drop_orbax_orphans(record: logging.LogRecord) -> bool:
+    """On a full disk each of orbax's concurrent writes fails; orbax raises the first, and asyncio reports every
+    other ("Task/Future exception was never retrieved") whenever it is collected, long after the hold. The
+    error raised for the write says it once."""
+    message = record.getMessage()
+    orbax = any(mark in message for mark in ("/orbax/", ".orbax-checkpoint-tmp", "OCDBT database"))
+    return not (orbax and "exception was never retrieved" in message)
+
+
 _holding: list[int] = []  # the real stderr of each hold in progress (a checkpoint write spans training steps)
 
 
