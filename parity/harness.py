@@ -276,8 +276,10 @@ class JaxSide(Side):
     def optimizer(self, settings: AdamWSettings) -> JaxAdamW:
         return JaxAdamW(self, settings)
 
-    def adamw(self, s: AdamWSettings) -> tuple[optax.GradientTransformation, Callable]:
-        """(optax.adamw, its compiled step), made once per side and settings: every AdamW of the report shares it."""
+    def adamw(self, s: AdamWSettings) -> tuple[Callable, Callable]:
+        """(optax.adamw's init, its step), compiled once per side and settings: every AdamW of the report shares
+        them. A compiled init gives a state placed as the step's own output is, so the step compiles once per
+        group structure (an eager init's uncommitted count compiled it a second time), not op by op."""
         if s not in self._adamw:
             tx = optax.adamw(s.learning_rate, s.b1, s.b2, s.eps, weight_decay=s.weight_decay)
 
@@ -285,7 +287,7 @@ class JaxSide(Side):
                 updates, state = tx.update(g, state, p)
                 return optax.apply_updates(p, updates), state
 
-            self._adamw[s] = tx, jax.jit(step)
+            self._adamw[s] = jax.jit(tx.init), jax.jit(step)
         return self._adamw[s]
 
 
@@ -294,7 +296,7 @@ class JaxAdamW:
 
     def __init__(self, side: JaxSide, settings: AdamWSettings):
         self.side, self.states = side, {}
-        self.tx, self._step = side.adamw(settings)
+        self._init, self._step = side.adamw(settings)
 
     def step(self, group: int | None, params: Flat, grads: Flat) -> Flat:
         side = self.side
@@ -302,7 +304,7 @@ class JaxAdamW:
         with jax.default_device(side.device):
             p, g = jax.device_put((p, g), side.device)
             state = self.states.get(group)
-            state = side.timed(lambda: self.tx.init(p)) if state is None else state
+            state = side.timed(lambda: self._init(p)) if state is None else state
             p, self.states[group] = side.timed(lambda: jax.block_until_ready(self._step(p, state, g)))
         return side._flat(p, group)
 
@@ -346,6 +348,7 @@ class TorchSide(Side):
         self.outer = Twin(config.replace(num_layers=1)).to(device).eval()
         self.stand_in = _StandIn()
         self.outer.blocks = torch.nn.ModuleList([self.stand_in])
+        self.block_module: torch.nn.Module | None = None  # one twin block, given each block's tensors in turn
         self.pre, self.post = stage_names(config)
 
     def _autocast(self):
@@ -360,20 +363,29 @@ class TorchSide(Side):
         return {k: to_torch(v).to(self.device) for k, v in flat.items()}
 
     def module(self, group: int | None, params: Flat) -> torch.nn.Module:
+        """The module of `group` holding `params`: the outer twin, or the side's one block module (in eval mode
+        every block is the same module; building one per call cost more than its forward on small models)."""
         tensors = self._tensors(params, group)
         if group is OUTER:
             self.outer.load_state_dict(tensors, strict=True)
             return self.outer
-        return torch_block(self.config, group, tensors, self.device)
+        if self.block_module is None:
+            self.block_module = torch_block(self.config, group, tensors, self.device)
+        else:
+            self.block_module.load_state_dict(tensors, strict=True, assign=True)
+        return self.block_module
 
-    def _flat(self, module: torch.nn.Module, group: int | None, grads: list[torch.Tensor | None] | None) -> Flat:
-        """The module's parameters (or `grads`, one per parameter, None for unused) mapped back to Flax paths."""
+    def _flat(self, tensors: dict[str, torch.Tensor], group: int | None) -> Flat:
+        """A group's tensors (torch keys without the block's prefix) mapped back to Flax paths."""
         strip = "" if group is OUTER else mapping.block_prefixes(group)[1]
-        tensors = {}
-        for (key, p), g in zip(module.named_parameters(), grads or [None] * len(list(module.parameters()))):
-            value = p if grads is None else (g if g is not None else torch.zeros_like(p))
-            tensors[key] = to_numpy(value).copy()  # to_numpy shares memory; the optimizer updates in place
+        # Copies: to_numpy shares memory, and the optimizer updates its parameters in place.
+        tensors = {key: to_numpy(value).copy() for key, value in tensors.items()}
         return mapping.rules_to_flax(tensors, mapping.group_rules(self.config, group), self.config, strip)
+
+    def _grads(self, module: torch.nn.Module, group: int | None, grads: list[torch.Tensor | None]) -> Flat:
+        """`grads` (one per parameter of `module`, None for an unused one: zero) at Flax paths."""
+        named = module.named_parameters()
+        return self._flat({key: torch.zeros_like(p) if g is None else g for (key, p), g in zip(named, grads)}, group)
 
     def inputs(self, images: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(self.device, self.dtype)
@@ -433,45 +445,42 @@ class TorchSide(Side):
             return loss
 
         loss, grads, cotangent = self.timed(self._vjp, module, run, x)
-        return loss.item(), self._flat(module, OUTER, grads), cotangent, inter
+        return loss.item(), self._grads(module, OUTER, grads), cotangent, inter
 
     def block_vjp(self, index: int, params: Flat, x, cotangent):
         module = self.module(index, params)
         _, grads, cotangent = self.timed(self._vjp, module, lambda m, x: self._block(m, index, x)[0], x, cotangent)
-        return self._flat(module, index, grads), cotangent
+        return self._grads(module, index, grads), cotangent
 
     def embed_vjp(self, params: Flat, images, cotangent):
         module = self.module(OUTER, params)
         _, grads, _ = self.timed(self._vjp, module, lambda m, images: self._embed(m, images)[0], images, cotangent,
                                  False)
-        return self._flat(module, OUTER, grads)
+        return self._grads(module, OUTER, grads)
 
     def optimizer(self, settings: AdamWSettings) -> TorchAdamW:
         return TorchAdamW(self, settings)
 
 
 class TorchAdamW:
-    """torch.optim.AdamW, one optimizer (and the module whose parameters it steps) per parameter group."""
+    """torch.optim.AdamW, one optimizer (and the parameters it steps, by torch key) per parameter group."""
 
     def __init__(self, side: TorchSide, settings: AdamWSettings):
         self.side, self.settings, self.held = side, settings, {}
 
     def step(self, group: int | None, params: Flat, grads: Flat) -> Flat:
-        """`params` after one step; a group seen before continues from its own module, equal to `params`."""
+        """`params` after one step; a group seen before continues from its own parameters, equal to `params`."""
         side, s = self.side, self.settings
-        if group not in self.held:  # torch keeps the optimizer's state by parameter object: keep the module
-            module = side.module(group, params)
-            optimizer = torch.optim.AdamW(module.parameters(), lr=s.learning_rate, betas=(s.b1, s.b2), eps=s.eps,
+        if group not in self.held:  # torch keeps the optimizer's state by parameter object: keep the parameters
+            held = {key: torch.nn.Parameter(t) for key, t in side._tensors(params, group).items()}
+            optimizer = torch.optim.AdamW(held.values(), lr=s.learning_rate, betas=(s.b1, s.b2), eps=s.eps,
                                           weight_decay=s.weight_decay)
-            self.held[group] = module, optimizer
-        module, optimizer = self.held[group]
-        if group is OUTER:  # the outer twin is shared with the passes, which load other values into it
-            module.load_state_dict(side._tensors(params, OUTER), strict=True)
-        tensors = side._tensors(grads, group)
-        for key, p in module.named_parameters():
-            p.grad = tensors[key]
+            self.held[group] = held, optimizer
+        held, optimizer = self.held[group]
+        for key, grad in side._tensors(grads, group).items():
+            held[key].grad = grad
         side.timed(optimizer.step)
-        return side._flat(module, group, None)
+        return side._flat(held, group)
 
     def forget(self, group: int | None) -> None:
         self.held.pop(group, None)
