@@ -278,8 +278,7 @@ class JaxSide(Side):
 
     def adamw(self, s: AdamWSettings) -> tuple[Callable, Callable]:
         """(optax.adamw's init, its step), compiled once per side and settings: every AdamW of the report shares
-        them. A compiled init gives a state placed as the step's own output is, so the step compiles once per
-        group structure (an eager init's uncommitted count compiled it a second time), not op by op."""
+        them (an eager init compiles op by op)."""
         if s not in self._adamw:
             tx = optax.adamw(s.learning_rate, s.b1, s.b2, s.eps, weight_decay=s.weight_decay)
 
@@ -304,7 +303,8 @@ class JaxAdamW:
         with jax.default_device(side.device):
             p, g = jax.device_put((p, g), side.device)
             state = self.states.get(group)
-            state = side.timed(lambda: self._init(p)) if state is None else state
+            if state is None:  # placed as the step's own output: one compiled step per group structure
+                state = jax.device_put(side.timed(lambda: self._init(p)), side.device)
             p, self.states[group] = side.timed(lambda: jax.block_until_ready(self._step(p, state, g)))
         return side._flat(p, group)
 
