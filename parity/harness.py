@@ -348,7 +348,6 @@ class TorchSide(Side):
         self.outer = Twin(config.replace(num_layers=1)).to(device).eval()
         self.stand_in = _StandIn()
         self.outer.blocks = torch.nn.ModuleList([self.stand_in])
-        self.block_module: torch.nn.Module | None = None  # one twin block, given each block's tensors in turn
         self.pre, self.post = stage_names(config)
 
     def _autocast(self):
@@ -363,17 +362,11 @@ class TorchSide(Side):
         return {k: to_torch(v).to(self.device) for k, v in flat.items()}
 
     def module(self, group: int | None, params: Flat) -> torch.nn.Module:
-        """The module of `group` holding `params`: the outer twin, or the side's one block module (in eval mode
-        every block is the same module; building one per call cost more than its forward on small models)."""
         tensors = self._tensors(params, group)
         if group is OUTER:
             self.outer.load_state_dict(tensors, strict=True)
             return self.outer
-        if self.block_module is None:
-            self.block_module = torch_block(self.config, group, tensors, self.device)
-        else:
-            self.block_module.load_state_dict(tensors, strict=True, assign=True)
-        return self.block_module
+        return torch_block(self.config, group, tensors, self.device)
 
     def _flat(self, tensors: dict[str, torch.Tensor], group: int | None) -> Flat:
         """A group's tensors (torch keys without the block's prefix) mapped back to Flax paths."""
