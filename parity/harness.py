@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Iterator
 
@@ -326,14 +327,29 @@ class _StandIn(torch.nn.Module):
         return (x if self.replacement is None else self.replacement), None, None, None, None
 
 
+@functools.lru_cache(maxsize=8)
+def _block_buffers(config: ViTConfig, device: str) -> dict[str, torch.Tensor]:
+    """The twin block's buffers outside its state dict (the rotary tables), made once: every block has the same."""
+    from vit_torch_ref.model import Block
+
+    with torch.device(device):
+        block = Block(config, 0.0)
+    in_state_dict = block.state_dict().keys()
+    return {name: buffer for name, buffer in block.named_buffers() if name not in in_state_dict}
+
+
 def torch_block(config: ViTConfig, index: int, tensors: dict[str, torch.Tensor], device: str) -> torch.nn.Module:
     """The twin's block `index` holding `tensors` (its state dict, keys without `blocks.{index}.`)."""
     from vit_torch_ref.model import Block
 
-    # Built on its device, not on 'meta': buffers outside the state dict (the rotary tables) need real values.
-    with torch.device(device):
+    # Built on 'meta' (a random init of tensors replaced at once cost a fifth of a small model's training), then
+    # given `tensors` and the buffers outside the state dict, which need real values.
+    with torch.device("meta"):
         block = Block(config, config.drop_path_rates()[index])
     block.load_state_dict(tensors, strict=True, assign=True)
+    for name, buffer in _block_buffers(config, device).items():
+        owner, _, attr = name.rpartition(".")
+        setattr(block.get_submodule(owner), attr, buffer)
     return block.eval()
 
 
