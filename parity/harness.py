@@ -95,11 +95,6 @@ def group_params(master: Flat, config: ViTConfig, group: int | None, dtype) -> F
     return {p: np.asarray(master[p], dtype) for p in group_paths(config, group)}
 
 
-def add_flat(a: Flat, b: Flat) -> Flat:
-    """Gradients of the outer group from its two stages; each path is zero in one of them, so the sum is exact."""
-    return {k: a[k] + b[k] for k in a}
-
-
 @contextlib.contextmanager
 def full_float32_precision() -> Iterator[None]:
     """Pin float32 matmuls/convolutions to full precision on both sides (no TF32, no bf16 passes).
@@ -156,9 +151,12 @@ def block_layer_name(index: int, key: str) -> str:
 
 
 class Side:
-    """One framework at one precision, run a stage at a time. Params are `Flat` dicts in this side's dtype.
+    """One framework at one precision, run a stage at a time.
 
-    Activations stay native (jax.Array / torch.Tensor) between stages; intermediates come back as NumPy.
+    A group's parameters are made in the side's own form from a `Flat` dict in its dtype (`own`: a tree of
+    device arrays, or torch tensors by key); the stages take them and give gradients in that form, which the
+    optimizer steps; `flat` maps either back to Flax paths in NumPy, for comparisons only. Activations stay
+    native (jax.Array / torch.Tensor) between stages; intermediates come back as NumPy.
     `seconds` is the time spent in this side's computations.
     """
 
@@ -231,7 +229,7 @@ class JaxSide(Side):
         # functions are alive: with oneDNN matmuls, freeing a running executable aborts (vit_jax/cpu/onednn.py).
         self._fns = {name: jax.jit(fn) for name, fn in (
             ("embed", embed), ("head", head), ("block", run_block), ("block_vjp", block_vjp),
-            ("embed_vjp", embed_vjp), ("head_vjp", head_vjp))}
+            ("embed_vjp", embed_vjp), ("head_vjp", head_vjp), ("add", lambda a, b: jax.tree.map(jnp.add, a, b)))}
         self._adamw: dict[AdamWSettings, tuple] = {}
 
     def _call(self, fn: str, *args):
@@ -239,40 +237,45 @@ class JaxSide(Side):
             args = jax.device_put(args, self.device)
             return self.timed(lambda: jax.block_until_ready(self._fns[fn](*args)))
 
-    def _tree(self, params: Flat, group: int | None) -> dict:
+    def own(self, group: int | None, params: Flat) -> dict:
+        """The group's parameters as the model's tree (a block's without its prefix), on the side's device."""
         strip = "" if group is OUTER else mapping.block_prefixes(group)[0]
-        return mapping.unflatten({k[len(strip):]: v for k, v in params.items()})
+        with jax.default_device(self.device):
+            return jax.device_put(mapping.unflatten({k[len(strip):]: v for k, v in params.items()}), self.device)
 
-    def _flat(self, tree: Any, group: int | None) -> Flat:
+    def flat(self, group: int | None, tree: Any) -> Flat:
         prefix = "" if group is OUTER else mapping.block_prefixes(group)[0]
         return {prefix + k: np.asarray(v) for k, v in mapping.flatten(tree).items()}
+
+    def add(self, a: Any, b: Any) -> Any:
+        """The outer group's gradients from its two stages; each leaf is zero in one of them, so the sum is exact."""
+        return self._call("add", a, b)
 
     def inputs(self, images: np.ndarray, targets: np.ndarray) -> tuple[jax.Array, jax.Array]:
         return jnp.asarray(images, self.param_dtype), jnp.asarray(targets)
 
-    def embed(self, params: Flat, images) -> tuple[jax.Array, dict[str, np.ndarray]]:
-        x, inter = self._call("embed", self._tree(params, OUTER), images)
+    def embed(self, params: dict, images) -> tuple[jax.Array, dict[str, np.ndarray]]:
+        x, inter = self._call("embed", params, images)
         return x, {k: np.asarray(v) for k, v in inter.items()}
 
-    def block(self, index: int, params: Flat, x) -> tuple[jax.Array, dict[str, np.ndarray]]:
-        y, inter = self._call("block", self._tree(params, index), x)
+    def block(self, index: int, params: dict, x) -> tuple[jax.Array, dict[str, np.ndarray]]:
+        y, inter = self._call("block", params, x)
         return y, {block_layer_name(index, k): np.asarray(v) for k, v in inter.items()}
 
-    def head(self, params: Flat, images, x, targets) -> tuple[float, dict[str, np.ndarray]]:
-        loss, inter = self._call("head", self._tree(params, OUTER), images, x, targets)
+    def head(self, params: dict, images, x, targets) -> tuple[float, dict[str, np.ndarray]]:
+        loss, inter = self._call("head", params, images, x, targets)
         return float(loss), {k: np.asarray(v) for k, v in inter.items()}
 
-    def head_vjp(self, params: Flat, images, x, targets) -> tuple[float, Flat, jax.Array, dict[str, np.ndarray]]:
+    def head_vjp(self, params: dict, images, x, targets) -> tuple[float, dict, jax.Array, dict[str, np.ndarray]]:
         """(loss, gradients of the outer parameters' head part, cotangent of x, the head's intermediates)."""
-        loss, grads, cotangent, inter = self._call("head_vjp", self._tree(params, OUTER), images, x, targets)
-        return float(loss), self._flat(grads, OUTER), cotangent, {k: np.asarray(v) for k, v in inter.items()}
+        loss, grads, cotangent, inter = self._call("head_vjp", params, images, x, targets)
+        return float(loss), grads, cotangent, {k: np.asarray(v) for k, v in inter.items()}
 
-    def block_vjp(self, index: int, params: Flat, x, cotangent) -> tuple[Flat, jax.Array]:
-        grads, cotangent = self._call("block_vjp", self._tree(params, index), x, cotangent)
-        return self._flat(grads, index), cotangent
+    def block_vjp(self, index: int, params: dict, x, cotangent) -> tuple[dict, jax.Array]:
+        return self._call("block_vjp", params, x, cotangent)
 
-    def embed_vjp(self, params: Flat, images, cotangent) -> Flat:
-        return self._flat(self._call("embed_vjp", self._tree(params, OUTER), images, cotangent), OUTER)
+    def embed_vjp(self, params: dict, images, cotangent) -> dict:
+        return self._call("embed_vjp", params, images, cotangent)
 
     def optimizer(self, settings: AdamWSettings) -> JaxAdamW:
         return JaxAdamW(self, settings)
@@ -298,16 +301,15 @@ class JaxAdamW:
         self.side, self.states = side, {}
         self._init, self._step = side.adamw(settings)
 
-    def step(self, group: int | None, params: Flat, grads: Flat) -> Flat:
+    def step(self, group: int | None, params: dict, grads: dict) -> dict:
+        """The group's parameters (the side's own form) after one step."""
         side = self.side
-        p, g = side._tree(params, group), side._tree(grads, group)
         with jax.default_device(side.device):
-            p, g = jax.device_put((p, g), side.device)
             state = self.states.get(group)
             if state is None:  # placed as the step's own output: one compiled step per group structure
-                state = jax.device_put(side.timed(lambda: self._init(p)), side.device)
-            p, self.states[group] = side.timed(lambda: jax.block_until_ready(self._step(p, state, g)))
-        return side._flat(p, group)
+                state = jax.device_put(side.timed(lambda: self._init(params)), side.device)
+            params, self.states[group] = side.timed(lambda: jax.block_until_ready(self._step(params, state, grads)))
+        return params
 
     def forget(self, group: int | None) -> None:
         self.states.pop(group, None)
@@ -372,29 +374,33 @@ class TorchSide(Side):
             return contextlib.nullcontext()
         return torch.autocast(torch.device(self.device).type, dtype=self.compute)
 
-    def _tensors(self, params: Flat, group: int | None) -> dict[str, torch.Tensor]:
+    def own(self, group: int | None, params: Flat) -> dict[str, torch.Tensor]:
+        """The group's parameters as the twin's tensors (a block's keys without its prefix), on the side's device."""
         strip = "" if group is OUTER else mapping.block_prefixes(group)[1]
         flat = mapping.rules_to_torch(params, mapping.group_rules(self.config, group), strip)
         return {k: to_torch(v).to(self.device) for k, v in flat.items()}
 
-    def module(self, group: int | None, params: Flat) -> torch.nn.Module:
-        tensors = self._tensors(params, group)
+    def module(self, group: int | None, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
         if group is OUTER:
             self.outer.load_state_dict(tensors, strict=True)
             return self.outer
         return torch_block(self.config, group, tensors, self.device)
 
-    def _flat(self, tensors: dict[str, torch.Tensor], group: int | None) -> Flat:
+    def flat(self, group: int | None, tensors: dict[str, torch.Tensor]) -> Flat:
         """A group's tensors (torch keys without the block's prefix) mapped back to Flax paths."""
         strip = "" if group is OUTER else mapping.block_prefixes(group)[1]
         # Copies: to_numpy shares memory, and the optimizer updates its parameters in place.
         tensors = {key: to_numpy(value).copy() for key, value in tensors.items()}
         return mapping.rules_to_flax(tensors, mapping.group_rules(self.config, group), self.config, strip)
 
-    def _grads(self, module: torch.nn.Module, group: int | None, grads: list[torch.Tensor | None]) -> Flat:
-        """`grads` (one per parameter of `module`, None for an unused one: zero) at Flax paths."""
-        named = module.named_parameters()
-        return self._flat({key: torch.zeros_like(p) if g is None else g for (key, p), g in zip(named, grads)}, group)
+    def add(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The outer group's gradients from its two stages; each tensor is zero in one of them, so the sum is exact."""
+        return {k: a[k] + b[k] for k in a}
+
+    @staticmethod
+    def _grads(module: torch.nn.Module, grads: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        """`grads` (one per parameter of `module`, None for an unused one: zero) by the module's keys."""
+        return {key: torch.zeros_like(p) if g is None else g for (key, p), g in zip(module.named_parameters(), grads)}
 
     def inputs(self, images: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(self.device, self.dtype)
@@ -420,18 +426,18 @@ class TorchSide(Side):
             inter[f"blocks.{index}.rope"] = rotated
         return y, inter
 
-    def embed(self, params: Flat, images):
+    def embed(self, params: dict, images):
         with torch.no_grad():
             x, inter = self.timed(self._embed, self.module(OUTER, params), images)
         return x, inter
 
-    def block(self, index: int, params: Flat, x):
+    def block(self, index: int, params: dict, x):
         with torch.no_grad():
             y, inter = self.timed(self._block, self.module(index, params), index, x)
         inter = {k: to_numpy(v) for k, v in inter.items()}
         return y, {**inter, f"blocks.{index}": to_numpy(y)}
 
-    def head(self, params: Flat, images, x, targets):
+    def head(self, params: dict, images, x, targets):
         with torch.no_grad():
             loss, inter = self.timed(self._head, self.module(OUTER, params), images, x, targets)
         return loss.item(), inter
@@ -445,7 +451,7 @@ class TorchSide(Side):
             grads = torch.autograd.grad(out, [x, *params] if input_grad else params, cotangent, allow_unused=True)
         return out, list(grads[-len(params):]), grads[0] if input_grad else None
 
-    def head_vjp(self, params: Flat, images, x, targets):
+    def head_vjp(self, params: dict, images, x, targets):
         module, inter = self.module(OUTER, params), {}
 
         def run(module, x):
@@ -454,18 +460,18 @@ class TorchSide(Side):
             return loss
 
         loss, grads, cotangent = self.timed(self._vjp, module, run, x)
-        return loss.item(), self._grads(module, OUTER, grads), cotangent, inter
+        return loss.item(), self._grads(module, grads), cotangent, inter
 
-    def block_vjp(self, index: int, params: Flat, x, cotangent):
+    def block_vjp(self, index: int, params: dict, x, cotangent):
         module = self.module(index, params)
         _, grads, cotangent = self.timed(self._vjp, module, lambda m, x: self._block(m, index, x)[0], x, cotangent)
-        return self._grads(module, index, grads), cotangent
+        return self._grads(module, grads), cotangent
 
-    def embed_vjp(self, params: Flat, images, cotangent):
+    def embed_vjp(self, params: dict, images, cotangent):
         module = self.module(OUTER, params)
         _, grads, _ = self.timed(self._vjp, module, lambda m, images: self._embed(m, images)[0], images, cotangent,
                                  False)
-        return self._grads(module, OUTER, grads)
+        return self._grads(module, grads)
 
     def optimizer(self, settings: AdamWSettings) -> TorchAdamW:
         return TorchAdamW(self, settings)
@@ -477,19 +483,20 @@ class TorchAdamW:
     def __init__(self, side: TorchSide, settings: AdamWSettings):
         self.side, self.settings, self.held = side, settings, {}
 
-    def step(self, group: int | None, params: Flat, grads: Flat) -> Flat:
-        """`params` after one step; a group seen before continues from its own parameters, equal to `params`."""
+    def step(self, group: int | None, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> dict:
+        """`params` after one step (a group seen first is stepped in place; one seen before continues from the
+        tensors it returned, which `params` then are)."""
         side, s = self.side, self.settings
         if group not in self.held:  # torch keeps the optimizer's state by parameter object: keep the parameters
-            held = {key: torch.nn.Parameter(t) for key, t in side._tensors(params, group).items()}
+            held = {key: torch.nn.Parameter(t) for key, t in params.items()}
             optimizer = torch.optim.AdamW(held.values(), lr=s.learning_rate, betas=(s.b1, s.b2), eps=s.eps,
                                           weight_decay=s.weight_decay)
             self.held[group] = held, optimizer
         held, optimizer = self.held[group]
-        for key, grad in side._tensors(grads, group).items():
+        for key, grad in grads.items():
             held[key].grad = grad
         side.timed(optimizer.step)
-        return side._flat(held, group)
+        return {key: p.detach() for key, p in held.items()}
 
     def forget(self, group: int | None) -> None:
         self.held.pop(group, None)
