@@ -86,15 +86,6 @@ def groups(config: ViTConfig) -> list[int | None]:
     return [OUTER, *range(config.num_layers)]
 
 
-def group_paths(config: ViTConfig, group: int | None) -> list[str]:
-    return [p for rule in mapping.group_rules(config, group) for p in rule.flax]
-
-
-def group_params(master: Flat, config: ViTConfig, group: int | None, dtype) -> Flat:
-    """One group's parameters in `dtype`: the only copy of them at that precision."""
-    return {p: np.asarray(master[p], dtype) for p in group_paths(config, group)}
-
-
 @contextlib.contextmanager
 def full_float32_precision() -> Iterator[None]:
     """Pin float32 matmuls/convolutions to full precision on both sides (no TF32, no bf16 passes).
@@ -160,11 +151,14 @@ class Side:
     `seconds` is the time spent in this side's computations.
     """
 
-    name: str
-    config: ViTConfig
+    def __init__(self, name: str, config: ViTConfig) -> None:
+        self.name, self.config, self.seconds = name, config, 0.0
+        self.rules = mapping.rules_by_group(config)  # the mapping table by group, read once
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
+    def params(self, master: Flat, group: int | None) -> Any:
+        """One group's parameters from the float32 `master`, in this side's dtype and own form: made when the group
+        runs, the only copy of them at that precision."""
+        return self.own(group, {p: np.asarray(master[p], self.param_dtype) for r in self.rules[group] for p in r.flax})
 
     def timed(self, fn: Callable, *args):
         start = time.perf_counter()
@@ -193,8 +187,8 @@ def _stand_in_blocks(replacement: jax.Array | None, seen: list) -> Callable:
 
 class JaxSide(Side):
     def __init__(self, name: str, config: ViTConfig, device: jax.Device):
-        super().__init__()
-        self.name, self.config, self.device = name, config, device
+        super().__init__(name, config)
+        self.device = device
         # The whole model with one (stood-in) block: its embedding and head are the model's own code.
         outer = VisionTransformer(config.replace(num_layers=1, scan=False, remat=False))
         block = Encoder1DBlock(config, return_intermediates=True, return_attention=True)
@@ -360,8 +354,8 @@ class TorchSide(Side):
         from vit_torch_ref.model import VisionTransformer as Twin
         from vit_torch_ref.model import torch_dtype
 
-        super().__init__()
-        self.name, self.config, self.device = name, config, device
+        super().__init__(name, config)
+        self.device = device
         self.dtype, self.compute = torch_dtype(config.param_dtype), torch_dtype(config.dtype)
         self.outer = Twin(config.replace(num_layers=1)).to(device).eval()
         self.stand_in = _StandIn()
@@ -377,7 +371,7 @@ class TorchSide(Side):
     def own(self, group: int | None, params: Flat) -> dict[str, torch.Tensor]:
         """The group's parameters as the twin's tensors (a block's keys without its prefix), on the side's device."""
         strip = "" if group is OUTER else mapping.block_prefixes(group)[1]
-        flat = mapping.rules_to_torch(params, mapping.group_rules(self.config, group), strip)
+        flat = mapping.rules_to_torch(params, self.rules[group], strip)
         return {k: to_torch(v).to(self.device) for k, v in flat.items()}
 
     def module(self, group: int | None, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -391,7 +385,7 @@ class TorchSide(Side):
         strip = "" if group is OUTER else mapping.block_prefixes(group)[1]
         # Copies: to_numpy shares memory, and the optimizer updates its parameters in place.
         tensors = {key: to_numpy(value).copy() for key, value in tensors.items()}
-        return mapping.rules_to_flax(tensors, mapping.group_rules(self.config, group), self.config, strip)
+        return mapping.rules_to_flax(tensors, self.rules[group], self.config, strip)
 
     def add(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The outer group's gradients from its two stages; each tensor is zero in one of them, so the sum is exact."""

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from parity.harness import OUTER, AdamWSettings, Flat, Side, group_params, groups
+from parity.harness import OUTER, AdamWSettings, Flat, Side, groups
 from parity.judge import Measured, measure
 from vit_jax.config import ViTConfig
 
@@ -84,7 +84,7 @@ def train(side: Side, master: Flat, config: ViTConfig, images: np.ndarray, targe
 
     Holds this side's parameters and optimizer state (the model's, in its dtype), one side at a time.
     """
-    params = {group: side.own(group, group_params(master, config, group, side.param_dtype)) for group in groups(config)}
+    params = {group: side.params(master, group) for group in groups(config)}
     optimizer = side.optimizer(settings)
     data = [side.inputs(images, targets)]
     losses = []
@@ -125,7 +125,7 @@ def compare(sides: list[Side], master: Flat, config: ViTConfig, images: np.ndarr
     measured: dict[str, dict[str, Measured]] = {"forward": {}, "gradients": {}, "update": {}}
 
     def params_of(side, group):  # made when the group runs: its only copy in the side's dtype
-        return side.own(group, group_params(master, config, group, side.param_dtype))
+        return side.params(master, group)
 
     def on_grads(group, grads):
         _measure_into(measured["gradients"], [side.flat(group, g) for side, g in zip(sides, grads)], clock)

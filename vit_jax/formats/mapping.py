@@ -13,7 +13,6 @@ follows from the config (`flax_shape`), so no model is traced to check a file.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -289,19 +288,11 @@ def block_prefixes(index: int) -> tuple[str, str]:
     return f"Transformer/encoderblock_{index}/", f"blocks.{index}."
 
 
-def group_rules(config: ViTConfig, block: int | None) -> list[Rule]:
-    """The rules of one encoder block, or (block None) of everything outside the blocks, in model order."""
-    return list(_rules_by_group(config).get(block, ()))
-
-
-@functools.lru_cache(maxsize=8)
-def _rules_by_group(config: ViTConfig) -> dict[int | None, tuple[Rule, ...]]:
-    """`param_rules` split by group, once per config: the parity passes ask for a group's rules on every call."""
-    rules = param_rules(config)
-    groups: dict[int | None, tuple[Rule, ...]] = {None: tuple(r for r in rules if not r.torch.startswith("blocks."))}
-    for block in range(config.num_layers):
-        prefix = block_prefixes(block)[1]
-        groups[block] = tuple(r for r in rules if r.torch.startswith(prefix))
+def rules_by_group(config: ViTConfig) -> dict[int | None, list[Rule]]:
+    """The rules of each encoder block (by index) and (None) of everything outside the blocks, in model order."""
+    groups: dict[int | None, list[Rule]] = {None: [], **{i: [] for i in range(config.num_layers)}}
+    for rule in param_rules(config):
+        groups[int(rule.torch.split(".")[1]) if rule.torch.startswith("blocks.") else None].append(rule)
     return groups
 
 
