@@ -42,6 +42,10 @@ formats (--from / --to):
                encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight,
                heads.head): .pth/.pt/.safetensors. Numerics: exact GELU,
                eps 1e-6, ImageNet mean/std inputs.
+  big-vision   Google big_vision's two-tower .npz (SigLIP): --to big-vision
+               writes the image tower under params/img/ (pos_embedding at its
+               top, MAPHead_0); read like google-npz (the text tower is
+               ignored). Numerics: tanh GELU, eps 1e-6 (big_vision's only).
   vit-pytorch  lucidrains' vit_pytorch.ViT state dict (to_patch_embedding,
                transformer.layers.{i}.0.to_qkv, mlp_head): .pt/.pth/
                .safetensors. The heads are not stored: --set num_heads=N

@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -48,6 +48,8 @@ from vit_jax.params import unstack_block_params
 
 OUTER = None  # the group of every parameter outside the encoder blocks; block groups are their indices
 Flat = dict[str, np.ndarray]  # '/'-joined Flax path (per-block layout) -> array
+# The report's float32 weights, read group by group: a Flat, or a checkpoint's lazy mapping (vit_jax.formats.stream)
+Master = Mapping[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,11 @@ def flat_per_block(tree: Any) -> Flat:
 def groups(config: ViTConfig) -> list[int | None]:
     """Parameter groups in forward order: outside the blocks, then each block."""
     return [OUTER, *range(config.num_layers)]
+
+
+def group_paths(config: ViTConfig, group: int | None) -> list[str]:
+    """The Flax paths of one group's parameters (a side reads its own table once: `Side.paths`)."""
+    return [p for rule in mapping.group_rules(config, group) for p in rule.flax]
 
 
 @contextlib.contextmanager
@@ -155,10 +162,14 @@ class Side:
         self.name, self.config, self.seconds = name, config, 0.0
         self.rules = mapping.rules_by_group(config)  # the mapping table by group, read once
 
-    def params(self, master: Flat, group: int | None) -> Any:
+    def paths(self, group: int | None) -> list[str]:
+        """The Flax paths of one group's parameters."""
+        return [p for rule in self.rules[group] for p in rule.flax]
+
+    def params(self, master: Master, group: int | None) -> Any:
         """One group's parameters from the float32 `master`, in this side's dtype and own form: made when the group
         runs, the only copy of them at that precision."""
-        return self.own(group, {p: np.asarray(master[p], self.param_dtype) for r in self.rules[group] for p in r.flax})
+        return self.own(group, {p: np.asarray(master[p], self.param_dtype) for p in self.paths(group)})
 
     def timed(self, fn: Callable, *args):
         start = time.perf_counter()

@@ -19,13 +19,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from parity.harness import OUTER, AdamWSettings, Flat, Side, groups
+from parity.harness import OUTER, AdamWSettings, Flat, Master, Side, groups
 from parity.judge import Measured, measure
 from vit_jax.config import ViTConfig
 
 ParamsOf = Callable[[Side, "int | None"], Any]  # a group's parameters in the side's own form
 OnLayers = Callable[[list[dict[str, np.ndarray]]], None]
 OnGrads = Callable[["int | None", list[Any]], None]
+_NONE = object()  # no group (OUTER is None)
 
 
 def forward(sides: Sequence[Side], params_of: ParamsOf, config: ViTConfig, data: list[tuple],
@@ -78,7 +79,7 @@ def backward(sides: Sequence[Side], params_of: ParamsOf, config: ViTConfig, data
     return losses
 
 
-def train(side: Side, master: Flat, config: ViTConfig, images: np.ndarray, targets: np.ndarray,
+def train(side: Side, master: Master, config: ViTConfig, images: np.ndarray, targets: np.ndarray,
           settings: AdamWSettings, steps: int) -> list[float]:
     """`steps` AdamW steps of one side on the same batch, block by block; the loss of each step before its update.
 
@@ -116,16 +117,20 @@ def _first_step(sides, optimizers, params_of, group, grads) -> list[Flat]:
     return updated
 
 
-def compare(sides: list[Side], master: Flat, config: ViTConfig, images: np.ndarray, targets: np.ndarray,
+def compare(sides: list[Side], master: Master, config: ViTConfig, images: np.ndarray, targets: np.ndarray,
             gradients: bool, settings: AdamWSettings | None,
             clock: dict) -> tuple[dict[str, dict[str, Measured]], list[float]]:
     """One forward (and backward) pass of the four sides in lockstep, block by block: every canonical layer,
     gradient and (with `settings`) first-step update measured as it is computed. Returns the comparisons by
     section and each side's loss."""
     measured: dict[str, dict[str, Measured]] = {"forward": {}, "gradients": {}, "update": {}}
+    held: list = [_NONE, {}]  # the group last read from `master` and its arrays: the four sides share one read
 
     def params_of(side, group):  # made when the group runs: its only copy in the side's dtype
-        return side.params(master, group)
+        if held[0] != group:  # a checkpoint's master reads the file on each lookup: once per group, not per side
+            held[:] = [_NONE, {}]
+            held[:] = [group, {p: master[p] for p in side.paths(group)}]
+        return side.params(held[1], group)
 
     def on_grads(group, grads):
         _measure_into(measured["gradients"], [side.flat(group, g) for side, g in zip(sides, grads)], clock)

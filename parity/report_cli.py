@@ -26,10 +26,10 @@ from parity.tolerances import RELATIVE_ERROR_DEFINITION, RULE, ZERO_GRADIENT_FRA
 from vit_jax.config import KERNELS, ConfigError, ViTConfig, get_config, parse_assignment
 from vit_jax.formats.base import ConversionError, file_above
 from vit_jax.formats.mapping import MappingError
+from vit_jax.formats.stream import open_flax_params_lazy
 from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.kernels import resolve_kernels
 from vit_jax.model import init_params
-from vit_jax.pretrained import load_pretrained
 from vit_jax.resnet import open_unit_branches
 
 EXAMPLES = """examples:
@@ -112,12 +112,17 @@ def _check_args(args: argparse.Namespace) -> None:
 UNIT_BRANCH_SCALE = 0.1  # random hybrid weights: the last GroupNorm scale of every ResNet unit
 
 
-def load_model(args: argparse.Namespace) -> tuple[ViTConfig, Any, str]:
-    """(config in the requested dtype, float32 Flax params, a description of where the weights came from)."""
+def load_model(args: argparse.Namespace) -> tuple[ViTConfig, harness.Master, str]:
+    """(config in the requested dtype, float32 Flax params by per-block path, where the weights came from).
+
+    A checkpoint's params are a lazy mapping: each tensor is read from the file when its group runs
+    (after one pass that reads each once to refuse bad ones), so the model is never held whole.
+    """
     overrides = dict(_parse_override(o) for o in args.overrides)
     if args.checkpoint:
         # --set states fields the tensors may not show (a vit-pytorch file's heads): read with them.
-        config, params = load_pretrained(args.checkpoint, config=args.config, overrides=overrides)
+        config, master = open_flax_params_lazy(args.checkpoint, config=args.config, overrides=overrides,
+                                               dtype=np.float32)
         source = f"checkpoint {args.checkpoint}"
     else:
         if args.config.endswith(".json"):
@@ -138,10 +143,10 @@ def load_model(args: argparse.Namespace) -> tuple[ViTConfig, Any, str]:
             # conditioned (each framework ~4e-5 from its own float64 run), at 0.1 it is ~1e-6.
             params = open_unit_branches(params, UNIT_BRANCH_SCALE)
             source += f"; ResNet units' last GroupNorm scales at {UNIT_BRANCH_SCALE} (not zeros)"
-    params = harness.cast_params(params, np.float32)
+        master = harness.flat_per_block(harness.cast_params(params, np.float32))
     kernels = resolve_kernels(args.kernels)
     config = config.replace(kernels=kernels, recompute_gelu=config.recompute_gelu and kernels == "cpu")
-    return config.replace(dtype=args.dtype, param_dtype="float32"), params, source
+    return config.replace(dtype=args.dtype, param_dtype="float32"), master, source
 
 
 def load_inputs(args: argparse.Namespace, config: ViTConfig, rng: np.random.Generator) -> tuple[np.ndarray, str]:
@@ -241,7 +246,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "worst_rounding_ratio": worst_ratio}
 
 
-def judged_rows(args: argparse.Namespace, config: ViTConfig, master: harness.Flat, images: np.ndarray,
+def judged_rows(args: argparse.Namespace, config: ViTConfig, master: harness.Master, images: np.ndarray,
                 targets: np.ndarray, clock: dict) -> tuple[list[dict[str, Any]], set[str]]:
     """Every report row and the parameters whose exact gradient is zero."""
     tol = tolerances_for(config.dtype)
@@ -262,14 +267,14 @@ def judged_rows(args: argparse.Namespace, config: ViTConfig, master: harness.Fla
     return rows, zero_grad
 
 
-def run_report(args: argparse.Namespace, config: ViTConfig, params: Any, source: str,
+def run_report(args: argparse.Namespace, config: ViTConfig, master: harness.Master, source: str,
                images: np.ndarray, input_text: str, rng: np.random.Generator) -> dict[str, Any]:
     backward = args.backward or args.optimizer_step
     targets = inputs.make_targets(config, images.shape[0], rng)
     pin = harness.full_float32_precision() if config.dtype == "float32" else contextlib.nullcontext()
     clock: dict[str, float] = {}
     with pin:
-        rows, zero_grad = judged_rows(args, config, harness.flat_per_block(params), images, targets, clock)
+        rows, zero_grad = judged_rows(args, config, master, images, targets, clock)
     passed, first = judge.verdict(rows)
     settings = harness.AdamWSettings(learning_rate=args.lr, weight_decay=args.weight_decay)
     return {
@@ -314,17 +319,22 @@ def main(argv: list[str] | None = None) -> int:
             rng = np.random.default_rng(args.seed)
             if args.images:
                 inputs.list_images(args.images)  # a bad folder fails before any model is built
-            config, params, source = load_model(args)
+            config, master, source = load_model(args)
             images, input_text = load_inputs(args, config, rng)
         except (UsageError, ConfigError, MappingError, inputs.InputError, OSError, ValueError, KeyError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         setup_s, setup_rss = time.perf_counter() - started, peak_rss_bytes()
-        report = run_report(args, config, params, source, images, input_text, rng)
+        try:
+            report = run_report(args, config, master, source, images, input_text, rng)
+        except ConversionError as error:  # a checkpoint changed on disk after its checking pass
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         report["timings_s"] = {"weights and inputs": setup_s, **report["timings_s"]}
         report["timings_s"]["total"] = time.perf_counter() - started
         report["peak_rss_bytes"] = peak_rss_bytes()
-        report["peak_rss_after_weights_bytes"] = setup_rss  # the model's float32 weights (and their init)
+        # random weights: their init and float32 copy; a checkpoint: its checking pass (no copy is kept)
+        report["peak_rss_after_weights_bytes"] = setup_rss
     try:
         paths = write_report(report, args.out)
     except (ConversionError, OSError) as error:  # a device or FIFO in --out, a full disk

@@ -60,8 +60,8 @@ def test_vit_l16_conversion_memory_and_round_trip(tmp_path):
     for src, dst, to in (("l16.npz", "l16.safetensors", ""), ("l16.safetensors", "back.npz", "")):
         run = _python(MEASURE, tmp_path / src, tmp_path / dst, *([to] if to else []))
         extra = json.loads(run.stdout.strip().splitlines()[-1])["extra"]
-        # Measured on a 2-core CPU box: 1.08x (npz -> safetensors), 2.0x (safetensors -> npz: its mmap'd
-        # pages count as resident while the output is built).
-        assert extra < 2.3 * weights, f"{src} -> {dst} held {extra / weights:.2f} copies of the weights"
+        # Measured on a 2-core CPU box: 1.08x (npz -> safetensors), 1.12x (safetensors -> npz; 2.1x while the
+        # safetensors reader mmap'd the file, whose pages read stayed resident while the output was built).
+        assert extra < 1.5 * weights, f"{src} -> {dst} held {extra / weights:.2f} copies of the weights"
         assert "converted 296/296 parameters" in run.stderr and "converted 29/296" in run.stderr  # progress
     assert _python(COMPARE, tmp_path / "l16.npz", tmp_path / "back.npz").stdout.strip() == "392"

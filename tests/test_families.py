@@ -193,7 +193,7 @@ def test_bad_timm_directories_are_named(timm_dirs, tmp_path, capsys, edit, fragm
 @pytest.mark.parametrize("edit, fragments", [
     (lambda d: d.update(model_type="swin"), ["model_type 'swin' is not supported", "'dinov2'"]),
     (lambda d: d.update(hidden_size=64), ["hidden_size=64", "embeddings.patch_embeddings.projection.weight"]),
-    (lambda d: d.update(use_swiglu_ffn=True), ["use_swiglu_ffn"]),
+    (lambda d: d.update(use_swiglu_ffn=True), ["says mlp_type='swiglu_packed'", "implies mlp_type='gelu'"]),
 ], ids=["model_type", "disagreeing", "swiglu"])
 def test_bad_hf_directories_are_named(hf_dirs, tmp_path, capsys, edit, fragments):
     src = _edit_config(hf_dirs / "Dinov2Model", tmp_path / "src", edit)

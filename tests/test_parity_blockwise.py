@@ -17,6 +17,8 @@ from parity_full_model import full_model_rows
 
 from parity import harness, inputs
 from parity.report_cli import build_parser, load_inputs, load_model, main
+from vit_jax.formats.mapping import unflatten
+from vit_jax.params import to_layout
 
 IDENTITY = ("section", "name", "shape", "judged", "passed", "torch_name")
 ROUNDING_FIGURES = ("rel_l2", "jax_vs_f64", "torch_vs_f64", "mean_abs")
@@ -33,7 +35,8 @@ def block_report(tmp_path, argv: list[str]) -> dict:
 def reference_rows(argv: list[str]) -> list[dict]:
     """The same weights, images and labels as the report's (its random draws, in its order), whole-model runs."""
     args = build_parser().parse_args([*argv, "--out", "unused"])
-    config, params, _ = load_model(args)
+    config, master, _ = load_model(args)  # per-block '/'-paths (a checkpoint's read lazily): the tree apply takes
+    params = to_layout(unflatten(dict(master)), config)
     rng = np.random.default_rng(args.seed)
     images, _ = load_inputs(args, config, rng)
     targets = inputs.make_targets(config, images.shape[0], rng)

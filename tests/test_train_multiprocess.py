@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-from train_runs import REPO, TINY, TRAIN_PY, final_params, losses, run_train, train_env
+from train_runs import TINY, final_params, losses, run_train, run_two_processes
 
 STEPS = 6
 ARGS = TINY + ["--steps", str(STEPS), "--batch-size", "32", "--log-every", "1", "--eval-every", "3",
                "--warmup-steps", "2"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -31,18 +22,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     multi = str(tmp_path / "multi")
-    address = f"127.0.0.1:{free_port()}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, TRAIN_PY, *ARGS, "--workdir", multi, "--coordinator-address", address,
-             "--num-processes", "2", "--process-id", str(i)],
-            env=train_env(devices=1), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
+    run_two_processes(ARGS, multi, devices=1)
 
     with open(os.path.join(multi, "config.json")) as f:
         config = json.load(f)

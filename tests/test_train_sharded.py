@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
-from train_runs import REPO, TRAIN_PY, final_params, losses, train_env
+from train_runs import REPO, final_params, losses, run_two_processes, train_env
 
 STEPS = 6
 # Every weight sharded (--shard-min-mib 0); 4 heads so that model=4 divides them; a constant lr after the
@@ -118,12 +117,6 @@ def test_dry_run_of_the_giant_presets_shards_params_and_optimizer_state(tmp_path
         assert os.listdir(tmp_path / name) == ["memory.json"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_with_fsdp_across_them_and_a_resume_on_four_devices_match_one_process(tmp_path):
     single, resumed = str(tmp_path / "single"), str(tmp_path / "resumed")
@@ -134,18 +127,7 @@ def test_two_processes_with_fsdp_across_them_and_a_resume_on_four_devices_match_
     assert results["single"]["code"] == 0 and results["first-half"]["code"] == 0, results
 
     multi = str(tmp_path / "multi")
-    address = f"127.0.0.1:{free_port()}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, TRAIN_PY, *SMALL, "--steps", str(STEPS), "--mesh", "fsdp=8", "--workdir", multi,
-             "--coordinator-address", address, "--num-processes", "2", "--process-id", str(i)],
-            env=train_env(devices=4), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
+    run_two_processes([*SMALL, "--steps", str(STEPS), "--mesh", "fsdp=8"], multi, devices=4)
     with open(os.path.join(multi, "config.json")) as f:
         config = json.load(f)
     assert config["processes"] == 2 and config["devices"] == 8

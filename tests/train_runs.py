@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -40,6 +41,28 @@ def run_train(args: list[str], devices: int | None = None, timeout: float = 300)
     """`python train.py ARGS` in a fresh process (JAX reads XLA_FLAGS only at start)."""
     return subprocess.run([sys.executable, TRAIN_PY, *args], env=train_env(devices), capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_processes(args: list[str], workdir: str, devices: int, timeout: float = 300) -> None:
+    """`train.py ARGS` as one job of two processes on 127.0.0.1 (`devices` fake CPU devices each); both must exit 0."""
+    address = f"127.0.0.1:{free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, TRAIN_PY, *args, "--workdir", workdir, "--coordinator-address", address,
+             "--num-processes", "2", "--process-id", str(i)],
+            env=train_env(devices), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
 
 
 def records(workdir: str, split: str = "train") -> list[dict]:

@@ -87,10 +87,11 @@ def vit_pytorch_option_problems(config, who: str) -> list[str]:
     return problems
 
 
-# Options of today's families (DeiT, DINOv2, CLIP, MAE) and the value the classic ViT layouts hold.
+# Options of today's families (DeiT, DINOv2, CLIP, MAE; SigLIP, DINOv2-g and EVA-02's MLP, rotary embedding and
+# q/v biases: the MAP head is each caller's classifier check) and the value the classic ViT layouts hold.
 _PLAIN_VIT = (("layer_scale", False), ("distilled", False), ("num_register_tokens", 0), ("posemb_class_slot", True),
               ("pre_norm", False), ("patch_bias", True), ("head_bias", True), ("fc_norm", False),
-              ("mask_token", False))
+              ("mask_token", False), ("mlp_type", "gelu"), ("mlp_norm", False), ("rope", False), ("key_bias", True))
 
 
 def family_option_problems(config, who: str) -> list[str]:

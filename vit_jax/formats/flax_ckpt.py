@@ -173,14 +173,16 @@ def read_orbax(path: Path, item: Path) -> TensorSource:
         raise ConversionError(f"{path}: cannot restore the orbax checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); it is corrupt or incomplete") from None
 
-    def load(key: str) -> np.ndarray:
+    def load(key: str, index: int | None = None) -> np.ndarray:
+        """The array, or (a scanned one) its layer `index` alone: tensorstore reads just that slice."""
         try:
-            return np.asarray(arrays[key].read().result())
+            array = arrays[key] if index is None else arrays[key][index]
+            return np.asarray(array.read().result())
         except Exception as e:
             raise ConversionError(f"{path}: cannot read array {key!r} of the orbax checkpoint ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}); it is corrupt or incomplete") from None
 
-    return flax_source(str(path), FORMAT, shapes, load, NUMERICS)
+    return flax_source(str(path), FORMAT, shapes, load, NUMERICS, load)
 
 
 def read(path: str | Path) -> TensorSource:

@@ -42,8 +42,13 @@ def flax_source(
     shapes: dict[str, tuple[int, ...]],
     loader: Callable[[str], np.ndarray],
     numerics: dict,
+    load_layer: Callable[[str, int], np.ndarray] | None = None,
 ) -> TensorSource:
-    """A TensorSource in this project's Flax naming over a file's own '/'-joined paths."""
+    """A TensorSource in this project's Flax naming over a file's own '/'-joined paths.
+
+    `load_layer(file key, i)` reads layer i of a scanned (stacked) array on its own, where the format can;
+    without it a block's tensor is sliced from the whole stacked array.
+    """
     wrapper, keys = _strip_wrapper(list(shapes))
     notes = []
     if len(keys) < len(shapes):
@@ -77,9 +82,12 @@ def flax_source(
         names[key], ours_shapes[key] = file_key, shapes[file_key]
 
     def load(key: str) -> np.ndarray:
-        array = loader(names[key])
+        if key not in layer_of:
+            return loader(names[key])
+        if load_layer is not None:
+            return load_layer(names[key], layer_of[key])
         # copy() so one block's slice does not keep the whole stacked array alive
-        return array[layer_of[key]].copy() if key in layer_of else array
+        return loader(names[key])[layer_of[key]].copy()
 
     return TensorSource(path=path, format=format_name, naming=FLAX, shapes=ours_shapes, loader=load,
                         names=names, numerics=dict(numerics), notes=notes)

@@ -18,7 +18,7 @@ import numpy as np
 
 from vit_jax.formats import hf_families, hf_siglip
 from vit_jax.formats.base import ConversionError, TensorSource, family_option_problems, vit_pytorch_option_problems
-from vit_jax.formats.renames import RenameTable
+from vit_jax.formats.renames import HF_VIT_BLOCK, RenameTable
 from vit_jax.formats.torch_sd import read_file, write_file
 
 FORMAT = "hf"
@@ -27,25 +27,11 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 NUMERICS = {"gelu": "exact", "layer_norm_eps": 1e-12, "pixel_mean": (0.5, 0.5, 0.5), "pixel_std": (0.5, 0.5, 0.5)}
 PREFIX = "vit."  # ViTForImageClassification wraps a ViTModel as `vit`; its `classifier` sits outside
 
-_CLASSIC = "encoder.layer.{i}"
-_V5 = "layers.{i}"
 TABLE = RenameTable([
     ("cls_token", "embeddings.cls_token"),
     ("pos_embed", "embeddings.position_embeddings"),
     ("patch_embed.proj.{p}", "embeddings.patch_embeddings.projection.{p}"),
-    ("blocks.{i}.norm1.{p}", f"{_CLASSIC}.layernorm_before.{{p}}"),
-    ("blocks.{i}.attn.qkv.{p}", tuple(f"{_CLASSIC}.attention.attention.{n}.{{p}}" for n in ("query", "key", "value"))),
-    ("blocks.{i}.attn.proj.{p}", f"{_CLASSIC}.attention.output.dense.{{p}}"),
-    ("blocks.{i}.norm2.{p}", f"{_CLASSIC}.layernorm_after.{{p}}"),
-    ("blocks.{i}.mlp.fc1.{p}", f"{_CLASSIC}.intermediate.dense.{{p}}"),
-    ("blocks.{i}.mlp.fc2.{p}", f"{_CLASSIC}.output.dense.{{p}}"),
-    # transformers v5 names, read only (the first name of a timm key is the one written)
-    ("blocks.{i}.norm1.{p}", f"{_V5}.layernorm_before.{{p}}"),
-    ("blocks.{i}.attn.qkv.{p}", tuple(f"{_V5}.attention.{n}_proj.{{p}}" for n in "qkv")),
-    ("blocks.{i}.attn.proj.{p}", f"{_V5}.attention.o_proj.{{p}}"),
-    ("blocks.{i}.norm2.{p}", f"{_V5}.layernorm_after.{{p}}"),
-    ("blocks.{i}.mlp.fc1.{p}", f"{_V5}.mlp.fc1.{{p}}"),
-    ("blocks.{i}.mlp.fc2.{p}", f"{_V5}.mlp.fc2.{{p}}"),
+    *HF_VIT_BLOCK,
     ("norm.{p}", "layernorm.{p}"),
     ("pre_logits.fc.{p}", "pooler.dense.{p}"),
     ("head.{p}", "classifier.{p}"),

@@ -5,7 +5,7 @@ hf.py), the tensors stored without timm's batch axes (CLIP's class and position 
 wrappers task classes put around the base model, and the numerics the family's code computes. Written
 back, a family's directory loads with `from_pretrained` into the class of its `architectures`:
 
-    dinov2                 Dinov2Model                      LayerScale, features (no head)
+    dinov2                 Dinov2Model                      LayerScale, features (no head); DINOv2-g's SwiGLU
     dinov2_with_registers  Dinov2WithRegistersModel         + register tokens (no position embedding)
     clip_vision_model      CLIPVisionModel(WithProjection)  ln_pre, QuickGELU, bias-free patch and projection
     clip                   CLIPModel: its vision tower and projection are read; written as CLIPVisionModelWithProjection
@@ -22,17 +22,25 @@ from typing import Any
 import numpy as np
 
 from vit_jax.formats.base import ConversionError, TensorSource, vit_pytorch_option_problems
-from vit_jax.formats.renames import RenameTable
+from vit_jax.formats.renames import HF_VIT_BLOCK, RenameTable
 from vit_jax.formats.torch_sd import read_file, write_file
 
 _ACTIVATIONS = {"gelu": "exact", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "quick_gelu": "quick"}
 _HF_ACT = {"exact": "gelu", "tanh": "gelu_pytorch_tanh", "quick": "quick_gelu"}
 _CLASSIC = "encoder.layer.{i}"  # names on the hub (read and written); transformers 5 renames on load
-_V5 = "layers.{i}"
 
 
-def _dinov2_table(registers: bool) -> RenameTable:
+def _dinov2_table(registers: bool, swiglu: bool) -> RenameTable:
+    """DINOv2's names; `swiglu`: the SwiGLU MLP's names are the ones written (both MLPs' names are read).
+
+    transformers' Dinov2SwiGLUFFN is saved as `weights_in` (D -> 2 x gated width; its first half the gate,
+    chunk order as timm's SwiGLUPacked fc1) and `weights_out`; transformers 5 splits weights_in on load
+    into gate_proj and up_proj and renames weights_out to down_proj.
+    """
     layer = _CLASSIC
+    gelu = [("blocks.{i}.mlp.fc1.{p}", f"{layer}.mlp.fc1.{{p}}"), ("blocks.{i}.mlp.fc2.{p}", f"{layer}.mlp.fc2.{{p}}")]
+    packed = [("blocks.{i}.mlp.fc1.{p}", f"{layer}.mlp.weights_in.{{p}}"),
+              ("blocks.{i}.mlp.fc2.{p}", f"{layer}.mlp.weights_out.{{p}}")]
     entries = [
         ("cls_token", "embeddings.cls_token"),
         ("mask_token", "embeddings.mask_token"),
@@ -43,13 +51,14 @@ def _dinov2_table(registers: bool) -> RenameTable:
         ("blocks.{i}.attn.proj.{p}", f"{layer}.attention.output.dense.{{p}}"),
         ("blocks.{i}.ls1.gamma", f"{layer}.layer_scale1.lambda1"),
         ("blocks.{i}.norm2.{p}", f"{layer}.norm2.{{p}}"),
-        ("blocks.{i}.mlp.fc1.{p}", f"{layer}.mlp.fc1.{{p}}"),
-        ("blocks.{i}.mlp.fc2.{p}", f"{layer}.mlp.fc2.{{p}}"),
+        *(packed + gelu if swiglu else gelu + packed),
         ("blocks.{i}.ls2.gamma", f"{layer}.layer_scale2.lambda1"),
         ("norm.{p}", "layernorm.{p}"),
         # transformers 5 names, read only
         ("blocks.{i}.attn.qkv.{p}", tuple(f"{layer}.attention.{n}_proj.{{p}}" for n in "qkv")),
         ("blocks.{i}.attn.proj.{p}", f"{layer}.attention.o_proj.{{p}}"),
+        ("blocks.{i}.mlp.fc1.{p}", (f"{layer}.mlp.gate_proj.{{p}}", f"{layer}.mlp.up_proj.{{p}}")),
+        ("blocks.{i}.mlp.fc2.{p}", f"{layer}.mlp.down_proj.{{p}}"),
     ]
     return RenameTable(entries + ([("reg_token", "embeddings.register_tokens")] if registers else []))
 
@@ -75,22 +84,10 @@ _DEIT_TABLE = RenameTable([
     ("dist_token", "embeddings.distillation_token"),
     ("pos_embed", "embeddings.position_embeddings"),
     ("patch_embed.proj.{p}", "embeddings.patch_embeddings.projection.{p}"),
-    ("blocks.{i}.norm1.{p}", f"{_CLASSIC}.layernorm_before.{{p}}"),
-    ("blocks.{i}.attn.qkv.{p}", tuple(f"{_CLASSIC}.attention.attention.{n}.{{p}}" for n in ("query", "key", "value"))),
-    ("blocks.{i}.attn.proj.{p}", f"{_CLASSIC}.attention.output.dense.{{p}}"),
-    ("blocks.{i}.norm2.{p}", f"{_CLASSIC}.layernorm_after.{{p}}"),
-    ("blocks.{i}.mlp.fc1.{p}", f"{_CLASSIC}.intermediate.dense.{{p}}"),
-    ("blocks.{i}.mlp.fc2.{p}", f"{_CLASSIC}.output.dense.{{p}}"),
+    *HF_VIT_BLOCK,
     ("norm.{p}", "layernorm.{p}"),
     ("head.{p}", "cls_classifier.{p}"),
     ("head_dist.{p}", "distillation_classifier.{p}"),
-    # transformers 5 names, read only
-    ("blocks.{i}.norm1.{p}", f"{_V5}.layernorm_before.{{p}}"),
-    ("blocks.{i}.attn.qkv.{p}", tuple(f"{_V5}.attention.{n}_proj.{{p}}" for n in "qkv")),
-    ("blocks.{i}.attn.proj.{p}", f"{_V5}.attention.o_proj.{{p}}"),
-    ("blocks.{i}.norm2.{p}", f"{_V5}.layernorm_after.{{p}}"),
-    ("blocks.{i}.mlp.fc1.{p}", f"{_V5}.mlp.fc1.{{p}}"),
-    ("blocks.{i}.mlp.fc2.{p}", f"{_V5}.mlp.fc2.{{p}}"),
 ])
 
 
@@ -100,6 +97,7 @@ class Family:
     table: RenameTable
     numerics: dict[str, Any]  # what the family's code computes where config.json is silent (its defaults)
     fixed: dict[str, Any]  # the options every model of the family has
+    swiglu_table: RenameTable | None = None  # the names written for a packed SwiGLU MLP (DINOv2-g)
     wrapper: str = ""  # the base model's attribute inside task classes, dropped on read
     outside: tuple[str, ...] = ()  # task-class tensors beside the wrapper (heads)
     unbatched: tuple[str, ...] = ()  # timm keys stored without timm's leading batch axes
@@ -108,9 +106,11 @@ class Family:
 
 _DINO = dict(posemb_class_slot=True, classifier="token", layer_scale=True, pre_norm=False, distilled=False)
 FAMILIES = {
-    "dinov2": Family("dinov2", _dinov2_table(False), {"gelu": "exact", "layer_norm_eps": 1e-6}, _DINO),
-    "dinov2_with_registers": Family("dinov2_with_registers", _dinov2_table(True),
-                                    {"gelu": "exact", "layer_norm_eps": 1e-6}, _DINO),
+    "dinov2": Family("dinov2", _dinov2_table(False, False), {"gelu": "exact", "layer_norm_eps": 1e-6}, _DINO,
+                     swiglu_table=_dinov2_table(False, True)),
+    "dinov2_with_registers": Family("dinov2_with_registers", _dinov2_table(True, False),
+                                    {"gelu": "exact", "layer_norm_eps": 1e-6}, _DINO,
+                                    swiglu_table=_dinov2_table(True, True)),
     "clip_vision_model": Family(
         "clip_vision_model", _CLIP_TABLE, {"gelu": "quick", "layer_norm_eps": 1e-5},
         dict(pre_norm=True, patch_bias=False, head_bias=False, classifier="token", posemb_class_slot=True,
@@ -131,8 +131,6 @@ def stated_fields(family: Family, data: dict[str, Any], where: Path) -> dict[str
     act = hf.get("hidden_act", _HF_ACT[family.numerics["gelu"]])
     if act not in _ACTIVATIONS:
         raise ConversionError(f"{where}: hidden_act {act!r} is not supported; expected one of {sorted(_ACTIVATIONS)}")
-    if hf.get("use_swiglu_ffn"):
-        raise ConversionError(f"{where}: use_swiglu_ffn=true (DINOv2-g's SwiGLU MLP) is not supported")
     # transformers resizes position grids with F.interpolate(mode='bicubic', align_corners=False)
     fields = {**family.fixed, "posemb_resize": "torch_bicubic", "gelu": _ACTIVATIONS[act],
               "layer_norm_eps": hf.get("layer_norm_eps", family.numerics["layer_norm_eps"])}
@@ -141,8 +139,42 @@ def stated_fields(family: Family, data: dict[str, Any], where: Path) -> dict[str
                "qkv_bias": "qkv_bias", "layerscale_value": "layer_scale_init",
                "num_register_tokens": "num_register_tokens", "intermediate_size": "mlp_dim"}
     fields.update({ours: hf[theirs] for theirs, ours in renames.items() if theirs in hf})
+    if family.model_type.startswith("dinov2"):  # the MLP transformers builds from mlp_ratio (no intermediate_size)
+        swiglu = bool(hf.get("use_swiglu_ffn", False))
+        fields["mlp_type"] = "swiglu_packed" if swiglu else "gelu"
+        if "hidden_size" in hf:
+            fields["mlp_dim"] = dinov2_mlp_width(hf["hidden_size"], hf.get("mlp_ratio", _DINO_MLP_RATIO), swiglu)
     fields["name"] = (data.get("architectures") or [family.model_type])[0]
     return fields
+
+
+_DINO_MLP_RATIO = 4  # Dinov2Config's default; transformers 5 types it int (a float is refused on load)
+
+
+def dinov2_mlp_width(hidden_size: int, mlp_ratio: float, swiglu: bool) -> int:
+    """The width fc2 reads in transformers' DINOv2: int(hidden_size * mlp_ratio); with use_swiglu_ffn, two thirds
+    of that rounded up to a multiple of 8 (Dinov2SwiGLUFFN; DINOv2-g: 1536 x 4 -> 4096, timm's width)."""
+    width = int(hidden_size * mlp_ratio)
+    return (int(width * 2 / 3) + 7) // 8 * 8 if swiglu else width
+
+
+def dinov2_mlp_ratio(config) -> int | None:
+    """The integer mlp_ratio with which transformers builds `config`'s MLP width (the smallest), or None."""
+    swiglu = config.mlp_type == "swiglu_packed"
+    return next((r for r in _ratios(config) if dinov2_mlp_width(config.hidden_size, r, swiglu) == config.mlp_dim),
+                None)
+
+
+def _ratios(config) -> range:
+    return range(1, 2 * config.mlp_dim // config.hidden_size + 3)  # beyond the widest (GELU's mlp_dim / hidden)
+
+
+def _dinov2_width_problem(config) -> str:
+    if config.mlp_type != "swiglu_packed":
+        return f"mlp_dim {config.mlp_dim} (DINOv2's config states an integer mlp_ratio of hidden_size)"
+    near = [dinov2_mlp_width(config.hidden_size, r, True) for r in _ratios(config)]
+    return (f"mlp_dim {config.mlp_dim} (transformers' DINOv2 SwiGLU is (int(int(hidden_size * mlp_ratio) * 2 / 3) + 7) "
+            f"// 8 * 8 wide for an integer mlp_ratio; at hidden_size {config.hidden_size}: {near})")
 
 
 def _reshaped(source: TensorSource, family: Family) -> TensorSource:
@@ -170,6 +202,10 @@ def read(path: Path, weights: Path, data: dict[str, Any]) -> TensorSource:
     if "pooler.dense.weight" in inner.shapes and family.model_type == "deit":
         raise ConversionError(f"{path}: 'pooler.dense.weight': DeiTModel's pooler (tanh of a dense layer on the "
                               f"class token) is not part of DeiT; save the model with add_pooling_layer=False")
+    if "classifier.weight" in inner.shapes and family.model_type.startswith("dinov2"):
+        raise ConversionError(f"{path}: 'classifier.weight': Dinov2ForImageClassification's head reads the class token "
+                              f"concatenated with the patch tokens' mean, which this model has no option for; save "
+                              f"its backbone (model.dinov2.save_pretrained) and convert that")
     out = _reshaped(family.table.source_as_timm(inner, f"Hugging Face {family.model_type}"), family)
     out.stated = {**stated_fields(family, data, path), "pixel_mean": family.pixels[0], "pixel_std": family.pixels[1]}
     return out
@@ -198,8 +234,14 @@ def check_expressible(config, family: Family) -> None:
     if config.is_hybrid or config.posemb != "learn" or config.representation_size is not None or config.fc_norm:
         problems.append("a ResNet stem, fixed position embeddings, representation_size or fc_norm")
     problems += vit_pytorch_option_problems(config, f"Hugging Face {family.model_type}")
-    if family.model_type.startswith("dinov2") and config.mlp_dim % config.hidden_size:
-        problems.append(f"mlp_dim {config.mlp_dim} (DINOv2's config states an integer mlp_ratio of hidden_size)")
+    mlps = ("gelu", "swiglu_packed") if family.model_type.startswith("dinov2") else ("gelu",)
+    if config.mlp_type not in mlps or config.mlp_norm:
+        problems.append(f"mlp_type={config.mlp_type!r}{' with mlp_norm' if config.mlp_norm else ''} (expected one of "
+                        f"{list(mlps)})")
+    elif family.model_type.startswith("dinov2") and dinov2_mlp_ratio(config) is None:
+        problems.append(_dinov2_width_problem(config))
+    if config.rope or not config.key_bias:
+        problems.append("a rotary embedding or q/v-only biases (EVA-02's)")
     if family.model_type.startswith("dinov2") and config.num_classes:
         problems.append(f"num_classes={config.num_classes} (Dinov2Model has no head)")
     if family.model_type.startswith("dinov2") and (family.model_type == "dinov2") == bool(config.num_register_tokens):
@@ -221,8 +263,9 @@ def hf_config(config, family: Family) -> dict[str, Any]:
            "layer_norm_eps": config.layer_norm_eps, "image_size": config.image_hw[0],
            "patch_size": config.patch_hw[0], "num_channels": config.num_channels}
     if family.model_type.startswith("dinov2"):
-        out.update(mlp_ratio=config.mlp_dim // config.hidden_size, qkv_bias=config.qkv_bias,
-                   layerscale_value=config.layer_scale_init, use_swiglu_ffn=False, use_mask_token=config.mask_token)
+        out.update(mlp_ratio=dinov2_mlp_ratio(config), qkv_bias=config.qkv_bias,
+                   layerscale_value=config.layer_scale_init, use_swiglu_ffn=config.mlp_type == "swiglu_packed",
+                   use_mask_token=config.mask_token)
         if config.num_register_tokens:
             out["num_register_tokens"] = config.num_register_tokens
         return {"model_type": family.model_type, "architectures": [
@@ -249,7 +292,8 @@ def hf_names(tensors: dict[str, np.ndarray], config, family: Family) -> dict[str
     """timm-named tensors -> the state dict of the family's class for `config`."""
     for key in family.unbatched:
         tensors[key] = tensors[key].reshape(tensors[key].shape[1 + (key == "cls_token"):])
-    renamed = family.table.rename_to_other(tensors)
+    table = family.swiglu_table if config.mlp_type == "swiglu_packed" and family.swiglu_table else family.table
+    renamed = table.rename_to_other(tensors)
     wrapped = (family.model_type == "deit" and config.num_classes) or (
         family.model_type == "clip_vision_model" and config.num_classes)
     if not wrapped:

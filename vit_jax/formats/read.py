@@ -5,10 +5,11 @@
 
 Formats: google-npz, flax (msgpack / orbax directory), torch (timm naming,
 .safetensors or .pt/.pth), hf (Hugging Face ViT), torchvision (vit_b_16
-naming), vit-pytorch (lucidrains' vit_pytorch.ViT); and a train.py run directory (one saved step).
+naming), vit-pytorch (lucidrains' vit_pytorch.ViT), big-vision (big_vision's SigLIP image tower, an .npz
+read as google-npz); and a train.py run directory (one saved step).
 Weights must be floating point, and finite unless `allow_nonfinite`. Tensors are read lazily and
 converted one mapping rule at a time. Both models' `load_pretrained` and `python -m parity convert`
-read through here.
+read through here; vit_jax.formats.stream reads the same rules lazily, never holding the model.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from vit_jax.formats import (
 )
 from vit_jax.formats.base import replacing_marker
 from vit_jax.formats.infer import build_config
-from vit_jax.formats.mapping import expected_flax_shapes, expected_torch_shapes, param_rules, unflatten
+from vit_jax.formats.mapping import Rule, expected_flax_shapes, expected_torch_shapes, param_rules, unflatten
 from vit_jax.params import to_layout
 from vit_jax.posemb import resize_pos_embed
 
@@ -272,7 +273,7 @@ def _is_floating(dtype: np.dtype) -> bool:
     return True
 
 
-def _load_checked(source: TensorSource, key: str, allow_nonfinite: bool) -> np.ndarray:
+def load_checked(source: TensorSource, key: str, allow_nonfinite: bool) -> np.ndarray:
     """One tensor, refused by name when it is not floating point, or (unless allowed) not finite."""
     array = source.load(key)
     if not _is_floating(array.dtype):
@@ -286,6 +287,21 @@ def _load_checked(source: TensorSource, key: str, allow_nonfinite: bool) -> np.n
     return array
 
 
+def source_keys(source: TensorSource, rule: Rule) -> tuple[str, ...]:
+    """The tensors of `source` that `rule` is made from."""
+    return rule.flax if source.naming == FLAX else (rule.torch,)
+
+
+def rule_tensors(source: TensorSource, rule: Rule, config: ViTConfig, naming: str,
+                 load: Callable[[str], np.ndarray]) -> dict[str, np.ndarray]:
+    """One mapping rule's tensors in `naming`, made from the source tensors `load` reads (`source_keys`)."""
+    if source.naming == naming:
+        return {key: load(key) for key in source_keys(source, rule)}
+    if naming == TIMM:
+        return {rule.torch: rule.transform.to_torch([load(p) for p in rule.flax])}
+    return dict(zip(rule.flax, rule.transform.to_flax(load(rule.torch), config)))
+
+
 def _convert_tensors(source: TensorSource, config: ViTConfig, naming: str, progress: Progress | None,
                      allow_nonfinite: bool = False) -> dict[str, np.ndarray]:
     """All tensors in `naming`, one mapping rule at a time (source tensors are read as needed)."""
@@ -296,16 +312,10 @@ def _convert_tensors(source: TensorSource, config: ViTConfig, naming: str, progr
         progress = None  # a small model converts in seconds: per-tensor lines would be noise
 
     def load(key: str) -> np.ndarray:
-        return _load_checked(source, key, allow_nonfinite)
+        return load_checked(source, key, allow_nonfinite)
 
     for done, rule in enumerate(rules, 1):
-        if source.naming == naming:
-            for key in (rule.flax if naming == FLAX else (rule.torch,)):
-                out[key] = load(key)
-        elif naming == TIMM:
-            out[rule.torch] = rule.transform.to_torch([load(p) for p in rule.flax])
-        else:
-            out.update(zip(rule.flax, rule.transform.to_flax(load(rule.torch), config)))
+        out.update(rule_tensors(source, rule, config, naming, load))
         if progress and (done % step == 0 or done == len(rules)):
             progress(f"  converted {done}/{len(rules)} parameters")
     return out

@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 from typing import Any, Mapping
 
+import ml_dtypes
 import numpy as np
 
 from vit_jax.formats.base import TIMM, ConversionError, TensorSource
@@ -60,6 +61,10 @@ def damaged_safetensors_header(path: Path) -> str | None:
     return None
 
 
+# safetensors dtypes read here with plain file reads (anything else goes through the library)
+_SAFETENSORS_FLOATS = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, tuple[int, ...]], Any, dict[str, Any]]:
     from safetensors import safe_open
 
@@ -67,6 +72,9 @@ def _read_safetensors(path: Path) -> tuple[dict[str, tuple[int, ...]], Any, dict
         handle = safe_open(str(path), framework="numpy")  # bfloat16 comes back as ml_dtypes' type
         shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
         metadata = handle.metadata() or {}
+        with open(path, "rb") as f:  # the header the library has just checked: where each tensor's bytes are
+            header_size = struct.unpack("<Q", f.read(8))[0]
+            entries = json.loads(f.read(header_size))
     except Exception as e:
         raise ConversionError(f"{path}: not a readable safetensors file ({e}); "
                               f"the file is corrupt or truncated") from None
@@ -76,7 +84,29 @@ def _read_safetensors(path: Path) -> tuple[dict[str, tuple[int, ...]], Any, dict
             stated = json.loads(metadata["vit_config"])
         except json.JSONDecodeError:
             raise ConversionError(f"{path}: metadata entry 'vit_config' is not valid JSON") from None
-    return shapes, handle.get_tensor, stated
+
+    def load(key: str) -> np.ndarray:
+        """One tensor read from the file into a fresh array: the library's mmap would leave every page read
+        resident in this process (its RSS growing to the file's size over a pass through the model)."""
+        entry = entries[key]
+        dtype = _SAFETENSORS_FLOATS.get(entry["dtype"])
+        if dtype is None:  # not a float (refused later, with its dtype named), or a float8
+            return handle.get_tensor(key)
+        array = np.empty(entry["shape"], np.dtype(dtype).newbyteorder("<"))
+        begin, end = entry["data_offsets"]
+        if end - begin != array.nbytes:
+            raise ConversionError(f"{path}: tensor {key!r} spans {end - begin} bytes in the header, its dtype "
+                                  f"{entry['dtype']} and shape {tuple(entry['shape'])} need {array.nbytes}; "
+                                  f"the file is corrupt")
+        with open(path, "rb") as f:
+            f.seek(8 + header_size + begin)
+            read = f.readinto(array.reshape(-1).view(np.uint8))
+        if read != array.nbytes:
+            raise ConversionError(f"{path}: tensor {key!r} is cut short ({read} of {array.nbytes} bytes); the file "
+                                  f"is truncated")
+        return array
+
+    return shapes, load, stated
 
 
 def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
