@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -88,17 +89,8 @@ def groups(config: ViTConfig) -> list[int | None]:
 
 
 def group_paths(config: ViTConfig, group: int | None) -> list[str]:
+    """The Flax paths of one group's parameters (a side reads its own table once: `Side.paths`)."""
     return [p for rule in mapping.group_rules(config, group) for p in rule.flax]
-
-
-def group_params(master: Master, config: ViTConfig, group: int | None, dtype) -> Flat:
-    """One group's parameters in `dtype`: the only copy of them at that precision."""
-    return {p: np.asarray(master[p], dtype) for p in group_paths(config, group)}
-
-
-def add_flat(a: Flat, b: Flat) -> Flat:
-    """Gradients of the outer group from its two stages; each path is zero in one of them, so the sum is exact."""
-    return {k: a[k] + b[k] for k in a}
 
 
 @contextlib.contextmanager
@@ -157,17 +149,27 @@ def block_layer_name(index: int, key: str) -> str:
 
 
 class Side:
-    """One framework at one precision, run a stage at a time. Params are `Flat` dicts in this side's dtype.
+    """One framework at one precision, run a stage at a time.
 
-    Activations stay native (jax.Array / torch.Tensor) between stages; intermediates come back as NumPy.
+    A group's parameters are made in the side's own form from a `Flat` dict in its dtype (`own`: a tree of
+    device arrays, or torch tensors by key); the stages take them and give gradients in that form, which the
+    optimizer steps; `flat` maps either back to Flax paths in NumPy, for comparisons only. Activations stay
+    native (jax.Array / torch.Tensor) between stages; intermediates come back as NumPy.
     `seconds` is the time spent in this side's computations.
     """
 
-    name: str
-    config: ViTConfig
+    def __init__(self, name: str, config: ViTConfig) -> None:
+        self.name, self.config, self.seconds = name, config, 0.0
+        self.rules = mapping.rules_by_group(config)  # the mapping table by group, read once
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
+    def paths(self, group: int | None) -> list[str]:
+        """The Flax paths of one group's parameters."""
+        return [p for rule in self.rules[group] for p in rule.flax]
+
+    def params(self, master: Master, group: int | None) -> Any:
+        """One group's parameters from the float32 `master`, in this side's dtype and own form: made when the group
+        runs, the only copy of them at that precision."""
+        return self.own(group, {p: np.asarray(master[p], self.param_dtype) for p in self.paths(group)})
 
     def timed(self, fn: Callable, *args):
         start = time.perf_counter()
@@ -196,8 +198,8 @@ def _stand_in_blocks(replacement: jax.Array | None, seen: list) -> Callable:
 
 class JaxSide(Side):
     def __init__(self, name: str, config: ViTConfig, device: jax.Device):
-        super().__init__()
-        self.name, self.config, self.device = name, config, device
+        super().__init__(name, config)
+        self.device = device
         # The whole model with one (stood-in) block: its embedding and head are the model's own code.
         outer = VisionTransformer(config.replace(num_layers=1, scan=False, remat=False))
         block = Encoder1DBlock(config, return_intermediates=True, return_attention=True)
@@ -232,7 +234,7 @@ class JaxSide(Side):
         # functions are alive: with oneDNN matmuls, freeing a running executable aborts (vit_jax/cpu/onednn.py).
         self._fns = {name: jax.jit(fn) for name, fn in (
             ("embed", embed), ("head", head), ("block", run_block), ("block_vjp", block_vjp),
-            ("embed_vjp", embed_vjp), ("head_vjp", head_vjp))}
+            ("embed_vjp", embed_vjp), ("head_vjp", head_vjp), ("add", lambda a, b: jax.tree.map(jnp.add, a, b)))}
         self._adamw: dict[AdamWSettings, tuple] = {}
 
     def _call(self, fn: str, *args):
@@ -240,46 +242,52 @@ class JaxSide(Side):
             args = jax.device_put(args, self.device)
             return self.timed(lambda: jax.block_until_ready(self._fns[fn](*args)))
 
-    def _tree(self, params: Flat, group: int | None) -> dict:
+    def own(self, group: int | None, params: Flat) -> dict:
+        """The group's parameters as the model's tree (a block's without its prefix), on the side's device."""
         strip = "" if group is OUTER else mapping.block_prefixes(group)[0]
-        return mapping.unflatten({k[len(strip):]: v for k, v in params.items()})
+        with jax.default_device(self.device):
+            return jax.device_put(mapping.unflatten({k[len(strip):]: v for k, v in params.items()}), self.device)
 
-    def _flat(self, tree: Any, group: int | None) -> Flat:
+    def flat(self, group: int | None, tree: Any) -> Flat:
         prefix = "" if group is OUTER else mapping.block_prefixes(group)[0]
         return {prefix + k: np.asarray(v) for k, v in mapping.flatten(tree).items()}
+
+    def add(self, a: Any, b: Any) -> Any:
+        """The outer group's gradients from its two stages; each leaf is zero in one of them, so the sum is exact."""
+        return self._call("add", a, b)
 
     def inputs(self, images: np.ndarray, targets: np.ndarray) -> tuple[jax.Array, jax.Array]:
         return jnp.asarray(images, self.param_dtype), jnp.asarray(targets)
 
-    def embed(self, params: Flat, images) -> tuple[jax.Array, dict[str, np.ndarray]]:
-        x, inter = self._call("embed", self._tree(params, OUTER), images)
+    def embed(self, params: dict, images) -> tuple[jax.Array, dict[str, np.ndarray]]:
+        x, inter = self._call("embed", params, images)
         return x, {k: np.asarray(v) for k, v in inter.items()}
 
-    def block(self, index: int, params: Flat, x) -> tuple[jax.Array, dict[str, np.ndarray]]:
-        y, inter = self._call("block", self._tree(params, index), x)
+    def block(self, index: int, params: dict, x) -> tuple[jax.Array, dict[str, np.ndarray]]:
+        y, inter = self._call("block", params, x)
         return y, {block_layer_name(index, k): np.asarray(v) for k, v in inter.items()}
 
-    def head(self, params: Flat, images, x, targets) -> tuple[float, dict[str, np.ndarray]]:
-        loss, inter = self._call("head", self._tree(params, OUTER), images, x, targets)
+    def head(self, params: dict, images, x, targets) -> tuple[float, dict[str, np.ndarray]]:
+        loss, inter = self._call("head", params, images, x, targets)
         return float(loss), {k: np.asarray(v) for k, v in inter.items()}
 
-    def head_vjp(self, params: Flat, images, x, targets) -> tuple[float, Flat, jax.Array, dict[str, np.ndarray]]:
+    def head_vjp(self, params: dict, images, x, targets) -> tuple[float, dict, jax.Array, dict[str, np.ndarray]]:
         """(loss, gradients of the outer parameters' head part, cotangent of x, the head's intermediates)."""
-        loss, grads, cotangent, inter = self._call("head_vjp", self._tree(params, OUTER), images, x, targets)
-        return float(loss), self._flat(grads, OUTER), cotangent, {k: np.asarray(v) for k, v in inter.items()}
+        loss, grads, cotangent, inter = self._call("head_vjp", params, images, x, targets)
+        return float(loss), grads, cotangent, {k: np.asarray(v) for k, v in inter.items()}
 
-    def block_vjp(self, index: int, params: Flat, x, cotangent) -> tuple[Flat, jax.Array]:
-        grads, cotangent = self._call("block_vjp", self._tree(params, index), x, cotangent)
-        return self._flat(grads, index), cotangent
+    def block_vjp(self, index: int, params: dict, x, cotangent) -> tuple[dict, jax.Array]:
+        return self._call("block_vjp", params, x, cotangent)
 
-    def embed_vjp(self, params: Flat, images, cotangent) -> Flat:
-        return self._flat(self._call("embed_vjp", self._tree(params, OUTER), images, cotangent), OUTER)
+    def embed_vjp(self, params: dict, images, cotangent) -> dict:
+        return self._call("embed_vjp", params, images, cotangent)
 
     def optimizer(self, settings: AdamWSettings) -> JaxAdamW:
         return JaxAdamW(self, settings)
 
-    def adamw(self, s: AdamWSettings) -> tuple[optax.GradientTransformation, Callable]:
-        """(optax.adamw, its compiled step), made once per side and settings: every AdamW of the report shares it."""
+    def adamw(self, s: AdamWSettings) -> tuple[Callable, Callable]:
+        """(optax.adamw's init, its step), compiled once per side and settings: every AdamW of the report shares
+        them (an eager init compiles op by op)."""
         if s not in self._adamw:
             tx = optax.adamw(s.learning_rate, s.b1, s.b2, s.eps, weight_decay=s.weight_decay)
 
@@ -287,7 +295,7 @@ class JaxSide(Side):
                 updates, state = tx.update(g, state, p)
                 return optax.apply_updates(p, updates), state
 
-            self._adamw[s] = tx, jax.jit(step)
+            self._adamw[s] = jax.jit(tx.init), jax.jit(step)
         return self._adamw[s]
 
 
@@ -296,17 +304,17 @@ class JaxAdamW:
 
     def __init__(self, side: JaxSide, settings: AdamWSettings):
         self.side, self.states = side, {}
-        self.tx, self._step = side.adamw(settings)
+        self._init, self._step = side.adamw(settings)
 
-    def step(self, group: int | None, params: Flat, grads: Flat) -> Flat:
+    def step(self, group: int | None, params: dict, grads: dict) -> dict:
+        """The group's parameters (the side's own form) after one step."""
         side = self.side
-        p, g = side._tree(params, group), side._tree(grads, group)
         with jax.default_device(side.device):
-            p, g = jax.device_put((p, g), side.device)
             state = self.states.get(group)
-            state = side.timed(lambda: self.tx.init(p)) if state is None else state
-            p, self.states[group] = side.timed(lambda: jax.block_until_ready(self._step(p, state, g)))
-        return side._flat(p, group)
+            if state is None:  # placed as the step's own output: one compiled step per group structure
+                state = jax.device_put(side.timed(lambda: self._init(params)), side.device)
+            params, self.states[group] = side.timed(lambda: jax.block_until_ready(self._step(params, state, grads)))
+        return params
 
     def forget(self, group: int | None) -> None:
         self.states.pop(group, None)
@@ -326,14 +334,29 @@ class _StandIn(torch.nn.Module):
         return (x if self.replacement is None else self.replacement), None, None, None, None
 
 
+@functools.lru_cache(maxsize=8)
+def _block_buffers(config: ViTConfig, device: str) -> dict[str, torch.Tensor]:
+    """The twin block's buffers outside its state dict (the rotary tables), made once: every block has the same."""
+    from vit_torch_ref.model import Block
+
+    with torch.device(device):
+        block = Block(config, 0.0)
+    in_state_dict = block.state_dict().keys()
+    return {name: buffer for name, buffer in block.named_buffers() if name not in in_state_dict}
+
+
 def torch_block(config: ViTConfig, index: int, tensors: dict[str, torch.Tensor], device: str) -> torch.nn.Module:
     """The twin's block `index` holding `tensors` (its state dict, keys without `blocks.{index}.`)."""
     from vit_torch_ref.model import Block
 
-    # Built on its device, not on 'meta': buffers outside the state dict (the rotary tables) need real values.
-    with torch.device(device):
+    # Built on 'meta' (a random init of tensors replaced at once cost a fifth of a small model's training), then
+    # given `tensors` and the buffers outside the state dict, which need real values.
+    with torch.device("meta"):
         block = Block(config, config.drop_path_rates()[index])
     block.load_state_dict(tensors, strict=True, assign=True)
+    for name, buffer in _block_buffers(config, device).items():
+        owner, _, attr = name.rpartition(".")
+        setattr(block.get_submodule(owner), attr, buffer)
     return block.eval()
 
 
@@ -342,8 +365,8 @@ class TorchSide(Side):
         from vit_torch_ref.model import VisionTransformer as Twin
         from vit_torch_ref.model import torch_dtype
 
-        super().__init__()
-        self.name, self.config, self.device = name, config, device
+        super().__init__(name, config)
+        self.device = device
         self.dtype, self.compute = torch_dtype(config.param_dtype), torch_dtype(config.dtype)
         self.outer = Twin(config.replace(num_layers=1)).to(device).eval()
         self.stand_in = _StandIn()
@@ -356,26 +379,33 @@ class TorchSide(Side):
             return contextlib.nullcontext()
         return torch.autocast(torch.device(self.device).type, dtype=self.compute)
 
-    def _tensors(self, params: Flat, group: int | None) -> dict[str, torch.Tensor]:
+    def own(self, group: int | None, params: Flat) -> dict[str, torch.Tensor]:
+        """The group's parameters as the twin's tensors (a block's keys without its prefix), on the side's device."""
         strip = "" if group is OUTER else mapping.block_prefixes(group)[1]
-        flat = mapping.rules_to_torch(params, mapping.group_rules(self.config, group), strip)
+        flat = mapping.rules_to_torch(params, self.rules[group], strip)
         return {k: to_torch(v).to(self.device) for k, v in flat.items()}
 
-    def module(self, group: int | None, params: Flat) -> torch.nn.Module:
-        tensors = self._tensors(params, group)
+    def module(self, group: int | None, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
         if group is OUTER:
             self.outer.load_state_dict(tensors, strict=True)
             return self.outer
         return torch_block(self.config, group, tensors, self.device)
 
-    def _flat(self, module: torch.nn.Module, group: int | None, grads: list[torch.Tensor | None] | None) -> Flat:
-        """The module's parameters (or `grads`, one per parameter, None for unused) mapped back to Flax paths."""
+    def flat(self, group: int | None, tensors: dict[str, torch.Tensor]) -> Flat:
+        """A group's tensors (torch keys without the block's prefix) mapped back to Flax paths."""
         strip = "" if group is OUTER else mapping.block_prefixes(group)[1]
-        tensors = {}
-        for (key, p), g in zip(module.named_parameters(), grads or [None] * len(list(module.parameters()))):
-            value = p if grads is None else (g if g is not None else torch.zeros_like(p))
-            tensors[key] = to_numpy(value).copy()  # to_numpy shares memory; the optimizer updates in place
-        return mapping.rules_to_flax(tensors, mapping.group_rules(self.config, group), self.config, strip)
+        # Copies: to_numpy shares memory, and the optimizer updates its parameters in place.
+        tensors = {key: to_numpy(value).copy() for key, value in tensors.items()}
+        return mapping.rules_to_flax(tensors, self.rules[group], self.config, strip)
+
+    def add(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The outer group's gradients from its two stages; each tensor is zero in one of them, so the sum is exact."""
+        return {k: a[k] + b[k] for k in a}
+
+    @staticmethod
+    def _grads(module: torch.nn.Module, grads: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        """`grads` (one per parameter of `module`, None for an unused one: zero) by the module's keys."""
+        return {key: torch.zeros_like(p) if g is None else g for (key, p), g in zip(module.named_parameters(), grads)}
 
     def inputs(self, images: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(self.device, self.dtype)
@@ -401,18 +431,18 @@ class TorchSide(Side):
             inter[f"blocks.{index}.rope"] = rotated
         return y, inter
 
-    def embed(self, params: Flat, images):
+    def embed(self, params: dict, images):
         with torch.no_grad():
             x, inter = self.timed(self._embed, self.module(OUTER, params), images)
         return x, inter
 
-    def block(self, index: int, params: Flat, x):
+    def block(self, index: int, params: dict, x):
         with torch.no_grad():
             y, inter = self.timed(self._block, self.module(index, params), index, x)
         inter = {k: to_numpy(v) for k, v in inter.items()}
         return y, {**inter, f"blocks.{index}": to_numpy(y)}
 
-    def head(self, params: Flat, images, x, targets):
+    def head(self, params: dict, images, x, targets):
         with torch.no_grad():
             loss, inter = self.timed(self._head, self.module(OUTER, params), images, x, targets)
         return loss.item(), inter
@@ -426,7 +456,7 @@ class TorchSide(Side):
             grads = torch.autograd.grad(out, [x, *params] if input_grad else params, cotangent, allow_unused=True)
         return out, list(grads[-len(params):]), grads[0] if input_grad else None
 
-    def head_vjp(self, params: Flat, images, x, targets):
+    def head_vjp(self, params: dict, images, x, targets):
         module, inter = self.module(OUTER, params), {}
 
         def run(module, x):
@@ -435,45 +465,43 @@ class TorchSide(Side):
             return loss
 
         loss, grads, cotangent = self.timed(self._vjp, module, run, x)
-        return loss.item(), self._flat(module, OUTER, grads), cotangent, inter
+        return loss.item(), self._grads(module, grads), cotangent, inter
 
-    def block_vjp(self, index: int, params: Flat, x, cotangent):
+    def block_vjp(self, index: int, params: dict, x, cotangent):
         module = self.module(index, params)
         _, grads, cotangent = self.timed(self._vjp, module, lambda m, x: self._block(m, index, x)[0], x, cotangent)
-        return self._flat(module, index, grads), cotangent
+        return self._grads(module, grads), cotangent
 
-    def embed_vjp(self, params: Flat, images, cotangent):
+    def embed_vjp(self, params: dict, images, cotangent):
         module = self.module(OUTER, params)
         _, grads, _ = self.timed(self._vjp, module, lambda m, images: self._embed(m, images)[0], images, cotangent,
                                  False)
-        return self._flat(module, OUTER, grads)
+        return self._grads(module, grads)
 
     def optimizer(self, settings: AdamWSettings) -> TorchAdamW:
         return TorchAdamW(self, settings)
 
 
 class TorchAdamW:
-    """torch.optim.AdamW, one optimizer (and the module whose parameters it steps) per parameter group."""
+    """torch.optim.AdamW, one optimizer (and the parameters it steps, by torch key) per parameter group."""
 
     def __init__(self, side: TorchSide, settings: AdamWSettings):
         self.side, self.settings, self.held = side, settings, {}
 
-    def step(self, group: int | None, params: Flat, grads: Flat) -> Flat:
-        """`params` after one step; a group seen before continues from its own module, equal to `params`."""
+    def step(self, group: int | None, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> dict:
+        """`params` after one step (a group seen first is stepped in place; one seen before continues from the
+        tensors it returned, which `params` then are)."""
         side, s = self.side, self.settings
-        if group not in self.held:  # torch keeps the optimizer's state by parameter object: keep the module
-            module = side.module(group, params)
-            optimizer = torch.optim.AdamW(module.parameters(), lr=s.learning_rate, betas=(s.b1, s.b2), eps=s.eps,
+        if group not in self.held:  # torch keeps the optimizer's state by parameter object: keep the parameters
+            held = {key: torch.nn.Parameter(t) for key, t in params.items()}
+            optimizer = torch.optim.AdamW(held.values(), lr=s.learning_rate, betas=(s.b1, s.b2), eps=s.eps,
                                           weight_decay=s.weight_decay)
-            self.held[group] = module, optimizer
-        module, optimizer = self.held[group]
-        if group is OUTER:  # the outer twin is shared with the passes, which load other values into it
-            module.load_state_dict(side._tensors(params, OUTER), strict=True)
-        tensors = side._tensors(grads, group)
-        for key, p in module.named_parameters():
-            p.grad = tensors[key]
+            self.held[group] = held, optimizer
+        held, optimizer = self.held[group]
+        for key, grad in grads.items():
+            held[key].grad = grad
         side.timed(optimizer.step)
-        return side._flat(module, group, None)
+        return {key: p.detach() for key, p in held.items()}
 
     def forget(self, group: int | None) -> None:
         self.held.pop(group, None)

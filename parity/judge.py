@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from parity.compare import Metrics, Sums, norm_floor, pair_sums, rms
+from parity.compare import Metrics, Sums, norm, norm_floor, pair_sums, rms
 from parity.compare import metrics as to_metrics
 from parity.tolerances import NORM_FLOOR_FRACTION, ZERO_GRADIENT_FRACTION, Criterion, Tolerances
 from vit_jax.config import ViTConfig
@@ -50,7 +50,7 @@ def measure(jax_value, torch_value, jax64_value, torch64_value) -> Measured:
     a, b, a64, b64 = (np.asarray(v).astype(np.float64, copy=False) for v in (jax_value, torch_value, jax64_value,
                                                                             torch64_value))
     pairs = pair_sums([a, b, a64, b64], [(0, 1), (0, 2), (1, 3), (2, 3)])
-    return Measured(pairs, rms(b), float(np.linalg.norm(a64)), rms(a64))
+    return Measured(pairs, rms(b), norm(a64), rms(a64))
 
 
 def _row(section: str, name: str, metrics: Metrics, judged: bool, passed: bool, checked: str,

@@ -4,28 +4,28 @@ comparison of the four sides (`compare`) and their loss curves (`loss_curves`).
 A pass holds, per side, the inputs of the blocks (one activation each) and
 one group's parameters at a time, never every intermediate or every gradient
 of the model. Parameters come from `params_of(side, group)`, made when the
-group runs; what each stage computes goes to callbacks, which compare it and
-let it go:
+group runs, in the side's own form (`Side.own`); what each stage computes goes
+to callbacks, which compare it and let it go:
 
 - on_layers(list of {canonical name: array}, one per side) after each stage of the forward;
-- on_grads(group, list of {Flax path: gradient}, one per side) as each group's gradients are known,
-  top block first, the parameters outside the blocks last.
+- on_grads(group, list of gradients, one per side, in the side's own form) as each group's gradients are
+  known, top block first, the parameters outside the blocks last.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from parity.harness import OUTER, AdamWSettings, Flat, Master, Side, add_flat, group_params, group_paths, groups
+from parity.harness import OUTER, AdamWSettings, Flat, Master, Side, groups
 from parity.judge import Measured, measure
 from vit_jax.config import ViTConfig
 
-ParamsOf = Callable[[Side, "int | None"], Flat]
+ParamsOf = Callable[[Side, "int | None"], Any]  # a group's parameters in the side's own form
 OnLayers = Callable[[list[dict[str, np.ndarray]]], None]
-OnGrads = Callable[["int | None", list[Flat]], None]
+OnGrads = Callable[["int | None", list[Any]], None]
 _NONE = object()  # no group (OUTER is None)
 
 
@@ -73,7 +73,7 @@ def backward(sides: Sequence[Side], params_of: ParamsOf, config: ViTConfig, data
             held[index + 1] = None  # this block's output: no longer needed
         cotangents = [cotangent for _, cotangent in results]
         on_grads(index, [grads for grads, _ in results])
-    outer = [add_flat(head_grads, side.embed_vjp(params_of(side, OUTER), images, cotangent))
+    outer = [side.add(head_grads, side.embed_vjp(params_of(side, OUTER), images, cotangent))
              for side, (images, _), head_grads, cotangent in zip(sides, data, outer_head, cotangents)]
     on_grads(OUTER, outer)
     return losses
@@ -85,7 +85,7 @@ def train(side: Side, master: Master, config: ViTConfig, images: np.ndarray, tar
 
     Holds this side's parameters and optimizer state (the model's, in its dtype), one side at a time.
     """
-    params = {group: group_params(master, config, group, side.param_dtype) for group in groups(config)}
+    params = {group: side.params(master, group) for group in groups(config)}
     optimizer = side.optimizer(settings)
     data = [side.inputs(images, targets)]
     losses = []
@@ -112,7 +112,7 @@ def _first_step(sides, optimizers, params_of, group, grads) -> list[Flat]:
     """Each side's parameters of `group` after one AdamW step from the report's weights."""
     updated = []
     for side, optimizer, side_grads in zip(sides, optimizers, grads):
-        updated.append(optimizer.step(group, params_of(side, group), side_grads))
+        updated.append(side.flat(group, optimizer.step(group, params_of(side, group), side_grads)))
         optimizer.forget(group)  # one step only: the state goes with the group
     return updated
 
@@ -129,11 +129,11 @@ def compare(sides: list[Side], master: Master, config: ViTConfig, images: np.nda
     def params_of(side, group):  # made when the group runs: its only copy in the side's dtype
         if held[0] != group:  # a checkpoint's master reads the file on each lookup: once per group, not per side
             held[:] = [_NONE, {}]
-            held[:] = [group, {p: master[p] for p in group_paths(config, group)}]
-        return group_params(held[1], config, group, side.param_dtype)
+            held[:] = [group, {p: master[p] for p in side.paths(group)}]
+        return side.params(held[1], group)
 
     def on_grads(group, grads):
-        _measure_into(measured["gradients"], grads, clock)
+        _measure_into(measured["gradients"], [side.flat(group, g) for side, g in zip(sides, grads)], clock)
         if optimizers:
             _measure_into(measured["update"], _first_step(sides, optimizers, params_of, group, grads), clock)
 

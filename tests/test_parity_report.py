@@ -19,7 +19,7 @@ from PIL import Image
 import vit_jax
 import vit_jax.formats.mapping
 from parity import harness, judge
-from parity.compare import compare, group_rms, norm_floor
+from parity.compare import compare, group_rms, norm_floor, pair_sums
 from parity.inputs import load_images, random_images
 from parity.report_cli import main
 from parity.tolerances import ROUNDING, TOLERANCES, Criterion
@@ -185,6 +185,18 @@ def test_relative_error_floor_turns_noise_on_zero_into_absolute_error():
     assert not m.floored and m.rel_l2 == pytest.approx(1e-6, rel=1e-6) and m.cosine == pytest.approx(1.0)
     assert group_rms([np.zeros(4), np.ones(4), 2 * np.ones(4)]) == 1.0
     assert compare(np.ones(3), np.ones(4)).problem.startswith("shape")
+
+
+def test_sums_are_numpys_norms_and_dot_products():
+    """The report's own float64 sums (not BLAS) give NumPy's figures to rounding, non-finite values flagged."""
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(3, 197, 64)), rng.normal(size=(3, 197, 64))
+    (s,) = pair_sums([a, b], [(0, 1)])
+    want = (np.linalg.norm(a - b), np.linalg.norm(b), np.linalg.norm(a), np.vdot(a, b))
+    assert (s.l2, s.ref_norm, s.cand_norm, s.dot) == pytest.approx(want, rel=1e-12)
+    assert s.mean_abs == np.mean(np.abs(a - b)) and s.problem is None
+    b[0, 0, 0] = np.inf
+    assert pair_sums([a, b], [(0, 1)])[0].problem == "non-finite values"
 
 
 def test_criteria_judge_every_bound():

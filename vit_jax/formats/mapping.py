@@ -290,11 +290,15 @@ def block_prefixes(index: int) -> tuple[str, str]:
 
 def group_rules(config: ViTConfig, block: int | None) -> list[Rule]:
     """The rules of one encoder block, or (block None) of everything outside the blocks, in model order."""
-    rules = param_rules(config)
-    if block is None:
-        return [r for r in rules if not r.torch.startswith("blocks.")]
-    prefix = block_prefixes(block)[1]
-    return [r for r in rules if r.torch.startswith(prefix)]
+    return rules_by_group(config).get(block, [])
+
+
+def rules_by_group(config: ViTConfig) -> dict[int | None, list[Rule]]:
+    """The rules of each encoder block (by index) and (None) of everything outside the blocks, in model order."""
+    groups: dict[int | None, list[Rule]] = {None: [], **{i: [] for i in range(config.num_layers)}}
+    for rule in param_rules(config):
+        groups[int(rule.torch.split(".")[1]) if rule.torch.startswith("blocks.") else None].append(rule)
+    return groups
 
 
 def rules_to_torch(flat: Mapping[str, Any], rules: list[Rule], strip: str = "") -> dict[str, np.ndarray]:
