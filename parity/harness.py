@@ -88,11 +88,6 @@ def groups(config: ViTConfig) -> list[int | None]:
     return [OUTER, *range(config.num_layers)]
 
 
-def group_paths(config: ViTConfig, group: int | None) -> list[str]:
-    """The Flax paths of one group's parameters (a side reads its own table once: `Side.paths`)."""
-    return [p for rule in mapping.group_rules(config, group) for p in rule.flax]
-
-
 @contextlib.contextmanager
 def full_float32_precision() -> Iterator[None]:
     """Pin float32 matmuls/convolutions to full precision on both sides (no TF32, no bf16 passes).

@@ -128,7 +128,7 @@ def compare(sides: list[Side], master: Master, config: ViTConfig, images: np.nda
 
     def params_of(side, group):  # made when the group runs: its only copy in the side's dtype
         if held[0] != group:  # a checkpoint's master reads the file on each lookup: once per group, not per side
-            held[:] = [_NONE, {}]
+            held[:] = [_NONE, {}]  # the previous group's arrays go before the next group's are read
             held[:] = [group, {p: master[p] for p in side.paths(group)}]
         return side.params(held[1], group)
 

@@ -69,8 +69,8 @@ def test_lazy_params_are_the_eager_ones_read_one_rule_at_a_time(files, name):
     assert "head/kernel" in params and "head/nothing" not in params and reads == []  # no read to find out
     for group in harness.groups(config):
         del reads[:]
-        rules = mapping.group_rules(config, group)
-        for path_ in harness.group_paths(config, group):
+        rules = mapping.rules_by_group(config)[group]
+        for path_ in [p for rule in rules for p in rule.flax]:
             got = params[path_]
             assert got.dtype == np.float32 and not got.flags.writeable
             np.testing.assert_array_equal(got, want[path_], err_msg=path_)
@@ -86,8 +86,9 @@ def test_scanned_npz_reads_one_layer_of_a_stacked_member(files, monkeypatch):
     get = np.lib.npyio.NpzFile.__getitem__
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: whole.append(key) or get(self, key))
     _, params = open_flax_params_lazy(files / "scanned.npz", config=SMALL, check=False)
-    for path_ in harness.group_paths(CONFIG, 1):
-        params[path_]
+    for rule in mapping.rules_by_group(CONFIG)[1]:
+        for path_ in rule.flax:
+            params[path_]
     assert whole == []
 
 
@@ -137,7 +138,8 @@ def test_report_from_a_checkpoint_equals_the_eager_report(files, tmp_path, monke
     assert main([*common, "--out", str(tmp_path / "lazy")]) == 0
     # each tensor: the checking pass, then once per pass for the four sides (the head and embedding stages
     # share the outer group: read at the embedding, the head and, going back down, the embedding again)
-    outer = {k for rule in mapping.group_rules(CONFIG, None) for k in (rule.flax if "npz" in name else (rule.torch,))}
+    outer = {k for rule in mapping.rules_by_group(CONFIG)[None]
+             for k in (rule.flax if "npz" in name else (rule.torch,))}
     assert {key: n for key, n in reads.items() if key in outer} == dict.fromkeys(outer, 4 if args else 3)
     assert {n for key, n in reads.items() if key not in outer} == {3 if args else 2}
     monkeypatch.undo()

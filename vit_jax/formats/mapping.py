@@ -288,11 +288,6 @@ def block_prefixes(index: int) -> tuple[str, str]:
     return f"Transformer/encoderblock_{index}/", f"blocks.{index}."
 
 
-def group_rules(config: ViTConfig, block: int | None) -> list[Rule]:
-    """The rules of one encoder block, or (block None) of everything outside the blocks, in model order."""
-    return rules_by_group(config).get(block, [])
-
-
 def rules_by_group(config: ViTConfig) -> dict[int | None, list[Rule]]:
     """The rules of each encoder block (by index) and (None) of everything outside the blocks, in model order."""
     groups: dict[int | None, list[Rule]] = {None: [], **{i: [] for i in range(config.num_layers)}}
