@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any
 
-from vit_jax.config import KERNELS, REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
+from vit_jax.config import CLASSIFIERS, KERNELS, REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
 from vit_jax.cpu.onednn import CHOICES as CPU_MATMUL_CHOICES
 from vit_jax.formats.training_run import RUN_CONFIG as RUN_CONFIG_FILE  # the resolved config of every run
 from vit_jax.help_format import DefaultsHelpFormatter
@@ -42,6 +42,9 @@ DIGITS_MODEL = ViTConfig(
     stochastic_depth_rate=0.1,  # with 150 epochs: 98.1% for seeds 0 and 1, robust to float noise
 )
 TRAINING_PRESETS = {DIGITS_MODEL.name: DIGITS_MODEL}
+
+# Every pooling the model has that gives one prediction per image (the unpooled ones keep a token axis).
+TRAINED_CLASSIFIERS = tuple(c for c in CLASSIFIERS if "unpooled" not in c)
 
 # Model fields a flag may override, by flag name.
 MODEL_OVERRIDES = (
@@ -89,8 +92,9 @@ class TrainConfig:
     mlp_dim: int | None = _field(None, "MLP hidden width (default: the preset's)", flag_type=int)
     num_heads: int | None = _field(None, "attention heads (default: the preset's)", flag_type=int)
     num_layers: int | None = _field(None, "transformer blocks (default: the preset's)", flag_type=int)
-    classifier: str | None = _field(None, "pooling: token (class token) or gap (mean of patch tokens)",
-                                    ("token", "gap"))
+    classifier: str | None = _field(
+        None, "pooling: token (class token), gap (mean of patch tokens), token_gap (class token kept, the head reads "
+        "the patch mean), map (attention pooling with a learnt probe)", TRAINED_CLASSIFIERS)
     dropout_rate: float | None = _field(None, "dropout after attention/MLP/embeddings", flag_type=float)
     attention_dropout_rate: float | None = _field(None, "dropout on attention probabilities", flag_type=float)
     stochastic_depth_rate: float | None = _field(None, "largest drop-path rate (reached at the last block)",
@@ -316,7 +320,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         prog=prog,
         description=(
             "Train or fine-tune a Vision Transformer. With no arguments, trains a small ViT "
-            "from scratch on scikit-learn's digits. `python train.py predict --help` for prediction."
+            f"from scratch on scikit-learn's digits. `{prog} predict --help` for prediction; from Python, "
+            "vit_jax.training.train(...) takes these options as keywords."
         ),
         epilog=(
             "Checkpoints go to WORKDIR/checkpoints/<step>. A run directory read as a checkpoint (--eval-only, "
@@ -364,9 +369,9 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
     return TrainConfig(**values)
 
 
-def parse_args(argv: list[str] | None) -> TrainConfig:
+def parse_args(argv: list[str] | None, prog: str = "train.py") -> TrainConfig:
     """Command line -> TrainConfig (argparse exits with status 2 on an unknown flag)."""
-    args = vars(build_parser().parse_args(argv))
+    args = vars(build_parser(prog).parse_args(argv))
     config_path = args.pop("config", None)
     if config_path is None and (args.get("resume") or args.get("eval_only")) and args.get("workdir"):
         # Continuing or evaluating a run: its own resolved config is the base.
