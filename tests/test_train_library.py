@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from train_runs import records
 
+from vit_jax import train_cli
 from vit_jax.config import ConfigError, ViTConfig
 from vit_jax.data import DataError
 from vit_jax.training import TRAINING_ERRORS, TrainResult, train
@@ -34,6 +35,7 @@ TINY_VIT = ViTConfig(name="tiny-quadrants", image_size=8, patch_size=4, num_chan
                      pixel_mean=(0.5,), pixel_std=(0.5,))
 
 
+@pytest.mark.slow  # two compiles and 60 steps: ~20 s on a quiet 2-core machine
 def test_train_on_arrays_in_memory_with_a_custom_vit_config(tmp_path, capsys):
     workdir = tmp_path / "run"
     result = train(model=TINY_VIT, train_data=quadrant_images(256, 0), eval_data=quadrant_images(64, 1),
@@ -59,7 +61,16 @@ def test_train_on_arrays_in_memory_with_a_custom_vit_config(tmp_path, capsys):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["final_step"] == 60 and summary["eval"] == pytest.approx(result.metrics)
 
+    # The run's own options are the base of an eval_only call, as on the command line; the command itself
+    # refuses the run, whose data it cannot load, in one line.
+    evaluated = train(eval_only=True, workdir=workdir, train_data=quadrant_images(256, 0),
+                      eval_data=quadrant_images(64, 1), eval_step=60, verbose=False)
+    assert evaluated.step == 60 and evaluated.metrics == pytest.approx(result.metrics)
+    assert train_cli.main(["--resume", "--workdir", str(workdir)]) == 1
+    assert "trained on in-memory data" in capsys.readouterr().err
 
+
+@pytest.mark.slow  # the default model, 30 steps: ~20 s on a quiet 2-core machine
 def test_train_on_the_default_digits_from_python(tmp_path, capsys):
     """The command's default run, shortened by options only; it prints what the command prints."""
     os.chdir(tmp_path)  # the default workdir is runs/digits-<time> under the working directory

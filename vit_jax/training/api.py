@@ -21,7 +21,7 @@ import numpy as np
 from vit_jax.config import ConfigError, ViTConfig
 from vit_jax.data import DataError
 from vit_jax.training.checkpoint import CheckpointError
-from vit_jax.training.config import TrainConfig, config_from_dict, load_config_file
+from vit_jax.training.config import RUN_CONFIG_FILE, TrainConfig, config_from_dict, load_config_file
 from vit_jax.training.in_memory import in_memory_dataset
 from vit_jax.training.loop import TrainingStopped, TrainResult
 from vit_jax.training.parallel import ParallelError
@@ -64,12 +64,24 @@ def _check_option(name: str, value: Any) -> Any:
     return bool(value) if kind is bool else value
 
 
-def _options(model: str | ViTConfig, config: str | os.PathLike | None, options: dict[str, Any]) -> dict[str, Any]:
-    """TrainConfig's values: --config's file, then the keywords; a ViTConfig's name, channels and dtype."""
+def _base_file(config: str | os.PathLike | None, options: dict[str, Any]) -> str | None:
+    """--config's file; on resume or eval_only without one, the run's own config.json (as the command does)."""
+    if config is not None:
+        return os.fspath(config)
+    workdir = options.get("workdir")
+    if (options.get("resume") or options.get("eval_only")) and workdir is not None:
+        saved = os.path.join(os.fspath(workdir), RUN_CONFIG_FILE)
+        return saved if os.path.exists(saved) else None
+    return None
+
+
+def _options(model: str | ViTConfig | None, base: str | None, options: dict[str, Any],
+             in_memory_data: bool) -> dict[str, Any]:
+    """TrainConfig's values: the base file's, then the keywords; a ViTConfig's name, channels and dtype."""
     unknown = sorted(set(options) - set(_FIELDS))
     if unknown:
         config_from_dict({name: options[name] for name in unknown}, source="train()")  # names the close matches
-    values = load_config_file(os.fspath(config)) if config is not None else {}
+    values = load_config_file(base, in_memory_data) if base is not None else {}
     values.update({name: _check_option(name, value) for name, value in options.items()})
     if isinstance(model, ViTConfig):
         values["model"] = model.name
@@ -78,24 +90,27 @@ def _options(model: str | ViTConfig, config: str | os.PathLike | None, options: 
             values.setdefault("dtype", model.dtype)
     elif isinstance(model, str):
         values["model"] = model
-    else:
+    elif model is not None:
         raise ConfigError(f"model={model!r}: expected a preset name or a ViTConfig")
     return values
 
 
-def train(*, model: str | ViTConfig = "ViT-digits", train_data: Any = None, eval_data: Any = None,
+def train(*, model: str | ViTConfig | None = None, train_data: Any = None, eval_data: Any = None,
           config: str | os.PathLike | None = None, verbose: bool = True, **options: Any) -> TrainResult:
     """Train (or evaluate, resume, dry-run) as `python train.py` would with the same options; the TrainResult.
 
-    model: a preset name (as --model) or a ViTConfig, whose head is sized to the data's classes and which flags
-    such as `hidden_size=` still override. train_data / eval_data: (images, labels) arrays, or record sources
-    the loader reads (see vit_jax.training.in_memory), in place of `dataset=`; without eval_data a stratified
-    `split_fraction` of train_data is held out. config: a --config JSON file, which the keywords override.
-    init: a checkpoint or run directory to fine-tune from, as --init. verbose=False prints nothing
-    (no progress bar, eval lines or closing summary); warnings still go through `warnings`.
-    Raises one of TRAINING_ERRORS on bad options, data or run directories.
+    model: a preset name (as --model; default ViT-digits, or a resumed run's own) or a ViTConfig, whose head is
+    sized to the data's classes and which flags such as `hidden_size=` still override.
+    train_data / eval_data: (images, labels) arrays, or record sources the loader reads (see
+    vit_jax.training.in_memory), in place of `dataset=`; without eval_data a stratified `split_fraction` of
+    train_data is held out.
+    config: a --config JSON file, which the keywords override (on resume or eval_only, the run's config.json).
+    init: a checkpoint or run directory to fine-tune from, as --init.
+    verbose=False prints nothing (no progress bar, eval lines or closing summary); warnings still go through
+    `warnings`. Raises one of TRAINING_ERRORS on bad options, data or run directories.
     """
-    values = _options(model, config, options)
+    base = _base_file(config, options)
+    values = _options(model, base, options, in_memory_data=train_data is not None)
     dataset = None
     if train_data is not None:
         named = [name for name in ("dataset", "data_path", "val_path") if name in options]
@@ -107,5 +122,5 @@ def train(*, model: str | ViTConfig = "ViT-digits", train_data: Any = None, eval
         raise ConfigError("eval_data needs train_data (the training examples it is held out from)")
     if not verbose:
         values["progress"] = False
-    train_config: TrainConfig = config_from_dict(values, source=os.fspath(config) if config else "train()")
+    train_config: TrainConfig = config_from_dict(values, source=base or "train()")
     return run(train_config, dataset, model if isinstance(model, ViTConfig) else None, verbose)

@@ -43,6 +43,9 @@ DIGITS_MODEL = ViTConfig(
 )
 TRAINING_PRESETS = {DIGITS_MODEL.name: DIGITS_MODEL}
 
+# The data kind config.json records for a caller's in-memory arrays (vit_jax.training.in_memory).
+IN_MEMORY_KIND = "arrays"
+
 # Every pooling the model has that gives one prediction per image (the unpooled ones keep a token axis).
 TRAINED_CLASSIFIERS = tuple(c for c in CLASSIFIERS if "unpooled" not in c)
 
@@ -348,7 +351,12 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     return parser
 
 
-def load_config_file(path: str) -> dict[str, Any]:
+def load_config_file(path: str, in_memory_data: bool = False) -> dict[str, Any]:
+    """The training options of a --config file or a run's config.json.
+
+    A run that trained on a caller's in-memory arrays (`train(train_data=...)`) names no dataset the
+    command can load: its options serve only with `in_memory_data` (the caller passes the data again).
+    """
     try:
         with open(path) as f:
             data = json.load(f)
@@ -358,6 +366,9 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a JSON object of training options")
+    if isinstance(data.get("data"), dict) and data["data"].get("kind") == IN_MEMORY_KIND and not in_memory_data:
+        raise ConfigError(f"{path}: this run trained on in-memory data (vit_jax.training.train(train_data=...)); "
+                          "continue or evaluate it from Python with the same train_data")
     # A run's resolved config.json holds the training options under "train".
     return dict(data.get("train", data))
 

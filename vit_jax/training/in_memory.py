@@ -15,6 +15,7 @@ import numpy as np
 
 from vit_jax.data import ArrayRecords, DataError, Dataset
 from vit_jax.data.split import stratified_split
+from vit_jax.training.config import IN_MEMORY_KIND
 
 SOURCE_ATTRIBUTES = ("num_classes", "channels", "defaults", "what")
 
@@ -69,6 +70,6 @@ def in_memory_dataset(train_data: Any, eval_data: Any, channels: int, split_frac
     if eval_.num_classes > num_classes:
         raise DataError(f"eval_data has {eval_.num_classes} classes, train_data {num_classes}; expected the same")
     class_names = [str(c) for c in range(num_classes)]
-    info = {"kind": "arrays", "source": "in-memory data", "channels": channels, **split, "num_train": len(train),
+    info = {"kind": IN_MEMORY_KIND, "source": "in-memory data", "channels": channels, **split, "num_train": len(train),
             "num_eval": len(eval_), "num_classes": num_classes, "class_names": class_names}
     return Dataset(train=train, eval=eval_, num_classes=num_classes, class_names=class_names, info=info)
