@@ -70,6 +70,34 @@ def test_train_on_arrays_in_memory_with_a_custom_vit_config(tmp_path, capsys):
     assert "trained on in-memory data" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # one compile and 3 steps: ~10 s on a quiet 2-core machine
+def test_fine_tune_from_weights_held_in_memory(tmp_path):
+    """init=(ViTConfig, params): resized to 16 px and re-headed for 2 classes; with freeze_backbone the blocks
+    end exactly as given, so the run really started from these weights."""
+    from vit_jax.model import init_params
+    from vit_jax.training.checkpoint import Checkpointer
+
+    given = init_params(TINY_VIT, rng=3)
+    images, labels = quadrant_images(64, 2)
+    workdir = tmp_path / "run"
+    train(init=(TINY_VIT, given), freeze_backbone=True, image_size=16, train_data=(images, labels % 2),
+          steps=3, batch_size=16, workdir=workdir, verbose=False)
+    saved = json.loads((workdir / "config.json").read_text())
+    assert (saved["model"]["image_size"], saved["model"]["num_classes"]) in (([16, 16], 2), (16, 2))
+    checkpoints = Checkpointer(str(workdir), read_only=True)
+    try:
+        _, params = checkpoints.restore_params(3)
+    finally:
+        checkpoints.close()
+    block = "encoderblock_0" if "encoderblock_0" in params["Transformer"] else "encoderblock"
+    np.testing.assert_array_equal(params["Transformer"][block]["MlpBlock_0"]["Dense_0"]["kernel"],
+                                  given["Transformer"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"])
+    assert params["head"]["kernel"].shape == (16, 2)
+    assert params["Transformer"]["posembed_input"]["pos_embedding"].shape[1] == 16  # 4x4 patches of 4 px: resized
+    with pytest.raises(ConfigError, match="expected a checkpoint path or a"):
+        train(init=(TINY_VIT,), train_data=(images, labels), workdir=tmp_path / "bad", verbose=False)
+
+
 @pytest.mark.slow  # the default model, 30 steps: ~20 s on a quiet 2-core machine
 def test_train_on_the_default_digits_from_python(tmp_path, capsys):
     """The command's default run, shortened by options only; it prints what the command prints."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,8 @@ def _check_option(name: str, value: Any) -> Any:
     elif kind is float:
         ok, expected = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool), \
             "a number"
+    elif name == "init" and isinstance(value, tuple):  # (ViTConfig, params) held in memory: see _weights_in_memory
+        ok, expected = True, ""
     else:
         value = os.fspath(value) if isinstance(value, os.PathLike) else value
         ok, expected = isinstance(value, str), "a string"
@@ -83,6 +86,9 @@ def _options(model: str | ViTConfig | None, base: str | None, options: dict[str,
         config_from_dict({name: options[name] for name in unknown}, source="train()")  # names the close matches
     values = load_config_file(base, in_memory_data) if base is not None else {}
     values.update({name: _check_option(name, value) for name, value in options.items()})
+    weights = values.get("init")
+    if isinstance(weights, tuple) and weights and isinstance(weights[0], ViTConfig):  # the weights' own channels
+        values.setdefault("channels", weights[0].num_channels)
     if isinstance(model, ViTConfig):
         values["model"] = model.name
         values.setdefault("channels", model.num_channels)
@@ -105,7 +111,8 @@ def train(*, model: str | ViTConfig | None = None, train_data: Any = None, eval_
     vit_jax.training.in_memory), in place of `dataset=`; without eval_data a stratified `split_fraction` of
     train_data is held out.
     config: a --config JSON file, which the keywords override (on resume or eval_only, the run's config.json).
-    init: a checkpoint or run directory to fine-tune from, as --init.
+    init: a checkpoint or run directory to fine-tune from, as --init, or a (ViTConfig, params) pair held in
+    memory (as vit_jax.load_pretrained returns), resized and re-headed the same way.
     verbose=False prints nothing (no progress bar, eval lines or closing summary); warnings still go through
     `warnings`. Raises one of TRAINING_ERRORS on bad options, data or run directories.
     """
@@ -120,7 +127,20 @@ def train(*, model: str | ViTConfig | None = None, train_data: Any = None, eval_
                                     values.get("split_fraction", 0.2), values.get("split_seed", 0))
     elif eval_data is not None:
         raise ConfigError("eval_data needs train_data (the training examples it is held out from)")
+    init_weights = _weights_in_memory(values)
     if not verbose:
         values["progress"] = False
     train_config: TrainConfig = config_from_dict(values, source=base or "train()")
-    return run(train_config, dataset, model if isinstance(model, ViTConfig) else None, verbose)
+    return run(train_config, dataset, model if isinstance(model, ViTConfig) else None, verbose, init_weights)
+
+
+def _weights_in_memory(values: dict[str, Any]) -> tuple[ViTConfig, Any] | None:
+    """init=(ViTConfig, params), as vit_jax.load_pretrained returns them: taken out of `values`, whose init then
+    names them for config.json."""
+    init = values.get("init")
+    if not isinstance(init, tuple):
+        return None
+    if len(init) != 2 or not isinstance(init[0], ViTConfig) or not isinstance(init[1], Mapping):
+        raise ConfigError("init=: expected a checkpoint path or a (ViTConfig, params) pair")
+    values["init"] = f"<{init[0].name} params passed to train()>"
+    return init

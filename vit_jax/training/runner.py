@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 
 from vit_jax.config import ConfigError, ViTConfig
 from vit_jax.data import Dataset, reset_skipped_corrupt_files
@@ -31,10 +32,10 @@ def _remove_unfinished(workdir: str, created: bool, before: set[str]) -> None:
 
 
 def run(config: TrainConfig, dataset: Dataset | None = None, base_model: ViTConfig | None = None,
-        verbose: bool = True) -> TrainResult:
-    """Train (or --eval-only, or --dry-run) as `config` says; `dataset` and `base_model` as for `prepare`."""
+        verbose: bool = True, init_weights: tuple[ViTConfig, Any] | None = None) -> TrainResult:
+    """Train (or --eval-only, or --dry-run) as `config` says; the other arguments as for `prepare`."""
     reset_skipped_corrupt_files()  # summary.json counts this run's files only
-    setup = prepare(config, dataset, base_model, verbose)
+    setup = prepare(config, dataset, base_model, verbose, init_weights)
     if config.dry_run:  # compiles the step on abstract inputs; writes memory.json and nothing else
         from vit_jax.training.dry_run import MEMORY_FILE, dry_run
 

@@ -78,10 +78,12 @@ def check_same_model(config: TrainConfig, saved: dict, workdir: str) -> None:
 
 
 def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None,
-                 parallel: DataParallel | None = None, base_model: ViTConfig | None = None):
+                 parallel: DataParallel | None = None, base_model: ViTConfig | None = None,
+                 init_weights: tuple[ViTConfig, Any] | None = None):
     """(ViTConfig, initial params or None when a checkpoint will supply them; shapes only for --dry-run).
 
     `base_model` (a caller's own ViTConfig) replaces the --model preset; flags still override it.
+    `init_weights` (ViTConfig, params) replace --init's file.
     `parallel`'s mesh is checked against the model (heads, MLP width) before anything compiles.
     """
     import jax
@@ -102,19 +104,43 @@ def create_model(config: TrainConfig, num_classes: int, saved_model: dict | None
                  else apply_model_overrides(base_model, config, num_classes))
         check(model)
         return model, param_shapes(model) if config.dry_run else jax.device_get(init_params(model, config.seed))
-    model, params = _fine_tuned_model(config, num_classes)
+    model, params = _fine_tuned_model(config, num_classes, init_weights)
     check(model)
     return model, params
 
 
-def _fine_tuned_model(config: TrainConfig, num_classes: int):
-    """--init: the checkpoint's architecture, resized and re-headed; flags may change numerics and runtime only."""
+def _weights_held(weights: tuple[ViTConfig, Any], config: TrainConfig, num_classes: int):
+    """`train(init=(ViTConfig, params))`: the caller's weights, resized and re-headed as --init's file would be."""
+    from vit_jax.formats.mapping import flatten, unflatten
+    from vit_jax.formats.read import FLAX, _adapt
+    from vit_jax.params import unstack_block_params
+
+    pretrained, params = weights
+    try:
+        tensors = {key: np.asarray(value) for key, value in flatten(unstack_block_params(params)).items()}
+        target = pretrained.replace(num_classes=num_classes, **({"image_size": config.image_size}
+                                                                 if config.image_size is not None else {}))
+    except (ConfigError, AttributeError, TypeError) as error:
+        raise ConfigError(f"init=(config, params): {error}") from None
+    if not config.allow_nonfinite_init and not all(np.isfinite(t).all() for t in tensors.values()):
+        raise ConfigError("init=(config, params): the params hold NaN or infinity (allow_nonfinite_init=True "
+                          "accepts them)")
+    _adapt(tensors, pretrained, target, FLAX, new_head=True)
+    return target, unflatten(tensors)
+
+
+def _fine_tuned_model(config: TrainConfig, num_classes: int, init_weights: tuple[ViTConfig, Any] | None = None):
+    """--init: the checkpoint's architecture, resized and re-headed; flags may change numerics and runtime only.
+
+    `init_weights` (ViTConfig, params) held in memory take the place of --init's file.
+    """
     from vit_jax.formats.read import read_flax_params  # imports torch: only when fine-tuning
     from vit_jax.params import to_layout
 
     try:
-        pretrained, params = read_flax_params(config.init, image_size=config.image_size, num_classes=num_classes,
-                                              step=config.init_step, allow_nonfinite=config.allow_nonfinite_init)
+        pretrained, params = (_weights_held(init_weights, config, num_classes) if init_weights is not None else
+                              read_flax_params(config.init, image_size=config.image_size, num_classes=num_classes,
+                                               step=config.init_step, allow_nonfinite=config.allow_nonfinite_init))
     except ConversionError as error:  # (the converter's flag is --allow-nonfinite; here it has a name of its own)
         message = str(error).replace("--allow-nonfinite", "--allow-nonfinite-init")
         raise ConfigError(f"--init {config.init}: {message}") from None
@@ -201,6 +227,7 @@ class Run:
     is_main: bool
     checkpoints: Checkpointer | None = None
     base_model: ViTConfig | None = None  # a caller's own ViTConfig in place of the --model preset
+    init_weights: tuple[ViTConfig, Any] | None = None  # a caller's (ViTConfig, params) in place of --init's file
     verbose: bool = True  # print what the command prints (progress, eval lines, the closing summary)
 
 
@@ -227,10 +254,11 @@ def _check_outputs(config: TrainConfig, workdir: str, is_main: bool) -> dict | N
 
 
 def prepare(config: TrainConfig, dataset: Dataset | None = None, base_model: ViTConfig | None = None,
-            verbose: bool = True) -> Run:
+            verbose: bool = True, init_weights: tuple[ViTConfig, Any] | None = None) -> Run:
     """Everything that can reject the inputs, before anything is written.
 
-    `dataset` (a caller's own data) replaces the one the options name; `base_model` the --model preset.
+    `dataset` (a caller's own data) replaces the one the options name; `base_model` the --model preset;
+    `init_weights` (ViTConfig, params) --init's file.
     """
     try:
         cpu_matmuls.select(config.cpu_matmuls)  # XLA_FLAGS: before the backend starts
@@ -251,7 +279,8 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, base_model: ViT
                             parse_mesh(config.mesh))
     dataset = dataset if dataset is not None else load_data(config)
     warn_about_data(config, dataset)
-    model, params = create_model(config, dataset.num_classes, saved and saved["model"], parallel, base_model)
+    model, params = create_model(config, dataset.num_classes, saved and saved["model"], parallel, base_model,
+                                 init_weights)
     total_steps = config.steps or max(1, math.ceil(config.epochs * len(dataset.train) / config.batch_size))
     steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
     eval_every = config.eval_every or steps_per_epoch
@@ -266,7 +295,8 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, base_model: ViT
         host_state = jax.device_get(create_train_state(params, tx, config.seed))
     parallel.place(host_state, int(config.shard_min_mib * 2**20))
     return Run(config, workdir, dataset, model, parallel, tx, schedule, host_state, total_steps, eval_every,
-               checkpoint_every, is_main=jax.process_index() == 0, base_model=base_model, verbose=verbose)
+               checkpoint_every, is_main=jax.process_index() == 0, base_model=base_model, init_weights=init_weights,
+               verbose=verbose)
 
 
 def initial_state(run: Run):
@@ -275,7 +305,8 @@ def initial_state(run: Run):
 
     from vit_jax.training.state import create_train_state
 
-    _, params = create_model(run.config, run.dataset.num_classes, None, run.parallel, run.base_model)
+    _, params = create_model(run.config, run.dataset.num_classes, None, run.parallel, run.base_model,
+                             run.init_weights)
     return jax.device_get(create_train_state(params, run.tx, run.config.seed))
 
 
