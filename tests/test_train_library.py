@@ -99,9 +99,9 @@ def test_fine_tune_from_weights_held_in_memory(tmp_path):
 
 
 @pytest.mark.slow  # the default model, 30 steps: ~20 s on a quiet 2-core machine
-def test_train_on_the_default_digits_from_python(tmp_path, capsys):
+def test_train_on_the_default_digits_from_python(tmp_path, capsys, monkeypatch):
     """The command's default run, shortened by options only; it prints what the command prints."""
-    os.chdir(tmp_path)  # the default workdir is runs/digits-<time> under the working directory
+    monkeypatch.chdir(tmp_path)  # the default workdir is runs/digits-<time> under the working directory
     result = train(steps=30, batch_size=64, warmup_steps=5, eval_every=15, progress=False)
     out = capsys.readouterr().out
     assert result.step == 30 and result.workdir.startswith(str(tmp_path / "runs" / "digits-"))
