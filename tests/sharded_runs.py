@@ -16,6 +16,7 @@ import time
 
 def main(spec_path: str, out_path: str) -> int:
     from vit_jax import train_cli as train
+
     with open(spec_path) as f:
         spec = json.load(f)
     results = {}
