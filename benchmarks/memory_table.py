@@ -34,8 +34,7 @@ def run_name(preset: str, devices: int, remat: bool) -> str:
 
 def worker(args: argparse.Namespace) -> int:
     """In a process with `args.worker` fake devices: the dry run of every preset, with and without remat."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from train import main as train_main
+    from vit_jax.train_cli import main as train_main
 
     for preset in args.presets:
         for remat in (False, True):

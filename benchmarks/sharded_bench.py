@@ -18,16 +18,14 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # train.py sits at the repository root
-
-from benchmarks.model_bench import _peak_rss_mb, _reset_peak_rss, _rss_mb  # noqa: E402
-from train import build_train_step, parse_args, prepare  # noqa: E402
-from vit_jax.help_format import DefaultsHelpFormatter  # noqa: E402
-from vit_jax.training.dry_run import measure  # noqa: E402
+from benchmarks.model_bench import _peak_rss_mb, _reset_peak_rss, _rss_mb
+from vit_jax.help_format import DefaultsHelpFormatter
+from vit_jax.training.config import parse_args
+from vit_jax.training.dry_run import measure
+from vit_jax.training.setup import build_train_step, prepare
 
 
 def synthetic_batch(run) -> dict[str, np.ndarray]:

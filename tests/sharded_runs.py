@@ -13,11 +13,10 @@ import json
 import sys
 import time
 
-from train_runs import load_train_module
-
 
 def main(spec_path: str, out_path: str) -> int:
-    train = load_train_module()
+    from vit_jax import train_cli as train
+
     with open(spec_path) as f:
         spec = json.load(f)
     results = {}

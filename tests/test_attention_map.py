@@ -191,9 +191,9 @@ def test_bad_checkpoint_is_reported(tmp_path, capsys):
 
 @pytest.mark.slow  # a short training run
 def test_run_directory_and_train_py_predict(tmp_path, capsys):
-    from train_runs import TINY, load_train_module
+    from train_runs import TINY
 
-    train = load_train_module()
+    from vit_jax import train_cli as train
     run = str(tmp_path / "run")
     assert train.main(["--steps", "2", "--eval-every", "2", *TINY, "--classifier", "token", "--workdir", run]) == 0
     [grey, wide] = _write_images(tmp_path)

@@ -155,7 +155,7 @@ def test_enabling_after_the_backend_started_is_an_error_that_says_when_to_call_i
 
 
 def test_train_cli_rejects_onednn_once_jax_is_running(tmp_path, capsys):
-    import train
+    from vit_jax import train_cli as train
 
     jax.devices()
     code = train.main(["--cpu-matmuls", "onednn", "--steps", "1", "--workdir", str(tmp_path / "run")])

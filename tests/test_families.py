@@ -270,13 +270,15 @@ def test_parity_report_passes_on_each_family(timm_dirs, hf_dirs, tmp_path, capsy
 @pytest.mark.slow
 def test_train_init_fine_tunes_a_distilled_deit(hf_dirs, tmp_path):
     """train.py --init DIR: the HF DeiT's two heads replaced for digits' 10 classes, the loss falls."""
-    from train_runs import final_params, load_train_module, records
+    from train_runs import final_params, records
+
+    from vit_jax import train_cli
 
     workdir = tmp_path / "run"
     argv = ["--init", str(hf_dirs / "DeiTForImageClassificationWithTeacher"), "--image-size", "32", "--steps", "30",
             "--warmup-steps", "3", "--lr", "3e-3", "--log-every", "1", "--eval-every", "30", "--no-progress",
             "--workdir", str(workdir)]
-    assert load_train_module().main(argv) == 0
+    assert train_cli.main(argv) == 0
     model = json.loads((workdir / "config.json").read_text())["model"]
     assert model["distilled"] and model["num_classes"] == 10 and model["layer_norm_eps"] == 1e-12
     params = final_params(str(workdir))

@@ -12,18 +12,19 @@ import pytest
 import torch
 from conftest import nchw, random_images
 from data_writers import write_image_folder
-from train_runs import TINY, load_train_module
+from train_runs import TINY
 
 import vit_jax
 import vit_torch_ref
 from parity.convert_cli import main as convert_main
+from vit_jax import train_cli as train
 from vit_jax.formats.mapping import flatten
 from vit_jax.formats.read import read_flax_params
+from vit_jax.training import setup
 from vit_jax.training.checkpoint import Checkpointer, CheckpointError, DamagedCheckpointWarning
 from vit_jax.training.config import parse_args
 from vit_jax.training.state import TrainState
 
-train = load_train_module()
 STEPS = 12
 RUN_ARGS = TINY + ["--steps", str(STEPS), "--batch-size", "32", "--checkpoint-every", "4", "--eval-every", "4",
                    "--warmup-steps", "2", "--keep-checkpoints", "5"]
@@ -130,7 +131,7 @@ def test_load_pretrained_in_jax_and_torch_read_a_run(run_dir):
 
 def test_train_init_from_a_run_starts_from_the_chosen_step(run_dir):
     config = parse_args(["--init", run_dir, "--init-step", "4"])
-    model, params = train.create_model(config, 10, None)
+    model, params = setup.create_model(config, 10, None)
     flat, saved = flatten(params), saved_params(run_dir, 4)
     for key in saved:
         if not key.startswith("head/"):  # fine-tuning puts a fresh head on
@@ -151,7 +152,7 @@ def test_init_refuses_non_finite_weights_unless_asked(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "non-finite" in err and "embedding/bias" in err and "--allow-nonfinite-init" in err, err
     assert not os.path.exists(tmp_path / "run")
-    _, params = train.create_model(parse_args(args[:4] + ["--allow-nonfinite-init"]), 10, None)
+    _, params = setup.create_model(parse_args(args[:4] + ["--allow-nonfinite-init"]), 10, None)
     assert np.isnan(params["embedding"]["bias"][0])
 
 
@@ -189,7 +190,7 @@ def test_restore_names_the_damaged_step_and_falls_back(run_copy, damage):
 
 def saved_state_template(workdir: str):
     config = parse_args(["--resume", "--workdir", workdir])
-    return train.prepare(config).host_state
+    return setup.prepare(config).host_state
 
 
 def test_eval_only_and_predict_fall_back_from_a_damaged_checkpoint(run_copy, tmp_path, capsys):
@@ -257,7 +258,7 @@ def test_resume_with_a_different_model_flag_is_refused(run_copy, capsys, flags, 
         assert named in err and "differs from the run's" in err and "Traceback" not in err, err
     assert snapshot(run_copy) == before
     # The same value as the run's is no contradiction.
-    assert train.check_same_model(parse_args(["--resume", "--workdir", run_copy, "--hidden-size", "32"]),
+    assert setup.check_same_model(parse_args(["--resume", "--workdir", run_copy, "--hidden-size", "32"]),
                                   json.load(open(os.path.join(run_copy, "config.json"))), run_copy) is None
 
 
@@ -313,7 +314,7 @@ def test_a_two_class_dataset_with_a_small_batch_does_not_warn(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        train.warn_about_data(config, train.load_data(config))
+        setup.warn_about_data(config, setup.load_data(config))
 
 
 def test_help_says_which_step_what_happens_on_damage_and_on_ctrl_c(capsys):

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from train_runs import final_params, load_train_module, records
+from train_runs import final_params, records
 
-train = load_train_module()
+from vit_jax import train_cli as train
 
 STEPS = 66  # 6 epochs of the 1,437 training digits at batch 128
 

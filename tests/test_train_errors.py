@@ -7,12 +7,11 @@ import os
 
 import pytest
 from data_writers import class_pattern, save_image, write_image_folder
-from train_runs import TINY, load_train_module
+from train_runs import TINY
 
+from vit_jax import train_cli as train
 from vit_jax.config import ConfigError
 from vit_jax.training.config import build_parser, parse_args
-
-train = load_train_module()
 
 FAST = TINY + ["--steps", "2", "--batch-size", "8", "--warmup-steps", "0"]
 

@@ -7,12 +7,11 @@ import os
 
 import numpy as np
 import pytest
-from train_runs import TINY, final_params, load_train_module, records
+from train_runs import TINY, final_params, records
 
 from vit_jax import ViTConfig, init_params, load_pretrained
+from vit_jax import train_cli as train
 from vit_jax.formats.mapping import flatten
-
-train = load_train_module()
 
 # A "pretrained" model at 8 px (2x2 patches + cls) with a 5-class head; digits fine-tunes it at 16 px.
 SOURCE = ViTConfig(name="small", image_size=8, patch_size=4, num_classes=5, hidden_size=32, mlp_dim=64,

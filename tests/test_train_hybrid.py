@@ -8,11 +8,10 @@ import os
 import numpy as np
 import pytest
 from checkpoint_writers import random_flax_params, write_google_npz
-from train_runs import final_params, load_train_module, records
+from train_runs import final_params, records
 
 from vit_jax import get_config
-
-train = load_train_module()
+from vit_jax import train_cli as train
 
 SMALL_FLAGS = ["--resnet-layers", "1", "--width-factor", "0.5", "--hidden-size", "32", "--mlp-dim", "64",
                "--num-heads", "2", "--num-layers", "1", "--no-progress"]

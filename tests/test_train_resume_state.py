@@ -2,7 +2,7 @@
 
 In process and fast (no subprocess, three steps of a tiny model): the run saves checkpoints 2 and 3;
 checkpoint 3 is then taken away, as a kill between the two would, and `--resume` continues from 2
-through train.py's own path (`train.main` -> `train` -> `restore_latest`). The slow SIGKILL test in
+through the command's own path (`train_cli.main` -> `loop.fit` -> `loop.restore_latest`). The slow SIGKILL test in
 test_train_resume.py checks the same across processes.
 """
 
@@ -15,11 +15,12 @@ import jax
 import numpy as np
 import optax
 import pytest
-from train_runs import TINY, load_train_module
+from train_runs import TINY
 
+from vit_jax import train_cli as train
+from vit_jax.training import loop
 from vit_jax.training.checkpoint import Checkpointer
 
-train = load_train_module()
 ARGS = TINY + ["--steps", "3", "--batch-size", "16", "--checkpoint-every", "2", "--eval-every", "2",
                "--warmup-steps", "0", "--dropout-rate", "0.1"]
 # The optimizer's own state: Adam's moments and step count, SGD's momentum buffer.
@@ -48,7 +49,7 @@ def test_resume_restores_optimizer_state_and_takes_the_uninterrupted_next_step(t
         return save(self, step, host_state, data_state, metrics)
 
     restored = []
-    restore_latest = train.restore_latest
+    restore_latest = loop.restore_latest
 
     def recording_restore_latest(run, loader):
         state, step = restore_latest(run, loader)
@@ -57,7 +58,7 @@ def test_resume_restores_optimizer_state_and_takes_the_uninterrupted_next_step(t
         return state, step
 
     monkeypatch.setattr(Checkpointer, "save", recording_save)
-    monkeypatch.setattr(train, "restore_latest", recording_restore_latest)
+    monkeypatch.setattr(loop, "restore_latest", recording_restore_latest)
     workdir = str(tmp_path / "run")
     assert train.main(ARGS + ["--optimizer", optimizer, "--workdir", workdir]) == 0
     assert [step for step, _ in saved] == [2, 3]

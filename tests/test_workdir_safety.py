@@ -11,12 +11,12 @@ import sys
 
 import numpy as np
 import pytest
-from train_runs import REPO, TINY, final_params, load_train_module, losses, records, train_env
+from train_runs import REPO, TINY, final_params, losses, records, train_env
 
+from vit_jax import train_cli as train
 from vit_jax.formats.mapping import flatten
 from vit_jax.training.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLock
 
-train = load_train_module()
 STEPS = 6
 ARGS = TINY + ["--steps", str(STEPS), "--batch-size", "16", "--checkpoint-every", str(STEPS), "--eval-every",
                str(STEPS), "--log-every", "1", "--warmup-steps", "1"]

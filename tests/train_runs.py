@@ -1,8 +1,10 @@
-"""Helpers for the training tests: run train.py, read what a run wrote."""
+"""Helpers for the training tests: run train.py in a subprocess, read what a run wrote.
+
+In-process tests import the library (vit_jax.train_cli, vit_jax.training), never train.py.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -18,15 +20,6 @@ TRAIN_PY = os.path.join(REPO, "train.py")
 TINY = ["--hidden-size", "32", "--mlp-dim", "64", "--num-heads", "2", "--num-layers", "1", "--stochastic-depth-rate",
         "0",
         "--no-progress"]
-
-
-def load_train_module():
-    """train.py as a module, whatever the working directory of pytest."""
-    spec = importlib.util.spec_from_file_location("train", TRAIN_PY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def train_env(devices: int | None = None) -> dict:

@@ -1,4 +1,11 @@
-"""This project's training runs read as checkpoints: one saved step's params, the architecture from config.json.
+"""This project's training run directories: config.json and summary.json written here, and read back as checkpoints.
+
+A run directory holds config.json (the resolved options, the model and the
+data, written when training starts), checkpoints/<step> (orbax, written by
+vit_jax.training.checkpoint), metrics.jsonl and curves.png
+(vit_jax.training.metrics) and summary.json (written when training ends).
+Read as a checkpoint, a run gives one saved step's params and the
+architecture from config.json.
 
 Accepted paths: a run directory (train.py's --workdir: config.json and
 checkpoints/), its checkpoints/ directory, or one step directory
@@ -20,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from vit_jax.formats.base import ConversionError, TensorSource
+from vit_jax.formats.base import ConversionError, TensorSource, write_json_atomic
 from vit_jax.formats.flax_ckpt import orbax_arrays
 from vit_jax.formats.flax_names import flax_source
 
 FORMAT = "flax"
 RUN_CONFIG = "config.json"
+SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
 BEST_METRIC = "accuracy"
 
@@ -60,6 +68,51 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     except (OSError, ValueError, TypeError) as e:
         raise ConversionError(f"{path}: not a readable run config with a 'model' section ({e})") from None
     return run
+
+
+def write_run_config(run_dir: str | Path, *, train: dict[str, Any], model: dict[str, Any], data: dict[str, Any],
+                     eval_crop_fraction: float, total_steps: int, devices: int, processes: int, mesh: dict[str, int],
+                     jax_version: str) -> None:
+    """config.json: what `read_run_config` gives back, and what --resume, predict and --init rebuild the run from.
+
+    `train` is the training options (the "train" section, also a valid --config file); `model` the ViTConfig as a
+    dict; `data` what the data source records about itself (class_names: predict's labels); eval_crop_fraction
+    the eval transform's crop, which predict applies too.
+    """
+    write_json_atomic(Path(run_dir) / RUN_CONFIG, {
+        "train": {**train, "resume": False, "eval_only": False, "eval_step": None},
+        "model": model,
+        "data": data,
+        "eval_crop_fraction": eval_crop_fraction,
+        "seed": train["seed"],
+        "total_steps": total_steps,
+        "devices": devices,
+        "processes": processes,
+        "parallel": train["parallel"],
+        "mesh": mesh,  # this session's; a resumed run may use another
+        "jax_version": jax_version,
+    })
+
+
+def write_summary(run_dir: str | Path, *, final_step: int, eval_metrics: dict[str, float],
+                  best_checkpoint_step: int | None, train_seconds: float, skipped_corrupt_files: int) -> None:
+    """summary.json, written once the last step is checkpointed: the final eval and where the best step is."""
+    write_json_atomic(Path(run_dir) / SUMMARY, {
+        "final_step": final_step,
+        "eval": eval_metrics,
+        "best_checkpoint_step": best_checkpoint_step,
+        "train_seconds": train_seconds,
+        "skipped_corrupt_files": skipped_corrupt_files,
+    })
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """A finished run's summary.json, or None when the run has not finished (or the file is unreadable)."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def _reason(error: BaseException) -> str:

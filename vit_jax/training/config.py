@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any
 
-from vit_jax.config import KERNELS, REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
+from vit_jax.config import CLASSIFIERS, KERNELS, REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
 from vit_jax.cpu.onednn import CHOICES as CPU_MATMUL_CHOICES
 from vit_jax.formats.training_run import RUN_CONFIG as RUN_CONFIG_FILE  # the resolved config of every run
 from vit_jax.help_format import DefaultsHelpFormatter
@@ -42,6 +42,12 @@ DIGITS_MODEL = ViTConfig(
     stochastic_depth_rate=0.1,  # with 150 epochs: 98.1% for seeds 0 and 1, robust to float noise
 )
 TRAINING_PRESETS = {DIGITS_MODEL.name: DIGITS_MODEL}
+
+# The data kind config.json records for a caller's in-memory arrays (vit_jax.training.in_memory).
+IN_MEMORY_KIND = "arrays"
+
+# Every pooling the model has that gives one prediction per image (the unpooled ones keep a token axis).
+TRAINED_CLASSIFIERS = tuple(c for c in CLASSIFIERS if "unpooled" not in c)
 
 # Model fields a flag may override, by flag name.
 MODEL_OVERRIDES = (
@@ -89,8 +95,9 @@ class TrainConfig:
     mlp_dim: int | None = _field(None, "MLP hidden width (default: the preset's)", flag_type=int)
     num_heads: int | None = _field(None, "attention heads (default: the preset's)", flag_type=int)
     num_layers: int | None = _field(None, "transformer blocks (default: the preset's)", flag_type=int)
-    classifier: str | None = _field(None, "pooling: token (class token) or gap (mean of patch tokens)",
-                                    ("token", "gap"))
+    classifier: str | None = _field(
+        None, "pooling: token (class token), gap (mean of patch tokens), token_gap (class token kept, the head reads "
+        "the patch mean), map (attention pooling with a learnt probe)", TRAINED_CLASSIFIERS)
     dropout_rate: float | None = _field(None, "dropout after attention/MLP/embeddings", flag_type=float)
     attention_dropout_rate: float | None = _field(None, "dropout on attention probabilities", flag_type=float)
     stochastic_depth_rate: float | None = _field(None, "largest drop-path rate (reached at the last block)",
@@ -316,7 +323,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
         prog=prog,
         description=(
             "Train or fine-tune a Vision Transformer. With no arguments, trains a small ViT "
-            "from scratch on scikit-learn's digits. `python train.py predict --help` for prediction."
+            f"from scratch on scikit-learn's digits. `{prog} predict --help` for prediction; from Python, "
+            "vit_jax.training.train(...) takes these options as keywords."
         ),
         epilog=(
             "Checkpoints go to WORKDIR/checkpoints/<step>. A run directory read as a checkpoint (--eval-only, "
@@ -343,7 +351,12 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     return parser
 
 
-def load_config_file(path: str) -> dict[str, Any]:
+def load_config_file(path: str, in_memory_data: bool = False) -> dict[str, Any]:
+    """The training options of a --config file or a run's config.json.
+
+    A run that trained on a caller's in-memory arrays (`train(train_data=...)`) names no dataset the
+    command can load: its options serve only with `in_memory_data` (the caller passes the data again).
+    """
     try:
         with open(path) as f:
             data = json.load(f)
@@ -353,6 +366,9 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a JSON object of training options")
+    if isinstance(data.get("data"), dict) and data["data"].get("kind") == IN_MEMORY_KIND and not in_memory_data:
+        raise ConfigError(f"{path}: this run trained on in-memory data (vit_jax.training.train(train_data=...)); "
+                          "continue or evaluate it from Python with the same train_data")
     # A run's resolved config.json holds the training options under "train".
     return dict(data.get("train", data))
 
@@ -364,9 +380,9 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
     return TrainConfig(**values)
 
 
-def parse_args(argv: list[str] | None) -> TrainConfig:
+def parse_args(argv: list[str] | None, prog: str = "train.py") -> TrainConfig:
     """Command line -> TrainConfig (argparse exits with status 2 on an unknown flag)."""
-    args = vars(build_parser().parse_args(argv))
+    args = vars(build_parser(prog).parse_args(argv))
     config_path = args.pop("config", None)
     if config_path is None and (args.get("resume") or args.get("eval_only")) and args.get("workdir"):
         # Continuing or evaluating a run: its own resolved config is the base.
