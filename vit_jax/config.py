@@ -13,6 +13,8 @@ import json
 import re
 from typing import Any
 
+from vit_jax.families import FAMILIES
+
 CLASSIFIERS = ("token", "gap", "unpooled", "token_unpooled", "token_gap", "map")
 # The MLP of each block: GELU (Dense, GELU, Dense) or SwiGLU, silu(gate) * value: packed, one fc1 whose first half
 # is the gate (timm SwiGLUPacked: DINOv2-giant, EVA-02 Ti/S), or separate gate and value layers (EVA-02 B/L).
@@ -568,60 +570,13 @@ _HYBRIDS = {
 }
 for _name, (_variant, _patch, _layers) in _HYBRIDS.items():
     PRESETS[_name] = _preset(_variant, _patch).replace(name=_name, resnet_layers=_layers)
-# Today's families (docs/design.md, "Presets"): each the plain ViT with its options and numerics; parameter
-# counts equal timm's model of the same architecture at its default head (vit_jax/formats/timm_archs.py names it).
-_IMAGENET = dict(pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225))
-_TIMM_NUMERICS = dict(gelu="exact", layer_norm_eps=1e-6, posemb_resize="torch_bicubic_antialias", **_IMAGENET)
-_FAMILIES = {
-    "DeiT": (("Ti_16", "S_16", "B_16"), _TIMM_NUMERICS),
-    "DeiT3": (("S_16", "B_16", "L_16"), dict(_TIMM_NUMERICS, layer_scale=True, layer_scale_init=1e-6,
-                                               posemb_class_slot=False)),
-    "DINOv2": (("S_14", "B_14", "L_14"), dict(_TIMM_NUMERICS, image_size=518, layer_scale=True, num_classes=0)),
-    # OpenAI CLIP's vision tower: QuickGELU, ln_pre, no patch bias; the head is the projection to the joint space
-    "CLIP": (("B_16", "B_32", "L_14"), dict(gelu="quick", layer_norm_eps=1e-5, pre_norm=True, patch_bias=False,
-                                             posemb_resize="torch_bicubic_antialias",
-                                             pixel_mean=(0.48145466, 0.4578275, 0.40821073),
-                                             pixel_std=(0.26862954, 0.26130258, 0.27577711))),
-    # MAE's fine-tuned classifiers: the class token kept, the head reads the mean of the patch tokens after fc_norm
-    "MAE": (("B_16", "L_16", "H_14"), dict(_TIMM_NUMERICS, classifier="token_gap", fc_norm=True)),
-}
-_CLIP_PROJECTION = {"B": 512, "L": 768}
-for _family, (_variants, _options) in _FAMILIES.items():
-    for _name in _variants:
-        _variant, _patch = _name.split("_")
-        _extra = dict(num_classes=_CLIP_PROJECTION[_variant]) if _family == "CLIP" else {}
-        PRESETS[f"{_family}-{_name}"] = _preset(_variant, int(_patch)).replace(
-            name=f"{_family}-{_name}", **_options, **_extra)
-        if _family == "DeiT":
-            PRESETS[f"DeiT-{_name}_distilled"] = PRESETS[f"DeiT-{_name}"].replace(
-                name=f"DeiT-{_name}_distilled", distilled=True)
-        if _family == "DINOv2":  # with registers, timm's layout: no class slot in the position embedding
-            PRESETS[f"DINOv2-{_name}_reg4"] = PRESETS[f"DINOv2-{_name}"].replace(
-                name=f"DINOv2-{_name}_reg4", num_register_tokens=4, posemb_class_slot=False)
-# SigLIP (MAP head), DINOv2-giant (packed SwiGLU), EVA-02 (rotary embedding, SwiGLU, q/v biases): docs/design.md,
-# "Presets"; counts equal timm's models of vit_jax/formats/timm_archs.py. SigLIP computes the tanh GELU (big_vision).
-_SIGLIP = dict(classifier="map", num_classes=0, gelu="tanh")
-_SO400M = dict(patch_size=14, hidden_size=1152, mlp_dim=4304, num_heads=16, num_layers=27)  # mlp_ratio 3.7362
-for _size in (224, 256, 384):
-    _name = "SigLIP-B_16" + ("" if _size == 224 else f"_{_size}")
-    PRESETS[_name] = _preset("B", 16).replace(name=_name, image_size=_size, **_SIGLIP)
-PRESETS["SigLIP-So400m_14"] = ViTConfig(name="SigLIP-So400m_14", **_SO400M, **_SIGLIP)
-# timm's 384 px So400m/14: its 14 px convolution covers 378 of the 384 pixels (27 x 27 patches); the same weights.
-PRESETS["SigLIP-So400m_14_384"] = ViTConfig(name="SigLIP-So400m_14_384", image_size=378, **_SO400M, **_SIGLIP)
-PRESETS["DINOv2-g_14"] = ViTConfig(name="DINOv2-g_14", image_size=518, patch_size=14, hidden_size=1536, mlp_dim=4096,
-                                   num_heads=24, num_layers=40, mlp_type="swiglu_packed", layer_scale=True,
-                                   num_classes=0, **_TIMM_NUMERICS)
-_EVA02 = dict(patch_size=14, num_classes=0, classifier="token_gap", fc_norm=True, rope=True, key_bias=False,
-              layer_norm_eps=1e-6, pixel_mean=(0.48145466, 0.4578275, 0.40821073),
-              pixel_std=(0.26862954, 0.26130258, 0.27577711))
-# int(d * 8/3) gated units; Ti and S: packed SwiGLU, B and L: separate gate and value layers and a sub-LN.
-for _variant, (_hidden, _heads, _layers) in {"Ti": (192, 3, 12), "S": (384, 6, 12), "B": (768, 12, 12),
-                                             "L": (1024, 16, 24)}.items():
-    _wide = _variant in ("B", "L")
-    PRESETS[f"EVA02-{_variant}_14"] = ViTConfig(
-        name=f"EVA02-{_variant}_14", hidden_size=_hidden, num_heads=_heads, num_layers=_layers,
-        mlp_dim=_hidden * 8 // 3, mlp_type="swiglu" if _wide else "swiglu_packed",
-        mlp_norm=_wide, **_EVA02)
+# The families' presets (vit_jax/families): each the plain ViT with its options and numerics; parameter
+# counts equal timm's model of the architecture the family names for the preset.
+for _family in FAMILIES:
+    for _name, _fields in _family.presets.items():
+        _fields = dict(_fields)
+        _base = _preset(_fields.pop("variant"), _fields.pop("patch")) if "variant" in _fields else ViTConfig()
+        PRESETS[_name] = _base.replace(name=_name, **_fields)
 # Tiny model for tests and quick experiments.
 PRESETS["ViT-testing"] = ViTConfig(
     name="ViT-testing",

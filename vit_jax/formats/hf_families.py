@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from vit_jax.families import IMAGENET_PIXELS, clip
 from vit_jax.formats.base import ConversionError, TensorSource, vit_pytorch_option_problems
 from vit_jax.formats.renames import HF_VIT_BLOCK, RenameTable
 from vit_jax.formats.torch_sd import read_file, write_file
@@ -101,7 +102,7 @@ class Family:
     wrapper: str = ""  # the base model's attribute inside task classes, dropped on read
     outside: tuple[str, ...] = ()  # task-class tensors beside the wrapper (heads)
     unbatched: tuple[str, ...] = ()  # timm keys stored without timm's leading batch axes
-    pixels: tuple[tuple[float, ...], tuple[float, ...]] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    pixels: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=lambda: dict(IMAGENET_PIXELS))
 
 
 _DINO = dict(posemb_class_slot=True, classifier="token", layer_scale=True, pre_norm=False, distilled=False)
@@ -116,7 +117,7 @@ FAMILIES = {
         dict(pre_norm=True, patch_bias=False, head_bias=False, classifier="token", posemb_class_slot=True,
              layer_scale=False, distilled=False),
         wrapper="vision_model.", outside=("visual_projection.",), unbatched=("cls_token", "pos_embed"),
-        pixels=((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))),
+        pixels=clip.PIXELS),
     "deit": Family("deit", _DEIT_TABLE, {"gelu": "exact", "layer_norm_eps": 1e-12},
                    dict(distilled=True, classifier="token", posemb_class_slot=True, layer_scale=False,
                         pre_norm=False), wrapper="deit.", outside=("cls_classifier.", "distillation_classifier.")),
@@ -207,7 +208,7 @@ def read(path: Path, weights: Path, data: dict[str, Any]) -> TensorSource:
                               f"concatenated with the patch tokens' mean, which this model has no option for; save "
                               f"its backbone (model.dinov2.save_pretrained) and convert that")
     out = _reshaped(family.table.source_as_timm(inner, f"Hugging Face {family.model_type}"), family)
-    out.stated = {**stated_fields(family, data, path), "pixel_mean": family.pixels[0], "pixel_std": family.pixels[1]}
+    out.stated = {**stated_fields(family, data, path), **family.pixels}
     return out
 
 

@@ -14,17 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from vit_jax.families import eva02
 from vit_jax.formats.base import (
     TIMM,
     ConversionError,
     TensorSource,
     vit_pytorch_option_problems,
 )
-from vit_jax.formats.timm_archs import UnknownArchitecture
-from vit_jax.formats.timm_archs_2 import (
+from vit_jax.formats.renames import RenameTable
+from vit_jax.formats.timm_archs import (
+    UnknownArchitecture,
     architecture_fields,
-    eva_fused,
-    eva_names,
     is_eva,
     model_args_fields,
     writer_architecture,
@@ -84,7 +84,7 @@ def read(path: str | Path) -> TensorSource:
     source = read_file(weights, FORMAT, TIMM, {})
     source.stated = {**source.stated, **stated}
     if is_eva(stated["name"]):  # Eva's own names (gamma_1, q_proj, ...) -> the mapping table's
-        table = eva_names(eva_fused(stated["name"], data.get("model_args") or {}))
+        table = RenameTable(eva02.timm_eva_names(eva02.timm_eva_fused(stated["name"], data.get("model_args") or {})))
         source = table.source_as_timm(source, f"timm Eva ({stated['name']})")
     if "fc_norm" in stated and stated["fc_norm"] != ("fc_norm.weight" in source.shapes):
         raise ConversionError(f"{config}: model_args fc_norm={stated['fc_norm']} but {weights.name} "
@@ -141,6 +141,7 @@ def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | 
     path.mkdir()
     hub = hub_config(config)
     if is_eva(hub["architecture"]):
-        tensors = eva_names(eva_fused(hub["architecture"], hub["model_args"])).rename_to_other(tensors)
+        names = eva02.timm_eva_names(eva02.timm_eva_fused(hub["architecture"], hub["model_args"]))
+        tensors = RenameTable(names).rename_to_other(tensors)
     write_file(path / "model.safetensors", tensors, "model.safetensors", metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(hub, indent=2))

@@ -1,0 +1,35 @@
+"""DeiT (Touvron et al. 2021) and DeiT III (2022): the plain ViT with timm's numerics; DeiT's distilled
+models add a distillation token with its own head, DeiT III LayerScale and a position embedding over the
+patches only."""
+
+from vit_jax.families.family import IMAGENET_PIXELS, TIMM_NUMERICS, Family, TimmArchitecture, standard_presets
+
+_TIMM = dict(TIMM_NUMERICS, **IMAGENET_PIXELS)
+_VARIANTS = (("Ti", "tiny"), ("S", "small"), ("B", "base"))
+_DEIT3_VARIANTS = (("S", "small"), ("B", "base"), ("L", "large"))
+_DEIT3 = dict(layer_scale=True, layer_scale_init=1e-6, posemb_class_slot=False)
+
+_presets = {}
+for _name, _fields in standard_presets("DeiT", ("Ti_16", "S_16", "B_16"), **_TIMM).items():
+    _presets[_name] = _fields
+    _presets[f"{_name}_distilled"] = dict(_fields, distilled=True)
+_presets.update(standard_presets("DeiT3", ("S_16", "B_16", "L_16"), **_TIMM, **_DEIT3))
+
+FAMILY = Family(
+    name="DeiT",
+    summary="DeiT's distillation token and head; DeiT III's LayerScale and class-free position embedding",
+    presets=_presets,
+    timm_architectures=(
+        TimmArchitecture(r"deit3_(small|medium|base|large|huge)_patch(14|16)_(224|384)", "deit3_small_patch16_224",
+                         dict(_TIMM, posemb_class_slot=False, distilled=False, layer_scale_init=1e-6)),
+        TimmArchitecture(r"deit_(tiny|small|base)_distilled_patch16_(224|384)", "deit_base_distilled_patch16_224",
+                         dict(_TIMM, distilled=True)),
+        TimmArchitecture(r"deit_(tiny|small|base)_patch16_(224|384)", "deit_base_patch16_224",
+                         dict(_TIMM, distilled=False)),
+    ),
+    timm_presets={
+        **{f"DeiT-{v}_16": f"deit_{n}_patch16_224" for v, n in _VARIANTS},
+        **{f"DeiT-{v}_16_distilled": f"deit_{n}_distilled_patch16_224" for v, n in _VARIANTS},
+        **{f"DeiT3-{v}_16": f"deit3_{n}_patch16_224" for v, n in _DEIT3_VARIANTS},
+    },
+)
