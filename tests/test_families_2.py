@@ -128,8 +128,9 @@ def test_transformers_siglip_vision_model_in_and_back(siglip_hf, tmp_path):
     convert(tmp_path / "out.msgpack", tmp_path / "back", to_format="hf")
     back, info = SiglipVisionModel.from_pretrained(tmp_path / "back", output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
-    written = safetensors.torch.load_file(tmp_path / "back" / "model.safetensors")
-    original = model.state_dict()
+    written = {key.removeprefix("vision_model."): value  # transformers 4.x's names, which 5.x loads
+               for key, value in safetensors.torch.load_file(tmp_path / "back" / "model.safetensors").items()}
+    original = {key.removeprefix("vision_model."): value for key, value in model.state_dict().items()}
     assert sorted(written) == sorted(original)
     for key, value in written.items():
         assert torch.equal(value, original[key]), key
@@ -230,7 +231,9 @@ def test_transformers_siglip2_vision_model_at_its_fixed_resolution_in_and_back(t
     convert(tmp_path / "out.msgpack", tmp_path / "back", to_format="hf")
     back, info = Siglip2VisionModel.from_pretrained(tmp_path / "back", output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
-    written, original = safetensors.torch.load_file(tmp_path / "back" / "model.safetensors"), model.state_dict()
+    written = {key.removeprefix("vision_model."): value
+               for key, value in safetensors.torch.load_file(tmp_path / "back" / "model.safetensors").items()}
+    original = {key.removeprefix("vision_model."): value for key, value in model.state_dict().items()}
     assert sorted(written) == sorted(original)
     for key, value in written.items():
         assert torch.equal(value, original[key]), key

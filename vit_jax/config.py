@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from vit_jax.families import FAMILIES
+from vit_jax.options import option_default, tensor_options
 
 CLASSIFIERS = ("token", "gap", "unpooled", "token_unpooled", "token_gap", "map")
 # The MLP of each block: GELU (Dense, GELU, Dense) or SwiGLU, silu(gate) * value: packed, one fc1 whose first half
@@ -33,10 +34,7 @@ RUNTIME_FIELDS = ("kernels", "attention_impl", "remat", "remat_policy", "scan", 
 ARCHITECTURE_FIELDS = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads", "qkv_bias",
                        "posemb", "representation_size", "classifier", "image_size", "num_classes", "patch_norm",
                        "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor",
-                       # today's families (which tensors exist: vit_jax/formats/infer_options.py)
-                       "layer_scale", "distilled", "pre_norm", "patch_bias", "fc_norm", "mask_token", "head_bias",
-                       "num_register_tokens", "posemb_class_slot",
-                       "mlp_type", "mlp_norm", "key_bias")  # (vit_jax/formats/infer_options_2.py)
+                       *tensor_options())  # the families' options (vit_jax/options.py)
 # With `remat`, what each block keeps for the backward pass (names from
 # jax.checkpoint_policies): nothing but its input, or also the outputs of its
 # matmuls (the linear layers only, or those and the attention products).
@@ -113,23 +111,22 @@ class ViTConfig:
     stem_ws_form: str = "std"  # STEM_WS_FORMS; Google 'std' eps 1e-5, timm 'var' eps 1e-8
     stem_ws_eps: float = 1e-5
     stem_gn_eps: float = 1e-6  # GroupNorm epsilon; timm 1e-5
-    # -- options of today's families (DeiT, DeiT III, DINOv2, CLIP, MAE; docs/model.md); the defaults are Google's --
-    layer_scale: bool = False  # a learned per-channel scale on each residual branch (DeiT III, DINOv2)
-    layer_scale_init: float = 1e-5  # its initial value (timm's init_values)
-    distilled: bool = False  # a distillation token after the class token, with its own head (DeiT distilled)
-    num_register_tokens: int = 0  # tokens after the class token, without position embedding, dropped before the head
-    posemb_class_slot: bool = True  # False: the position embedding covers the patches only (timm's no_embed_class)
-    pre_norm: bool = False  # a LayerNorm after the position embedding, before the blocks (CLIP's ln_pre)
-    patch_bias: bool = True  # the patch embedding's bias (CLIP has none)
-    head_bias: bool = True  # the head's bias (CLIP's projection has none)
-    fc_norm: bool = False  # the final norm after pooling instead of before it (timm's fc_norm; MAE fine-tunes)
-    mask_token: bool = False  # Hugging Face DINOv2's mask token: held so it survives a round trip, not computed with
+    # -- the families' options: each declared, with its default and description, in vit_jax/options.py --
+    layer_scale: bool = option_default("layer_scale")
+    layer_scale_init: float = 1e-5  # LayerScale's initial value (timm's init_values)
+    distilled: bool = option_default("distilled")
+    num_register_tokens: int = option_default("num_register_tokens")
+    posemb_class_slot: bool = option_default("posemb_class_slot")
+    pre_norm: bool = option_default("pre_norm")
+    patch_bias: bool = option_default("patch_bias")
+    head_bias: bool = option_default("head_bias")
+    fc_norm: bool = option_default("fc_norm")
+    mask_token: bool = option_default("mask_token")
     posemb_resize: str = "bilinear"  # the source's interpolation of the position grid to a new size (POSEMB_RESIZE)
-    # -- options of SigLIP, DINOv2-giant and EVA-02 (docs/model.md); the defaults are Google's --
-    mlp_type: str = "gelu"  # MLP_TYPES; mlp_dim is the width fc2 reads (the gated width for SwiGLU)
-    mlp_norm: bool = False  # a LayerNorm over the gated units before fc2 (EVA-02's sub-LN, timm's scale_mlp)
-    key_bias: bool = True  # with qkv_bias: False gives q and v biases only (EVA-02)
-    rope: bool = False  # 2D rotary position embedding on the patch tokens' q and k (EVA-02; vit_jax/rope.py)
+    mlp_type: str = option_default("mlp_type")  # MLP_TYPES; mlp_dim is the width fc2 reads (the gated width)
+    mlp_norm: bool = option_default("mlp_norm")
+    key_bias: bool = option_default("key_bias")
+    rope: bool = option_default("rope")
     rope_ref_grid: tuple[int, int] | None = None  # the grid rotary positions are scaled to (timm's ref_feat_shape)
 
     # -- runtime: how the function is computed, never what it is (RUNTIME_FIELDS) --
@@ -291,8 +288,8 @@ class ViTConfig:
         # lean on earlier ones (head_dim needs num_heads > 0, the grid needs a valid stem).
         self._validate_sizes()
         self._validate_stem()
-        self._validate_families()
-        self._validate_families_2()
+        self._validate_tokens_and_norms()
+        self._validate_mlp_and_attention()
         self._validate_grid()
         self._validate_heads()
         self._validate_choices()
@@ -412,8 +409,8 @@ class ViTConfig:
         if any(s <= 0 for s in self.pixel_std):
             raise ConfigError(f"pixel_std must be > 0, got {self.pixel_std!r}")
 
-    def _validate_families(self) -> None:
-        """The options of DeiT, DeiT III, DINOv2, CLIP and MAE, and what they need."""
+    def _validate_tokens_and_norms(self) -> None:
+        """The token and norm options (vit_jax/options.py) and what they need."""
         n = self.num_register_tokens
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ConfigError(f"num_register_tokens must be an integer >= 0, got {n!r}")
@@ -432,8 +429,8 @@ class ViTConfig:
             raise ConfigError("distillation and register tokens are options of the plain ViT (no ResNet stem, no "
                               "patch_norm)")
 
-    def _validate_families_2(self) -> None:
-        """The options of SigLIP (MAP head), DINOv2-giant and EVA-02 (SwiGLU, rotary embedding, q/v biases)."""
+    def _validate_mlp_and_attention(self) -> None:
+        """The MAP head, the MLP forms, the rotary embedding and q/v-only biases, and what they need."""
         if self.mlp_type not in MLP_TYPES:
             raise ConfigError(f"mlp_type {self.mlp_type!r} is not one of {MLP_TYPES}")
         if self.mlp_norm and self.mlp_type != "swiglu":

@@ -22,6 +22,8 @@ from vit_jax.formats.renames import HF_VIT_BLOCK, RenameTable
 from vit_jax.formats.torch_sd import read_file, write_file
 
 FORMAT = "hf"
+# The plain ViTModel layout (model_type vit), which holds none of the families' options (vit_jax/options.py)
+PLAIN_VIT_LAYOUT = "hf-vit"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # HF ViT: exact GELU ('gelu'), LayerNorm eps 1e-12 by default, mean = std = 0.5.
 NUMERICS = {"gelu": "exact", "layer_norm_eps": 1e-12, "pixel_mean": (0.5, 0.5, 0.5), "pixel_std": (0.5, 0.5, 0.5)}
@@ -127,7 +129,7 @@ def check_expressible(config) -> None:
     if config.posemb != "learn":
         problems.append(f"posemb {config.posemb!r} (HF ViT has only learned position embeddings)")
     problems += vit_pytorch_option_problems(config, "HF ViT")
-    problems += family_option_problems(config, "HF ViT")
+    problems += family_option_problems(config, "HF ViT", PLAIN_VIT_LAYOUT)
     if config.representation_size is not None and config.num_classes:
         problems.append("representation_size with a classifier head (ViTForImageClassification has no pre-logits "
                         "layer; ViTModel's pooler holds it only when num_classes=0)")

@@ -19,8 +19,8 @@ from typing import Any
 
 from vit_jax.config import ARCHITECTURE_FIELDS, PRESETS, ConfigError, ViTConfig
 from vit_jax.formats.base import FLAX, ConversionError, TensorSource
-from vit_jax.formats.infer_options import FAMILY_OPTIONS, infer_class_slots, infer_options
-from vit_jax.formats.infer_options_2 import FAMILY_OPTIONS_2, infer_options_2
+from vit_jax.formats.infer_options import infer_class_slots, infer_options
+from vit_jax.options import tensor_options
 
 # Where each fact shows, per naming: (key, function of the shape).
 _PROBES = {
@@ -68,7 +68,7 @@ _STEM_PROBES = {
 ARCHITECTURE = ARCHITECTURE_FIELDS
 # Of those, a preset's defaults that are not a claim about the checkpoint (a B/16 preset says 224 px, 1000 classes).
 _PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb",
-                    "patch_norm", "attention_head_dim", "attention_out_proj") + FAMILY_OPTIONS + FAMILY_OPTIONS_2
+                    "patch_norm", "attention_head_dim", "attention_out_proj") + tensor_options()
 # Standard ViT widths (hidden size -> heads) for fused-qkv files with no config (docs/design.md, "Presets").
 STANDARD_HEADS = {c.hidden_size: c.num_heads for name, c in PRESETS.items() if name != "ViT-testing"}
 
@@ -170,7 +170,6 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
     fields["num_classes"], evidence["num_classes"] = 0, "no head tensor"
     probe("head", required=False)
     infer_options(source, fields, evidence)
-    infer_options_2(source, fields, evidence)
     return fields, evidence, has_cls, tokens
 
 

@@ -224,7 +224,7 @@ def param_rules(config: ViTConfig) -> list[Rule]:
                     transform,
                 )
             )
-    return family_2_rules(config, rules + _rules(config, _AFTER))
+    return block_option_rules(config, rules + _rules(config, _AFTER))
 
 
 # SwiGLU with separate gate and value layers (EVA-02 B/L): (flax under MlpBlock_0/, torch under mlp., needs).
@@ -249,8 +249,8 @@ _MAP_RULES = [
 ]
 
 
-def _block_rules_2(config: ViTConfig, rule: Rule) -> list[Rule]:
-    """One block rule under SigLIP's, DINOv2-giant's and EVA-02's options (the packed SwiGLU keeps fc1's rules)."""
+def _block_option_rule(config: ViTConfig, rule: Rule) -> list[Rule]:
+    """One block rule under the MLP and attention-bias options (the packed SwiGLU keeps fc1's rules)."""
     block, _, key = rule.torch.partition(".")[2].partition(".")
     prefix = f"Transformer/encoderblock_{block}/"
     if key == "attn.qkv.bias" and not config.key_bias:  # EVA-02: q_bias and v_bias, no key bias
@@ -267,12 +267,12 @@ def _block_rules_2(config: ViTConfig, rule: Rule) -> list[Rule]:
     return [rule]
 
 
-def family_2_rules(config: ViTConfig, rules: list[Rule]) -> list[Rule]:
-    """`rules` under the options of SigLIP (MAP head), DINOv2-giant and EVA-02 (SwiGLU, q/v biases); rope has none."""
+def block_option_rules(config: ViTConfig, rules: list[Rule]) -> list[Rule]:
+    """`rules` under the MAP head, the SwiGLU forms and q/v-only biases (vit_jax/options.py); rope has no parameters."""
     out: list[Rule] = []
     for rule in rules:
         if rule.torch.startswith("blocks."):
-            out += _block_rules_2(config, rule)
+            out += _block_option_rule(config, rule)
             continue
         if rule.torch.startswith(("head.", "head_dist.")) and config.classifier == "map" and not any(
                 r.torch.startswith("attn_pool.") for r in out):

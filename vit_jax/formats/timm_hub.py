@@ -31,6 +31,7 @@ from vit_jax.formats.timm_archs import (
     writer_model_args,
 )
 from vit_jax.formats.torch_sd import read_file, write_file
+from vit_jax.options import presence_options
 
 FORMAT = "timm-hub"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -86,10 +87,25 @@ def read(path: str | Path) -> TensorSource:
     if is_eva(stated["name"]):  # Eva's own names (gamma_1, q_proj, ...) -> the mapping table's
         table = RenameTable(eva02.timm_eva_names(eva02.timm_eva_fused(stated["name"], data.get("model_args") or {})))
         source = table.source_as_timm(source, f"timm Eva ({stated['name']})")
-    if "fc_norm" in stated and stated["fc_norm"] != ("fc_norm.weight" in source.shapes):
-        raise ConversionError(f"{config}: model_args fc_norm={stated['fc_norm']} but {weights.name} "
-                              f"{'lacks' if stated['fc_norm'] else 'has'} 'fc_norm.weight'")
+    _check_implied_tensors(source, stated, data.get("model_args") or {}, config, weights.name)
     return source
+
+
+def _check_implied_tensors(source: TensorSource, stated: dict[str, Any], args: dict[str, Any], config: Path,
+                           weights: str) -> None:
+    """The tensors the architecture and its model_args imply (ln_pre, fc_norm, LayerScale, ...) are there, and
+    those they rule out are not: timm itself refuses to load such a directory."""
+    for field, (_, key) in presence_options().items():
+        if field not in stated or stated[field] == (key in source.shapes):
+            continue
+        if field == "fc_norm" and args.get("fc_norm") is None and "global_pool" in args:
+            who = f"model_args global_pool={args['global_pool']!r} (timm's fc_norm={stated[field]})"
+        elif field in model_args_fields(stated["name"], args):
+            who = f"model_args ({field}={stated[field]})"
+        else:
+            who = f"architecture {stated['name']!r} ({field}={stated[field]})"
+        raise ConversionError(f"{config}: {who} implies tensor {source.file_name(key)!r}, which {weights} "
+                              f"{'lacks' if stated[field] else 'has'}")
 
 
 def check_expressible(config) -> None:

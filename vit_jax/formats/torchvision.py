@@ -51,7 +51,7 @@ def check_expressible(config) -> None:
     if not config.qkv_bias:
         problems.append("qkv_bias=False (torchvision's attention always has in_proj_bias)")
     problems += vit_pytorch_option_problems(config, "torchvision")
-    problems += family_option_problems(config, "torchvision")
+    problems += family_option_problems(config, "torchvision", FORMAT)
     if not config.num_classes:
         problems.append("num_classes=0 (torchvision always has heads.head)")
     for field in ("image_size", "patch_size"):
