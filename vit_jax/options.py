@@ -48,9 +48,9 @@ OPTIONS: dict[str, Option] = {o.field: o for o in (
            "layers"),
     Option("mlp_norm", False, "a LayerNorm over the gated units before fc2 (a sub-LN)",
            (_BLOCK0 + "MlpBlock_0/norm/scale", "blocks.0.mlp.norm.weight")),
-    Option("key_bias", True, "with qkv_bias: False gives q and v biases only"),
     Option("rope", False, "a 2D rotary position embedding on the patch tokens' q and k (no tensor: the config "
            "states it)", in_tensors=False),
+    Option("key_bias", True, "with qkv_bias: False gives q and v biases only"),
 )}
 
 
