@@ -9,6 +9,14 @@ _TIMM = dict(layer_norm_eps=1e-5, posemb_resize="torch_bicubic_antialias", pre_n
              distilled=False, **PIXELS)
 _PROJECTION = {"B": 512, "L": 768}  # the joint space's width
 
+# The presets' parameter counts: timm 1.0.31's models (pretrained=False), timm's vit_*_clip_quickgelu_224 (the head
+# is the projection, with timm's bias).
+_GOLDEN_PARAMS = {
+    "CLIP-B_16": 86_193_152,
+    "CLIP-B_32": 87_849_728,
+    "CLIP-L_14": 303_966_976,
+}
+
 FAMILY = Family(
     name="CLIP",
     summary="QuickGELU, ln_pre, no patch bias, a bias-free projection as the head",
@@ -22,6 +30,7 @@ FAMILY = Family(
         TimmArchitecture(r"vit_(tiny|small|base|large|huge)_patch\d+_clip_\d+", "vit_base_patch16_clip_224",
                          dict(_TIMM, gelu="exact")),
     ),
+    golden_params=_GOLDEN_PARAMS,
     timm_presets={"CLIP-B_16": "vit_base_patch16_clip_quickgelu_224",
                   "CLIP-B_32": "vit_base_patch32_clip_quickgelu_224",
                   "CLIP-L_14": "vit_large_patch14_clip_quickgelu_224"},

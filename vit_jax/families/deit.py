@@ -15,6 +15,20 @@ for _name, _fields in standard_presets("DeiT", ("Ti_16", "S_16", "B_16"), **_TIM
     _presets[f"{_name}_distilled"] = dict(_fields, distilled=True)
 _presets.update(standard_presets("DeiT3", ("S_16", "B_16", "L_16"), **_TIMM, **_DEIT3))
 
+# The presets' parameter counts: timm 1.0.31's models (pretrained=False), timm's deit_*_patch16_224,
+# deit_*_distilled_patch16_224 (both heads) and deit3_*_patch16_224 at 1000 classes.
+_GOLDEN_PARAMS = {
+    "DeiT-Ti_16": 5_717_416,
+    "DeiT-S_16": 22_050_664,
+    "DeiT-B_16": 86_567_656,
+    "DeiT-Ti_16_distilled": 5_910_800,
+    "DeiT-S_16_distilled": 22_436_432,
+    "DeiT-B_16_distilled": 87_338_192,
+    "DeiT3-S_16": 22_059_496,
+    "DeiT3-B_16": 86_585_320,
+    "DeiT3-L_16": 304_374_760,
+}
+
 FAMILY = Family(
     name="DeiT",
     summary="DeiT's distillation token and head; DeiT III's LayerScale and class-free position embedding",
@@ -27,6 +41,7 @@ FAMILY = Family(
         TimmArchitecture(r"deit_(tiny|small|base)_patch16_(224|384)", "deit_base_patch16_224",
                          dict(_TIMM, distilled=False)),
     ),
+    golden_params=_GOLDEN_PARAMS,
     timm_presets={
         **{f"DeiT-{v}_16": f"deit_{n}_patch16_224" for v, n in _VARIANTS},
         **{f"DeiT-{v}_16_distilled": f"deit_{n}_distilled_patch16_224" for v, n in _VARIANTS},

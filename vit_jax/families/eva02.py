@@ -24,6 +24,15 @@ def _preset(variant: str, hidden: int, heads: int, layers: int) -> dict[str, Any
                 mlp_type="swiglu" if wide else "swiglu_packed", mlp_norm=wide, **_FIELDS)
 
 
+# The presets' parameter counts: timm 1.0.31's models (pretrained=False), timm's
+# eva02_{tiny,small,base,large}_patch14_224 (no head).
+_GOLDEN_PARAMS = {
+    "EVA02-Ti_14": 5_502_144,
+    "EVA02-S_14": 21_621_120,
+    "EVA02-B_14": 85_758_720,
+    "EVA02-L_14": 303_268_800,
+}
+
 FAMILY = Family(
     name="EVA-02",
     summary="a 2D rotary embedding, q/v biases, a SwiGLU MLP (with a sub-LN in B and L), fc_norm over the mean",
@@ -34,6 +43,7 @@ FAMILY = Family(
                               rope_ref_grid=TIMM_ROPE_REF_GRID, posemb_resize="torch_bicubic_antialias",
                               **CLIP_PIXELS)),
     ),
+    golden_params=_GOLDEN_PARAMS,
     timm_presets={f"EVA02-{v}_14": f"eva02_{n}_patch14_224" for v, (n, *_) in _VARIANTS.items()},
     pixels=CLIP_PIXELS,
 )

@@ -33,6 +33,7 @@ class Family:
     summary: str  # one line: what the family adds to the plain ViT
     # preset name -> ViTConfig fields; "variant" (Ti, S, B, ...) with "patch" takes the standard widths
     presets: dict[str, dict[str, Any]]
+    golden_params: dict[str, int]  # preset -> its parameter count in the source library (timm's model)
     # timm's architectures of the family, in matching order (the first that matches wins)
     timm_architectures: tuple[TimmArchitecture, ...] = ()
     # preset -> timm's architecture of it (its golden parameter count is timm's model's)

@@ -16,6 +16,16 @@ _presets["SigLIP-So400m_14"] = dict(**_SO400M, **_SIGLIP)
 # timm's 384 px So400m/14: its 14 px convolution covers 378 of the 384 pixels (27 x 27 patches); the same weights.
 _presets["SigLIP-So400m_14_384"] = dict(image_size=378, **_SO400M, **_SIGLIP)
 
+# The presets' parameter counts: timm 1.0.31's models (pretrained=False), timm's
+# vit_{base_patch16,so400m_patch14}_siglip_{224,256,384} (no head).
+_GOLDEN_PARAMS = {
+    "SigLIP-B_16": 92_884_224,
+    "SigLIP-B_16_256": 92_930_304,
+    "SigLIP-B_16_384": 93_176_064,
+    "SigLIP-So400m_14": 427_680_704,
+    "SigLIP-So400m_14_384": 428_225_600,
+}
+
 FAMILY = Family(
     name="SigLIP",
     summary="no class token, a MAP head pools, no classifier",
@@ -27,6 +37,7 @@ FAMILY = Family(
         TimmArchitecture(r"vit_(base|large|so400m)_patch\d+_siglip_\d+", "vit_base_patch16_siglip_224",
                          dict(_TIMM, gelu="exact")),
     ),
+    golden_params=_GOLDEN_PARAMS,
     timm_presets={"SigLIP-B_16": "vit_base_patch16_siglip_224", "SigLIP-B_16_256": "vit_base_patch16_siglip_256",
                   "SigLIP-B_16_384": "vit_base_patch16_siglip_384", "SigLIP-So400m_14": "vit_so400m_patch14_siglip_224",
                   "SigLIP-So400m_14_384": "vit_so400m_patch14_siglip_384"},
