@@ -10,6 +10,7 @@ import numpy as np
 import safetensors.torch
 import torch
 from conftest import apply, nchw, rel_l2
+from test_convert_errors import run_cli
 
 from parity.convert import convert
 from vit_jax.formats.read import read_flax_params
@@ -52,3 +53,24 @@ def converted_matches(src: Path, dst: Path, want: np.ndarray, x: np.ndarray):
     with torch.no_grad():
         assert rel_l2(twin(nchw(x)).numpy(), want) < FLOAT32
     return config, params
+
+
+def check_in(src: Path, dst: Path, want_fn, capsys) -> tuple:
+    """`convert SRC DST.msgpack` at the CLI, then the Flax model and the twin against the source's output."""
+    code, err = run_cli([src, dst], capsys)
+    assert code == 0, err
+    config, params = read_flax_params(dst)
+    images = np.random.default_rng(0).uniform(-1, 1, (2, *config.image_hw, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = want_fn(nchw(images)).numpy()
+    assert rel_l2(apply(config, params, images), want) < 1e-5
+    _, twin = load_twin(src)
+    with torch.no_grad():
+        assert rel_l2(twin(nchw(images)).numpy(), want) < 1e-5
+    return config, params
+
+
+def same_state(want: dict, got: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key

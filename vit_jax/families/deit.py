@@ -2,7 +2,17 @@
 models add a distillation token with its own head, DeiT III LayerScale and a position embedding over the
 patches only."""
 
-from vit_jax.families.family import IMAGENET_PIXELS, TIMM_NUMERICS, Family, TimmArchitecture, standard_presets
+from typing import Any
+
+from vit_jax.families.family import (
+    IMAGENET_PIXELS,
+    TIMM_NUMERICS,
+    TRANSFORMERS_VIT_BLOCK,
+    Family,
+    TimmArchitecture,
+    TransformersLayout,
+    standard_presets,
+)
 
 _TIMM = dict(TIMM_NUMERICS, **IMAGENET_PIXELS)
 _VARIANTS = (("Ti", "tiny"), ("S", "small"), ("B", "base"))
@@ -29,6 +39,40 @@ _GOLDEN_PARAMS = {
     "DeiT3-L_16": 304_374_760,
 }
 
+
+
+def _config_json(config, common: dict[str, Any]) -> dict[str, Any]:
+    """DeiTConfig: DeiTForImageClassificationWithTeacher with classes (both heads), else DeiTModel."""
+    labels = {str(i): f"LABEL_{i}" for i in range(config.num_classes)}
+    architecture = "DeiTForImageClassificationWithTeacher" if config.num_classes else "DeiTModel"
+    return {"model_type": "deit", "architectures": [architecture], "qkv_bias": config.qkv_bias,
+            "encoder_stride": config.patch_hw[0], **common, "intermediate_size": config.mlp_dim,
+            **({"id2label": labels, "label2id": {v: int(k) for k, v in labels.items()}} if labels else {})}
+
+
+_TRANSFORMERS = TransformersLayout(
+    model_type="deit",
+    classes=("DeiTModel", "DeiTForImageClassificationWithTeacher"),
+    names=(
+        ("cls_token", "embeddings.cls_token"),
+        ("dist_token", "embeddings.distillation_token"),
+        ("pos_embed", "embeddings.position_embeddings"),
+        ("patch_embed.proj.{p}", "embeddings.patch_embeddings.projection.{p}"),
+        *TRANSFORMERS_VIT_BLOCK,
+        ("norm.{p}", "layernorm.{p}"),
+        ("head.{p}", "cls_classifier.{p}"),
+        ("head_dist.{p}", "distillation_classifier.{p}"),
+    ),
+    numerics={"gelu": "exact", "layer_norm_eps": 1e-12},
+    fixed=dict(distilled=True, classifier="token", posemb_class_slot=True, layer_scale=False, pre_norm=False),
+    config_json=_config_json,
+    chosen_for=lambda c: c.distilled,
+    wrapper="deit.",
+    outside=("cls_classifier.", "distillation_classifier."),
+    refused_tensors={"pooler.dense.weight": "DeiTModel's pooler (tanh of a dense layer on the class token) is not "
+                     "part of DeiT; save the model with add_pooling_layer=False"},
+)
+
 FAMILY = Family(
     name="DeiT",
     summary="DeiT's distillation token and head; DeiT III's LayerScale and class-free position embedding",
@@ -47,4 +91,5 @@ FAMILY = Family(
         **{f"DeiT-{v}_16_distilled": f"deit_{n}_distilled_patch16_224" for v, n in _VARIANTS},
         **{f"DeiT3-{v}_16": f"deit3_{n}_patch16_224" for v, n in _DEIT3_VARIANTS},
     },
+    transformers=(_TRANSFORMERS,),
 )

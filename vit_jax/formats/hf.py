@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from vit_jax.families.family import TRANSFORMERS_VIT_BLOCK
 from vit_jax.formats import hf_families, hf_siglip
 from vit_jax.formats.base import ConversionError, TensorSource, family_option_problems, vit_pytorch_option_problems
-from vit_jax.formats.renames import HF_VIT_BLOCK, RenameTable
+from vit_jax.formats.renames import RenameTable
 from vit_jax.formats.torch_sd import read_file, write_file
 
 FORMAT = "hf"
@@ -33,7 +34,7 @@ TABLE = RenameTable([
     ("cls_token", "embeddings.cls_token"),
     ("pos_embed", "embeddings.position_embeddings"),
     ("patch_embed.proj.{p}", "embeddings.patch_embeddings.projection.{p}"),
-    *HF_VIT_BLOCK,
+    *TRANSFORMERS_VIT_BLOCK,
     ("norm.{p}", "layernorm.{p}"),
     ("pre_logits.fc.{p}", "pooler.dense.{p}"),
     ("head.{p}", "classifier.{p}"),
@@ -170,7 +171,7 @@ def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | 
         hf_siglip.write(Path(path), tensors, config, like)
         return
     family = hf_families.family_for(config)
-    if family is not None:  # DINOv2, CLIP, DeiT keep their family (vit_jax/formats/hf_families.py)
+    if family is not None:  # a family's source keeps its transformers layout (vit_jax/formats/hf_families.py)
         hf_families.write(Path(path), tensors, config, family, like)
         return
     check_expressible(config)

@@ -17,6 +17,7 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import nchw, rel_l2
+from family_helpers import check_in, perturb, same_state
 from torchvision_stub import import_timm
 
 import vit_jax
@@ -41,20 +42,11 @@ FAMILIES = {
 }
 
 
-def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every parameter moved away from its init (zero biases, unit norms, the probe, LayerScale)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=gen))
-    return model.eval()
-
-
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def hub(request, tmp_path_factory):
     arch, extra = FAMILIES[request.param]
     args = {**TINY, **extra}
-    model = perturbed(timm.create_model(arch, pretrained=False, **args), seed=len(request.param))
+    model = perturb(timm.create_model(arch, pretrained=False, **args), seed=len(request.param))
     path = tmp_path_factory.mktemp(request.param) / "hub"
     path.mkdir()
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
@@ -102,7 +94,7 @@ def siglip_hf(tmp_path_factory):
 
     hf_config = SiglipVisionConfig(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
                                    image_size=28, patch_size=7)
-    model = perturbed(SiglipVisionModel(hf_config), seed=3)
+    model = perturb(SiglipVisionModel(hf_config), seed=3)
     path = tmp_path_factory.mktemp("siglip_hf") / "hf"
     model.save_pretrained(path)
     images = np.random.default_rng(1).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
@@ -215,7 +207,7 @@ def test_big_vision_target_names_what_it_cannot_hold(dinov2_swiglu, tmp_path, ca
 def test_transformers_siglip2_vision_model_at_its_fixed_resolution_in_and_back(tmp_path):
     from transformers import Siglip2VisionConfig, Siglip2VisionModel
 
-    model = perturbed(Siglip2VisionModel(Siglip2VisionConfig(
+    model = perturb(Siglip2VisionModel(Siglip2VisionConfig(
         hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2, num_patches=16,
         patch_size=7)), seed=5)
     model.save_pretrained(tmp_path / "hf")
@@ -246,8 +238,6 @@ SWIGLU_HF = {"Dinov2Model": dict(), "Dinov2WithRegistersModel": dict(num_registe
 @pytest.fixture(scope="module")
 def dinov2_swiglu(tmp_path_factory):
     """Per class, a tiny perturbed transformers DINOv2 with use_swiglu_ffn and its save_pretrained directory."""
-    from test_families import perturb
-
     transformers = pytest.importorskip("transformers")
     root, models = tmp_path_factory.mktemp("dinov2_swiglu"), {}
     for name, extra in SWIGLU_HF.items():
@@ -265,7 +255,6 @@ def dinov2_swiglu(tmp_path_factory):
 def test_transformers_dinov2_swiglu_in_and_back(dinov2_swiglu, tmp_path, capsys, name):
     """`convert DIR x.msgpack` with no flag (Flax and twin within 1e-5); --to hf writes use_swiglu_ffn and the
     hub's weights_in / weights_out, which transformers loads strict, every tensor bit-exact."""
-    from test_families import check_in, same_state
 
     root, models = dinov2_swiglu
     source = models[name]
@@ -312,6 +301,7 @@ def test_dinov2_swiglu_widths_are_transformers_own():
     transformers = pytest.importorskip("transformers")
     from transformers.models.dinov2.modeling_dinov2 import Dinov2SwiGLUFFN
 
+    from vit_jax.families import dinov2
     from vit_jax.formats import ConversionError, hf, hf_families
 
     giant = vit_jax.get_config("DINOv2-g_14")
@@ -320,8 +310,8 @@ def test_dinov2_swiglu_widths_are_transformers_own():
     for hidden, ratio in [(1536, 4), (32, 4), (32, 2), (40, 3), (384, 5)]:
         with torch.device("meta"):
             built = Dinov2SwiGLUFFN(transformers.Dinov2Config(hidden_size=hidden, mlp_ratio=ratio))
-        assert hf_families.dinov2_mlp_width(hidden, ratio, True) == built.down_proj.in_features
-    assert hf_families.dinov2_mlp_width(1536, 4, True) == giant.mlp_dim == 4096
+        assert dinov2.transformers_mlp_width(hidden, ratio, True) == built.down_proj.in_features
+    assert dinov2.transformers_mlp_width(1536, 4, True) == giant.mlp_dim == 4096
     hf.check_expressible(giant)
     with pytest.raises(ConversionError, match=r"mlp_dim 40 \(transformers' DINOv2 SwiGLU .* \[24, 48"):
         hf.check_expressible(giant.replace(hidden_size=32, mlp_dim=40, num_heads=2))
