@@ -18,9 +18,9 @@ from vit_jax.options import option_default, tensor_options
 
 CLASSIFIERS = ("token", "gap", "unpooled", "token_unpooled", "token_gap", "map")
 # The MLP of each block: GELU (Dense, GELU, Dense) or SwiGLU, silu(gate) * value: packed, one fc1 whose first half
-# is the gate (timm SwiGLUPacked: DINOv2-giant, EVA-02 Ti/S), or separate gate and value layers (EVA-02 B/L).
+# is the gate (timm's SwiGLUPacked), or separate gate and value layers (timm's Eva with scale_mlp).
 MLP_TYPES = ("gelu", "swiglu_packed", "swiglu")
-# 'quick': x * sigmoid(1.702 x), OpenAI CLIP's QuickGELU.
+# 'quick': x * sigmoid(1.702 x), QuickGELU.
 GELU_FORMS = ("tanh", "exact", "quick")
 POSEMB_KINDS = ("learn", "sincos2d")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -80,14 +80,15 @@ class ViTConfig:
     num_layers: int = 12
     # token: class token; gap: mean over patch tokens; unpooled: every token;
     # token_unpooled: class token prepended, every token returned;
-    # token_gap: class token prepended, the head reads the mean of the patch tokens (MAE fine-tunes);
-    # map: no class token, a learned probe attends over the tokens (SigLIP's MAP head, vit_jax/heads.py).
+    # token_gap: class token prepended, the head reads the mean of the patch tokens;
+    # map: no class token, a learned probe attends over the tokens (a MAP head, vit_jax/heads.py).
     classifier: str = "token"
     representation_size: int | None = None  # pre-logits Dense + tanh
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     stochastic_depth_rate: float = 0.0  # largest drop-path rate, reached at the last block
-    gelu: str = "tanh"  # 'tanh' (Flax nn.gelu default, Google training), 'exact' (erf; torch/timm/HF), 'quick' (CLIP)
+    # 'tanh' (Flax nn.gelu default, Google training), 'exact' (erf; torch/timm/HF), 'quick' (QuickGELU)
+    gelu: str = "tanh"
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
     posemb: str = "learn"  # 'learn' or 'sincos2d' (fixed, big_vision style; class slot gets zero)
@@ -418,7 +419,8 @@ class ViTConfig:
             raise ConfigError(f"distilled needs classifier 'token' (the class and distillation heads), got "
                               f"{self.classifier!r}")
         if self.distilled and self.representation_size is not None:
-            raise ConfigError("distilled with representation_size: DeiT's two heads read the tokens directly")
+            raise ConfigError("distilled with representation_size: the class and distillation heads read the tokens "
+                              "directly")
         if self.fc_norm and self.classifier in ("unpooled", "token_unpooled"):
             raise ConfigError(f"fc_norm normalises the pooled features; classifier {self.classifier!r} pools nothing")
         if self.posemb_resize not in POSEMB_RESIZE:
@@ -434,7 +436,8 @@ class ViTConfig:
         if self.mlp_type not in MLP_TYPES:
             raise ConfigError(f"mlp_type {self.mlp_type!r} is not one of {MLP_TYPES}")
         if self.mlp_norm and self.mlp_type != "swiglu":
-            raise ConfigError(f"mlp_norm (EVA-02's sub-LayerNorm) needs mlp_type 'swiglu', got {self.mlp_type!r}")
+            raise ConfigError(f"mlp_norm (a sub-LayerNorm over the gated units) needs mlp_type 'swiglu', got "
+                              f"{self.mlp_type!r}")
         if self.mlp_type != "gelu" and self.recompute_gelu:
             raise ConfigError("recompute_gelu recomputes a GELU; a SwiGLU MLP has none (set recompute_gelu=False)")
         if self.classifier == "map" and (self.fc_norm or self.representation_size is not None or self.distilled):

@@ -42,8 +42,8 @@ OPTIONS: dict[str, Option] = {o.field: o for o in (
     Option("head_bias", True, "the head's bias"),
     Option("fc_norm", False, "the final norm after pooling instead of before it (timm's fc_norm)",
            ("fc_norm/scale", "fc_norm.weight")),
-    Option("mask_token", False, "Hugging Face DINOv2's mask token: held so it survives a round trip, never "
-           "computed with", ("mask_token", "mask_token")),
+    Option("mask_token", False, "a transformers mask token (for masked pre-training): held so it survives a "
+           "round trip, never computed with", ("mask_token", "mask_token")),
     Option("mlp_type", "gelu", "the MLP: GELU, or SwiGLU packed in one fc1 or with separate gate and value "
            "layers"),
     Option("mlp_norm", False, "a LayerNorm over the gated units before fc2 (a sub-LN)",

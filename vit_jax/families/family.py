@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 Names = tuple[tuple[str, "str | tuple[str, ...]"], ...]  # (timm name, the other library's name(s)), a rename table
 
-# Input statistics of images scaled to [0, 1]: ImageNet's (timm, torchvision, DeiT, DINOv2, MAE).
+# Input statistics of images scaled to [0, 1]: ImageNet's (timm's and torchvision's default).
 IMAGENET_PIXELS = dict(pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225))
 # timm's numerics: exact GELU, LayerNorm eps 1e-6, position grids resized by resample_abs_pos_embed (torch
 # bicubic, antialias=True).

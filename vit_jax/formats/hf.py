@@ -81,7 +81,7 @@ def read(path: str | Path) -> TensorSource:
         raise ConversionError(f"{path}: directory has none of {list(WEIGHT_FILES)} (sharded checkpoints are not "
                               "supported)")
     data = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
-    if data.get("model_type") in hf_siglip.MODEL_TYPES:  # SigLIP's vision tower (vit_jax/formats/hf_siglip.py)
+    if data.get("model_type") in hf_siglip.MODEL_TYPES:  # a MAP-pooled vision tower (vit_jax/formats/hf_siglip.py)
         source = hf_siglip.read(path, weights, data)
         source.stated.update(_preprocessor(directory))
         return source
@@ -167,7 +167,7 @@ def hf_names(tensors: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
 
 
 def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | Path) -> None:
-    if config.classifier == "map":  # SigLIP's vision tower keeps its family
+    if config.classifier == "map":  # a MAP-pooled tower is written as SiglipVisionModel
         hf_siglip.write(Path(path), tensors, config, like)
         return
     family = hf_families.family_for(config)

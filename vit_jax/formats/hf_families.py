@@ -77,7 +77,7 @@ def stated_fields(family: Family, data: dict[str, Any], where: Path) -> dict[str
 
 
 def _reshaped(source: TensorSource, family: Family) -> TensorSource:
-    """Tensors stored without timm's batch axes (CLIP's class embedding (D,) and position embedding (N, D))
+    """Tensors stored without timm's batch axes (a class embedding (D,), a position embedding (N, D))
     under timm's shapes (1, 1, D), (1, N, D)."""
     extra = {"cls_token": 2, "pos_embed": 1}
     for key in family.unbatched:

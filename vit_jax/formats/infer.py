@@ -261,12 +261,12 @@ def _claims(source: TensorSource, config: ViTConfig | None, config_is_preset: bo
 
 def _settle_classifier(fields: dict[str, Any], evidence: dict[str, str], has_cls: bool, classifier) -> None:
     """The pooling: a class token means one of the token poolings, none means gap or unpooled; a stated
-    classifier picks among those, and a MAP probe (SigLIP) overrides both."""
+    classifier picks among those, and a MAP probe overrides both."""
     if has_cls:
         fields["classifier"] = classifier if classifier in ("token", "token_unpooled", "token_gap") else "token"
     else:
         fields["classifier"] = classifier if classifier in ("gap", "unpooled") else "gap"
-    if fields.pop("map_head"):  # a MAP probe pools (SigLIP)
+    if fields.pop("map_head"):  # a MAP probe pools
         fields["classifier"], evidence["classifier"] = "map", evidence.pop("map_head")
     evidence.pop("map_head", None)
 

@@ -1,7 +1,7 @@
 """The families' options (vit_jax/options.py), read from a checkpoint's tensors.
 
 Most options are a tensor's presence (declared beside each option: LayerScale, the distillation token, ln_pre,
-fc_norm, the patch bias, Hugging Face DINOv2's mask token, the MLP's sub-LN). The rest are read here: the head
+fc_norm, the patch bias, transformers' mask token, the MLP's sub-LN). The rest are read here: the head
 bias (beside a head), the register tokens (a shape), the MAP head (its probe), the SwiGLU forms (the gate
 layer's presence, or fc1 twice as wide as fc2 reads), q/v biases without a key bias (`q_bias` in timm, a
 query bias without a key bias in Flax). Whether the position embedding has class slots (timm's

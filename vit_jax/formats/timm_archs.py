@@ -2,13 +2,13 @@
 
 A timm hub directory names its architecture (`config.json` "architecture") and the arguments it was built
 with ("model_args"); the tensors show widths, depth, tokens, LayerScale, the norms and the heads. The rest
-(GELU form, LayerNorm epsilon, whether the position embedding has class slots, the pooling, EVA-02's rotary
+(GELU form, LayerNorm epsilon, whether the position embedding has class slots, the pooling, the rotary
 reference grid) comes from the families' rows (vit_jax/families) and the arguments: timm itself is never
 imported to convert. What an architecture or its arguments imply about tensors (ln_pre, fc_norm) is stated
 here too, and checked against the tensors when the checkpoint is read.
 
 Most rows are timm's VisionTransformer; rows that state `rope` are those whose MLP, pooling or attention
-biases need one of the block options (SigLIP's MAP head, a SwiGLU, EVA-02's `Eva` class, whose model_args
+biases need one of the block options (a MAP head, a SwiGLU, or timm's `Eva` class, whose model_args
 differ from VisionTransformer's).
 """
 
@@ -139,8 +139,8 @@ def writer_architecture(config) -> str:
         if _block_options(row) and _fits(config, row.example):
             return row.example
     if config.rope or config.mlp_type != "gelu" or config.classifier == "map" or not config.key_bias:
-        raise UnknownArchitecture("no timm architecture computes this combination of the SigLIP, DINOv2-giant and "
-                                  "EVA-02 options")
+        raise UnknownArchitecture("no timm architecture computes this combination of a MAP head, a SwiGLU MLP, a "
+                                  "rotary embedding and q/v-only biases")
     for name in names:
         if not _block_options(_row(name)) and _agrees(config, _row(name).fields):
             return name

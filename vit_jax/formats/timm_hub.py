@@ -119,7 +119,7 @@ def check_expressible(config) -> None:
     if config.representation_size is not None:
         problems.append("representation_size (timm's ViT has no pre-logits layer)")
     if config.classifier == "map" and (config.has_class_token or config.num_register_tokens):
-        problems.append("a MAP head with prefix tokens (timm's SigLIP has none)")
+        problems.append("a MAP head with prefix tokens (timm's MAP-pooled ViTs have none)")
     if config.num_classes and not config.head_bias:
         problems.append("a head without bias (timm's head always has one)")
     if config.patch_bias == config.pre_norm:
@@ -152,7 +152,7 @@ def hub_config(config) -> dict[str, Any]:
 
 def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | Path) -> None:
     check_expressible(config)
-    tensors.pop("mask_token", None)  # Hugging Face DINOv2's; timm's ViT has none (inference never reads it)
+    tensors.pop("mask_token", None)  # transformers' mask token; timm's ViT has none (inference never reads it)
     path = Path(path)
     path.mkdir()
     hub = hub_config(config)
