@@ -60,7 +60,7 @@ def head_output(c: ViTConfig, x: Array, mlp: type[nn.Module], return_intermediat
 
 
 def class_heads(c: ViTConfig, x: Array) -> Array:
-    """The classifier; distilled: the mean of the class head and the distillation head (a distilled model's inference)."""
+    """The classifier; distilled: the mean of the class head and the distillation head (at inference)."""
     head = functools.partial(
         nn.Dense, c.num_classes, use_bias=c.head_bias, dtype=jnp.dtype(c.dtype),
         param_dtype=jnp.dtype(c.param_dtype),
