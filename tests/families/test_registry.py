@@ -4,6 +4,7 @@ architecture; each architecture a family names is one of the table's rows."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +32,11 @@ def test_architecture_rows_do_not_overlap():
     for row in rows:
         assert [other.example for other in rows if re.fullmatch(other.pattern, row.example)][0] == row.example
 
+
+
+def test_design_doc_tables_hold_every_family_count():
+    """docs/design.md's preset tables state each family preset's parameter count, as its module declares it."""
+    text = (Path(__file__).parents[2] / "docs" / "design.md").read_text()
+    missing = [f"{name}: {count:,}" for family in FAMILIES for name, count in family.golden_params.items()
+               if f"{count:,}" not in text]
+    assert not missing
