@@ -45,6 +45,7 @@ from vit_jax.formats import (
 from vit_jax.formats.base import replacing_marker
 from vit_jax.formats.infer import build_config
 from vit_jax.formats.mapping import Rule, expected_flax_shapes, expected_torch_shapes, param_rules, unflatten
+from vit_jax.options import summary as options_summary
 from vit_jax.params import to_layout
 from vit_jax.posemb import resize_pos_embed
 
@@ -406,11 +407,8 @@ def describe(config: ViTConfig) -> str:
             f"classes {config.num_classes}, gelu {config.gelu}, eps {config.layer_norm_eps:g}"
             + (f", head dim {config.attention_head_dim}" if config.attention_head_dim else "")
             + (", patch norm" if config.patch_norm else "") + ("" if config.attention_out_proj else ", no out proj")
-            + "".join(f", {text}" for on, text in (
-                (config.layer_scale, "LayerScale"), (config.distilled, "distillation token"),
-                (config.num_register_tokens, f"{config.num_register_tokens} registers"),
-                (not config.posemb_class_slot, "no class slot in posemb"), (config.pre_norm, "pre-norm"),
-                (config.fc_norm, "fc_norm"), (config.mask_token, "mask token")) if on)) + _describe_options_2(config)
+            + options_summary(config)
+            + (f", rotary positions scaled to {config.rope_ref_grid}" if config.rope and config.rope_ref_grid else ""))
 
 
 def _describe_options_2(config: ViTConfig) -> str:
