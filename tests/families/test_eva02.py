@@ -10,6 +10,7 @@ import safetensors.torch
 import torch
 from conftest import nchw, rel_l2
 from family_helpers import FLOAT32, converted_matches, images, perturb, save_timm_hub
+from test_convert_errors import assert_fails_cleanly
 from torchvision_stub import import_timm
 
 from parity.convert import convert
@@ -37,3 +38,13 @@ def test_rope_reference_grid_is_the_architectures(tmp_path, arch):
     back.load_state_dict(safetensors.torch.load_file(tmp_path / "back" / "model.safetensors"), strict=True)
     with torch.no_grad():
         assert rel_l2(back(nchw(x)).numpy(), want) < FLOAT32
+
+
+def test_mean_pooling_on_tensors_without_fc_norm_is_refused(tmp_path, capsys):
+    """An Eva built with global_pool='token' (norm.*, no fc_norm.*) under a config.json whose model_args leave
+    Eva's mean pooling: Eva would build fc_norm, which the tensors lack."""
+    args = dict(img_size=28, patch_size=7, embed_dim=32, depth=1, num_heads=2, num_classes=0)
+    token_pooled = perturb(timm.create_model("eva02_tiny_patch14_224", pretrained=False, global_pool="token", **args))
+    src = save_timm_hub(tmp_path / "hub", "eva02_tiny_patch14_224", token_pooled.state_dict(), args)
+    assert_fails_cleanly([src, tmp_path / "out.msgpack"], capsys, "architecture 'eva02_tiny_patch14_224'",
+                         "'fc_norm.weight'", "lacks")

@@ -38,8 +38,9 @@ FAMILY = Family(
     summary="a 2D rotary embedding, q/v biases, a SwiGLU MLP (with a sub-LN in B and L), fc_norm over the mean",
     presets={f"EVA02-{v}_14": _preset(v, *dims) for v, (_, *dims) in _VARIANTS.items()},
     timm_architectures=(
+        # Eva's default pooling is the mean, with fc_norm after it
         TimmArchitecture(r"eva02_(tiny|small|base|large)_patch14_(224|336|448)", "eva02_tiny_patch14_224",
-                         dict(layer_norm_eps=1e-6, rope=True, distilled=False, classifier="token_gap",
+                         dict(layer_norm_eps=1e-6, rope=True, distilled=False, classifier="token_gap", fc_norm=True,
                               rope_ref_grid=TIMM_ROPE_REF_GRID, posemb_resize="torch_bicubic_antialias",
                               **CLIP_PIXELS)),
     ),

@@ -125,6 +125,10 @@ def _eva_args_fields(args: dict[str, Any]) -> dict[str, Any]:
     fields = {ours: args[theirs] for theirs, ours in eva02.TIMM_MODEL_ARGS.items() if args.get(theirs) is not None}
     if "global_pool" in args:
         fields["classifier"] = {"avg": "token_gap", "token": "token"}.get(args["global_pool"], "unknown")
+    if args.get("use_fc_norm") is not None:
+        fields["fc_norm"] = bool(args["use_fc_norm"])
+    elif "global_pool" in args:  # Eva puts fc_norm after the mean pooling unless use_fc_norm says otherwise
+        fields["fc_norm"] = args["global_pool"] == "avg"
     return fields
 
 

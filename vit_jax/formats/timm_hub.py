@@ -98,7 +98,7 @@ def _check_implied_tensors(source: TensorSource, stated: dict[str, Any], args: d
     for field, (_, key) in presence_options().items():
         if field not in stated or stated[field] == (key in source.shapes):
             continue
-        if field == "fc_norm" and args.get("fc_norm") is None and "global_pool" in args:
+        if field == "fc_norm" and args.get("fc_norm", args.get("use_fc_norm")) is None and "global_pool" in args:
             who = f"model_args global_pool={args['global_pool']!r} (timm's fc_norm={stated[field]})"
         elif field in model_args_fields(stated["name"], args):
             who = f"model_args ({field}={stated[field]})"
