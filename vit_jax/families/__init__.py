@@ -1,7 +1,9 @@
 """The registry of ViT families: one module each, holding every fact about the family that comes from outside
-the project (presets, numerics, pixel statistics, timm's architectures and model_args).
+the project (presets and their parameter counts, numerics, pixel statistics, timm's architectures and
+model_args, transformers' layouts).
 
-Presets, the timm architecture table and the docs' tables loop over `FAMILIES`. Adding a family that only
+The presets, the timm architecture table and the transformers layouts loop over `FAMILIES`; a test checks the
+docs' preset tables against it. Adding a family that only
 reuses existing options is one module here and one test file (docs/design.md, "How to add a family").
 """
 

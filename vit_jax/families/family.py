@@ -1,7 +1,7 @@
 """What a family of released ViTs is, as data: the facts that come from outside the project.
 
 A family module (deit.py, dinov2.py, ...) fills one `Family`; the registry (`vit_jax.families`) lists them,
-and the presets, the timm architecture table and the docs' tables loop over it. Nothing here imports the
+and the presets, the timm architecture table and the transformers layouts loop over it. Nothing here imports the
 rest of the project: a family states values, the config and the formats read them.
 """
 
