@@ -54,6 +54,9 @@ _TRANSFORMERS = TransformersLayout(
     config_json=_config_json,
     chosen_for=lambda c: c.pre_norm and not c.distilled,
     wrapper="vision_model.",
+    # transformers 4.x names both vision classes' tower under vision_model., and 5.x loads those names too (its
+    # own save_pretrained of CLIPVisionModel drops the prefix, which 4.x cannot load)
+    always_wrapped=True,
     outside=("visual_projection.",),
     unbatched=("cls_token", "pos_embed"),  # class embedding (D,), position embedding (N, D)
     whole_model=("clip", "vision_config", ("text_model.", "text_projection.", "logit_scale")),

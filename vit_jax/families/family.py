@@ -64,6 +64,7 @@ class TransformersLayout:
     swiglu_names: Names | None = None  # the names written for a packed SwiGLU MLP
     mlp_types: tuple[str, ...] = ("gelu",)
     wrapper: str = ""  # the base model's attribute inside task classes, dropped on read
+    always_wrapped: bool = False  # every class names its tensors under `wrapper` (else only those with a head)
     outside: tuple[str, ...] = ()  # task-class tensors beside the wrapper (heads)
     unbatched: tuple[str, ...] = ()  # timm keys stored without timm's leading batch axes
     has_head: bool = True

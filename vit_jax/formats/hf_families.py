@@ -160,7 +160,7 @@ def hf_names(tensors: dict[str, np.ndarray], config, family: Family) -> dict[str
         tensors[key] = tensors[key].reshape(tensors[key].shape[1 + (key == "cls_token"):])
     table = family.swiglu_table if config.mlp_type == "swiglu_packed" and family.swiglu_table else family.table
     renamed = table.rename_to_other(tensors)
-    if not (family.wrapper and config.num_classes):  # a task class (with a head) wraps the base model
+    if not (family.wrapper and (config.num_classes or family.always_wrapped)):  # a task class wraps the base model
         return renamed
     return {(k if k.startswith(family.outside) else family.wrapper + k): v for k, v in renamed.items()}
 
