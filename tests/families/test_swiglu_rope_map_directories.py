@@ -29,6 +29,18 @@ from vit_torch_ref import VisionTransformer as Twin
 timm = import_timm()
 pytestmark = pytest.mark.skipif(timm is None, reason="timm is not installed (pip install --no-deps timm)")
 
+
+def _transformers_major() -> int:
+    try:
+        import transformers
+    except ImportError:
+        return 0
+    return int(transformers.__version__.split(".")[0])
+
+
+# transformers 5 splits Dinov2SwiGLUFFN into gate_proj, up_proj and down_proj; 4.x keeps weights_in, weights_out
+needs_transformers_5 = pytest.mark.skipif(_transformers_major() < 5, reason="transformers 5's DINOv2 module names")
+
 TINY = dict(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=2, num_classes=0)
 # id -> (architecture, model_args beyond TINY): what the hub's config.json says
 FAMILIES = {
@@ -271,6 +283,7 @@ def test_transformers_dinov2_swiglu_in_and_back(dinov2_swiglu, tmp_path, capsys,
     same_state(safetensors.torch.load_file(root / name / "model.safetensors"), on_disk)
 
 
+@needs_transformers_5
 def test_transformers_dinov2_swiglu_in_its_module_names_and_a_disagreeing_width(dinov2_swiglu, tmp_path, capsys):
     """transformers 5's own names (weights_in split into gate_proj, up_proj; down_proj) read as the hub's; a
     config.json whose mlp_ratio builds another width than the tensors' is refused, naming both."""
@@ -295,6 +308,7 @@ def test_transformers_dinov2_swiglu_in_its_module_names_and_a_disagreeing_width(
     assert_fails_cleanly([tmp_path / "v5", tmp_path / "bad.msgpack"], capsys, "says mlp_dim=48", "mlp_dim=88")
 
 
+@needs_transformers_5
 def test_dinov2_swiglu_widths_are_transformers_own():
     """The width our config gets from (hidden_size, mlp_ratio) is the one Dinov2SwiGLUFFN builds (DINOv2-g:
     4096, timm's and the preset's); a width its rounding cannot make is refused on the way out."""
