@@ -4,6 +4,7 @@ import pytest
 
 import vit_jax
 from vit_jax import ConfigError, ViTConfig, get_config
+from vit_jax.families import FAMILIES
 
 # docs/design.md goldens: 224 px, 1000 classes, token pooling.
 GOLDEN_PARAM_COUNTS = {
@@ -27,42 +28,8 @@ GOLDEN_PARAM_COUNTS = {
     "R26+ViT-B_32": 101_383_976,
     "R50+ViT-B_16": 98_659_112,
     "R50+ViT-L_32": 328_994_856,
-    # Today's families: equal to timm 1.0.31's model (TIMM_ARCHITECTURES) built with pretrained=False at its
-    # default head (DINOv2: none; CLIP: the projection, with timm's bias); MAE: global_pool='avg', fc_norm=True,
-    # num_classes=1000.
-    "DeiT-Ti_16": 5_717_416,
-    "DeiT-S_16": 22_050_664,
-    "DeiT-B_16": 86_567_656,
-    "DeiT-Ti_16_distilled": 5_910_800,
-    "DeiT-S_16_distilled": 22_436_432,
-    "DeiT-B_16_distilled": 87_338_192,
-    "DeiT3-S_16": 22_059_496,
-    "DeiT3-B_16": 86_585_320,
-    "DeiT3-L_16": 304_374_760,
-    "DINOv2-S_14": 22_056_192,
-    "DINOv2-B_14": 86_579_712,
-    "DINOv2-L_14": 304_367_616,
-    "DINOv2-S_14_reg4": 22_057_344,
-    "DINOv2-B_14_reg4": 86_582_016,
-    "DINOv2-L_14_reg4": 304_370_688,
-    "CLIP-B_16": 86_193_152,
-    "CLIP-B_32": 87_849_728,
-    "CLIP-L_14": 303_966_976,
-    "MAE-B_16": 86_567_656,
-    "MAE-L_16": 304_326_632,
-    "MAE-H_14": 632_045_800,
-    # SigLIP, DINOv2-giant, EVA-02: equal to timm 1.0.31's vit_{base_patch16,so400m_patch14}_siglip_{224,256,384},
-    # vit_giant_patch14_dinov2 and eva02_{tiny,small,base,large}_patch14_224 built with pretrained=False (no head).
-    "SigLIP-B_16": 92_884_224,
-    "SigLIP-B_16_256": 92_930_304,
-    "SigLIP-B_16_384": 93_176_064,
-    "SigLIP-So400m_14": 427_680_704,
-    "SigLIP-So400m_14_384": 428_225_600,
-    "DINOv2-g_14": 1_136_479_232,
-    "EVA02-Ti_14": 5_502_144,
-    "EVA02-S_14": 21_621_120,
-    "EVA02-B_14": 85_758_720,
-    "EVA02-L_14": 303_268_800,
+    # the families' presets: their modules hold the source library's counts (vit_jax/families)
+    **{name: count for family in FAMILIES for name, count in family.golden_params.items()},
 }
 
 PRESET_SHAPES = {  # hidden, mlp, heads, layers, patch

@@ -162,12 +162,12 @@ def test_missing_unexpected_and_misshaped_tensors_are_named():
     {"attention_head_dim": 16, "num_heads": 2, "attention_out_proj": False, "hidden_size": 32},
     {"resnet_layers": (1, 2), "width_factor": 0.5, "image_size": 64, "patch_size": 1},
     {"resnet_layers": (), "width_factor": 0.5, "image_size": 64, "patch_size": 2},
-    # today's families (issue 28): DeiT distilled, DINOv2 with registers, CLIP, MAE
+    # the options of DeiT distilled, DINOv2 with registers, CLIP and MAE
     {"distilled": True, "layer_scale": True},
     {"num_register_tokens": 4, "posemb_class_slot": False, "mask_token": True, "layer_scale": True},
     {"pre_norm": True, "patch_bias": False, "head_bias": False, "gelu": "quick"},
     {"classifier": "token_gap", "fc_norm": True},
-    # issue 29: SigLIP's MAP head, DINOv2-giant's packed SwiGLU, EVA-02's SwiGLU with sub-LN and q/v biases
+    # a MAP head, a packed SwiGLU, a SwiGLU with sub-LN and q/v biases (SigLIP, DINOv2-giant, EVA-02)
     {"classifier": "map"},
     {"mlp_type": "swiglu_packed", "layer_scale": True},
     {"mlp_type": "swiglu", "mlp_norm": True, "key_bias": False, "rope": True, "classifier": "gap"},

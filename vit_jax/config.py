@@ -13,11 +13,14 @@ import json
 import re
 from typing import Any
 
+from vit_jax.families import FAMILIES
+from vit_jax.options import option_default, tensor_options
+
 CLASSIFIERS = ("token", "gap", "unpooled", "token_unpooled", "token_gap", "map")
 # The MLP of each block: GELU (Dense, GELU, Dense) or SwiGLU, silu(gate) * value: packed, one fc1 whose first half
-# is the gate (timm SwiGLUPacked: DINOv2-giant, EVA-02 Ti/S), or separate gate and value layers (EVA-02 B/L).
+# is the gate (timm's SwiGLUPacked), or separate gate and value layers (timm's Eva with scale_mlp).
 MLP_TYPES = ("gelu", "swiglu_packed", "swiglu")
-# 'quick': x * sigmoid(1.702 x), OpenAI CLIP's QuickGELU.
+# 'quick': x * sigmoid(1.702 x), QuickGELU.
 GELU_FORMS = ("tanh", "exact", "quick")
 POSEMB_KINDS = ("learn", "sincos2d")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -31,10 +34,7 @@ RUNTIME_FIELDS = ("kernels", "attention_impl", "remat", "remat_policy", "scan", 
 ARCHITECTURE_FIELDS = ("patch_size", "num_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads", "qkv_bias",
                        "posemb", "representation_size", "classifier", "image_size", "num_classes", "patch_norm",
                        "attention_head_dim", "attention_out_proj", "resnet_layers", "width_factor",
-                       # today's families (which tensors exist: vit_jax/formats/infer_options.py)
-                       "layer_scale", "distilled", "pre_norm", "patch_bias", "fc_norm", "mask_token", "head_bias",
-                       "num_register_tokens", "posemb_class_slot",
-                       "mlp_type", "mlp_norm", "key_bias")  # (vit_jax/formats/infer_options_2.py)
+                       *tensor_options())  # the families' options (vit_jax/options.py)
 # With `remat`, what each block keeps for the backward pass (names from
 # jax.checkpoint_policies): nothing but its input, or also the outputs of its
 # matmuls (the linear layers only, or those and the attention products).
@@ -80,14 +80,15 @@ class ViTConfig:
     num_layers: int = 12
     # token: class token; gap: mean over patch tokens; unpooled: every token;
     # token_unpooled: class token prepended, every token returned;
-    # token_gap: class token prepended, the head reads the mean of the patch tokens (MAE fine-tunes);
-    # map: no class token, a learned probe attends over the tokens (SigLIP's MAP head, vit_jax/heads.py).
+    # token_gap: class token prepended, the head reads the mean of the patch tokens;
+    # map: no class token, a learned probe attends over the tokens (a MAP head, vit_jax/heads.py).
     classifier: str = "token"
     representation_size: int | None = None  # pre-logits Dense + tanh
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     stochastic_depth_rate: float = 0.0  # largest drop-path rate, reached at the last block
-    gelu: str = "tanh"  # 'tanh' (Flax nn.gelu default, Google training), 'exact' (erf; torch/timm/HF), 'quick' (CLIP)
+    # 'tanh' (Flax nn.gelu default, Google training), 'exact' (erf; torch/timm/HF), 'quick' (QuickGELU)
+    gelu: str = "tanh"
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
     posemb: str = "learn"  # 'learn' or 'sincos2d' (fixed, big_vision style; class slot gets zero)
@@ -111,23 +112,22 @@ class ViTConfig:
     stem_ws_form: str = "std"  # STEM_WS_FORMS; Google 'std' eps 1e-5, timm 'var' eps 1e-8
     stem_ws_eps: float = 1e-5
     stem_gn_eps: float = 1e-6  # GroupNorm epsilon; timm 1e-5
-    # -- options of today's families (DeiT, DeiT III, DINOv2, CLIP, MAE; docs/model.md); the defaults are Google's --
-    layer_scale: bool = False  # a learned per-channel scale on each residual branch (DeiT III, DINOv2)
-    layer_scale_init: float = 1e-5  # its initial value (timm's init_values)
-    distilled: bool = False  # a distillation token after the class token, with its own head (DeiT distilled)
-    num_register_tokens: int = 0  # tokens after the class token, without position embedding, dropped before the head
-    posemb_class_slot: bool = True  # False: the position embedding covers the patches only (timm's no_embed_class)
-    pre_norm: bool = False  # a LayerNorm after the position embedding, before the blocks (CLIP's ln_pre)
-    patch_bias: bool = True  # the patch embedding's bias (CLIP has none)
-    head_bias: bool = True  # the head's bias (CLIP's projection has none)
-    fc_norm: bool = False  # the final norm after pooling instead of before it (timm's fc_norm; MAE fine-tunes)
-    mask_token: bool = False  # Hugging Face DINOv2's mask token: held so it survives a round trip, not computed with
+    # -- the families' options: each declared, with its default and description, in vit_jax/options.py --
+    layer_scale: bool = option_default("layer_scale")
+    layer_scale_init: float = 1e-5  # LayerScale's initial value (timm's init_values)
+    distilled: bool = option_default("distilled")
+    num_register_tokens: int = option_default("num_register_tokens")
+    posemb_class_slot: bool = option_default("posemb_class_slot")
+    pre_norm: bool = option_default("pre_norm")
+    patch_bias: bool = option_default("patch_bias")
+    head_bias: bool = option_default("head_bias")
+    fc_norm: bool = option_default("fc_norm")
+    mask_token: bool = option_default("mask_token")
     posemb_resize: str = "bilinear"  # the source's interpolation of the position grid to a new size (POSEMB_RESIZE)
-    # -- options of SigLIP, DINOv2-giant and EVA-02 (docs/model.md); the defaults are Google's --
-    mlp_type: str = "gelu"  # MLP_TYPES; mlp_dim is the width fc2 reads (the gated width for SwiGLU)
-    mlp_norm: bool = False  # a LayerNorm over the gated units before fc2 (EVA-02's sub-LN, timm's scale_mlp)
-    key_bias: bool = True  # with qkv_bias: False gives q and v biases only (EVA-02)
-    rope: bool = False  # 2D rotary position embedding on the patch tokens' q and k (EVA-02; vit_jax/rope.py)
+    mlp_type: str = option_default("mlp_type")  # MLP_TYPES; mlp_dim is the width fc2 reads (the gated width)
+    mlp_norm: bool = option_default("mlp_norm")
+    key_bias: bool = option_default("key_bias")
+    rope: bool = option_default("rope")
     rope_ref_grid: tuple[int, int] | None = None  # the grid rotary positions are scaled to (timm's ref_feat_shape)
 
     # -- runtime: how the function is computed, never what it is (RUNTIME_FIELDS) --
@@ -289,8 +289,8 @@ class ViTConfig:
         # lean on earlier ones (head_dim needs num_heads > 0, the grid needs a valid stem).
         self._validate_sizes()
         self._validate_stem()
-        self._validate_families()
-        self._validate_families_2()
+        self._validate_tokens_and_norms()
+        self._validate_mlp_and_attention()
         self._validate_grid()
         self._validate_heads()
         self._validate_choices()
@@ -410,8 +410,8 @@ class ViTConfig:
         if any(s <= 0 for s in self.pixel_std):
             raise ConfigError(f"pixel_std must be > 0, got {self.pixel_std!r}")
 
-    def _validate_families(self) -> None:
-        """The options of DeiT, DeiT III, DINOv2, CLIP and MAE, and what they need."""
+    def _validate_tokens_and_norms(self) -> None:
+        """The token and norm options (vit_jax/options.py) and what they need."""
         n = self.num_register_tokens
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ConfigError(f"num_register_tokens must be an integer >= 0, got {n!r}")
@@ -419,7 +419,8 @@ class ViTConfig:
             raise ConfigError(f"distilled needs classifier 'token' (the class and distillation heads), got "
                               f"{self.classifier!r}")
         if self.distilled and self.representation_size is not None:
-            raise ConfigError("distilled with representation_size: DeiT's two heads read the tokens directly")
+            raise ConfigError("distilled with representation_size: the class and distillation heads read the tokens "
+                              "directly")
         if self.fc_norm and self.classifier in ("unpooled", "token_unpooled"):
             raise ConfigError(f"fc_norm normalises the pooled features; classifier {self.classifier!r} pools nothing")
         if self.posemb_resize not in POSEMB_RESIZE:
@@ -430,12 +431,13 @@ class ViTConfig:
             raise ConfigError("distillation and register tokens are options of the plain ViT (no ResNet stem, no "
                               "patch_norm)")
 
-    def _validate_families_2(self) -> None:
-        """The options of SigLIP (MAP head), DINOv2-giant and EVA-02 (SwiGLU, rotary embedding, q/v biases)."""
+    def _validate_mlp_and_attention(self) -> None:
+        """The MAP head, the MLP forms, the rotary embedding and q/v-only biases, and what they need."""
         if self.mlp_type not in MLP_TYPES:
             raise ConfigError(f"mlp_type {self.mlp_type!r} is not one of {MLP_TYPES}")
         if self.mlp_norm and self.mlp_type != "swiglu":
-            raise ConfigError(f"mlp_norm (EVA-02's sub-LayerNorm) needs mlp_type 'swiglu', got {self.mlp_type!r}")
+            raise ConfigError(f"mlp_norm (a sub-LayerNorm over the gated units) needs mlp_type 'swiglu', got "
+                              f"{self.mlp_type!r}")
         if self.mlp_type != "gelu" and self.recompute_gelu:
             raise ConfigError("recompute_gelu recomputes a GELU; a SwiGLU MLP has none (set recompute_gelu=False)")
         if self.classifier == "map" and (self.fc_norm or self.representation_size is not None or self.distilled):
@@ -568,60 +570,13 @@ _HYBRIDS = {
 }
 for _name, (_variant, _patch, _layers) in _HYBRIDS.items():
     PRESETS[_name] = _preset(_variant, _patch).replace(name=_name, resnet_layers=_layers)
-# Today's families (docs/design.md, "Presets"): each the plain ViT with its options and numerics; parameter
-# counts equal timm's model of the same architecture at its default head (vit_jax/formats/timm_archs.py names it).
-_IMAGENET = dict(pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225))
-_TIMM_NUMERICS = dict(gelu="exact", layer_norm_eps=1e-6, posemb_resize="torch_bicubic_antialias", **_IMAGENET)
-_FAMILIES = {
-    "DeiT": (("Ti_16", "S_16", "B_16"), _TIMM_NUMERICS),
-    "DeiT3": (("S_16", "B_16", "L_16"), dict(_TIMM_NUMERICS, layer_scale=True, layer_scale_init=1e-6,
-                                               posemb_class_slot=False)),
-    "DINOv2": (("S_14", "B_14", "L_14"), dict(_TIMM_NUMERICS, image_size=518, layer_scale=True, num_classes=0)),
-    # OpenAI CLIP's vision tower: QuickGELU, ln_pre, no patch bias; the head is the projection to the joint space
-    "CLIP": (("B_16", "B_32", "L_14"), dict(gelu="quick", layer_norm_eps=1e-5, pre_norm=True, patch_bias=False,
-                                             posemb_resize="torch_bicubic_antialias",
-                                             pixel_mean=(0.48145466, 0.4578275, 0.40821073),
-                                             pixel_std=(0.26862954, 0.26130258, 0.27577711))),
-    # MAE's fine-tuned classifiers: the class token kept, the head reads the mean of the patch tokens after fc_norm
-    "MAE": (("B_16", "L_16", "H_14"), dict(_TIMM_NUMERICS, classifier="token_gap", fc_norm=True)),
-}
-_CLIP_PROJECTION = {"B": 512, "L": 768}
-for _family, (_variants, _options) in _FAMILIES.items():
-    for _name in _variants:
-        _variant, _patch = _name.split("_")
-        _extra = dict(num_classes=_CLIP_PROJECTION[_variant]) if _family == "CLIP" else {}
-        PRESETS[f"{_family}-{_name}"] = _preset(_variant, int(_patch)).replace(
-            name=f"{_family}-{_name}", **_options, **_extra)
-        if _family == "DeiT":
-            PRESETS[f"DeiT-{_name}_distilled"] = PRESETS[f"DeiT-{_name}"].replace(
-                name=f"DeiT-{_name}_distilled", distilled=True)
-        if _family == "DINOv2":  # with registers, timm's layout: no class slot in the position embedding
-            PRESETS[f"DINOv2-{_name}_reg4"] = PRESETS[f"DINOv2-{_name}"].replace(
-                name=f"DINOv2-{_name}_reg4", num_register_tokens=4, posemb_class_slot=False)
-# SigLIP (MAP head), DINOv2-giant (packed SwiGLU), EVA-02 (rotary embedding, SwiGLU, q/v biases): docs/design.md,
-# "Presets"; counts equal timm's models of vit_jax/formats/timm_archs.py. SigLIP computes the tanh GELU (big_vision).
-_SIGLIP = dict(classifier="map", num_classes=0, gelu="tanh")
-_SO400M = dict(patch_size=14, hidden_size=1152, mlp_dim=4304, num_heads=16, num_layers=27)  # mlp_ratio 3.7362
-for _size in (224, 256, 384):
-    _name = "SigLIP-B_16" + ("" if _size == 224 else f"_{_size}")
-    PRESETS[_name] = _preset("B", 16).replace(name=_name, image_size=_size, **_SIGLIP)
-PRESETS["SigLIP-So400m_14"] = ViTConfig(name="SigLIP-So400m_14", **_SO400M, **_SIGLIP)
-# timm's 384 px So400m/14: its 14 px convolution covers 378 of the 384 pixels (27 x 27 patches); the same weights.
-PRESETS["SigLIP-So400m_14_384"] = ViTConfig(name="SigLIP-So400m_14_384", image_size=378, **_SO400M, **_SIGLIP)
-PRESETS["DINOv2-g_14"] = ViTConfig(name="DINOv2-g_14", image_size=518, patch_size=14, hidden_size=1536, mlp_dim=4096,
-                                   num_heads=24, num_layers=40, mlp_type="swiglu_packed", layer_scale=True,
-                                   num_classes=0, **_TIMM_NUMERICS)
-_EVA02 = dict(patch_size=14, num_classes=0, classifier="token_gap", fc_norm=True, rope=True, key_bias=False,
-              layer_norm_eps=1e-6, pixel_mean=(0.48145466, 0.4578275, 0.40821073),
-              pixel_std=(0.26862954, 0.26130258, 0.27577711))
-# int(d * 8/3) gated units; Ti and S: packed SwiGLU, B and L: separate gate and value layers and a sub-LN.
-for _variant, (_hidden, _heads, _layers) in {"Ti": (192, 3, 12), "S": (384, 6, 12), "B": (768, 12, 12),
-                                             "L": (1024, 16, 24)}.items():
-    _wide = _variant in ("B", "L")
-    PRESETS[f"EVA02-{_variant}_14"] = ViTConfig(
-        name=f"EVA02-{_variant}_14", hidden_size=_hidden, num_heads=_heads, num_layers=_layers,
-        mlp_dim=_hidden * 8 // 3, mlp_type="swiglu" if _wide else "swiglu_packed",
-        mlp_norm=_wide, **_EVA02)
+# The families' presets (vit_jax/families): each the plain ViT with its options and numerics; parameter
+# counts equal timm's model of the architecture the family names for the preset.
+for _family in FAMILIES:
+    for _name, _fields in _family.presets.items():
+        _fields = dict(_fields)
+        _base = _preset(_fields.pop("variant"), _fields.pop("patch")) if "variant" in _fields else ViTConfig()
+        PRESETS[_name] = _base.replace(name=_name, **_fields)
 # Tiny model for tests and quick experiments.
 PRESETS["ViT-testing"] = ViTConfig(
     name="ViT-testing",

@@ -49,7 +49,7 @@ def prefix_tokens(module: nn.Module, n: int, d: int) -> tuple[Array | None, Arra
     """
     c = module.config
     dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-    if c.mask_token:  # Hugging Face DINOv2 holds it for masked pre-training; inference never reads it
+    if c.mask_token:  # transformers holds it for masked pre-training; inference never reads it
         module.param("mask_token", nn.initializers.zeros, (1, d), param_dtype)
     tokens = []
     if c.has_class_token:

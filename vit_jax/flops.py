@@ -56,7 +56,7 @@ def forward_flops(config: ViTConfig) -> int:
     if c.representation_size is not None:
         flops += 2 * tokens_out * d * c.representation_size
         width = c.representation_size
-    flops += 2 * tokens_out * width * c.num_classes * (1 + c.distilled)  # DeiT's distillation head
+    flops += 2 * tokens_out * width * c.num_classes * (1 + c.distilled)  # the distillation head
     return flops
 
 

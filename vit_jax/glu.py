@@ -1,7 +1,7 @@
-"""SwiGLU MLPs: silu(gate) * value, then fc2 (DINOv2-giant and EVA-02; `ViTConfig.mlp_type`).
+"""SwiGLU MLPs: silu(gate) * value, then fc2 (`ViTConfig.mlp_type`; the families that use them: vit_jax/families).
 
     swiglu_packed   Dense_0 (D, 2 x mlp_dim): the first half is the gate (timm SwiGLUPacked / GluMlp gate_last=False)
-    swiglu          gate (D, mlp_dim), Dense_0 the value (D, mlp_dim), norm (mlp_norm: EVA-02's sub-LN)
+    swiglu          gate (D, mlp_dim), Dense_0 the value (D, mlp_dim), norm (mlp_norm: a sub-LN)
     both            Dense_1 (mlp_dim, D)
 """
 

@@ -3,7 +3,7 @@
 `head_output` creates its modules in the calling module (the VisionTransformer), so their names stay at the top
 of the tree: MAPHead_0, fc_norm, pre_logits, head, head_dist.
 
-`MAPHead` is multihead attention pooling (big_vision's MAPHead; SigLIP's head, `classifier='map'`): a learned
+`MAPHead` is multihead attention pooling (big_vision's MAPHead, `classifier='map'`): a learned
 probe (1, 1, D) attends over the tokens with its own q/k/v/out projections (`num_heads` heads, q scaled by
 1 / sqrt(head_dim)); then LayerNorm and an MLP, added back (a residual). Parameter names are big_vision's:
 MAPHead_0/probe, MultiHeadDotProductAttention_0/{query,key,value,out}, LayerNorm_0, MlpBlock_0.
@@ -60,7 +60,7 @@ def head_output(c: ViTConfig, x: Array, mlp: type[nn.Module], return_intermediat
 
 
 def class_heads(c: ViTConfig, x: Array) -> Array:
-    """The classifier; distilled: the mean of the class head and the distillation head (DeiT's inference)."""
+    """The classifier; distilled: the mean of the class head and the distillation head (at inference)."""
     head = functools.partial(
         nn.Dense, c.num_classes, use_bias=c.head_bias, dtype=jnp.dtype(c.dtype),
         param_dtype=jnp.dtype(c.param_dtype),

@@ -41,7 +41,7 @@ class Kernels:
 
 
 def activation(c, x: Array) -> Array:
-    """The MLP's GELU (`config.gelu`): 'exact' (erf), 'tanh', or OpenAI CLIP's 'quick' x * sigmoid(1.702 x)."""
+    """The MLP's GELU (`config.gelu`): 'exact' (erf), 'tanh', or 'quick' (QuickGELU) x * sigmoid(1.702 x)."""
     if c.gelu == "quick":
         return x * jax.nn.sigmoid(1.702 * x)
     return jax.nn.gelu(x, approximate=c.gelu == "tanh")

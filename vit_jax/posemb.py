@@ -9,7 +9,7 @@ import numpy as np
 import scipy.ndimage
 
 # scipy.ndimage.zoom orders (align_corners=True grids), and torch's F.interpolate(mode='bicubic',
-# align_corners=False) as NumPy: 'torch_bicubic' (a=-0.75; transformers' DINOv2 and ViT) and
+# align_corners=False) as NumPy: 'torch_bicubic' (a=-0.75; transformers' models) and
 # 'torch_bicubic_antialias' (antialias=True, PIL's a=-0.5 with a widened kernel; timm's resample_abs_pos_embed).
 RESIZE_METHODS = {"bilinear": 1, "bicubic": 3, "torch_bicubic": None, "torch_bicubic_antialias": None}
 

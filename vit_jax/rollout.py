@@ -123,7 +123,7 @@ def attention_rollout(
     `attention_probs`: the intermediates of `apply(..., return_attention=True)`
     (or the twin's), or per-layer (B, heads, seq, seq) arrays. `num_prefix_tokens`:
     the tokens before the patches when the sequence starts with a class token
-    (`config.num_prefix_tokens`: 1, or more with DeiT's distillation token or
+    (`config.num_prefix_tokens`: 1, or more with a distillation token or
     registers); then the map is the class token's row over the patch tokens. With 0 (a
     model without class token, e.g. classifier 'gap') the map is the mean of
     all rows. Not rescaled: with a class token it sums, with the class token's

@@ -8,7 +8,7 @@ architecture loads with strict=True:
     patch_embed.backbone.*           hybrids only: the ResNet stem (vit_torch_ref/resnet.py)
     cls_token (1, 1, D)              token classifiers only
     dist_token, reg_token            (1, 1, D), (1, R, D): distilled, num_register_tokens
-    mask_token (1, D)                mask_token only (Hugging Face DINOv2; not in timm)
+    mask_token (1, D)                mask_token only (transformers'; not in timm)
     pos_embed (1, patches [+ class slots], D)   learned posemb only
     norm_pre                         pre_norm only
     blocks.{i}.norm1, blocks.{i}.attn.qkv (3D, D; q,k,v order), blocks.{i}.attn.proj, blocks.{i}.ls1.gamma,
@@ -98,7 +98,7 @@ class Attention(nn.Module):
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
         self.attn_drop = config.attention_dropout_rate
-        separate = config.qkv_bias and not config.key_bias  # EVA-02: q and v biases, none on k (timm's Eva names)
+        separate = config.qkv_bias and not config.key_bias  # q and v biases, none on k (timm's Eva names)
         self.qkv = nn.Linear(config.hidden_size, 3 * config.inner_dim, bias=config.qkv_bias and not separate)
         if separate:
             self.q_bias = nn.Parameter(torch.zeros(config.inner_dim))
@@ -135,7 +135,7 @@ class Attention(nn.Module):
 
 
 class QuickGELU(nn.Module):
-    """OpenAI CLIP's x * sigmoid(1.702 x)."""
+    """QuickGELU: x * sigmoid(1.702 x)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
@@ -230,7 +230,7 @@ class VisionTransformer(nn.Module):
             self.dist_token = nn.Parameter(torch.zeros(1, 1, c.hidden_size))
         if c.num_register_tokens:
             self.reg_token = nn.Parameter(torch.zeros(1, c.num_register_tokens, c.hidden_size))
-        if c.mask_token:  # Hugging Face DINOv2's, held for the way back; never computed with
+        if c.mask_token:  # transformers', held for the way back; never computed with
             self.mask_token = nn.Parameter(torch.zeros(1, c.hidden_size))
         if c.posemb == "learn":
             self.pos_embed = nn.Parameter(torch.zeros(1, c.posemb_len, c.hidden_size))

@@ -1,4 +1,4 @@
-"""The twin of vit_jax/rope.py: EVA-02's 2D rotary embedding, interleaved pairs (timm's RotaryEmbeddingCat)."""
+"""The twin of vit_jax/rope.py: the 2D rotary embedding, interleaved pairs (timm's RotaryEmbeddingCat)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator
 import ml_dtypes
 import numpy as np
 
+from vit_jax.options import unheld_options
+
 # The two namings the one mapping table (vit_jax/formats/mapping.py) connects. Other
 # formats are renames of one of them.
 FLAX, TIMM = "flax", "timm"
@@ -87,17 +89,10 @@ def vit_pytorch_option_problems(config, who: str) -> list[str]:
     return problems
 
 
-# Options of today's families (DeiT, DINOv2, CLIP, MAE; SigLIP, DINOv2-g and EVA-02's MLP, rotary embedding and
-# q/v biases: the MAP head is each caller's classifier check) and the value the classic ViT layouts hold.
-_PLAIN_VIT = (("layer_scale", False), ("distilled", False), ("num_register_tokens", 0), ("posemb_class_slot", True),
-              ("pre_norm", False), ("patch_bias", True), ("head_bias", True), ("fc_norm", False),
-              ("mask_token", False), ("mlp_type", "gelu"), ("mlp_norm", False), ("rope", False), ("key_bias", True))
-
-
-def family_option_problems(config, who: str) -> list[str]:
-    """The family options of `config` that `who` (a layout of the classic ViT only) cannot hold."""
-    problems = [f"{field}={getattr(config, field)!r}" for field, plain in _PLAIN_VIT
-                if getattr(config, field) != plain and (field != "head_bias" or config.num_classes)]
+def family_option_problems(config, who: str, format_name: str) -> list[str]:
+    """The families' options of `config` that `who` (format `format_name`, a layout of the classic ViT only)
+    cannot hold, as one problem naming them and the formats that can."""
+    problems = [f"{field}={getattr(config, field)!r}" for field in unheld_options(config, format_name)]
     if config.gelu == "quick":
         problems.append("gelu 'quick'")
     return [f"{', '.join(problems)} ({who} holds the classic ViT; the timm-hub, torch, flax and google-npz "

@@ -18,16 +18,14 @@ import numpy as np
 
 from vit_jax.formats import google_npz
 from vit_jax.formats.base import ConversionError, vit_pytorch_option_problems
+from vit_jax.options import OPTIONS, unheld_options
 
 FORMAT = "big-vision"
 EXTENSIONS = (".npz",)
 TOWER = "params/img/"
 _POSEMB = ("Transformer/posembed_input/pos_embedding", "pos_embedding")
-# What big_vision's ViT has no option for, and the value it computes.
-_FIXED = (("layer_scale", False), ("distilled", False), ("num_register_tokens", 0), ("pre_norm", False),
-          ("patch_bias", True), ("fc_norm", False), ("mask_token", False), ("mlp_type", "gelu"), ("mlp_norm", False),
-          ("rope", False), ("key_bias", True), ("qkv_bias", True), ("posemb", "learn"), ("gelu", "tanh"),
-          ("layer_norm_eps", 1e-6))
+# What big_vision's ViT computes beyond the families' options it cannot hold (vit_jax/options.py).
+_FIXED = (("qkv_bias", True), ("posemb", "learn"), ("gelu", "tanh"), ("layer_norm_eps", 1e-6))
 
 
 def read(path: str | Path):
@@ -37,8 +35,10 @@ def read(path: str | Path):
 
 def check_expressible(config) -> None:
     """big_vision's ViT: pooling 'map', 'gap' or 'tok' (a class token without a position slot)."""
-    problems = [f"{field}={getattr(config, field)!r} (expected {value!r})" for field, value in _FIXED
-                if getattr(config, field) != value]
+    problems = [f"{field}={getattr(config, field)!r} (expected {OPTIONS[field].default!r})"
+                for field in unheld_options(config, FORMAT) if field != "head_bias"]
+    problems += [f"{field}={getattr(config, field)!r} (expected {value!r})" for field, value in _FIXED
+                 if getattr(config, field) != value]
     problems += vit_pytorch_option_problems(config, "big_vision's ViT")
     if config.classifier not in ("map", "gap", "token"):
         problems.append(f"classifier {config.classifier!r} (big_vision pools with 'map', 'gap' or a class token)")

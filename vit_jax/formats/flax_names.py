@@ -4,7 +4,7 @@ Handles trees wrapped under `opt/target/` (pre-Linen training checkpoints, with
 optimizer state beside them) or `params/` (Linen variables, train states), the
 pre-Linen numbering inside a block (`MultiHeadDotProductAttention_1`,
 `LayerNorm_2`, `MlpBlock_3`), scanned blocks (`Transformer/encoderblock`
-with a leading layer axis), and big_vision's two-tower files (SigLIP: the image
+with a leading layer axis), and big_vision's two-tower files (the image
 tower under `params/img/`, its position embedding at `pos_embedding`).
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from vit_jax.formats.base import FLAX, ConversionError, TensorSource
 
-# params/img/: big_vision's two-tower checkpoints (SigLIP): the image tower; the text tower is left out.
+# params/img/: big_vision's two-tower checkpoints: the image tower; the text tower is left out.
 WRAPPERS = ("opt/target/", "params/img/", "params/", "target/")
 # big_vision's ViT keeps its learned position embedding at the top level.
 _RENAMES = {"pos_embedding": "Transformer/posembed_input/pos_embedding"}

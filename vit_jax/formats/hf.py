@@ -16,12 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from vit_jax.families.family import TRANSFORMERS_VIT_BLOCK
 from vit_jax.formats import hf_families, hf_siglip
 from vit_jax.formats.base import ConversionError, TensorSource, family_option_problems, vit_pytorch_option_problems
-from vit_jax.formats.renames import HF_VIT_BLOCK, RenameTable
+from vit_jax.formats.renames import RenameTable
 from vit_jax.formats.torch_sd import read_file, write_file
 
 FORMAT = "hf"
+# The plain ViTModel layout (model_type vit), which holds none of the families' options (vit_jax/options.py)
+PLAIN_VIT_LAYOUT = "hf-vit"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # HF ViT: exact GELU ('gelu'), LayerNorm eps 1e-12 by default, mean = std = 0.5.
 NUMERICS = {"gelu": "exact", "layer_norm_eps": 1e-12, "pixel_mean": (0.5, 0.5, 0.5), "pixel_std": (0.5, 0.5, 0.5)}
@@ -31,7 +34,7 @@ TABLE = RenameTable([
     ("cls_token", "embeddings.cls_token"),
     ("pos_embed", "embeddings.position_embeddings"),
     ("patch_embed.proj.{p}", "embeddings.patch_embeddings.projection.{p}"),
-    *HF_VIT_BLOCK,
+    *TRANSFORMERS_VIT_BLOCK,
     ("norm.{p}", "layernorm.{p}"),
     ("pre_logits.fc.{p}", "pooler.dense.{p}"),
     ("head.{p}", "classifier.{p}"),
@@ -78,7 +81,7 @@ def read(path: str | Path) -> TensorSource:
         raise ConversionError(f"{path}: directory has none of {list(WEIGHT_FILES)} (sharded checkpoints are not "
                               "supported)")
     data = _read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
-    if data.get("model_type") in hf_siglip.MODEL_TYPES:  # SigLIP's vision tower (vit_jax/formats/hf_siglip.py)
+    if data.get("model_type") in hf_siglip.MODEL_TYPES:  # a MAP-pooled vision tower (vit_jax/formats/hf_siglip.py)
         source = hf_siglip.read(path, weights, data)
         source.stated.update(_preprocessor(directory))
         return source
@@ -127,7 +130,7 @@ def check_expressible(config) -> None:
     if config.posemb != "learn":
         problems.append(f"posemb {config.posemb!r} (HF ViT has only learned position embeddings)")
     problems += vit_pytorch_option_problems(config, "HF ViT")
-    problems += family_option_problems(config, "HF ViT")
+    problems += family_option_problems(config, "HF ViT", PLAIN_VIT_LAYOUT)
     if config.representation_size is not None and config.num_classes:
         problems.append("representation_size with a classifier head (ViTForImageClassification has no pre-logits "
                         "layer; ViTModel's pooler holds it only when num_classes=0)")
@@ -164,11 +167,11 @@ def hf_names(tensors: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
 
 
 def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | Path) -> None:
-    if config.classifier == "map":  # SigLIP's vision tower keeps its family
+    if config.classifier == "map":  # a MAP-pooled tower is written as SiglipVisionModel
         hf_siglip.write(Path(path), tensors, config, like)
         return
     family = hf_families.family_for(config)
-    if family is not None:  # DINOv2, CLIP, DeiT keep their family (vit_jax/formats/hf_families.py)
+    if family is not None:  # a family's source keeps its transformers layout (vit_jax/formats/hf_families.py)
         hf_families.write(Path(path), tensors, config, family, like)
         return
     check_expressible(config)

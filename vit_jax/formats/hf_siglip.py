@@ -7,8 +7,9 @@ with a Linear over (ph, pw, C)-ordered pixels (its processor's order): timm's co
 Names are renames of timm's (the mapping table's torch side), except two layouts: the position embedding is
 stored without timm's batch axis, and the MAP head's `nn.MultiheadAttention` holds q, k and v as one
 `in_proj` (3D, D), which is timm's `attn_pool.q` (the first D rows) and `attn_pool.kv` (the other 2D).
-Numerics: tanh GELU (`gelu_pytorch_tanh`), LayerNorm eps 1e-6, inputs 0.5/0.5. Written back, the
-directory loads with `SiglipVisionModel.from_pretrained`, strict.
+Numerics: tanh GELU (`gelu_pytorch_tanh`), LayerNorm eps 1e-6, inputs 0.5/0.5. Written back in transformers
+4.x's names (under `vision_model.`), the directory loads with `SiglipVisionModel.from_pretrained`, strict, in
+transformers 4.x and 5.x.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ MODEL_TYPES = ("siglip_vision_model", "siglip", "siglip2_vision_model", "siglip2
 _PATCH = "embeddings.patch_embedding.weight"
 _ACTIVATIONS = {"gelu_pytorch_tanh": "tanh", "gelu": "exact", "gelu_new": "tanh"}
 _LAYER = "encoder.layers.{i}"
+_TOWER = "vision_model."
 _QKV = "head.attention.in_proj_"  # split here into the two virtual parts below
 TABLE = RenameTable([
     ("patch_embed.proj.{p}", "embeddings.patch_embedding.{p}"),
@@ -75,7 +77,7 @@ def _tower(source: TensorSource) -> TensorSource:
     """The vision tower's tensors without the `vision_model.` prefix, in_proj split into its q and kv parts."""
     names: dict[str, str] = {}
     for key in source.shapes:
-        inner = key[len("vision_model."):] if key.startswith("vision_model.") else key
+        inner = key[len(_TOWER):] if key.startswith(_TOWER) else key
         if not key.startswith(("text_model.", "logit_")):
             names[inner] = key
     if len(names) < len(source.shapes):
@@ -165,6 +167,9 @@ def write(path: Path, tensors: dict[str, np.ndarray], config, like: str | Path) 
     tensors.clear()
     for leaf in ("weight", "bias"):
         state[_QKV + leaf] = np.concatenate([state.pop(f"{_QKV}q_{leaf}"), state.pop(f"{_QKV}kv_{leaf}")])
+    # transformers 4.x names the tower's parameters under vision_model., and 5.x still loads those names (its
+    # own save_pretrained drops the prefix, which 4.x cannot load)
+    state = {_TOWER + key: value for key, value in state.items()}
     if str(like).endswith((".safetensors", ".bin", ".pt", ".pth")):
         write_file(path, state, like, metadata={"format": "pt"})
         return

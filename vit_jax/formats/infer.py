@@ -19,8 +19,8 @@ from typing import Any
 
 from vit_jax.config import ARCHITECTURE_FIELDS, PRESETS, ConfigError, ViTConfig
 from vit_jax.formats.base import FLAX, ConversionError, TensorSource
-from vit_jax.formats.infer_options import FAMILY_OPTIONS, infer_class_slots, infer_options
-from vit_jax.formats.infer_options_2 import FAMILY_OPTIONS_2, infer_options_2
+from vit_jax.formats.infer_options import infer_class_slots, infer_options
+from vit_jax.options import tensor_options
 
 # Where each fact shows, per naming: (key, function of the shape).
 _PROBES = {
@@ -68,7 +68,7 @@ _STEM_PROBES = {
 ARCHITECTURE = ARCHITECTURE_FIELDS
 # Of those, a preset's defaults that are not a claim about the checkpoint (a B/16 preset says 224 px, 1000 classes).
 _PRESET_DEFAULTS = ("image_size", "num_classes", "representation_size", "classifier", "qkv_bias", "posemb",
-                    "patch_norm", "attention_head_dim", "attention_out_proj") + FAMILY_OPTIONS + FAMILY_OPTIONS_2
+                    "patch_norm", "attention_head_dim", "attention_out_proj") + tensor_options()
 # Standard ViT widths (hidden size -> heads) for fused-qkv files with no config (docs/design.md, "Presets").
 STANDARD_HEADS = {c.hidden_size: c.num_heads for name, c in PRESETS.items() if name != "ViT-testing"}
 
@@ -170,7 +170,6 @@ def infer_architecture(source: TensorSource) -> tuple[dict[str, Any], dict[str, 
     fields["num_classes"], evidence["num_classes"] = 0, "no head tensor"
     probe("head", required=False)
     infer_options(source, fields, evidence)
-    infer_options_2(source, fields, evidence)
     return fields, evidence, has_cls, tokens
 
 
@@ -262,12 +261,12 @@ def _claims(source: TensorSource, config: ViTConfig | None, config_is_preset: bo
 
 def _settle_classifier(fields: dict[str, Any], evidence: dict[str, str], has_cls: bool, classifier) -> None:
     """The pooling: a class token means one of the token poolings, none means gap or unpooled; a stated
-    classifier picks among those, and a MAP probe (SigLIP) overrides both."""
+    classifier picks among those, and a MAP probe overrides both."""
     if has_cls:
         fields["classifier"] = classifier if classifier in ("token", "token_unpooled", "token_gap") else "token"
     else:
         fields["classifier"] = classifier if classifier in ("gap", "unpooled") else "gap"
-    if fields.pop("map_head"):  # a MAP probe pools (SigLIP)
+    if fields.pop("map_head"):  # a MAP probe pools
         fields["classifier"], evidence["classifier"] = "map", evidence.pop("map_head")
     evidence.pop("map_head", None)
 

@@ -224,10 +224,10 @@ def param_rules(config: ViTConfig) -> list[Rule]:
                     transform,
                 )
             )
-    return family_2_rules(config, rules + _rules(config, _AFTER))
+    return block_option_rules(config, rules + _rules(config, _AFTER))
 
 
-# SwiGLU with separate gate and value layers (EVA-02 B/L): (flax under MlpBlock_0/, torch under mlp., needs).
+# SwiGLU with separate gate and value layers (mlp_type 'swiglu'): (flax under MlpBlock_0/, torch under mlp., needs).
 _SWIGLU = [("gate", "fc1_g", None), ("Dense_0", "fc1_x", None), ("norm", "norm", "mlp_norm")]
 _MAP = "MAPHead_0/"
 _MAP_ATTN = _MAP + "MultiHeadDotProductAttention_0/"
@@ -249,11 +249,11 @@ _MAP_RULES = [
 ]
 
 
-def _block_rules_2(config: ViTConfig, rule: Rule) -> list[Rule]:
-    """One block rule under SigLIP's, DINOv2-giant's and EVA-02's options (the packed SwiGLU keeps fc1's rules)."""
+def _block_option_rule(config: ViTConfig, rule: Rule) -> list[Rule]:
+    """One block rule under the MLP and attention-bias options (the packed SwiGLU keeps fc1's rules)."""
     block, _, key = rule.torch.partition(".")[2].partition(".")
     prefix = f"Transformer/encoderblock_{block}/"
-    if key == "attn.qkv.bias" and not config.key_bias:  # EVA-02: q_bias and v_bias, no key bias
+    if key == "attn.qkv.bias" and not config.key_bias:  # q_bias and v_bias, no key bias
         return [Rule((prefix + f"{_ATTN}/{p}/bias",), f"blocks.{block}.attn.{p[0]}_bias", HEADS_BIAS)
                 for p in ("query", "value")]
     if key.startswith("mlp.fc1.") and config.mlp_type == "swiglu":
@@ -267,12 +267,12 @@ def _block_rules_2(config: ViTConfig, rule: Rule) -> list[Rule]:
     return [rule]
 
 
-def family_2_rules(config: ViTConfig, rules: list[Rule]) -> list[Rule]:
-    """`rules` under the options of SigLIP (MAP head), DINOv2-giant and EVA-02 (SwiGLU, q/v biases); rope has none."""
+def block_option_rules(config: ViTConfig, rules: list[Rule]) -> list[Rule]:
+    """`rules` under the MAP head, the SwiGLU forms and q/v-only biases (vit_jax/options.py); rope has no parameters."""
     out: list[Rule] = []
     for rule in rules:
         if rule.torch.startswith("blocks."):
-            out += _block_rules_2(config, rule)
+            out += _block_option_rule(config, rule)
             continue
         if rule.torch.startswith(("head.", "head_dist.")) and config.classifier == "map" and not any(
                 r.torch.startswith("attn_pool.") for r in out):
@@ -380,7 +380,7 @@ def _leaf_shape(path: str, config: ViTConfig) -> tuple[int, ...]:
         width = 2 * c.mlp_dim if c.mlp_type == "swiglu_packed" and path.startswith("Transformer/") else c.mlp_dim
         return (d, width) if last[1] == "kernel" else (width,)
     if path.endswith("MlpBlock_0/norm/scale") or path.endswith("MlpBlock_0/norm/bias"):
-        return (c.mlp_dim,)  # EVA-02's sub-LayerNorm, inside the MLP
+        return (c.mlp_dim,)  # the sub-LayerNorm (mlp_norm), inside the MLP
     if last[0] == "pre_logits":
         return (d, c.representation_size) if last[1] == "kernel" else (c.representation_size,)
     if last[0] in ("head", "head_dist"):

@@ -5,7 +5,7 @@
 
 Formats: google-npz, flax (msgpack / orbax directory), torch (timm naming,
 .safetensors or .pt/.pth), hf (Hugging Face ViT), torchvision (vit_b_16
-naming), vit-pytorch (lucidrains' vit_pytorch.ViT), big-vision (big_vision's SigLIP image tower, an .npz
+naming), vit-pytorch (lucidrains' vit_pytorch.ViT), big-vision (big_vision's two-tower image tower, an .npz
 read as google-npz); and a train.py run directory (one saved step).
 Weights must be floating point, and finite unless `allow_nonfinite`. Tensors are read lazily and
 converted one mapping rule at a time. Both models' `load_pretrained` and `python -m parity convert`
@@ -45,6 +45,7 @@ from vit_jax.formats import (
 from vit_jax.formats.base import replacing_marker
 from vit_jax.formats.infer import build_config
 from vit_jax.formats.mapping import Rule, expected_flax_shapes, expected_torch_shapes, param_rules, unflatten
+from vit_jax.options import summary as options_summary
 from vit_jax.params import to_layout
 from vit_jax.posemb import resize_pos_embed
 
@@ -341,7 +342,7 @@ def _adapt(tensors: dict[str, np.ndarray], config: ViTConfig, target: ViTConfig,
         key = POSEMB_KEY[naming]
         tensors[key] = resize_pos_embed(tensors[key], target.grid_size, config.posemb_prefix_tokens, config.grid_size,
                                         config.posemb_resize)
-    if new_head:  # zero kernels and head_bias_init biases for the head (and DeiT's distillation head)
+    if new_head:  # zero kernels and head_bias_init biases for the head (and the distillation head)
         heads = HEAD_PREFIXES[naming]
         dtype = tensors[next(iter(tensors))].dtype
         for key in [k for k in tensors if k.startswith(heads)]:
@@ -406,15 +407,12 @@ def describe(config: ViTConfig) -> str:
             f"classes {config.num_classes}, gelu {config.gelu}, eps {config.layer_norm_eps:g}"
             + (f", head dim {config.attention_head_dim}" if config.attention_head_dim else "")
             + (", patch norm" if config.patch_norm else "") + ("" if config.attention_out_proj else ", no out proj")
-            + "".join(f", {text}" for on, text in (
-                (config.layer_scale, "LayerScale"), (config.distilled, "distillation token"),
-                (config.num_register_tokens, f"{config.num_register_tokens} registers"),
-                (not config.posemb_class_slot, "no class slot in posemb"), (config.pre_norm, "pre-norm"),
-                (config.fc_norm, "fc_norm"), (config.mask_token, "mask token")) if on)) + _describe_options_2(config)
+            + options_summary(config)
+            + (f", rotary positions scaled to {config.rope_ref_grid}" if config.rope and config.rope_ref_grid else ""))
 
 
 def _describe_options_2(config: ViTConfig) -> str:
-    """The SigLIP, DINOv2-giant and EVA-02 options for the summary line."""
+    """The MAP head, SwiGLU, rotary and q/v-bias options for the summary line."""
     grid = f" (positions scaled to {config.rope_ref_grid})" if config.rope_ref_grid else ""
     return "".join(f", {text}" for on, text in (
         (config.mlp_type != "gelu", f"MLP {config.mlp_type}" + (" + sub-LN" if config.mlp_norm else "")),

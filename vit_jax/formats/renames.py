@@ -27,23 +27,6 @@ def _compile(pattern: str) -> re.Pattern:
     return re.compile(f"^{regex}$")
 
 
-# A transformers ViT block (ViTModel, DeiTModel): the classic hub names, which are written and which every
-# transformers version loads, then transformers 5's own names, read only (a timm key's first name is written).
-_HF_LAYER, _HF_LAYER_V5 = "encoder.layer.{i}", "layers.{i}"
-HF_VIT_BLOCK = [
-    ("blocks.{i}.norm1.{p}", f"{_HF_LAYER}.layernorm_before.{{p}}"),
-    ("blocks.{i}.attn.qkv.{p}", tuple(f"{_HF_LAYER}.attention.attention.{n}.{{p}}" for n in ("query", "key", "value"))),
-    ("blocks.{i}.attn.proj.{p}", f"{_HF_LAYER}.attention.output.dense.{{p}}"),
-    ("blocks.{i}.norm2.{p}", f"{_HF_LAYER}.layernorm_after.{{p}}"),
-    ("blocks.{i}.mlp.fc1.{p}", f"{_HF_LAYER}.intermediate.dense.{{p}}"),
-    ("blocks.{i}.mlp.fc2.{p}", f"{_HF_LAYER}.output.dense.{{p}}"),
-    ("blocks.{i}.norm1.{p}", f"{_HF_LAYER_V5}.layernorm_before.{{p}}"),
-    ("blocks.{i}.attn.qkv.{p}", tuple(f"{_HF_LAYER_V5}.attention.{n}_proj.{{p}}" for n in "qkv")),
-    ("blocks.{i}.attn.proj.{p}", f"{_HF_LAYER_V5}.attention.o_proj.{{p}}"),
-    ("blocks.{i}.norm2.{p}", f"{_HF_LAYER_V5}.layernorm_after.{{p}}"),
-    ("blocks.{i}.mlp.fc1.{p}", f"{_HF_LAYER_V5}.mlp.fc1.{{p}}"),
-    ("blocks.{i}.mlp.fc2.{p}", f"{_HF_LAYER_V5}.mlp.fc2.{{p}}"),
-]
 
 
 class RenameTable:

@@ -1,11 +1,15 @@
-"""timm's ViT architectures: what each architecture name fixes that the tensors do not show.
+"""timm's ViT architectures: what each architecture name and its `model_args` fix that the tensors do not show.
 
 A timm hub directory names its architecture (`config.json` "architecture") and the arguments it was built
 with ("model_args"); the tensors show widths, depth, tokens, LayerScale, the norms and the heads. The rest
-(GELU form, LayerNorm epsilon, whether the position embedding has class slots, the pooling) comes from
-this table and the arguments: timm itself is never imported to convert.
+(GELU form, LayerNorm epsilon, whether the position embedding has class slots, the pooling, the rotary
+reference grid) comes from the families' rows (vit_jax/families) and the arguments: timm itself is never
+imported to convert. What an architecture or its arguments imply about tensors (ln_pre, fc_norm) is stated
+here too, and checked against the tensors when the checkpoint is read.
 
-A later family adds a row (and, for a new option, an argument in MODEL_ARGS); the first matching row wins.
+Most rows are timm's VisionTransformer; rows that state `rope` are those whose MLP, pooling or attention
+biases need one of the block options (a MAP head, a SwiGLU, or timm's `Eva` class, whose model_args
+differ from VisionTransformer's).
 """
 
 from __future__ import annotations
@@ -13,79 +17,78 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_IMAGENET = dict(pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225))
-# timm resizes position grids with resample_abs_pos_embed: torch bicubic, antialias=True.
-_TIMM = dict(gelu="exact", layer_norm_eps=1e-6, posemb_resize="torch_bicubic_antialias")
-_CLIP = dict(layer_norm_eps=1e-5, posemb_resize="torch_bicubic_antialias",
-             pixel_mean=(0.48145466, 0.4578275, 0.40821073),
-             pixel_std=(0.26862954, 0.26130258, 0.27577711))
-_SIZES = "(tiny|small|base|large|huge)"
+from vit_jax.families import TIMM_NUMERICS, TimmArchitecture, eva02, timm_architectures, timm_preset_model_args
+from vit_jax.families import timm_presets as _timm_presets
 
-# (architecture name pattern, an architecture of the row that a writer may name, ViTConfig fields it fixes).
-# `distilled` picks timm's VisionTransformerDistilled class; every other row builds VisionTransformer.
-ARCHITECTURES = [
-    (rf"vit_{_SIZES}_patch\d+_clip_quickgelu_\d+", "vit_base_patch16_clip_quickgelu_224",
-     dict(_CLIP, gelu="quick", distilled=False)),
-    (rf"vit_{_SIZES}_patch\d+_clip_\d+", "vit_base_patch16_clip_224", dict(_CLIP, gelu="exact", distilled=False)),
-    (r"vit_(small|base|large)_patch14_reg\d+_dinov2", "vit_small_patch14_reg4_dinov2",
-     dict(_TIMM, **_IMAGENET, posemb_class_slot=False, distilled=False, layer_scale_init=1e-5)),
-    (r"vit_(small|base|large)_patch14_dinov2", "vit_small_patch14_dinov2",
-     dict(_TIMM, **_IMAGENET, distilled=False, layer_scale_init=1e-5)),
-    (r"deit3_(small|medium|base|large|huge)_patch(14|16)_(224|384)", "deit3_small_patch16_224",
-     dict(_TIMM, **_IMAGENET, posemb_class_slot=False, distilled=False, layer_scale_init=1e-6)),
-    (r"deit_(tiny|small|base)_distilled_patch16_(224|384)", "deit_base_distilled_patch16_224",
-     dict(_TIMM, **_IMAGENET, distilled=True)),
-    (r"deit_(tiny|small|base)_patch16_(224|384)", "deit_base_patch16_224", dict(_TIMM, **_IMAGENET, distilled=False)),
-    (rf"vit_{_SIZES}_patch\d+_(224|384)", "vit_base_patch16_224", dict(_TIMM, distilled=False)),
-]
-
+# Google's plain ViT as timm builds it: the last row, and the writers' first choice for a plain config.
+_PLAIN = TimmArchitecture(r"vit_(tiny|small|base|large|huge)_patch\d+_(224|384)", "vit_base_patch16_224",
+                          dict(TIMM_NUMERICS, distilled=False))
+ARCHITECTURES: list[TimmArchitecture] = [*timm_architectures(), _PLAIN]
 # The project's presets and timm's architecture of each (its golden parameter count is timm's model).
-PRESET_ARCHITECTURES = {
-    **{f"DeiT-{v}_16": f"deit_{n}_patch16_224" for v, n in (("Ti", "tiny"), ("S", "small"), ("B", "base"))},
-    **{f"DeiT-{v}_16_distilled": f"deit_{n}_distilled_patch16_224"
-       for v, n in (("Ti", "tiny"), ("S", "small"), ("B", "base"))},
-    **{f"DeiT3-{v}_16": f"deit3_{n}_patch16_224" for v, n in (("S", "small"), ("B", "base"), ("L", "large"))},
-    **{f"DINOv2-{v}_14": f"vit_{n}_patch14_dinov2" for v, n in (("S", "small"), ("B", "base"), ("L", "large"))},
-    **{f"DINOv2-{v}_14_reg4": f"vit_{n}_patch14_reg4_dinov2" for v, n in (("S", "small"), ("B", "base"),
-                                                                          ("L", "large"))},
-    "CLIP-B_16": "vit_base_patch16_clip_quickgelu_224",
-    "CLIP-B_32": "vit_base_patch32_clip_quickgelu_224",
-    "CLIP-L_14": "vit_large_patch14_clip_quickgelu_224",
-    # MAE fine-tunes: timm's plain ViT with MAE's pooling (model_args global_pool='avg', fc_norm=True)
-    "MAE-B_16": "vit_base_patch16_224",
-    "MAE-L_16": "vit_large_patch16_224",
-    "MAE-H_14": "vit_huge_patch14_224",
-}
-PRESET_MODEL_ARGS = {name: dict(global_pool="avg", fc_norm=True, num_classes=1000)
-                     for name in ("MAE-B_16", "MAE-L_16", "MAE-H_14")}
+PRESET_ARCHITECTURES = _timm_presets()
+PRESET_MODEL_ARGS = timm_preset_model_args()
 
 _ACTIVATIONS = {"gelu": "exact", "gelu_tanh": "tanh", "quick_gelu": "quick"}
 # model_args that do not change the inference function (regularisation, initialisation).
 _TRAINING_ONLY = {"drop_rate", "pos_drop_rate", "patch_drop_rate", "proj_drop_rate", "attn_drop_rate",
                   "drop_path_rate", "weight_init", "fix_init"}
+_VIT_ARGS = {"img_size": "image_size", "patch_size": "patch_size", "in_chans": "num_channels",
+             "embed_dim": "hidden_size", "depth": "num_layers", "num_heads": "num_heads",
+             "num_classes": "num_classes", "qkv_bias": "qkv_bias", "reg_tokens": "num_register_tokens",
+             "pre_norm": "pre_norm", "fc_norm": "fc_norm"}
+# timm's VisionTransformer puts fc_norm after these poolings unless model_args say fc_norm (use_fc_norm)
+_FC_NORM_POOLS = ("avg", "avgmax", "max")
 
 
 class UnknownArchitecture(ValueError):
     """An architecture or argument this table does not cover (formats turn it into a ConversionError)."""
 
 
+def is_eva(name: str) -> bool:
+    return eva02.is_timm_eva(name)
+
+
+def _row(name: str) -> TimmArchitecture | None:
+    return next((row for row in ARCHITECTURES if re.fullmatch(row.pattern, name)), None)
+
+
+def _block_options(row: TimmArchitecture) -> bool:
+    return "rope" in row.fields
+
+
 def architecture_fields(name: str) -> dict[str, Any]:
     """The ViTConfig fields timm's architecture `name` fixes; UnknownArchitecture if no row covers it."""
-    for pattern, _, fields in ARCHITECTURES:
-        if re.fullmatch(pattern, name):
-            return dict(fields)
-    known = ", ".join(example for _, example, _ in ARCHITECTURES)
+    row = _row(name)
+    if row is not None:
+        return dict(row.fields)
+    known = ", ".join(row.example for row in ARCHITECTURES)
     raise UnknownArchitecture(f"unknown timm architecture {name!r}; this project converts the ViTs of "
-                              f"deit_*, deit3_*, vit_*_dinov2 (+reg), vit_*_clip_* and plain vit_* (e.g. {known})")
+                              f"deit_*, deit3_*, vit_*_dinov2 (+reg), vit_*_clip_*, vit_*_siglip_*, "
+                              f"vit_giant_patch14_dinov2, eva02_*_patch14_* and plain vit_* (e.g. {known})")
 
 
-def model_args_fields(args: dict[str, Any]) -> dict[str, Any]:
-    """ViTConfig fields stated by timm `model_args` (widths and depth are checked against the tensors later)."""
-    renames = {"img_size": "image_size", "patch_size": "patch_size", "in_chans": "num_channels",
-               "embed_dim": "hidden_size", "depth": "num_layers", "num_heads": "num_heads",
-               "num_classes": "num_classes", "qkv_bias": "qkv_bias", "reg_tokens": "num_register_tokens",
-               "pre_norm": "pre_norm", "fc_norm": "fc_norm"}
-    fields = {ours: args[theirs] for theirs, ours in renames.items() if args.get(theirs) is not None}
+def model_args_fields(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """ViTConfig fields stated by timm `model_args` of architecture `name` (VisionTransformer's or Eva's)."""
+    args = dict(args)
+    fields: dict[str, Any] = {}
+    if "ref_feat_shape" in args and args["ref_feat_shape"] is not None:
+        grid = args.pop("ref_feat_shape")
+        fields["rope_ref_grid"] = tuple(grid) if isinstance(grid, (list, tuple)) else (grid, grid)
+    if is_eva(name):
+        return {**_eva_args_fields(args), **fields}
+    if args.get("global_pool") == "map":
+        args.pop("global_pool")
+        fields["classifier"] = "map"
+    row = _row(name)
+    for key in ("mlp_layer", "act_layer") if row and _block_options(row) and "dinov2" in name else ():
+        args.pop(key, None)  # the architecture's SwiGLUPacked and SiLU
+    return {**_vit_args_fields(args), **fields}
+
+
+def _vit_args_fields(args: dict[str, Any]) -> dict[str, Any]:
+    """ViTConfig fields stated by VisionTransformer's `model_args` (widths and depth are checked against the
+    tensors later)."""
+    fields = {ours: args[theirs] for theirs, ours in _VIT_ARGS.items() if args.get(theirs) is not None}
     if "no_embed_class" in args:
         fields["posemb_class_slot"] = not args["no_embed_class"]
     if "init_values" in args:
@@ -104,23 +107,50 @@ def model_args_fields(args: dict[str, Any]) -> dict[str, Any]:
         if pool not in pools:
             raise UnknownArchitecture(f"model_args global_pool {pool!r} is not one of {sorted(pools)}")
         fields["classifier"] = pools[pool]
-    unknown = sorted(set(args) - set(renames) - _TRAINING_ONLY - {"no_embed_class", "init_values", "act_layer",
-                                                                   "global_pool", "class_token", "mlp_ratio"})
+        if args.get("fc_norm") is None:
+            fields["fc_norm"] = pool in _FC_NORM_POOLS
+    unknown = sorted(set(args) - set(_VIT_ARGS) - _TRAINING_ONLY - {"no_embed_class", "init_values", "act_layer",
+                                                                     "global_pool", "class_token", "mlp_ratio"})
     if unknown:
         raise UnknownArchitecture(f"model_args {unknown} are not supported (they change the model in ways this "
                                   f"project does not compute)")
     return fields
 
 
+def _eva_args_fields(args: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(args) - set(eva02.TIMM_MODEL_ARGS) - eva02.TIMM_LAYOUT_ARGS - _TRAINING_ONLY)
+    if unknown:
+        raise UnknownArchitecture(f"Eva model_args {unknown} are not supported (they change the model in ways this "
+                                  f"project does not compute)")
+    fields = {ours: args[theirs] for theirs, ours in eva02.TIMM_MODEL_ARGS.items() if args.get(theirs) is not None}
+    if "global_pool" in args:
+        fields["classifier"] = {"avg": "token_gap", "token": "token"}.get(args["global_pool"], "unknown")
+    if args.get("use_fc_norm") is not None:
+        fields["fc_norm"] = bool(args["use_fc_norm"])
+    elif "global_pool" in args:  # Eva puts fc_norm after the mean pooling unless use_fc_norm says otherwise
+        fields["fc_norm"] = args["global_pool"] == "avg"
+    return fields
+
+
 def writer_architecture(config) -> str:
-    """The timm architecture a writer names for `config`: its own (a timm source), its preset's, else a row's."""
-    for name in (config.name, PRESET_ARCHITECTURES.get(config.name)):
-        if name and any(re.fullmatch(p, name) for p, _, _ in ARCHITECTURES):
-            if _agrees(config, architecture_fields(name)):
-                return name
-    for _, example, fields in ARCHITECTURES:
-        if _agrees(config, {k: fields[k] for k in ("layer_norm_eps", "distilled")}):
-            return example
+    """The timm architecture a writer names for `config`: its own (a timm source) or its preset's if a row fits,
+    a fitting row's example, else (a plain config) the plain ViT's."""
+    names = [n for n in (config.name, PRESET_ARCHITECTURES.get(config.name)) if n and _row(n)]
+    for name in names:
+        if _block_options(_row(name)) and _fits(config, name):
+            return name
+    for row in ARCHITECTURES:
+        if _block_options(row) and _fits(config, row.example):
+            return row.example
+    if config.rope or config.mlp_type != "gelu" or config.classifier == "map" or not config.key_bias:
+        raise UnknownArchitecture("no timm architecture computes this combination of a MAP head, a SwiGLU MLP, a "
+                                  "rotary embedding and q/v-only biases")
+    for name in names:
+        if not _block_options(_row(name)) and _agrees(config, _row(name).fields):
+            return name
+    for row in (_PLAIN, *ARCHITECTURES):
+        if not _block_options(row) and _agrees(config, row.fields):
+            return row.example
     raise UnknownArchitecture(f"no timm architecture computes LayerNorm eps {config.layer_norm_eps:g}"
                               f"{' with a distillation token' if config.distilled else ''}")
 
@@ -129,15 +159,59 @@ def _agrees(config, fields: dict[str, Any]) -> bool:
     return all(getattr(config, k) == v for k, v in fields.items() if k in ("layer_norm_eps", "distilled"))
 
 
+def _fits(config, name: str) -> bool:
+    fields = _row(name).fields
+    if is_eva(name):
+        return config.rope and config.mlp_type != "gelu" and not config.key_bias and (
+            (config.mlp_type == "swiglu") == config.mlp_norm)  # Eva: scale_mlp picks the separate SwiGLU
+    if config.rope or not config.key_bias:
+        return False
+    keys = ("classifier", "mlp_type", "layer_norm_eps", "gelu")
+    return all(getattr(config, k) == fields[k] for k in keys if k in fields) and (
+        config.classifier != "map" or "siglip" in name)
+
+
+def _mlp_ratio(config, width: int) -> float:
+    """A ratio whose int(hidden * ratio) is `width` exactly (timm floors hidden * mlp_ratio)."""
+    ratio = width / config.hidden_size
+    return ratio if int(config.hidden_size * ratio) == width else (width + 0.5) / config.hidden_size
+
+
 def writer_model_args(config) -> dict[str, Any]:
     """timm `model_args` that rebuild `config`'s function on top of the architecture's own defaults."""
+    name = writer_architecture(config)
+    if is_eva(name):
+        return _eva_model_args(config)
+    args = _vit_model_args(config.replace(classifier="gap") if config.classifier == "map" else config)
+    if config.classifier == "map":
+        args.update(global_pool="map", class_token=False)
+    if config.mlp_type == "swiglu_packed":  # SwiGLUPacked's fc1 is int(hidden * mlp_ratio) = 2 x mlp_dim wide
+        del args["act_layer"]
+        args["mlp_ratio"] = _mlp_ratio(config, 2 * config.mlp_dim)
+    return args
+
+
+def _size(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def _vit_model_args(config) -> dict[str, Any]:
     gelu = {v: k for k, v in _ACTIVATIONS.items()}[config.gelu]
     pools = {"token": "token", "token_gap": "avg", "gap": "avg", "token_unpooled": "", "unpooled": ""}
-    size = lambda v: list(v) if isinstance(v, (tuple, list)) else v  # noqa: E731
-    return dict(img_size=size(config.image_size), patch_size=size(config.patch_size), in_chans=config.num_channels,
+    return dict(img_size=_size(config.image_size), patch_size=_size(config.patch_size), in_chans=config.num_channels,
                 embed_dim=config.hidden_size, depth=config.num_layers, num_heads=config.num_heads,
                 mlp_ratio=config.mlp_dim / config.hidden_size, num_classes=config.num_classes,
                 qkv_bias=config.qkv_bias, class_token=config.has_class_token,
                 global_pool=pools[config.classifier], fc_norm=config.fc_norm, pre_norm=config.pre_norm,
                 no_embed_class=not config.posemb_class_slot, reg_tokens=config.num_register_tokens,
                 init_values=config.layer_scale_init if config.layer_scale else None, act_layer=gelu)
+
+
+def _eva_model_args(config) -> dict[str, Any]:
+    return dict(img_size=_size(config.image_size), patch_size=_size(config.patch_size), in_chans=config.num_channels,
+                embed_dim=config.hidden_size, depth=config.num_layers, num_heads=config.num_heads,
+                mlp_ratio=_mlp_ratio(config, config.mlp_dim), num_classes=config.num_classes,
+                qkv_bias=config.qkv_bias, swiglu_mlp=True, scale_mlp=config.mlp_type == "swiglu",
+                use_rot_pos_emb=True, ref_feat_shape=list(config.rope_ref_grid or config.grid_size),
+                class_token=config.has_class_token, global_pool="avg" if config.classifier == "token_gap" else "token",
+                use_fc_norm=config.fc_norm, init_values=config.layer_scale_init if config.layer_scale else None)

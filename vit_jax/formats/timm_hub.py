@@ -14,23 +14,24 @@ from typing import Any
 
 import numpy as np
 
+from vit_jax.families import eva02
 from vit_jax.formats.base import (
     TIMM,
     ConversionError,
     TensorSource,
     vit_pytorch_option_problems,
 )
-from vit_jax.formats.timm_archs import UnknownArchitecture
-from vit_jax.formats.timm_archs_2 import (
+from vit_jax.formats.renames import RenameTable
+from vit_jax.formats.timm_archs import (
+    UnknownArchitecture,
     architecture_fields,
-    eva_fused,
-    eva_names,
     is_eva,
     model_args_fields,
     writer_architecture,
     writer_model_args,
 )
 from vit_jax.formats.torch_sd import read_file, write_file
+from vit_jax.options import presence_options
 
 FORMAT = "timm-hub"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -84,12 +85,27 @@ def read(path: str | Path) -> TensorSource:
     source = read_file(weights, FORMAT, TIMM, {})
     source.stated = {**source.stated, **stated}
     if is_eva(stated["name"]):  # Eva's own names (gamma_1, q_proj, ...) -> the mapping table's
-        table = eva_names(eva_fused(stated["name"], data.get("model_args") or {}))
+        table = RenameTable(eva02.timm_eva_names(eva02.timm_eva_fused(stated["name"], data.get("model_args") or {})))
         source = table.source_as_timm(source, f"timm Eva ({stated['name']})")
-    if "fc_norm" in stated and stated["fc_norm"] != ("fc_norm.weight" in source.shapes):
-        raise ConversionError(f"{config}: model_args fc_norm={stated['fc_norm']} but {weights.name} "
-                              f"{'lacks' if stated['fc_norm'] else 'has'} 'fc_norm.weight'")
+    _check_implied_tensors(source, stated, data.get("model_args") or {}, config, weights.name)
     return source
+
+
+def _check_implied_tensors(source: TensorSource, stated: dict[str, Any], args: dict[str, Any], config: Path,
+                           weights: str) -> None:
+    """The tensors the architecture and its model_args imply (ln_pre, fc_norm, LayerScale, ...) are there, and
+    those they rule out are not: timm itself refuses to load such a directory."""
+    for field, (_, key) in presence_options().items():
+        if field not in stated or stated[field] == (key in source.shapes):
+            continue
+        if field == "fc_norm" and args.get("fc_norm", args.get("use_fc_norm")) is None and "global_pool" in args:
+            who = f"model_args global_pool={args['global_pool']!r} (timm's fc_norm={stated[field]})"
+        elif field in model_args_fields(stated["name"], args):
+            who = f"model_args ({field}={stated[field]})"
+        else:
+            who = f"architecture {stated['name']!r} ({field}={stated[field]})"
+        raise ConversionError(f"{config}: {who} implies tensor {source.file_name(key)!r}, which {weights} "
+                              f"{'lacks' if stated[field] else 'has'}")
 
 
 def check_expressible(config) -> None:
@@ -103,7 +119,7 @@ def check_expressible(config) -> None:
     if config.representation_size is not None:
         problems.append("representation_size (timm's ViT has no pre-logits layer)")
     if config.classifier == "map" and (config.has_class_token or config.num_register_tokens):
-        problems.append("a MAP head with prefix tokens (timm's SigLIP has none)")
+        problems.append("a MAP head with prefix tokens (timm's MAP-pooled ViTs have none)")
     if config.num_classes and not config.head_bias:
         problems.append("a head without bias (timm's head always has one)")
     if config.patch_bias == config.pre_norm:
@@ -136,11 +152,12 @@ def hub_config(config) -> dict[str, Any]:
 
 def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | Path) -> None:
     check_expressible(config)
-    tensors.pop("mask_token", None)  # Hugging Face DINOv2's; timm's ViT has none (inference never reads it)
+    tensors.pop("mask_token", None)  # transformers' mask token; timm's ViT has none (inference never reads it)
     path = Path(path)
     path.mkdir()
     hub = hub_config(config)
     if is_eva(hub["architecture"]):
-        tensors = eva_names(eva_fused(hub["architecture"], hub["model_args"])).rename_to_other(tensors)
+        names = eva02.timm_eva_names(eva02.timm_eva_fused(hub["architecture"], hub["model_args"]))
+        tensors = RenameTable(names).rename_to_other(tensors)
     write_file(path / "model.safetensors", tensors, "model.safetensors", metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(hub, indent=2))

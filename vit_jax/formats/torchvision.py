@@ -6,18 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
+from vit_jax.families import IMAGENET_PIXELS
 from vit_jax.formats.base import ConversionError, TensorSource, family_option_problems, vit_pytorch_option_problems
 from vit_jax.formats.renames import RenameTable
 from vit_jax.formats.torch_sd import read_file, write_file
 
 FORMAT = "torchvision"
 # torchvision uses nn.GELU() (exact), LayerNorm eps 1e-6 and ImageNet mean/std inputs.
-NUMERICS = {
-    "gelu": "exact",
-    "layer_norm_eps": 1e-6,
-    "pixel_mean": (0.485, 0.456, 0.406),
-    "pixel_std": (0.229, 0.224, 0.225),
-}
+NUMERICS = {"gelu": "exact", "layer_norm_eps": 1e-6, **IMAGENET_PIXELS}
 
 _LAYER = "encoder.layers.encoder_layer_{i}"
 # timm key <-> torchvision key. Where a timm key appears twice, the first
@@ -55,7 +51,7 @@ def check_expressible(config) -> None:
     if not config.qkv_bias:
         problems.append("qkv_bias=False (torchvision's attention always has in_proj_bias)")
     problems += vit_pytorch_option_problems(config, "torchvision")
-    problems += family_option_problems(config, "torchvision")
+    problems += family_option_problems(config, "torchvision", FORMAT)
     if not config.num_classes:
         problems.append("num_classes=0 (torchvision always has heads.head)")
     for field in ("image_size", "patch_size"):

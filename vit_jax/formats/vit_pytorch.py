@@ -79,7 +79,7 @@ def check_expressible(config) -> None:
     if config.gelu != "exact" or config.layer_norm_eps != NUMERICS["layer_norm_eps"]:
         problems.append(f"gelu {config.gelu!r}, layer_norm_eps {config.layer_norm_eps:g} (vit-pytorch computes "
                         f"exact GELU, eps 1e-5)")
-    problems += family_option_problems(config, "vit-pytorch")
+    problems += family_option_problems(config, "vit-pytorch", FORMAT)
     if problems:
         raise ConversionError(f"vit-pytorch's ViT cannot express this model: {'; '.join(problems)}")
 

@@ -17,6 +17,7 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import nchw, rel_l2
+from family_helpers import check_in, perturb, same_state
 from torchvision_stub import import_timm
 
 import vit_jax
@@ -27,6 +28,18 @@ from vit_torch_ref import VisionTransformer as Twin
 
 timm = import_timm()
 pytestmark = pytest.mark.skipif(timm is None, reason="timm is not installed (pip install --no-deps timm)")
+
+
+def _transformers_major() -> int:
+    try:
+        import transformers
+    except ImportError:
+        return 0
+    return int(transformers.__version__.split(".")[0])
+
+
+# transformers 5 splits Dinov2SwiGLUFFN into gate_proj, up_proj and down_proj; 4.x keeps weights_in, weights_out
+needs_transformers_5 = pytest.mark.skipif(_transformers_major() < 5, reason="transformers 5's DINOv2 module names")
 
 TINY = dict(img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=2, num_classes=0)
 # id -> (architecture, model_args beyond TINY): what the hub's config.json says
@@ -41,20 +54,11 @@ FAMILIES = {
 }
 
 
-def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every parameter moved away from its init (zero biases, unit norms, the probe, LayerScale)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=gen))
-    return model.eval()
-
-
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def hub(request, tmp_path_factory):
     arch, extra = FAMILIES[request.param]
     args = {**TINY, **extra}
-    model = perturbed(timm.create_model(arch, pretrained=False, **args), seed=len(request.param))
+    model = perturb(timm.create_model(arch, pretrained=False, **args), seed=len(request.param))
     path = tmp_path_factory.mktemp(request.param) / "hub"
     path.mkdir()
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
@@ -102,7 +106,7 @@ def siglip_hf(tmp_path_factory):
 
     hf_config = SiglipVisionConfig(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
                                    image_size=28, patch_size=7)
-    model = perturbed(SiglipVisionModel(hf_config), seed=3)
+    model = perturb(SiglipVisionModel(hf_config), seed=3)
     path = tmp_path_factory.mktemp("siglip_hf") / "hf"
     model.save_pretrained(path)
     images = np.random.default_rng(1).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
@@ -128,8 +132,9 @@ def test_transformers_siglip_vision_model_in_and_back(siglip_hf, tmp_path):
     convert(tmp_path / "out.msgpack", tmp_path / "back", to_format="hf")
     back, info = SiglipVisionModel.from_pretrained(tmp_path / "back", output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
-    written = safetensors.torch.load_file(tmp_path / "back" / "model.safetensors")
-    original = model.state_dict()
+    written = {key.removeprefix("vision_model."): value  # transformers 4.x's names, which 5.x loads
+               for key, value in safetensors.torch.load_file(tmp_path / "back" / "model.safetensors").items()}
+    original = {key.removeprefix("vision_model."): value for key, value in model.state_dict().items()}
     assert sorted(written) == sorted(original)
     for key, value in written.items():
         assert torch.equal(value, original[key]), key
@@ -214,7 +219,7 @@ def test_big_vision_target_names_what_it_cannot_hold(dinov2_swiglu, tmp_path, ca
 def test_transformers_siglip2_vision_model_at_its_fixed_resolution_in_and_back(tmp_path):
     from transformers import Siglip2VisionConfig, Siglip2VisionModel
 
-    model = perturbed(Siglip2VisionModel(Siglip2VisionConfig(
+    model = perturb(Siglip2VisionModel(Siglip2VisionConfig(
         hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2, num_patches=16,
         patch_size=7)), seed=5)
     model.save_pretrained(tmp_path / "hf")
@@ -230,7 +235,9 @@ def test_transformers_siglip2_vision_model_at_its_fixed_resolution_in_and_back(t
     convert(tmp_path / "out.msgpack", tmp_path / "back", to_format="hf")
     back, info = Siglip2VisionModel.from_pretrained(tmp_path / "back", output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
-    written, original = safetensors.torch.load_file(tmp_path / "back" / "model.safetensors"), model.state_dict()
+    written = {key.removeprefix("vision_model."): value
+               for key, value in safetensors.torch.load_file(tmp_path / "back" / "model.safetensors").items()}
+    original = {key.removeprefix("vision_model."): value for key, value in model.state_dict().items()}
     assert sorted(written) == sorted(original)
     for key, value in written.items():
         assert torch.equal(value, original[key]), key
@@ -243,8 +250,6 @@ SWIGLU_HF = {"Dinov2Model": dict(), "Dinov2WithRegistersModel": dict(num_registe
 @pytest.fixture(scope="module")
 def dinov2_swiglu(tmp_path_factory):
     """Per class, a tiny perturbed transformers DINOv2 with use_swiglu_ffn and its save_pretrained directory."""
-    from test_families import perturb
-
     transformers = pytest.importorskip("transformers")
     root, models = tmp_path_factory.mktemp("dinov2_swiglu"), {}
     for name, extra in SWIGLU_HF.items():
@@ -262,7 +267,6 @@ def dinov2_swiglu(tmp_path_factory):
 def test_transformers_dinov2_swiglu_in_and_back(dinov2_swiglu, tmp_path, capsys, name):
     """`convert DIR x.msgpack` with no flag (Flax and twin within 1e-5); --to hf writes use_swiglu_ffn and the
     hub's weights_in / weights_out, which transformers loads strict, every tensor bit-exact."""
-    from test_families import check_in, same_state
 
     root, models = dinov2_swiglu
     source = models[name]
@@ -279,6 +283,7 @@ def test_transformers_dinov2_swiglu_in_and_back(dinov2_swiglu, tmp_path, capsys,
     same_state(safetensors.torch.load_file(root / name / "model.safetensors"), on_disk)
 
 
+@needs_transformers_5
 def test_transformers_dinov2_swiglu_in_its_module_names_and_a_disagreeing_width(dinov2_swiglu, tmp_path, capsys):
     """transformers 5's own names (weights_in split into gate_proj, up_proj; down_proj) read as the hub's; a
     config.json whose mlp_ratio builds another width than the tensors' is refused, naming both."""
@@ -303,12 +308,14 @@ def test_transformers_dinov2_swiglu_in_its_module_names_and_a_disagreeing_width(
     assert_fails_cleanly([tmp_path / "v5", tmp_path / "bad.msgpack"], capsys, "says mlp_dim=48", "mlp_dim=88")
 
 
+@needs_transformers_5
 def test_dinov2_swiglu_widths_are_transformers_own():
     """The width our config gets from (hidden_size, mlp_ratio) is the one Dinov2SwiGLUFFN builds (DINOv2-g:
     4096, timm's and the preset's); a width its rounding cannot make is refused on the way out."""
     transformers = pytest.importorskip("transformers")
     from transformers.models.dinov2.modeling_dinov2 import Dinov2SwiGLUFFN
 
+    from vit_jax.families import dinov2
     from vit_jax.formats import ConversionError, hf, hf_families
 
     giant = vit_jax.get_config("DINOv2-g_14")
@@ -317,8 +324,8 @@ def test_dinov2_swiglu_widths_are_transformers_own():
     for hidden, ratio in [(1536, 4), (32, 4), (32, 2), (40, 3), (384, 5)]:
         with torch.device("meta"):
             built = Dinov2SwiGLUFFN(transformers.Dinov2Config(hidden_size=hidden, mlp_ratio=ratio))
-        assert hf_families.dinov2_mlp_width(hidden, ratio, True) == built.down_proj.in_features
-    assert hf_families.dinov2_mlp_width(1536, 4, True) == giant.mlp_dim == 4096
+        assert dinov2.transformers_mlp_width(hidden, ratio, True) == built.down_proj.in_features
+    assert dinov2.transformers_mlp_width(1536, 4, True) == giant.mlp_dim == 4096
     hf.check_expressible(giant)
     with pytest.raises(ConversionError, match=r"mlp_dim 40 \(transformers' DINOv2 SwiGLU .* \[24, 48"):
         hf.check_expressible(giant.replace(hidden_size=32, mlp_dim=40, num_heads=2))

@@ -1,4 +1,4 @@
-"""Today's ViT families in and out: timm hub directories and Hugging Face DINOv2, CLIP and DeiT directories.
+"""DeiT, DINOv2, CLIP and MAE in and out: timm hub directories and Hugging Face DINOv2, CLIP and DeiT directories.
 
 Each source is the real timm 1.0.31 / transformers model, tiny, with every parameter (LayerScale, norms,
 class, distillation and register tokens) moved away from its init. `python -m parity convert DIR
@@ -17,7 +17,8 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import apply, nchw, rel_l2
-from test_convert_errors import assert_fails_cleanly, run_cli
+from family_helpers import check_in, perturb, same_state
+from test_convert_errors import assert_fails_cleanly
 from torchvision_stub import import_timm
 
 from parity.convert import convert
@@ -25,7 +26,6 @@ from vit_jax import get_config
 from vit_jax.formats.mapping import expected_torch_shapes
 from vit_jax.formats.read import read_flax_params
 from vit_jax.formats.timm_archs import PRESET_ARCHITECTURES, PRESET_MODEL_ARGS
-from vit_torch_ref.pretrained import load_pretrained as load_twin
 
 timm = import_timm()
 transformers = pytest.importorskip("transformers")
@@ -57,15 +57,6 @@ HF_CASES = {  # class -> (config, the output the project's model gives)
 }
 
 
-def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter moved away from its init (LayerScale 1e-5, zero tokens, unit norms would hide errors)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.2)
-    return model.eval()
-
-
 def timm_model(arch: str):
     return perturb(timm.create_model(arch, pretrained=False, **TINY, **TIMM_CASES[arch]))
 
@@ -90,27 +81,6 @@ def hf_dirs(tmp_path_factory):
         torch.manual_seed(0)
         perturb(getattr(transformers, name)(config())).save_pretrained(root / name)
     return root
-
-
-def check_in(src: Path, dst: Path, want_fn, capsys) -> tuple:
-    """`convert SRC DST.msgpack` at the CLI, then the Flax model and the twin against the source's output."""
-    code, err = run_cli([src, dst], capsys)
-    assert code == 0, err
-    config, params = read_flax_params(dst)
-    images = np.random.default_rng(0).uniform(-1, 1, (2, *config.image_hw, 3)).astype(np.float32)
-    with torch.no_grad():
-        want = want_fn(nchw(images)).numpy()
-    assert rel_l2(apply(config, params, images), want) < 1e-5
-    _, twin = load_twin(src)
-    with torch.no_grad():
-        assert rel_l2(twin(nchw(images)).numpy(), want) < 1e-5
-    return config, params
-
-
-def same_state(want: dict, got: dict) -> None:
-    assert sorted(got) == sorted(want)
-    for key, value in want.items():
-        assert torch.equal(got[key], value), key
 
 
 @needs_timm
