@@ -144,3 +144,26 @@ def test_unsupported_settings_are_named():
         timm_transform({"input_size": (3, 224, 224), "crop_mode": "border", "mean": (0.5,) * 3, "std": (0.5,) * 3})
     with pytest.raises(DataError, match="uint8"):
         load_transform(vit_jax.get_config("Ti/16"))(np.zeros((8, 8, 3), np.float32))
+
+
+@needs_timm
+def test_predict_uses_the_checkpoints_transform(photos, tmp_path, capsys):
+    from timm.models._hub import save_for_hf
+
+    from vit_jax.predict import main as predict_main
+
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, embed_dim=32, depth=1, num_heads=2,
+                              img_size=32, patch_size=16, num_classes=4).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(50.0)  # probabilities far apart enough to tell a wrong preprocessing
+    save_for_hf(model, tmp_path / "dir", safe_serialization=True)
+    photos[0].save(tmp_path / "china.png")
+    data_config = timm.data.resolve_data_config(model=timm.create_model(f"local-dir:{tmp_path / 'dir'}"))
+    with torch.no_grad():
+        x = torch.from_numpy(timm_pixels(photos[0], data_config)).permute(2, 0, 1)[None]
+        want = torch.softmax(model(x), -1)[0].numpy()
+    assert predict_main(["--checkpoint", str(tmp_path / "dir"), str(tmp_path / "china.png"), "--top-k", "4"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    got = {int(c): float(p) for c, p in (pair.split() for pair in line.split(": ", 1)[1].split(", "))}
+    np.testing.assert_allclose([got[i] for i in range(4)], want, atol=2e-3)  # printed to 3 decimals

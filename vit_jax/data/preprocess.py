@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from vit_jax.config import ViTConfig
+from vit_jax.data.decode import decode_image
 from vit_jax.data.errors import DataError
 from vit_jax.data.transforms import ImageTransform
 from vit_jax.formats import training_run
@@ -156,14 +156,28 @@ def config_transform(config: ViTConfig, crop_fraction: float = 1.0) -> _OneImage
 
 @dataclass(frozen=True)
 class _OneImage:
-    """ImageTransform (batches of arrays) as a callable on one image."""
+    """ImageTransform (batches of arrays) as a callable on one image: PIL, or an (H, W, C) array as decode_image
+    gives (uint8, or float32 in [0, 1])."""
 
     transform: ImageTransform
     source: str = "config"
 
     def __call__(self, image: Image.Image | np.ndarray) -> np.ndarray:
-        array = np.asarray(_to_pil(image))
-        return self.transform([array[..., None] if array.ndim == 2 else array])[0]
+        if isinstance(image, Image.Image):
+            image = np.asarray(image.convert("L" if self.transform.channels == 1 else "RGB"))
+        return self.transform([image[..., None] if image.ndim == 2 else image])[0]
+
+
+def source_transform(checkpoint: str | os.PathLike) -> Preprocess | None:
+    """The preprocessing a timm or transformers checkpoint directory states (hub names resolved), else None."""
+    path = Path(resolve_checkpoint(checkpoint))
+    directory = path if path.is_dir() else path.parent
+    if training_run.locate(path) is not None:
+        return None
+    if (directory / HF_PREPROCESSOR).is_file():
+        return transformers_transform(_read_json(directory / HF_PREPROCESSOR))
+    timm_config = _read_json(directory / TIMM_CONFIG) if (directory / TIMM_CONFIG).is_file() else {}
+    return timm_transform(timm_config["pretrained_cfg"]) if "pretrained_cfg" in timm_config else None
 
 
 def load_transform(checkpoint: str | os.PathLike | ViTConfig, crop_fraction: float = 1.0
@@ -177,12 +191,9 @@ def load_transform(checkpoint: str | os.PathLike | ViTConfig, crop_fraction: flo
     if run is not None:  # a train.py run: its model config and eval crop
         settings = training_run.read_run_config(run[0])
         return config_transform(ViTConfig.from_dict(settings["model"]), settings.get("eval_crop_fraction", 1.0))
-    directory = path if path.is_dir() else path.parent
-    if (directory / HF_PREPROCESSOR).is_file():
-        return transformers_transform(_read_json(directory / HF_PREPROCESSOR))
-    timm_config = _read_json(directory / TIMM_CONFIG) if (directory / TIMM_CONFIG).is_file() else {}
-    if "pretrained_cfg" in timm_config:
-        return timm_transform(timm_config["pretrained_cfg"])
+    stated = source_transform(path)
+    if stated is not None:
+        return stated
     config, _ = open_checkpoint(path)  # the config of any format, with its sidecar's pixel statistics
     return config_transform(config, crop_fraction)
 
@@ -194,6 +205,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: not readable JSON ({error})") from None
 
 
-def stack(transform, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
-    """A batch (B, H, W, C) of transformed images."""
-    return np.stack([transform(image) for image in images])
+def transform_file(transform: Preprocess | _OneImage, path: str, channels: int) -> np.ndarray:
+    """One image file through `transform`; a DataError (CorruptImageError) naming the file if it cannot be read."""
+    image = decode_image(path, channels)
+    if isinstance(transform, Preprocess) and image.dtype != np.uint8:  # a 16-bit or float file, in [0, 1]
+        image = np.round(image * 255).astype(np.uint8)
+    return transform(image)
