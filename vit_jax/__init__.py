@@ -16,6 +16,7 @@ _EXPORTS = {
     "vit_jax.posemb": ("resize_pos_embed", "sincos_2d"),
     "vit_jax.pretrained": ("load_pretrained",),
     "vit_jax.data.preprocess": ("load_transform",),
+    "vit_jax.nnx_model": ("nnx_model",),
     "vit_jax.rollout": ("attention_rollout",),
     "vit_jax.model_summary": ("summary",),
 }
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from vit_jax.data.preprocess import load_transform  # noqa: F401
     from vit_jax.model import VisionTransformer, count_params, init_params, param_shapes  # noqa: F401
     from vit_jax.model_summary import summary  # noqa: F401
+    from vit_jax.nnx_model import nnx_model  # noqa: F401
     from vit_jax.params import resize_params, stack_block_params, to_layout, unstack_block_params  # noqa: F401
     from vit_jax.posemb import resize_pos_embed, sincos_2d  # noqa: F401
     from vit_jax.pretrained import load_pretrained  # noqa: F401
