@@ -78,5 +78,5 @@ def test_load_pretrained_returns_the_nnx_model(tmp_path):
 def test_params_of_another_model_are_named():
     config = CONFIGS["token"]
     params = vit_jax.init_params(config.replace(num_classes=7))
-    with pytest.raises(ValueError, match="head/bias. is \(7,\), expected \(5,\)"):
+    with pytest.raises(ValueError, match=r"head/bias. is \(7,\), expected \(5,\)"):
         vit_jax.nnx_model(config, params)
