@@ -62,6 +62,7 @@ from vit_jax.rope import apply_rope
 Array = jax.Array
 Intermediates = dict[str, Array]
 INTERMEDIATES = "intermediates"  # the collection the modules sow their outputs into
+HEAD_OUTPUT = "head_output."  # the prefix of the heads' sown outputs
 
 
 def _block_layer(layer: type[nn.Module], c: ViTConfig, **kwargs) -> functools.partial:
@@ -275,8 +276,8 @@ class VisionTransformer(nn.Module):
 
         # pooling, fc_norm, pre-logits, the classifier and distillation heads (vit_jax/heads.py)
         x, head_inter = head_output(c, x, MlpBlock)
-        for name, value in head_inter.items():
-            self.sow(INTERMEDIATES, name, value)
+        for name, value in head_inter.items():  # apart from the head's module names ('pre_logits' is both)
+            self.sow(INTERMEDIATES, HEAD_OUTPUT + name, value)
         return x
 
     def forward_intermediates(
@@ -360,13 +361,13 @@ def apply_with_intermediates(model: VisionTransformer, variables: dict, images: 
 def named_intermediates(sown: dict, num_layers: int) -> Intermediates:
     """The 'intermediates' collection by canonical name: a block's 'out' is blocks.{i}, its 'attn' blocks.{i}.attn.
 
-    Module paths are dropped (the encoder's names are unique in the model); a scanned encoder's stacked values are
-    split per block.
+    Module paths and the heads' prefix are dropped (the canonical names are unique in the model); a scanned
+    encoder's stacked values are split per block.
     """
     named: Intermediates = {}
     for key, value in sown.items():
         if key != "Transformer":
-            named[key] = value[0]
+            named[key.removeprefix(HEAD_OUTPUT)] = value[0]
             continue
         for name, inner in value.items():
             if name == "encoderblock":  # scanned: one leading layer axis
