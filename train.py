@@ -48,6 +48,7 @@ from vit_jax.data import (
     reset_skipped_corrupt_files,
     skipped_corrupt_files,
 )
+from vit_jax.data.preprocess import init_transform
 from vit_jax.formats import ConversionError, training_run
 from vit_jax.formats.base import write_json_atomic
 from vit_jax.kernels import resolve_kernels
@@ -309,6 +310,7 @@ def evaluate(eval_step, params, dataset, model: ViTConfig, config: TrainConfig, 
         num_epochs=1,
         num_workers=config.num_workers,
         on_corrupt=config.on_corrupt,
+        eval_transform=init_transform(config.init, model),  # a timm/transformers --init: its own eval preprocessing
     )
     totals = None
     for batch in loader:

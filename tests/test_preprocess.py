@@ -167,3 +167,32 @@ def test_predict_uses_the_checkpoints_transform(photos, tmp_path, capsys):
     line = capsys.readouterr().out.splitlines()[-1]
     got = {int(c): float(p) for c, p in (pair.split() for pair in line.split(": ", 1)[1].split(", "))}
     np.testing.assert_allclose([got[i] for i in range(4)], want, atol=2e-3)  # printed to 3 decimals
+
+
+@needs_timm
+def test_the_eval_loader_and_a_fine_tuned_runs_predict_use_the_init_checkpoints_transform(photos, tmp_path):
+    from vit_jax.data.folder import load_folder_records
+    from vit_jax.data.loader import make_loader
+    from vit_jax.data.preprocess import init_transform, run_transform
+
+    cfg = timm.models.get_pretrained_cfg("deit_tiny_patch16_224.fb_in1k").to_dict() | {"input_size": (3, 32, 32)}
+    (tmp_path / "init").mkdir()
+    (tmp_path / "init" / "config.json").write_text(json.dumps({"architecture": "deit_tiny", "pretrained_cfg": cfg}))
+    for split in ("train", "val"):
+        for label, photo in enumerate(photos[:2]):
+            (tmp_path / "data" / split / f"class{label}").mkdir(parents=True)
+            photo.save(tmp_path / "data" / split / f"class{label}" / "photo.png")
+    _, eval_records, _, _ = load_folder_records(str(tmp_path / "data"), None, 0.0, 0, 3)
+    model = vit_jax.get_config("Ti/16").replace(image_size=32)
+    transform = init_transform(tmp_path / "init", model)
+    assert transform is not None and transform.source == "timm"
+    assert init_transform(tmp_path / "init", model.replace(image_size=48)) is None  # another resolution: the config's
+    loader = make_loader(eval_records, batch_size=2, image_size=32, mean=model.pixel_mean, std=model.pixel_std,
+                         train=False, eval_transform=transform)
+    batch = next(iter(loader))
+    loader.close()
+    for image, label in zip(batch["image"], batch["label"]):
+        np.testing.assert_allclose(image, timm_pixels(photos[int(label)], timm.data.resolve_data_config(
+            pretrained_cfg=cfg)), rtol=0, atol=1e-5)
+    run = {"model": model.to_dict(), "train": {"init": str(tmp_path / "init")}, "eval_crop_fraction": 0.875}
+    assert run_transform(run) == transform  # predict on the run applies what its evaluation did

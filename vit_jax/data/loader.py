@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grain
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from vit_jax.data.batches import ON_CORRUPT, BatchMaker
 from vit_jax.data.errors import DataError
 from vit_jax.data.iterator import BatchIterator
+from vit_jax.data.preprocess import BatchTransform
 from vit_jax.data.records import RecordSource
 from vit_jax.data.transforms import ImageTransform
 
@@ -113,6 +114,7 @@ def make_loader(
     num_threads: int = 1,
     prefetch: int = 2,
     worker_buffer_size: int = 2,
+    eval_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> BatchIterator:
     """Batches of {'image': float32 (B, h, w, C), 'label': int32 (B,)} from `source`.
 
@@ -127,7 +129,9 @@ def make_loader(
     jax.process_index()/jax.process_count(). flip, crop_scale and crop_fraction
     default to the source's own defaults (`source.defaults`). num_workers > 0
     runs the transforms in that many Grain worker processes; num_threads and
-    prefetch control background batches in this process.
+    prefetch control background batches in this process. `eval_transform`, with
+    train=False, replaces the resize, crop and normalisation: a per-image
+    callable such as `vit_jax.load_transform(checkpoint)` (the checkpoint's own).
     """
     batch_size = _positive_int("batch_size", batch_size)
     if isinstance(image_size, (int, np.integer)):
@@ -142,6 +146,8 @@ def make_loader(
     shuffle_seed, augment_seed = _derived_seeds(seed)
     transform = _transform(source, train, augment, image_size, mean, std, flip=flip, crop_scale=crop_scale,
                            crop_ratio=crop_ratio, crop_fraction=crop_fraction, resample=resample)
+    if eval_transform is not None and not train:
+        transform = BatchTransform(eval_transform)
     n = len(source)
     global_batch = batch_size * shard_count
     num_epochs, num_batches, padded_epoch = _batch_plan(source, train, num_epochs, batch_size, shard_count)

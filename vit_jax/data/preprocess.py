@@ -183,19 +183,53 @@ def source_transform(checkpoint: str | os.PathLike) -> Preprocess | None:
 def load_transform(checkpoint: str | os.PathLike | ViTConfig, crop_fraction: float = 1.0
                    ) -> Preprocess | _OneImage:
     """The eval preprocessing of `checkpoint` (a path, an hf-hub: name, or a ViTConfig): a callable on one PIL
-    image or uint8 (H, W, C) array returning float32 (H, W, C), equal to the source library's preprocessing."""
+    image or uint8 (H, W, C) array returning float32 (H, W, C), equal to the source library's preprocessing.
+    `crop_fraction` applies to the project's own transform (a config, or a weights file without one)."""
     if isinstance(checkpoint, ViTConfig):
         return config_transform(checkpoint, crop_fraction)
     path = Path(resolve_checkpoint(checkpoint))
     run = training_run.locate(path)
-    if run is not None:  # a train.py run: its model config and eval crop
-        settings = training_run.read_run_config(run[0])
-        return config_transform(ViTConfig.from_dict(settings["model"]), settings.get("eval_crop_fraction", 1.0))
+    if run is not None:
+        return run_transform(training_run.read_run_config(run[0]))
     stated = source_transform(path)
     if stated is not None:
         return stated
     config, _ = open_checkpoint(path)  # the config of any format, with its sidecar's pixel statistics
     return config_transform(config, crop_fraction)
+
+
+def init_transform(init: str | os.PathLike | None, model: ViTConfig) -> Preprocess | None:
+    """How a run fine-tuned from `init` evaluates: the checkpoint's own preprocessing when it states one for the
+    run's image size and channels (timm, transformers), else None (the config's eval transform)."""
+    stated = source_transform(init) if init else None
+    if stated is None or stated.crop != model.image_hw or len(stated.mean) != model.num_channels:
+        return None
+    return stated
+
+
+def run_transform(run: dict[str, Any]) -> Preprocess | _OneImage:
+    """The eval transform of a train.py run (its config.json): the one its evaluation used."""
+    model = ViTConfig.from_dict(run["model"])
+    stated = init_transform(run.get("train", {}).get("init"), model)
+    return stated or config_transform(model, run.get("eval_crop_fraction", 1.0))
+
+
+@dataclass(frozen=True)
+class BatchTransform:
+    """A per-image eval transform as the data loader's batch transform (vit_jax.data.loader.make_loader)."""
+
+    transform: Preprocess | _OneImage
+    train: bool = False
+    random: bool = False
+
+    def __call__(self, images, u: np.ndarray | None = None) -> np.ndarray:
+        return np.stack([self.transform(_as_uint8(image)) for image in images])
+
+
+def _as_uint8(image: np.ndarray) -> np.ndarray:
+    """decode_image's output for a PIL-based transform: a 16-bit or float image in [0, 1] -> uint8."""
+    image = np.asarray(image)
+    return image if image.dtype == np.uint8 else np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -208,6 +242,4 @@ def _read_json(path: Path) -> dict[str, Any]:
 def transform_file(transform: Preprocess | _OneImage, path: str, channels: int) -> np.ndarray:
     """One image file through `transform`; a DataError (CorruptImageError) naming the file if it cannot be read."""
     image = decode_image(path, channels)
-    if isinstance(transform, Preprocess) and image.dtype != np.uint8:  # a 16-bit or float file, in [0, 1]
-        image = np.round(image * 255).astype(np.uint8)
-    return transform(image)
+    return transform(_as_uint8(image) if isinstance(transform, Preprocess) else image)
