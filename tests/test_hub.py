@@ -100,3 +100,17 @@ def test_malformed_hub_names_are_refused(name):
 
 def test_other_paths_are_left_alone(tmp_path):
     assert resolve_checkpoint(tmp_path) == tmp_path and resolve_checkpoint("ViT-B_16.npz") == "ViT-B_16.npz"
+
+
+def test_predict_takes_a_hub_name(hub, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from vit_jax.predict import main as predict_main
+
+    cache, _, new, _ = hub
+    use_cache(monkeypatch, cache)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8)).save(tmp_path / "x.png")
+    assert predict_main(["--checkpoint", f"hf-hub:{REPO}", str(tmp_path / "x.png"), "--top-k", "5"]) == 0
+    by_name = capsys.readouterr().out.splitlines()[-1]
+    assert predict_main(["--checkpoint", str(new), str(tmp_path / "x.png"), "--top-k", "5"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == by_name
