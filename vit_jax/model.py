@@ -303,7 +303,9 @@ class VisionTransformer(nn.Module):
         if output_fmt not in OUTPUT_FORMATS:
             raise ValueError(f"output_fmt {output_fmt!r} is not one of {OUTPUT_FORMATS}")
         params = self.variables["params"]
-        final, inter = apply_with_intermediates(VisionTransformer(c, parent=None), {"params": params}, images)
+        # A method cannot make its own 'intermediates' mutable: the same model is applied functionally, and what its
+        # modules sow is read back.
+        _, inter = apply_with_intermediates(VisionTransformer(c, parent=None), {"params": params}, images)
         blocks = [inter[f"blocks.{i}"] for i in take]
         if norm and c.final_norm:
             final_norm = _EncoderNorm(c, parent=None)  # a free module, applied on its own
