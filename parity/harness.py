@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from vit_jax.config import ViTConfig
 from vit_jax.formats import mapping
 from vit_jax.formats.torch_arrays import to_numpy, to_torch
-from vit_jax.model import Encoder1DBlock, VisionTransformer
+from vit_jax.model import INTERMEDIATES, Encoder1DBlock, VisionTransformer, apply_with_intermediates
 from vit_jax.params import unstack_block_params
 
 OUTER = None  # the group of every parameter outside the encoder blocks; block groups are their indices
@@ -185,7 +185,7 @@ def _stand_in_blocks(replacement: jax.Array | None, seen: list) -> Callable:
     def interceptor(next_fun, args, kwargs, context):
         if isinstance(context.module, Encoder1DBlock) and context.method_name == "__call__":
             seen.append(args[0])
-            return (args[0] if replacement is None else replacement), {}
+            return args[0] if replacement is None else replacement
         return next_fun(*args, **kwargs)
 
     return interceptor
@@ -197,23 +197,24 @@ class JaxSide(Side):
         self.device = device
         # The whole model with one (stood-in) block: its embedding and head are the model's own code.
         outer = VisionTransformer(config.replace(num_layers=1, scan=False, remat=False))
-        block = Encoder1DBlock(config, return_intermediates=True, return_attention=True)
+        block = Encoder1DBlock(config, return_attention=True)
         pre, post = stage_names(config)
         loss_dtype = jnp.dtype(config.param_dtype)
 
         def embed(p, images):
             seen: list = []
             with nn.intercept_methods(_stand_in_blocks(None, seen)):
-                _, inter = outer.apply({"params": p}, images, return_intermediates=True, return_attention=True)
+                _, inter = apply_with_intermediates(outer, {"params": p}, images, return_attention=True)
             return seen[0], {k: inter[k] for k in pre}
 
         def head(p, images, x, targets):
             with nn.intercept_methods(_stand_in_blocks(x, [])):
-                out, inter = outer.apply({"params": p}, images, return_intermediates=True, return_attention=True)
+                out, inter = apply_with_intermediates(outer, {"params": p}, images, return_attention=True)
             return _jax_loss(out, targets, loss_dtype), {k: inter[k] for k in post}
 
         def run_block(p, x):
-            return block.apply({"params": p}, x, 0.0)
+            y, sown = block.apply({"params": p}, x, 0.0, mutable=[INTERMEDIATES])
+            return y, {name: value[0] for name, value in sown[INTERMEDIATES].items()}
 
         def block_vjp(p, x, cotangent):
             return jax.vjp(lambda p, x: run_block(p, x)[0], p, x)[1](cotangent)

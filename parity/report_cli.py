@@ -25,6 +25,7 @@ from parity.render import write_report
 from parity.tolerances import RELATIVE_ERROR_DEFINITION, RULE, ZERO_GRADIENT_FRACTION, tolerances_for
 from vit_jax.config import KERNELS, ConfigError, ViTConfig, get_config, parse_assignment
 from vit_jax.formats.base import ConversionError, file_above
+from vit_jax.formats.hub import is_hub_name
 from vit_jax.formats.mapping import MappingError
 from vit_jax.formats.stream import open_flax_params_lazy
 from vit_jax.help_format import DefaultsHelpFormatter
@@ -105,7 +106,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {args.out!r} exists and is not a directory")
     if file_above(args.out) is not None:
         raise UsageError(f"--out {args.out!r}: {file_above(args.out)} is a file, not a directory")
-    if args.checkpoint and not os.path.exists(args.checkpoint):
+    if args.checkpoint and not is_hub_name(args.checkpoint) and not os.path.exists(args.checkpoint):
         raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist")
 
 

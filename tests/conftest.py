@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vit_jax import VisionTransformer
+from vit_jax.model import apply_with_intermediates
 
 torch.set_num_threads(2)
 
@@ -34,13 +35,18 @@ def assert_same_gradients(got, want, rel: float = 1e-6):
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_apply(config, **kw):
-    return jax.jit(lambda p, x, r: VisionTransformer(config).apply({"params": p}, x, rngs=r, **kw))
+def _jitted_apply(config, intermediates=False, **kw):
+    model = VisionTransformer(config)
+    if intermediates:
+        return jax.jit(lambda p, x, r: apply_with_intermediates(model, {"params": p}, x, rngs=r, **kw))
+    return jax.jit(lambda p, x, r: model.apply({"params": p}, x, rngs=r, **kw))
 
 
-def apply(config, params, images, rngs=None, **kw):
-    """Jitted apply, compiled once per (config, flags): eager dispatch is slow on CPU."""
-    return _jitted_apply(config, **kw)(params, images, rngs)
+def apply(config, params, images, rngs=None, intermediates=False, **kw):
+    """Jitted apply, compiled once per (config, flags): eager dispatch is slow on CPU.
+
+    With `intermediates`, (output, the sown intermediates by canonical name)."""
+    return _jitted_apply(config, intermediates, **kw)(params, images, rngs)
 
 
 def random_images(config, batch: int = 2, seed: int = 0) -> np.ndarray:

@@ -20,7 +20,7 @@ from parity import harness, judge
 from parity.tolerances import tolerances_for
 from vit_jax.config import ViTConfig
 from vit_jax.formats.torch_arrays import to_numpy
-from vit_jax.model import VisionTransformer
+from vit_jax.model import VisionTransformer, apply_with_intermediates
 
 
 def run_flax(config: ViTConfig, params, images, targets, device) -> tuple[dict, dict, float]:
@@ -29,7 +29,7 @@ def run_flax(config: ViTConfig, params, images, targets, device) -> tuple[dict, 
     dtype = jnp.dtype(config.param_dtype)
 
     def forward(p, x, y):
-        out, inter = model.apply({"params": p}, x, return_intermediates=True, return_attention=True)
+        out, inter = apply_with_intermediates(model, {"params": p}, x, return_attention=True)
         return harness._jax_loss(out, y, dtype), inter
 
     with jax.default_device(device):

@@ -15,7 +15,7 @@ from vit_jax import get_config
 from vit_jax.attention_map import COLOUR_BAR_SPACE, LABEL_LEFT, LABEL_TOP, heat_overlay, main
 from vit_jax.data import decode_image_file
 from vit_jax.formats.mapping import unflatten
-from vit_jax.model import VisionTransformer
+from vit_jax.model import VisionTransformer, apply_with_intermediates
 
 CONFIG = get_config("ViT-testing")  # 16 px, patch 4 (a 4x4 grid), 2 heads, 2 layers, class token
 
@@ -39,7 +39,7 @@ def _weights(folder, config) -> tuple[str, dict]:
 def _model_probs(config, params, image_path: str) -> dict:
     """The Flax model's attention probabilities for one file, preprocessed as a bare weights file is."""
     x = decode_image_file(image_path, config.image_hw, config.pixel_mean, config.pixel_std, config.num_channels, 1.0)
-    return VisionTransformer(config).apply({"params": params}, x[None], return_attention=True)[1]
+    return apply_with_intermediates(VisionTransformer(config), {"params": params}, x[None], return_attention=True)[1]
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from vit_jax import ViTConfig, get_config
 from vit_jax.formats.mapping import flatten, unflatten
 from vit_jax.formats.read import read_flax_params, read_state_dict
 from vit_jax.formats.torch_arrays import state_dict_to_numpy, to_numpy
+from vit_jax.model import apply_with_intermediates
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # from_pretrained on local directories only
 
@@ -211,7 +212,7 @@ def test_image_size_resizes_posemb_like_vit_jax(tmp_path, source_npz):
     _, params = vit_jax.load_pretrained(tmp_path / "big.safetensors")
     with torch.no_grad():
         out = model(nchw(images), return_intermediates=True)[1]["pre_logits"].numpy()
-    ref = vit_jax.VisionTransformer(config).apply({"params": params}, images, return_intermediates=True)[1]
+    ref = apply_with_intermediates(vit_jax.VisionTransformer(config), {"params": params}, images)[1]
     assert rel_l2(out, ref["pre_logits"]) < 1e-5
 
 

@@ -22,7 +22,7 @@ import pytest
 
 import vit_jax
 from vit_jax.cpu import onednn as cpu_matmuls
-from vit_jax.model import VisionTransformer, init_params
+from vit_jax.model import VisionTransformer, apply_with_intermediates, init_params
 from vit_jax.training.config import TRAINING_PRESETS
 
 # Each case: (preset, config overrides, image size); bfloat16 cases are compared loosely.
@@ -73,7 +73,7 @@ def _numbers(name: str) -> dict:
     # Each result is waited for while its compiled function is alive (see vit_jax/cpu/onednn.py).
     train_grads = jax.jit(jax.value_and_grad(loss_fn))
     loss, grads = jax.block_until_ready(train_grads(params))
-    infer = jax.jit(lambda p: model.apply({"params": p}, images, return_attention=True))
+    infer = jax.jit(lambda p: apply_with_intermediates(model, {"params": p}, images, return_attention=True))
     logits, inter = jax.block_until_ready(infer(params))
     # The plain forward differs from the two above: the attention core undifferentiated,
     # and the final norm on the class token only.

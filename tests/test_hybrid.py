@@ -24,6 +24,7 @@ from vit_jax.formats.base import ConversionError, TensorSource
 from vit_jax.formats.infer import build_config
 from vit_jax.formats.mapping import flatten, unflatten
 from vit_jax.formats.read import read_flax_params
+from vit_jax.model import apply_with_intermediates
 from vit_torch_ref.model import VisionTransformer as TorchViT
 
 # Two stages (stride 8) of width 32 on 32 px: a 4x4 grid of 1x1 patches.
@@ -105,7 +106,7 @@ def test_stem_computes_googles_definition_in_both_frameworks(config):
     want = _np_stem(flat, images.astype(np.float64), config.resnet_layers)
     assert want.shape[1:] == (*config.stem_hw, config.stem_width)
 
-    _, inter = vit_jax.VisionTransformer(config).apply({"params": unflatten(flat)}, images, return_intermediates=True)
+    _, inter = apply_with_intermediates(vit_jax.VisionTransformer(config), {"params": unflatten(flat)}, images)
     assert rel_l2(inter["stem"], want) < 2e-6
 
     twin = TorchViT(config).eval()

@@ -17,6 +17,7 @@ from vit_jax.attention import explicit_attention
 from vit_jax.cpu import attention as cpu_attention
 from vit_jax.cpu.autodiff import ForwardModeError
 from vit_jax.kernels import resolve_kernels
+from vit_jax.model import apply_with_intermediates
 
 TINY = get_config("ViT-testing", head_zero_init=False)
 CPU_TINY = TINY.replace(kernels="cpu")
@@ -68,9 +69,8 @@ def test_reference_and_cpu_kernels_compute_the_same_function(case):
         assert abs(float(got) - float(want)) <= tol * max(1.0, abs(float(want))), (got, want)
         assert_same_gradients(g_got, g_want, rel=tol * 10 if reference.dtype == "bfloat16" else tol)
         if not reference.scan:
-            ref_out, ref_inter = VisionTransformer(reference).apply({"params": params}, images,
-                                                                    return_intermediates=True)
-            cpu_out, cpu_inter = VisionTransformer(cpu).apply({"params": params}, images, return_intermediates=True)
+            ref_out, ref_inter = apply_with_intermediates(VisionTransformer(reference), {"params": params}, images)
+            cpu_out, cpu_inter = apply_with_intermediates(VisionTransformer(cpu), {"params": params}, images)
             for name in ref_inter:
                 assert rel_l2(cpu_inter[name], ref_inter[name]) < tol, name
 
@@ -162,18 +162,18 @@ def test_resolve_kernels():
 
 def test_cpu_class_token_norm_matches_the_full_final_norm_forward_and_backward():
     # With classifier 'token' the CPU kernels normalise only the class token at the end;
-    # with return_intermediates it normalises every token (the 'norm' intermediate).
+    # with the intermediates captured it normalises every token (the 'norm' intermediate).
     params = vit_jax.init_params(CPU_TINY)
     images = random_images(CPU_TINY)
     model = VisionTransformer(CPU_TINY)
 
-    def loss(p, **kw):
-        out = model.apply({"params": p}, images, **kw)
-        logits = out[0] if kw else out
+    def loss(p, capture=False):
+        variables = {"params": p}
+        logits = apply_with_intermediates(model, variables, images)[0] if capture else model.apply(variables, images)
         return jnp.sum(jnp.sin(logits))
 
     class_only = jax.jit(jax.value_and_grad(loss))(params)
-    full_norm = jax.jit(jax.value_and_grad(functools.partial(loss, return_intermediates=True)))(params)
+    full_norm = jax.jit(jax.value_and_grad(functools.partial(loss, capture=True)))(params)
     np.testing.assert_allclose(class_only[0], full_norm[0], rtol=1e-6)
     grads, ref = jax.tree.leaves(class_only[1]), jax.tree.leaves(full_norm[1])
     scale = max(float(jnp.abs(g).max()) for g in ref)

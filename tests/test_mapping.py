@@ -13,6 +13,7 @@ import parity
 import vit_jax
 from parity import MappingError
 from vit_jax import VisionTransformer, get_config
+from vit_jax.model import apply_with_intermediates
 
 TINY = get_config("ViT-testing", head_zero_init=False)
 
@@ -38,7 +39,7 @@ OPTION_CONFIGS = {
 @functools.lru_cache(maxsize=None)
 def _flax_forward(config):
     model = VisionTransformer(config)
-    return jax.jit(lambda p, x: model.apply({"params": p}, x, return_intermediates=True, return_attention=True))
+    return jax.jit(lambda p, x: apply_with_intermediates(model, {"params": p}, x, return_attention=True))
 
 
 def layer_table(errors):

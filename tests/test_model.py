@@ -97,16 +97,16 @@ def test_output_shapes_per_classifier(overrides, out_shape):
 def test_intermediates_and_attention_have_canonical_names():
     params = vit_jax.init_params(TINY)
     plain = apply(TINY, params, random_images(TINY))
-    logits, inter = apply(TINY, params, random_images(TINY), return_intermediates=True, return_attention=True)
+    logits, inter = apply(TINY, params, random_images(TINY), intermediates=True, return_attention=True)
     assert list(inter) == TINY.layer_names(attention=True) or set(inter) == set(TINY.layer_names(attention=True))
     np.testing.assert_allclose(logits, plain, rtol=1e-6, atol=1e-6)
     probs = inter["blocks.0.attn_probs"]
     assert probs.shape == (2, TINY.num_heads, TINY.seq_len, TINY.seq_len)
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(inter["logits"], logits)
-    # attention-only request returns probs without the other intermediates
-    _, only_attn = apply(TINY, params, random_images(TINY), return_attention=True)
-    assert set(only_attn) == {f"blocks.{i}.attn_probs" for i in range(TINY.num_layers)}
+    # the probabilities are computed (and sown) only on request
+    _, without = apply(TINY, params, random_images(TINY), intermediates=True)
+    assert set(without) == set(TINY.layer_names())
 
 
 def test_dot_product_attention_and_explicit_core_agree():
@@ -142,11 +142,11 @@ def test_stochastic_depth_drops_whole_branches():
     config = TINY.replace(num_layers=1, stochastic_depth_rate=0.5)
     params = vit_jax.init_params(config)
     images = random_images(config, batch=64)
-    _, inter = apply(config, params, images, train=True, rngs={"dropout": jax.random.key(3)}, return_intermediates=True)
+    _, inter = apply(config, params, images, train=True, rngs={"dropout": jax.random.key(3)}, intermediates=True)
     mlp = np.asarray(inter["blocks.0.mlp"])
     dropped = np.all(mlp == 0, axis=(1, 2))
     assert 10 < dropped.sum() < 54  # ~half the examples lose the branch
-    _, eval_inter = apply(config, params, images, return_intermediates=True)
+    _, eval_inter = apply(config, params, images, intermediates=True)
     kept = ~dropped
     # surviving branches are rescaled by 1 / keep_prob
     ratio = np.abs(mlp[kept]).sum() / np.abs(np.asarray(eval_inter["blocks.0.mlp"])[kept]).sum()
@@ -162,8 +162,8 @@ def test_scan_matches_unrolled_and_converts_losslessly(remat):
     assert stacked["Transformer"]["encoderblock"]["MlpBlock_0"]["Dense_0"]["kernel"].shape == (3, 32, 64)
     assert jax.tree.map(np.shape, stacked) == jax.tree.map(np.shape, vit_jax.init_params(scanned_config))
     images = random_images(config)
-    ref, ref_inter = apply(config, params, images, return_intermediates=True, return_attention=True)
-    out, inter = apply(scanned_config, stacked, images, return_intermediates=True, return_attention=True)
+    ref, ref_inter = apply(config, params, images, intermediates=True, return_attention=True)
+    out, inter = apply(scanned_config, stacked, images, intermediates=True, return_attention=True)
     assert set(inter) == set(ref_inter)
     for name in ref_inter:
         assert rel_l2(inter[name], ref_inter[name]) < 1e-6, name
@@ -207,7 +207,7 @@ def test_bf16_compute_with_float32_params():
     params = vit_jax.init_params(config)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
     images = random_images(config)
-    logits, inter = apply(config, params, images, return_intermediates=True)
+    logits, inter = apply(config, params, images, intermediates=True)
     assert logits.dtype == jnp.bfloat16 and inter["blocks.0"].dtype == jnp.bfloat16
     ref = apply(TINY, params, images)
     assert rel_l2(logits.astype(jnp.float32), ref) < 3e-2

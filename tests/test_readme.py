@@ -245,3 +245,4 @@ def test_readme_python_runs(tmp_path, monkeypatch):
         exec(compile(block, "README.md", "exec"), namespace)
     logits, inter = namespace["logits"], namespace["inter"]
     assert logits.shape == (2, 10) and inter["blocks.11.attn_probs"].shape == (2, 12, 197, 197)
+    assert [f.shape for f in namespace["features"]] == [(2, 14, 14, 768)] * 4

@@ -1,65 +1,8 @@
-"""Placeholders for the torchvision names timm imports at load time, so timm's real
-VisionTransformer can be built here.
-
-torchvision cannot be imported on this machine (its only wheel is a CUDA build
-that fails with CPU torch). timm imports torchvision only for data transforms,
-datasets, FX feature extraction and FrozenBatchNorm2d, none of which a
-VisionTransformer touches: every such name resolves to an inert placeholder
-class. The ViT modules themselves (timm.models.vision_transformer, timm.layers)
-are timm's own code, unmodified.
-"""
+"""timm for the tests, on a machine without a working torchvision: vit_torch_ref.interop's import_timm, the
+documented way for user code too (its placeholders stand in for torchvision while timm loads)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
+from vit_torch_ref.interop import import_timm
 
-MODULES = (
-    "torchvision", "torchvision.ops", "torchvision.ops.misc", "torchvision.transforms",
-    "torchvision.transforms.functional", "torchvision.transforms.v2", "torchvision.datasets", "torchvision.models",
-    "torchvision.models.feature_extraction", "torchvision.utils", "torchvision.io",
-)
-
-
-class _Placeholder(type):
-    """A class whose attributes are placeholder classes too (`InterpolationMode.BILINEAR`, subclassing)."""
-
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Placeholder(name, (), {})
-
-
-class _StubModule(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Placeholder(name, (), {})
-
-
-def import_timm():
-    """timm, importing it with the placeholders when torchvision is absent; None if timm is not installed."""
-    if importlib.util.find_spec("timm") is None:
-        return None
-    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:
-        import timm  # a real torchvision is there: no placeholders
-
-        return timm
-    for name in MODULES:
-        module = _StubModule(name)
-        module.__path__ = []  # a package, so submodule imports resolve to the entries above
-        module.__version__ = "0.0.0+stub"
-        sys.modules[name] = module
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(sys.modules[parent], child, module)
-    try:
-        import timm
-        import timm.models.vision_transformer  # noqa: F401  (everything the tests use, imported now)
-    finally:
-        # timm keeps the placeholders it imported; nothing else in the session may see a torchvision
-        # (transformers probes for it with importlib.util.find_spec).
-        for name in MODULES:
-            sys.modules.pop(name, None)
-    return timm
+__all__ = ["import_timm"]

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "vit_jax.config": ("PRESETS", "ConfigError", "ViTConfig", "get_config", "list_presets"),
-    "vit_jax.model": ("VisionTransformer", "count_params", "init_params", "param_shapes"),
+    "vit_jax.model": ("VisionTransformer", "apply_with_intermediates", "count_params", "init_params", "param_shapes"),
     "vit_jax.params": ("resize_params", "stack_block_params", "to_layout", "unstack_block_params"),
     "vit_jax.posemb": ("resize_pos_embed", "sincos_2d"),
     "vit_jax.pretrained": ("load_pretrained",),
+    "vit_jax.data.preprocess": ("load_transform",),
+    "vit_jax.nnx_model": ("nnx_model",),
     "vit_jax.rollout": ("attention_rollout",),
     "vit_jax.model_summary": ("summary",),
 }
@@ -23,8 +25,16 @@ __all__ = sorted(_MODULE_OF)
 
 if TYPE_CHECKING:
     from vit_jax.config import PRESETS, ConfigError, ViTConfig, get_config, list_presets  # noqa: F401
-    from vit_jax.model import VisionTransformer, count_params, init_params, param_shapes  # noqa: F401
+    from vit_jax.data.preprocess import load_transform  # noqa: F401
+    from vit_jax.model import (  # noqa: F401
+        VisionTransformer,
+        apply_with_intermediates,
+        count_params,
+        init_params,
+        param_shapes,
+    )
     from vit_jax.model_summary import summary  # noqa: F401
+    from vit_jax.nnx_model import nnx_model  # noqa: F401
     from vit_jax.params import resize_params, stack_block_params, to_layout, unstack_block_params  # noqa: F401
     from vit_jax.posemb import resize_pos_embed, sincos_2d  # noqa: F401
     from vit_jax.pretrained import load_pretrained  # noqa: F401

@@ -69,13 +69,13 @@ def attention_forward(config: ViTConfig, params: dict, framework: str = "jax") -
     if framework == "jax":
         import jax
 
-        from vit_jax.model import VisionTransformer
+        from vit_jax.model import VisionTransformer, apply_with_intermediates
 
         model = VisionTransformer(config)
 
         @jax.jit
         def probs(p, x):
-            _, inter = model.apply({"params": p}, x, return_attention=True)
+            _, inter = apply_with_intermediates(model, {"params": p}, x, return_attention=True)
             return [inter[f"blocks.{i}.attn_probs"] for i in range(config.num_layers)]
 
         return lambda images: [np.asarray(a) for a in probs(params, images)]

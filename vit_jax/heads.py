@@ -25,8 +25,7 @@ Array = jax.Array
 Intermediates = dict[str, Array]
 
 
-def head_output(c: ViTConfig, x: Array, mlp: type[nn.Module], return_intermediates: bool
-                ) -> tuple[Array, Intermediates]:
+def head_output(c: ViTConfig, x: Array, mlp: type[nn.Module]) -> tuple[Array, Intermediates]:
     """The encoder's tokens -> logits (or the pooled features when num_classes == 0), and the head's intermediates.
 
     `mlp` is the blocks' GELU MLP (vit_jax.model.MlpBlock) for the MAP head, passed in to keep imports one-way.
@@ -38,24 +37,20 @@ def head_output(c: ViTConfig, x: Array, mlp: type[nn.Module], return_intermediat
         x = kernels_for(c).mean_tokens(x[:, c.num_prefix_tokens:])  # patch tokens only
     elif c.classifier == "map":  # a learned probe attends over the patch tokens
         x, pool_attn = MAPHead(c, mlp, name="MAPHead_0")(x[:, c.num_prefix_tokens:])
-        if return_intermediates:
-            inter.update({"pool.attn": pool_attn, "pool": x})
+        inter.update({"pool.attn": pool_attn, "pool": x})
     if c.fc_norm:
         x = layer_norm(c, "fc_norm")(x)
-        if return_intermediates:
-            inter["norm"] = x
+        inter["norm"] = x
     if c.representation_size is not None:
         x = nn.Dense(c.representation_size, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype),
                      name="pre_logits")(x)
         x = jnp.tanh(x)
-    if return_intermediates:
-        inter["pre_logits"] = x
+    inter["pre_logits"] = x
     if c.distilled and not c.num_classes:  # features: the mean of the two tokens (timm's forward_head)
         x = (x[:, 0] + x[:, 1]) / 2
     if c.num_classes:
         x = class_heads(c, x)
-        if return_intermediates:
-            inter["logits"] = x
+        inter["logits"] = x
     return x, inter
 
 

@@ -31,9 +31,9 @@ and embeds patches of its feature map.
 With `config.scan` the blocks are one scanned module, `Transformer/encoderblock`,
 whose params carry a leading layer axis (`vit_jax.stack_block_params`).
 
-`return_intermediates=True` also returns every canonical intermediate, under
-the names the PyTorch twin uses (`ViTConfig.layer_names`); `return_attention`
-adds each block's attention probabilities, blocks.{i}.attn_probs (B, heads, seq, seq).
+Every module sows its outputs into Flax's 'intermediates' collection, which costs nothing unless the
+collection is mutable: `apply_with_intermediates` returns them under the names the PyTorch twin uses
+(`ViTConfig.layer_names`), and `VisionTransformer.forward_intermediates` gives timm's block features.
 
 A few operations come from `vit_jax.kernels` (`config.kernels`): plain Flax
 and JAX by default, or the CPU kernels, which compute the same function.
@@ -42,6 +42,7 @@ and JAX by default, or the CPU kernels, which compute the same function.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -60,6 +61,8 @@ from vit_jax.rope import apply_rope
 
 Array = jax.Array
 Intermediates = dict[str, Array]
+INTERMEDIATES = "intermediates"  # the collection the modules sow their outputs into
+HEAD_OUTPUT = "head_output."  # the prefix of the heads' sown outputs
 
 
 def _block_layer(layer: type[nn.Module], c: ViTConfig, **kwargs) -> functools.partial:
@@ -154,15 +157,14 @@ def drop_path(x: Array, rate: Array | float, rng: Array) -> Array:
 
 
 class Encoder1DBlock(nn.Module):
-    """Pre-norm transformer block; returns (tokens, this block's intermediates)."""
+    """Pre-norm transformer block; sows attn, mlp, out (rope, attn_probs) into 'intermediates'."""
 
     config: ViTConfig
     train: bool = False
-    return_intermediates: bool = False
     return_attention: bool = False
 
     @nn.compact
-    def __call__(self, inputs: Array, drop_path_rate: Array | float) -> tuple[Array, Intermediates]:
+    def __call__(self, inputs: Array, drop_path_rate: Array | float) -> Array:
         c = self.config
         stochastic_depth = self.train and c.stochastic_depth_rate > 0
         # Sharded training keeps the batch split here (vit_jax/sharding.py); without its rules, a no-op.
@@ -187,14 +189,10 @@ class Encoder1DBlock(nn.Module):
             mlp = drop_path(mlp, drop_path_rate, self.make_rng("dropout"))
         out = x + mlp
 
-        inter: Intermediates = {}
-        if self.return_intermediates:
-            inter.update(attn=attn, mlp=mlp, out=out)
-            if rotated is not None:
-                inter["rope"] = rotated
-        if self.return_attention:
-            inter["attn_probs"] = probs
-        return out, inter
+        for name, value in (("attn", attn), ("mlp", mlp), ("out", out), ("rope", rotated), ("attn_probs", probs)):
+            if value is not None:
+                self.sow(INTERMEDIATES, name, value)
+        return out
 
 
 class Encoder(nn.Module):
@@ -206,22 +204,17 @@ class Encoder(nn.Module):
 
     config: ViTConfig
     train: bool = False
-    return_intermediates: bool = False
     return_attention: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, prefix: Array | None = None, registers: Array | None = None
-                 ) -> tuple[Array, Intermediates]:
+    def __call__(self, x: Array, prefix: Array | None = None, registers: Array | None = None) -> Array:
         c = self.config
-        inter: Intermediates = {}
         x = join_tokens(c, x, prefix, registers)  # vit_jax/embedding.py
         x = nn.Dropout(rate=c.dropout_rate)(x, deterministic=not self.train)
-        if self.return_intermediates:
-            inter["embed"] = x
+        self.sow(INTERMEDIATES, "embed", x)
         if c.pre_norm:
             x = layer_norm(c, "pre_norm")(x)
-            if self.return_intermediates:
-                inter["norm_pre"] = x
+            self.sow(INTERMEDIATES, "norm_pre", x)
 
         block = functools.partial(
             Encoder1DBlock if not c.remat else nn.remat(
@@ -229,84 +222,166 @@ class Encoder(nn.Module):
             ),
             config=c,
             train=self.train,
-            return_intermediates=self.return_intermediates,
             return_attention=self.return_attention,
         )
         rates = c.drop_path_rates()  # rising linearly to the last block
-        if c.scan:
+        if c.scan:  # what the blocks sow gets a leading layer axis, as their params do
             blocks = nn.scan(
-                block.func,
-                variable_axes={"params": 0},
+                lambda module, x, rate: (module(x, rate), None),
+                variable_axes={"params": 0, INTERMEDIATES: 0},
                 split_rngs={"params": True, "dropout": True},
                 length=c.num_layers,
             )
-            x, stacked = blocks(name="encoderblock", **block.keywords)(x, jnp.asarray(rates, jnp.float32))
-            per_block = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(c.num_layers)]
+            x, _ = blocks(block(name="encoderblock"), x, jnp.asarray(rates, jnp.float32))
         else:
-            per_block = []
             for i in range(c.num_layers):
-                x, block_inter = block(name=f"encoderblock_{i}")(x, rates[i])
-                per_block.append(block_inter)
-        for i, block_inter in enumerate(per_block):
-            for key, value in block_inter.items():
-                inter[f"blocks.{i}" if key == "out" else f"blocks.{i}.{key}"] = value
+                x = block(name=f"encoderblock_{i}")(x, rates[i])
 
         if not c.final_norm:
-            return x, inter  # fc_norm: the norm comes after pooling
+            return x  # fc_norm: the norm comes after pooling
         # A 'token' head reads the class (and distillation) token alone, and the norm is per token: a kernel set
-        # may norm just those.
-        head_tokens = 1 + c.distilled if c.classifier == "token" and not self.return_intermediates else 0
-        x = kernels_for(c).final_norm(x, layer_norm(c, "encoder_norm"), head_tokens)
-        if self.return_intermediates:
-            inter["norm"] = x
-        return x, inter
+        # may norm just those, unless every token's norm is being captured.
+        every_token = not (c.classifier == "token" and not self.is_mutable_collection(INTERMEDIATES))
+        x = kernels_for(c).final_norm(x, layer_norm(c, "encoder_norm"), 0 if every_token else 1 + c.distilled)
+        self.sow(INTERMEDIATES, "norm", x)
+        return x
 
 
 class VisionTransformer(nn.Module):
     """ViT over NHWC images (normalised as `config.pixel_mean/std` say).
 
-    `apply(variables, images, train=False)` returns the logits (or the pooled
-    features when num_classes == 0). With `return_intermediates` and/or
-    `return_attention` it returns `(output, intermediates)`.
+    `apply(variables, images, train=False)` returns the logits (or the pooled features when num_classes == 0).
+    Every canonical intermediate (`ViTConfig.layer_names`) is sown into the 'intermediates' collection:
+    `apply_with_intermediates` returns them by name, `forward_intermediates` the blocks' outputs as timm does.
+    `return_attention` computes each block's attention probabilities explicitly and sows them too
+    (blocks.{i}.attn_probs, (B, heads, seq, seq)).
     """
 
     config: ViTConfig
 
     @nn.compact
-    def __call__(
-        self,
-        images: Array,
-        *,
-        train: bool = False,
-        return_intermediates: bool = False,
-        return_attention: bool = False,
-    ) -> Array | tuple[Array, Intermediates]:
+    def __call__(self, images: Array, *, train: bool = False, return_attention: bool = False) -> Array:
         c = self.config
         c.check_image_shape(images.shape, "NHWC")
-        inter: Intermediates = {}
 
         x = images.astype(jnp.dtype(c.dtype))
         if c.is_hybrid:  # Google's hybrid: patches are cut from a ResNet's feature map
             x = resnet_stem(c, x)
-            if return_intermediates:
-                inter["stem"] = x
+            self.sow(INTERMEDIATES, "stem", x)
         x = embed_patches(c, x)  # strided Conv, or vit-pytorch's normed patches (vit_jax/embedding.py)
         n, _, d = x.shape
-        if return_intermediates:
-            inter["patch_embed"] = x
+        self.sow(INTERMEDIATES, "patch_embed", x)
         prefix, registers = prefix_tokens(self, n, d)
-        x, encoder_inter = Encoder(
-            c, train=train, return_intermediates=return_intermediates, return_attention=return_attention,
-            name="Transformer",
-        )(x, prefix, registers)
-        inter.update(encoder_inter)
+        x = Encoder(c, train=train, return_attention=return_attention, name="Transformer")(x, prefix, registers)
 
         # pooling, fc_norm, pre-logits, the classifier and distillation heads (vit_jax/heads.py)
-        x, head_inter = head_output(c, x, MlpBlock, return_intermediates)
-        inter.update(head_inter)
-        if return_intermediates or return_attention:
-            return x, inter
+        x, head_inter = head_output(c, x, MlpBlock)
+        for name, value in head_inter.items():  # apart from the head's module names ('pre_logits' is both)
+            self.sow(INTERMEDIATES, HEAD_OUTPUT + name, value)
         return x
+
+    def forward_intermediates(
+        self,
+        images: Array,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        output_fmt: str = "NHWC",
+        intermediates_only: bool = False,
+        return_prefix_tokens: bool = False,
+    ) -> list | tuple[Array, list]:
+        """timm's `forward_intermediates`: the outputs of the chosen blocks as patch grids.
+
+        `indices`: the last n blocks (an int), or a list of block indices (negative from the end); all blocks by
+        default. Returned in block order, without the prefix tokens (class, distillation, registers), as
+        (B, grid_h, grid_w, D) for 'NHWC', (B, D, grid_h, grid_w) for 'NCHW', (B, patches, D) for 'NLC';
+        `return_prefix_tokens` pairs each with its prefix tokens (B, prefix, D). `norm` applies the final norm
+        (none under fc_norm, as timm's Identity). Unless `intermediates_only`, returns (every token after the
+        final norm, the list). Call as `model.apply(variables, images, method="forward_intermediates")`.
+        """
+        c = self.config
+        take = block_indices(c.num_layers, indices)
+        if output_fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"output_fmt {output_fmt!r} is not one of {OUTPUT_FORMATS}")
+        params = self.variables["params"]
+        # A method cannot make its own 'intermediates' mutable: the same model is applied functionally, and what its
+        # modules sow is read back.
+        _, inter = apply_with_intermediates(VisionTransformer(c, parent=None), {"params": params}, images)
+        blocks = [inter[f"blocks.{i}"] for i in take]
+        if norm and c.final_norm:
+            final_norm = _EncoderNorm(c, parent=None)  # a free module, applied on its own
+            blocks = [final_norm.apply({"params": params["Transformer"]}, y) for y in blocks]
+        grids = [_as_grid(c, y[:, c.num_prefix_tokens:], output_fmt) for y in blocks]
+        if return_prefix_tokens:
+            grids = [(grid, y[:, :c.num_prefix_tokens]) for grid, y in zip(grids, blocks)]
+        if intermediates_only:
+            return grids
+        return (inter["norm"] if c.final_norm else inter[f"blocks.{c.num_layers - 1}"]), grids
+
+
+OUTPUT_FORMATS = ("NHWC", "NCHW", "NLC")
+
+
+class _EncoderNorm(nn.Module):
+    """The encoder's final norm alone, applied to the 'Transformer' params (forward_intermediates' `norm`)."""
+
+    config: ViTConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return layer_norm(self.config, "encoder_norm")(x)
+
+
+def _as_grid(c: ViTConfig, patches: Array, output_fmt: str) -> Array:
+    if output_fmt == "NLC":
+        return patches
+    grid = jnp.reshape(patches, (patches.shape[0], *c.grid_size, patches.shape[-1]))
+    return grid if output_fmt == "NHWC" else jnp.transpose(grid, (0, 3, 1, 2))
+
+
+def block_indices(num_layers: int, indices: int | Sequence[int] | None) -> list[int]:
+    """The blocks `indices` picks, in block order: timm's `feature_take_indices` (last n, or a list)."""
+    if indices is None:
+        return list(range(num_layers))
+    if isinstance(indices, (int, np.integer)):
+        if not 1 <= indices <= num_layers:
+            raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {num_layers}")
+        return list(range(num_layers - indices, num_layers))
+    wrong = [i for i in indices if not -num_layers <= i < num_layers]
+    if wrong:
+        raise ValueError(f"block indices {wrong} are outside the model's {num_layers} blocks "
+                         f"(0..{num_layers - 1}, or negative from the end)")
+    return sorted({i % num_layers for i in indices})
+
+
+def apply_with_intermediates(model: VisionTransformer, variables: dict, images: Array, **kwargs
+                             ) -> tuple[Array, Intermediates]:
+    """`model.apply` that also returns what the model sowed, under the canonical names (ViTConfig.layer_names)."""
+    out, state = model.apply(variables, images, mutable=[INTERMEDIATES], **kwargs)
+    return out, named_intermediates(state.get(INTERMEDIATES, {}), model.config.num_layers)
+
+
+def named_intermediates(sown: dict, num_layers: int) -> Intermediates:
+    """The 'intermediates' collection by canonical name: a block's 'out' is blocks.{i}, its 'attn' blocks.{i}.attn.
+
+    Module paths and the heads' prefix are dropped (the canonical names are unique in the model); a scanned
+    encoder's stacked values are split per block.
+    """
+    named: Intermediates = {}
+    for key, value in sown.items():
+        if key != "Transformer":
+            named[key.removeprefix(HEAD_OUTPUT)] = value[0]
+            continue
+        for name, inner in value.items():
+            if name == "encoderblock":  # scanned: one leading layer axis
+                per_block = {i: jax.tree.map(lambda a, i=i: a[i], inner) for i in range(num_layers)}
+            elif name.startswith("encoderblock_"):
+                per_block = {int(name.removeprefix("encoderblock_")): inner}
+            else:
+                named[name] = inner[0]
+                continue
+            for i, block in per_block.items():
+                named.update({f"blocks.{i}" if k == "out" else f"blocks.{i}.{k}": v[0] for k, v in block.items()})
+    return named
 
 
 def init_params(config: ViTConfig, rng: Array | int = 0) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from vit_jax.config import ConfigError, ViTConfig, get_config
 from vit_jax.help_format import DefaultsHelpFormatter
-from vit_jax.model import VisionTransformer, param_shapes
+from vit_jax.model import INTERMEDIATES, VisionTransformer, named_intermediates, param_shapes
 
 
 def _count(tree) -> int:
@@ -44,9 +44,8 @@ def summary_rows(config: ViTConfig) -> list[tuple[str, tuple[int, ...], int]]:
     """(canonical layer, output shape for batch 1, parameter count) rows."""
     images = jax.ShapeDtypeStruct((1, *config.image_hw, config.num_channels), jnp.float32)
     model = VisionTransformer(config)
-    _, inter = jax.eval_shape(
-        lambda x: model.init_with_output(jax.random.key(0), x, return_intermediates=True)[0], images
-    )
+    sown = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, mutable=True)[INTERMEDIATES], images)
+    inter = named_intermediates(sown, config.num_layers)
     counts = _layer_params(config)
     return [(name, tuple(inter[name].shape), counts.get(name, 0)) for name in config.layer_names()]
 

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from vit_jax.config import ConfigError, ViTConfig
-from vit_jax.data import DataError, decode_image_file
+from vit_jax.data import DataError
+from vit_jax.data.preprocess import config_transform, run_transform, source_transform, transform_file
 from vit_jax.formats import ConversionError
-from vit_jax.formats.training_run import locate
+from vit_jax.formats.training_run import locate, read_run_config
 from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.pretrained import load_pretrained, load_run
 from vit_jax.training.checkpoint import CheckpointError
@@ -93,13 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--top-k and --batch-size must be positive")
         model, params, class_names, crop_fraction, source = load_model(args.checkpoint, args.step)
         class_names = class_names or [str(i) for i in range(model.num_classes)]
-        images = np.stack(
-            [
-                decode_image_file(path, model.image_hw, model.pixel_mean, model.pixel_std, model.num_channels,
-                                  crop_fraction)
-                for path in args.images
-            ]
-        )
+        # a run's own eval transform; a timm or transformers checkpoint's own preprocessing; else the config's
+        run = locate(args.checkpoint)
+        transform = (run_transform(read_run_config(run[0])) if run else
+                     source_transform(args.checkpoint) or config_transform(model, crop_fraction))
+        images = np.stack([transform_file(transform, path, model.num_channels) for path in args.images])
         if args.attention_map:
             from vit_jax.attention_map import output_paths, prepare_out_dir
 

@@ -40,9 +40,12 @@ def load_pretrained(
     step: int | None = None,
     allow_nonfinite: bool = False,
     overrides: dict[str, Any] | None = None,
-) -> tuple[ViTConfig, dict[str, Any]]:
-    """(config, Flax params as NumPy arrays) for the checkpoint at `path`.
+    nnx: bool = False,
+) -> tuple[ViTConfig, Any]:
+    """(config, Flax params as NumPy arrays) for the checkpoint at `path`; with `nnx`, (config, the NNX model
+    holding them: vit_jax.nnx_model).
 
+    `path` may be a hub name, `hf-hub:ORG/NAME[@REVISION]`, read through huggingface_hub's cache.
     `config` (a ViTConfig, a preset name or a config JSON path) fills what the
     tensors do not show; a ViTConfig or JSON also sets numerics and runtime
     options (dtype, scan, remat, dropout), and the params come back in its
@@ -54,8 +57,14 @@ def load_pretrained(
     floating point, and finite unless `allow_nonfinite`. Raises
     `vit_jax.formats.ConversionError` on a bad file.
     """
-    return read_flax_params(path, format=format, config=config, image_size=image_size, num_classes=num_classes,
-                            step=step, allow_nonfinite=allow_nonfinite, overrides=overrides)
+    config, params = read_flax_params(path, format=format, config=config, image_size=image_size,
+                                      num_classes=num_classes, step=step, allow_nonfinite=allow_nonfinite,
+                                      overrides=overrides)
+    if nnx:
+        from vit_jax.nnx_model import nnx_model  # Flax NNX only for those who ask for it
+
+        return config, nnx_model(config, params)
+    return config, params
 
 
 def load_run(run_dir: str, step: int | None) -> tuple[ViTConfig, dict, dict, int]:

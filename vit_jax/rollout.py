@@ -1,6 +1,6 @@
 """Attention rollout (Abnar & Zuidema, 2020) over attention probabilities, in NumPy.
 
-    _, inter = VisionTransformer(config).apply({"params": params}, images, return_attention=True)
+    _, inter = apply_with_intermediates(VisionTransformer(config), {"params": params}, images, return_attention=True)
     maps = vit_jax.attention_rollout(inter, grid_size=config.grid_size)   # (B, grid_h, grid_w)
 
 Computed as jeonsworld/ViT-pytorch and jacobgil/vit-explain do: per layer, fuse
@@ -42,7 +42,8 @@ def layer_probs(attention_probs: Mapping[str, Any] | Sequence[Any] | np.ndarray)
     if isinstance(attention_probs, Mapping):
         found = {int(m.group(1)): v for k, v in attention_probs.items() if (m := _PROBS_KEY.match(k))}
         if not found:
-            raise ValueError("no 'blocks.{i}.attn_probs' entries: call the model with return_attention=True")
+            raise ValueError("no 'blocks.{i}.attn_probs' entries: run the model with return_attention=True "
+                             "(vit_jax.model.apply_with_intermediates)")
         if sorted(found) != list(range(len(found))):
             raise ValueError(f"attention probabilities of blocks {sorted(found)}: expected blocks 0..{len(found) - 1}")
         layers = [_to_numpy(found[i]) for i in range(len(found))]
@@ -120,7 +121,7 @@ def attention_rollout(
 ) -> np.ndarray:
     """Attention rollout as a float32 (B, num_patches) array, or (B, grid_h, grid_w) with `grid_size`.
 
-    `attention_probs`: the intermediates of `apply(..., return_attention=True)`
+    `attention_probs`: the intermediates of `apply_with_intermediates(..., return_attention=True)`
     (or the twin's), or per-layer (B, heads, seq, seq) arrays. `num_prefix_tokens`:
     the tokens before the patches when the sequence starts with a class token
     (`config.num_prefix_tokens`: 1, or more with a distillation token or

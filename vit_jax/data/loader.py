@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grain
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from vit_jax.data.batches import ON_CORRUPT, BatchMaker
 from vit_jax.data.errors import DataError
 from vit_jax.data.iterator import BatchIterator
+from vit_jax.data.preprocess import BatchTransform
 from vit_jax.data.records import RecordSource
 from vit_jax.data.transforms import ImageTransform
 
@@ -53,8 +54,10 @@ def _derived_seeds(seed: int) -> tuple[int, int]:
 
 
 def _transform(source: RecordSource, train: bool, augment: bool, image_size, mean, std, *, flip, crop_scale,
-               crop_ratio, crop_fraction, resample) -> ImageTransform:
+               crop_ratio, crop_fraction, resample, per_image=None) -> ImageTransform | BatchTransform:
     """The per-image transform; flip, crop scale and crop fraction default to the source's own."""
+    if per_image is not None and not train:
+        return BatchTransform(per_image)
     defaults = source.defaults
     return ImageTransform(
         image_size=tuple(image_size),
@@ -113,6 +116,7 @@ def make_loader(
     num_threads: int = 1,
     prefetch: int = 2,
     worker_buffer_size: int = 2,
+    eval_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> BatchIterator:
     """Batches of {'image': float32 (B, h, w, C), 'label': int32 (B,)} from `source`.
 
@@ -127,8 +131,8 @@ def make_loader(
     jax.process_index()/jax.process_count(). flip, crop_scale and crop_fraction
     default to the source's own defaults (`source.defaults`). num_workers > 0
     runs the transforms in that many Grain worker processes; num_threads and
-    prefetch control background batches in this process.
-    """
+    prefetch control background batches in this process. `eval_transform` (train=False): a per-image
+    callable (`vit_jax.load_transform(checkpoint)`) instead of the resize, crop and normalisation."""
     batch_size = _positive_int("batch_size", batch_size)
     if isinstance(image_size, (int, np.integer)):
         image_size = (int(image_size), int(image_size))
@@ -141,7 +145,8 @@ def make_loader(
     shard_index, shard_count = _resolve_sharding(shard_index, shard_count)
     shuffle_seed, augment_seed = _derived_seeds(seed)
     transform = _transform(source, train, augment, image_size, mean, std, flip=flip, crop_scale=crop_scale,
-                           crop_ratio=crop_ratio, crop_fraction=crop_fraction, resample=resample)
+                           crop_ratio=crop_ratio, crop_fraction=crop_fraction, resample=resample,
+                           per_image=eval_transform)
     n = len(source)
     global_batch = batch_size * shard_count
     num_epochs, num_batches, padded_epoch = _batch_plan(source, train, num_epochs, batch_size, shard_count)

@@ -43,6 +43,7 @@ from vit_jax.formats import (
     training_run,
 )
 from vit_jax.formats.base import replacing_marker
+from vit_jax.formats.hub import resolve_checkpoint
 from vit_jax.formats.infer import build_config
 from vit_jax.formats.mapping import Rule, expected_flax_shapes, expected_torch_shapes, param_rules, unflatten
 from vit_jax.options import summary as options_summary
@@ -187,7 +188,7 @@ def open_checkpoint(
     (the target resolution) settles a non-square grid that nothing else states.
     """
     check_format(format, "--from")
-    path = Path(path)
+    path = Path(resolve_checkpoint(path))  # hf-hub:ORG/NAME -> its snapshot directory in the hub cache
     if format in (None, flax_ckpt.FORMAT) and training_run.locate(path) is not None:
         source = training_run.read(path, step)
     else:
