@@ -51,7 +51,7 @@ from vit_jax.data import (
 from vit_jax.formats import ConversionError, training_run
 from vit_jax.formats.base import write_json_atomic
 from vit_jax.kernels import resolve_kernels
-from vit_jax.training import cli
+from vit_jax.training import cli, job
 from vit_jax.training.checkpoint import Checkpointer, CheckpointError, CheckpointWriteError
 from vit_jax.training.config import (
     MODEL_OVERRIDES,
@@ -244,7 +244,8 @@ def prepare(config: TrainConfig) -> Run:
         cpu_matmuls.select(config.cpu_matmuls)  # XLA_FLAGS: before the backend starts
     except RuntimeError as error:
         raise ConfigError(str(error)) from None
-    initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
+    initialize_distributed(config.coordinator_address, config.num_processes, config.process_id,
+                           config.coordination_timeout, config.workdir)
     import jax
 
     from vit_jax import param_shapes
@@ -456,7 +457,7 @@ def train_loop(run: Run, state, loader, start_step: int, train_step, eval_step, 
     config, checkpoints = run.config, run.checkpoints
     last_eval: dict[str, float] = {}
     for step in range(start_step + 1, run.total_steps + 1):
-        cli.check_interrupted()
+        job.agree_to_stop(step - 1)  # every process stops at the same step, whichever got the signal
         checkpoints.poll()  # a background checkpoint write that failed (a full disk) stops the run here
         state, metrics = train_step(state, run.parallel.put_batch(next(loader)))
         log.add(step, metrics)
@@ -644,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:
-        print("train.py: interrupted", file=sys.stderr)
+        cli.report_interrupt("train.py")
         return getattr(interrupt, "exit_code", 130)
 
 

@@ -198,6 +198,9 @@ class TrainConfig:
     coordinator_address: str | None = _field(None, "host:port of process 0 for a multi-process run")
     num_processes: int | None = _field(None, "number of processes in a multi-process run", flag_type=int)
     process_id: int | None = _field(None, "this process's index in a multi-process run", flag_type=int)
+    coordination_timeout: int = _field(
+        60, "seconds a process of a multi-process run may go silent before the others count it as gone and stop "
+        "(one error line each, exit status 3)")
     export_torch: str | None = _field(None, "write the final params as a timm-named PyTorch .safetensors file")
     eval_only: bool = _field(False, "evaluate a checkpoint of --workdir (the best, or --eval-step) and exit")
     eval_step: int | None = _field(
@@ -210,7 +213,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        positive = ("batch_size", "accum_steps", "log_every", "keep_checkpoints")
+        positive = ("batch_size", "accum_steps", "log_every", "keep_checkpoints", "coordination_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{_flag(name)} must be positive, got {getattr(self, name)!r}")
