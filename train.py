@@ -259,7 +259,7 @@ def prepare(config: TrainConfig) -> Run:
         from vit_jax.formats.base import ConversionError, check_output_path
 
         try:
-            check_output_path(config.export_torch)
+            check_output_path(config.export_torch, overwrite=config.overwrite)
         except ConversionError as error:
             raise ConfigError(f"--export-torch {error}") from None
     if jax.process_index() == 0 and not config.eval_only and os.path.isdir(workdir):
@@ -483,7 +483,7 @@ def finish(run: Run, state, last_eval: dict, metrics_path: str, wall: float) -> 
     outputs = {"workdir": run.workdir, "checkpoints": run.checkpoints.directory, "metrics": metrics_path,
                "curves": plot_curves(run.workdir)}
     if run.config.export_torch:
-        outputs["torch"] = export_torch(final_params, run.model, run.config.export_torch)
+        outputs["torch"] = export_torch(final_params, run.model, run.config.export_torch, run.config.overwrite)
     summary = {
         "final_step": run.total_steps,
         "eval": last_eval,
@@ -619,14 +619,14 @@ def _run_locked(setup: Run, fresh: bool, created: bool) -> int:
                     raise
 
 
-def export_torch(params: Any, model: ViTConfig, path: str) -> str:
+def export_torch(params: Any, model: ViTConfig, path: str, overwrite: bool = False) -> str:
     """The params as a timm-named safetensors file, with the ViTConfig JSON beside it (x.safetensors.json)."""
     from parity import flax_to_torch
     from vit_jax.formats.base import atomic_outputs, config_sidecar
     from vit_jax.formats.torch_sd import write_file
 
     tensors = flax_to_torch(params, model)
-    with atomic_outputs(path, config_sidecar(path, is_dir=False)) as (weights, sidecar):
+    with atomic_outputs(path, config_sidecar(path, is_dir=False), overwrite=overwrite) as (weights, sidecar):
         write_file(weights, tensors, path)
         sidecar.write_text(model.to_json())
     return os.path.abspath(path)

@@ -1,4 +1,4 @@
-"""An existing DST (file, directory or symlink) is refused the same way for every format, or replaced with --overwrite."""
+"""An existing DST (file, directory, symlink) is refused alike for every format, or replaced with --overwrite."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def replace(src, dst):
         if len(renamed) == 1:
             os._exit(9)  # as a SIGKILL would: no cleanup
 base.os.replace = replace
-convert(sys.argv[1], sys.argv[2], config=sys.argv[3] if len(sys.argv) > 3 else None)
+convert(sys.argv[1], sys.argv[2], config=sys.argv[3] if len(sys.argv) > 3 else None, overwrite=True)
 """
 
 

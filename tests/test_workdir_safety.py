@@ -263,3 +263,11 @@ def test_a_filesystem_without_flock_leaves_no_lock_file(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="cannot lock .* make sure no other run uses"):
         WorkdirLock(str(tmp_path)).acquire().release()
     assert os.listdir(tmp_path) == []
+
+
+def test_an_existing_export_is_refused_before_training_unless_overwrite(tmp_path, capsys):
+    export = tmp_path / "final.safetensors"
+    export.write_text("an earlier export\n")
+    assert train.main(ARGS + ["--workdir", str(tmp_path / "run"), "--export-torch", str(export)]) == 1
+    assert f"--export-torch {export}: already exists (a file); pass --overwrite" in error_line(capsys)
+    assert not (tmp_path / "run").exists() and export.read_text() == "an earlier export\n"

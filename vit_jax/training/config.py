@@ -202,6 +202,7 @@ class TrainConfig:
         60, "seconds a process of a multi-process run may go silent before the others count it as gone and stop "
         "(one error line each, exit status 3)")
     export_torch: str | None = _field(None, "write the final params as a timm-named PyTorch .safetensors file")
+    overwrite: bool = _field(False, "replace an existing --export-torch file and its .json (refused by default)")
     eval_only: bool = _field(False, "evaluate a checkpoint of --workdir (the best, or --eval-step) and exit")
     eval_step: int | None = _field(
         None, "checkpoint step for --eval-only (default: best by eval accuracy, else latest; a damaged default is "

@@ -61,6 +61,8 @@ def _lost_tasks(status: str) -> set[int]:
 def lost_peer_message(status: str, process_id: int, num_processes: int, workdir: str | None) -> str:
     """'process 1 of 2 is gone; the last checkpoint is step N; resume with ...' from the runtime's status text."""
     found = _lost_tasks(status)
+    if not found and num_processes == 2:  # the runtime's text did not say: of two, it is the other one
+        found = {1 - process_id}
     others = sorted(found - {process_id})
     if others:
         verb = "is" if len(others) == 1 else "are"
