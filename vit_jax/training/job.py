@@ -3,13 +3,15 @@
 A signal reaches one process; stopping that process alone would leave the
 others blocked in a collective until they crash. So in a job of several
 processes a signal is only recorded (`cli.defer_signals`), and every step
-starts with `agree_to_stop`: a tiny all-gather of each process's pending
-signal. When any is set, every process raises `cli.Interrupted` at the same
-step, after the same checkpoints, and exits with the same status (130, 143).
+starts with `agree_to_stop`: each process posts its pending signal to the
+coordination service and meets the others at a barrier. When any is set,
+every process raises `cli.Interrupted` at the same step, after the same
+checkpoints, and exits with the same status (130, 143).
 
 A process that dies (SIGKILL, a crash, a lost host) stops sending heartbeats
-to the coordination service. Within `timeout` seconds each survivor is told,
-and instead of the C++ runtime's fatal-error stack it prints one line that
+to the coordination service (a dead process 0 takes the service with it).
+Within `timeout` seconds each survivor is told, and instead of the C++
+runtime's abort it prints one line that
 names the lost process, the last checkpoint and the command that resumes,
 then exits with LOST_PEER_EXIT. JAX's preemption service is switched off: it
 takes SIGTERM for itself and never stops the run.
@@ -28,15 +30,15 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 
 from vit_jax.formats.training_run import CHECKPOINTS
 from vit_jax.training import cli
 
 DEFAULT_TIMEOUT = 60  # seconds without a heartbeat before a process counts as gone
 LOST_PEER_EXIT = 3
-_job: dict[str, Any] = {"workdir": None, "stopping": 0, "stopped_after": None, "held_log": None}
+_KEY = "vit_jax/stop"
+_job: dict[str, Any] = {"workdir": None, "stopping": 0, "stopped_after": None, "held_log": None,
+                        "barrier_ms": 600_000}
 
 
 
@@ -97,6 +99,7 @@ def join(coordinator_address: str, num_processes: int, process_id: int, timeout:
     from jax._src import distributed  # the client's missed-heartbeat callback is not a public argument
 
     _job["workdir"] = os.path.abspath(workdir) if workdir else None
+    _job["barrier_ms"] = 1000 * max(600, 10 * timeout)  # a step apart at most, but one may be compiling
 
     jax.config.update("jax_enable_preemption_service", False)
     callback = functools.partial(_on_lost_peer, process_id, num_processes)
@@ -179,14 +182,21 @@ def _stop_detail() -> str:
 def agree_to_stop(step: int) -> None:
     """Raise cli.Interrupted in every process if any of them got a signal; call at the same point of each step.
 
-    `step` is the last step completed (its checkpoint, if one was due, is written by then).
+    `step` is the last step completed (its checkpoint, if one was due, is written by then). The agreement
+    goes through the coordination service's key-value store and a barrier, not an XLA collective: one
+    issued from this thread could interleave with orbax's own collectives in its writer threads.
     """
     if jax.process_count() == 1:
         cli.check_interrupted()
         return
+    from jax._src import distributed
+
+    client = distributed.global_state.client
     pending = cli.pending_signal()
-    signals = np.asarray(multihost_utils.process_allgather(np.int32(pending)))  # blocks until all are here
-    if signals.any():
-        signum = int(signals[signals.nonzero()[0][0]])
-        _job["stopping"], _job["stopped_after"] = 128 + signum, step
-        raise cli.Interrupted(signum)
+    if pending:  # under this step's key: a slower process still reading an earlier step never sees it
+        client.key_value_set(f"{_KEY}/{step}/{jax.process_index()}", str(pending), allow_overwrite=True)
+    client.wait_at_barrier(f"{_KEY}/{step}", _job["barrier_ms"])  # every key of this step is set by now
+    signals = [int(value) for _, value in client.key_value_dir_get(f"{_KEY}/{step}/")]
+    if signals:
+        _job["stopping"], _job["stopped_after"] = 128 + signals[0], step
+        raise cli.Interrupted(signals[0])
