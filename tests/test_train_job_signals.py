@@ -15,7 +15,7 @@ import time
 import pytest
 from train_runs import REPO, TINY, TRAIN_PY, free_port, train_env
 
-from vit_jax.training.job import LOST_PEER_EXIT
+from vit_jax.training.job import LOST_PEER_EXIT, lost_peer_message
 
 TIMEOUT = 5  # --coordination-timeout: how long a silent process may take to count as gone
 ARGS = TINY + ["--steps", "100000", "--batch-size", "16", "--checkpoint-every", "4", "--eval-every", "4",
@@ -94,3 +94,15 @@ def test_a_killed_process_is_one_line_on_the_survivor_within_the_timeout(tmp_pat
     assert lines[0].startswith(f"train.py: error: {gone}; the last checkpoint is step "), lines[0]
     assert f"resume with train.py --resume --workdir {workdir}" in lines[0]
     assert took < 3 * TIMEOUT + 10, took
+
+
+def test_the_lost_peer_line_names_the_process_the_runtime_reports(tmp_path):
+    (tmp_path / "checkpoints" / "8").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "8.orbax-checkpoint-tmp-3").mkdir()  # unfinished: not a checkpoint
+    status = ("UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):\n2, 3\n"
+              "The tasks have crashed.")
+    assert lost_peer_message(status, 0, 4, str(tmp_path)) == (
+        f"processes 2, 3 of 4 are gone; the last checkpoint is step 8; resume with train.py --resume --workdir "
+        f"{tmp_path} (start every process again)")
+    assert lost_peer_message("Socket closed", 1, 4, None).startswith(
+        "process 0 of 4 (the coordinator) is gone; no checkpoint was written yet")

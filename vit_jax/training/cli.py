@@ -9,6 +9,10 @@ orbax write). Here, inside `interruptible()` the handler raises `Interrupted`
 is raised just after); outside, the process ends at once, as nothing needs
 undoing there. A watchdog thread, woken by the signal's wakeup byte, ends the
 process with 128 + signum if the main thread has not within `GRACE_SECONDS`.
+
+In a job of several processes (`defer_signals`) a first signal is only
+recorded: every process must stop at the same step, and
+vit_jax.training.job.agree_to_stop decides which.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def last_checkpoint(workdir: str | None) -> int | None:
 def _lost_tasks(status: str) -> set[int]:
     """The processes the coordination service's error text names as gone."""
     found = re.findall(r"task:(\d+)|Task (\d+) heartbeat timeout", status)
-    for listed in re.findall(r"stopped sending heartbeats\):\s*\n([\d, ]+)", status):
+    for listed in re.findall(r"stopped sending heartbeats\):\s*([\d,\s]+)", status):
         found += [(number, "") for number in re.findall(r"\d+", listed)]
     return {int(a or b) for a, b in found}
 
@@ -65,14 +65,13 @@ def lost_peer_message(status: str, process_id: int, num_processes: int, workdir:
     found = _lost_tasks(status)
     if not found and num_processes == 2:  # the runtime's text did not say: of two, it is the other one
         found = {1 - process_id}
-    others = sorted(found - {process_id})
-    if others:
-        verb = "is" if len(others) == 1 else "are"
-        who = ", ".join(f"process {t}" for t in others) + f" of {num_processes} {verb}"
-    elif process_id != 0:
-        who = f"process 0 of {num_processes} (the coordinator) is"
-    else:
+    others = sorted(found - {process_id}) or ([0] if process_id != 0 else [])  # unnamed: the service went
+    if not others:
         who = f"a process of {num_processes} is"
+    elif len(others) == 1:
+        who = f"process {others[0]} of {num_processes}{' (the coordinator)' if others[0] == 0 else ''} is"
+    else:
+        who = f"processes {', '.join(map(str, others))} of {num_processes} are"
     step = last_checkpoint(workdir)
     where = f"the last checkpoint is step {step}" if step is not None else "no checkpoint was written yet"
     again = f"--resume --workdir {workdir}" if workdir else "--resume --workdir WORKDIR"
@@ -82,12 +81,15 @@ def lost_peer_message(status: str, process_id: int, num_processes: int, workdir:
 def _on_lost_peer(process_id: int, num_processes: int, status: Any) -> None:
     """Called by the coordination client from its own thread: one line, then end this process."""
     prog = os.path.basename(sys.argv[0])
-    if _job["stopping"]:  # the job agreed to stop and a faster process already left: that is no loss
-        cli.report_interrupt(prog)
-        cli.exit_now(_job["stopping"])
-    print(f"{prog}: error: {lost_peer_message(str(status), process_id, num_processes, _job['workdir'])}",
-          file=sys.stderr)
-    cli.exit_now(LOST_PEER_EXIT)
+    code = _job["stopping"] or LOST_PEER_EXIT
+    try:
+        if _job["stopping"]:  # the job agreed to stop and a faster process already left: that is no loss
+            cli.report_interrupt(prog)
+        else:
+            print(f"{prog}: error: {lost_peer_message(str(status), process_id, num_processes, _job['workdir'])}",
+                  file=sys.stderr, flush=True)
+    finally:
+        os._exit(code)  # (from the runtime's thread: nothing else may run, output is flushed above)
 
 
 def join(coordinator_address: str, num_processes: int, process_id: int, timeout: int = DEFAULT_TIMEOUT,
