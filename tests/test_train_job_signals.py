@@ -26,7 +26,7 @@ def start_pair(workdir: str) -> list[subprocess.Popen]:
     address = f"127.0.0.1:{free_port()}"
     return [subprocess.Popen([sys.executable, TRAIN_PY, *ARGS, "--workdir", workdir, "--coordinator-address", address,
                               "--num-processes", "2", "--process-id", str(i)],
-                             env=train_env(2), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             env=train_env(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             for i in range(2)]
 
 
