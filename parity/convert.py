@@ -18,7 +18,7 @@ import numpy as np
 
 from vit_jax.config import ViTConfig
 from vit_jax.formats import FORMATS, ConversionError, config_sidecar, flax_ckpt, hf, timm_hub, torch_sd
-from vit_jax.formats.base import atomic_outputs, check_output_path
+from vit_jax.formats.base import atomic_outputs, check_output_path, replacing_marker
 from vit_jax.formats.mapping import unflatten
 from vit_jax.formats.read import Progress, check_format, describe, read_tensors, target_format
 from vit_jax.training.orbax_output import quiet_failures
@@ -60,11 +60,13 @@ def convert(
     step: int | None = None,
     allow_nonfinite: bool = False,
     overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> ConversionResult:
     """Convert the checkpoint `src` to `dst`, writing the ViTConfig JSON beside `dst`.
 
     Nothing appears at `dst` unless the whole conversion succeeds; the weights
-    and their config JSON are replaced as one unit (see atomic_outputs).
+    and their config JSON are replaced as one unit (see atomic_outputs), and
+    only with `overwrite` when either exists already.
     `overrides` states config fields outright (`--set num_heads=8`).
     """
     check_format(from_format, "--from")
@@ -73,24 +75,24 @@ def convert(
     to_format = to_format or target_format(dst)
     if Path(src).resolve() == dst.resolve():
         raise ConversionError(f"{dst}: destination is the source; choose another path")
-    if dst.is_dir():
-        raise ConversionError(f"{dst}: already exists as a directory; remove it or choose a new path")
-    check_output_path(dst)  # before the (long) read: a device, FIFO or socket is never replaced
     module, naming = FORMATS[to_format]
     # flax and hf targets are directories unless DST names a file container
     as_dir = (to_format == flax_ckpt.FORMAT and dst.suffix != ".msgpack") or (
         to_format == hf.FORMAT and dst.suffix not in torch_sd.EXTENSIONS
     ) or to_format == timm_hub.FORMAT
+    sidecar = config_sidecar(dst, is_dir=as_dir)
+    targets = (dst,) if as_dir else (dst, sidecar)
+    for target in targets:  # before the (long) read; atomic_outputs checks again before writing
+        if not replacing_marker(dst).is_file():  # else a killed write's renames come first, then the check
+            check_output_path(target, overwrite)
     check = getattr(module, "check_expressible", None)
     resolved, tensors, source = read_tensors(src, naming, from_format, config, image_size, num_classes, progress,
                                              check, step, allow_nonfinite, overrides)
     count = len(tensors)
     if progress:
         progress(f"writing {dst} ({to_format}): {describe(resolved)}")
-    sidecar = config_sidecar(dst, is_dir=as_dir)
-    targets = (dst,) if as_dir else (dst, sidecar)
     try:
-        with atomic_outputs(*targets) as temps:
+        with atomic_outputs(*targets, overwrite=overwrite) as temps:
             write = write_orbax if as_dir and to_format == flax_ckpt.FORMAT else module.write
             write(temps[0], tensors, resolved, dst)
             config_file = temps[0] / sidecar.name if as_dir else temps[1]

@@ -71,7 +71,10 @@ latest; --step N picks another. A damaged default step is named in a warning
 and the newest intact step is used; a damaged --step N is an error.
 
 safety: weights must be floating point (int and bool tensors are refused by
-name) and finite (unless --allow-nonfinite). DST and its config JSON are
+name) and finite (unless --allow-nonfinite). An existing DST or config JSON
+(a file, a directory, a symlink) is refused unless --overwrite, which
+replaces files and directories an earlier conversion wrote (never another
+directory, never a device, FIFO or socket). DST and its config JSON are
 replaced together: a conversion killed between the two renames leaves a
 .DST.replacing marker that readers refuse and the next conversion to DST
 completes; temporaries of a killed conversion are removed by the next one.
@@ -146,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, metavar="N",
                         help="with a training run as SRC: the checkpoint step (default: the best by eval accuracy, "
                              "else the latest)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing DST (and its config JSON): a file, or a directory an earlier "
+                             "conversion wrote; without it an existing DST is refused")
     parser.add_argument("--allow-nonfinite", action="store_true",
                         help="convert weights holding NaN or infinity (refused by default)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             result = convert(
                 args.src, args.dst, from_format=args.from_format, to_format=args.to_format, config=args.config,
                 image_size=args.image_size, num_classes=args.num_classes, progress=progress, step=args.step,
-                allow_nonfinite=args.allow_nonfinite, overrides=dict(args.overrides),
+                allow_nonfinite=args.allow_nonfinite, overrides=dict(args.overrides), overwrite=args.overwrite,
             )
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -286,7 +286,7 @@ def _png(fig) -> bytes:
 
 # -- files --------------------------------------------------------------------
 def _write_atomic(path: str, data: bytes) -> None:
-    with atomic_outputs(path) as (temp,):
+    with atomic_outputs(path, overwrite=True) as (temp,):  # files of the report folder
         temp.write_bytes(data)
 
 

@@ -200,8 +200,8 @@ def test_pickle_code_is_never_executed(tmp_path, capsys):
 def test_failure_leaves_an_existing_destination_untouched(tmp_path, capsys, good_npz):
     src, _ = good_npz
     (tmp_path / "keep.pth").write_bytes(b"precious")
-    assert_fails_cleanly([src, tmp_path / "keep.pth", "--to", "torchvision", "--num-classes", "0"], capsys,
-                         "num_classes=0")
+    argv = [src, tmp_path / "keep.pth", "--to", "torchvision", "--num-classes", "0", "--overwrite"]
+    assert_fails_cleanly(argv, capsys, "num_classes=0")
     assert (tmp_path / "keep.pth").read_bytes() == b"precious"
 
 
@@ -241,7 +241,7 @@ def test_an_existing_directory_is_never_replaced(tmp_path, capsys, good_npz):
     mine = tmp_path / "my_folder"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    assert_fails_cleanly([src, mine], capsys, "my_folder", "already exists as a directory")
+    assert_fails_cleanly([src, mine], capsys, "my_folder", "already exists (a directory)")
     assert (mine / "notes.txt").read_text() == "keep me"
 
 

@@ -52,7 +52,7 @@ def replace(src, dst):
         if len(renamed) == 1:
             os._exit(9)  # as a SIGKILL would: no cleanup
 base.os.replace = replace
-convert(sys.argv[1], sys.argv[2], config=sys.argv[3] if len(sys.argv) > 3 else None)
+convert(sys.argv[1], sys.argv[2], config=sys.argv[3] if len(sys.argv) > 3 else None, overwrite=True)
 """
 
 
@@ -72,7 +72,7 @@ def test_a_kill_between_the_two_renames_is_refused_by_readers_and_completed_by_t
 
     convert(npz, tmp_path / "other.npz")  # a write elsewhere leaves it alone
     assert (tmp_path / ".out.npz.replacing").exists()
-    convert(npz, dst, config=exact_json)  # the next write there finishes and replaces the pair
+    convert(npz, dst, config=exact_json, overwrite=True)  # the next write there finishes and replaces the pair
     config, _ = read_flax_params(dst)
     assert (config.gelu, config.layer_norm_eps) == ("exact", 1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from train_runs import REPO, TINY, final_params, losses, records, train_env
 
 from vit_jax import train_cli as train
 from vit_jax.formats.mapping import flatten
+from vit_jax.training import workdir_lock
 from vit_jax.training.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLock
 
 STEPS = 6
@@ -211,3 +214,60 @@ def test_an_export_over_a_device_is_refused_before_training(tmp_path, capsys):
                                   f"to a character device, not a regular file; refusing to replace it (choose a file "
                                   f"path)")
     assert os.path.islink(tmp_path / "final.safetensors") and not os.path.exists(tmp_path / "run")
+
+
+# -- the lock file is opened as every output is: regular files only, never followed, never blocking ----
+
+def _rescue_if_blocked(fifo: str) -> threading.Timer:
+    """Opening the FIFO's other end unblocks an open() stuck on it: the test then fails instead of hanging."""
+    def rescue():
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    timer = threading.Timer(20, rescue)
+    timer.start()
+    return timer
+
+
+def test_a_fifo_as_the_lock_file_is_one_line_not_a_hang(tmp_path, capsys):
+    fifo = str(tmp_path / LOCK_FILE)
+    os.mkfifo(fifo)
+    timer = _rescue_if_blocked(fifo)
+    try:
+        for args in (["--resume", "--workdir", str(tmp_path)], ARGS + ["--workdir", str(tmp_path)]):
+            assert train.main(args) == 1
+            assert f"{fifo} is a FIFO, not a regular lock file" in error_line(capsys)
+    finally:
+        timer.cancel()
+
+
+@pytest.mark.parametrize("target", ["outside.txt", "missing.txt"], ids=["to-a-file", "dangling"])
+def test_a_symlink_as_the_lock_file_is_refused_and_never_written_through(tmp_path, capsys, target):
+    workdir, outside = tmp_path / "run", tmp_path / "outside.txt"
+    workdir.mkdir()
+    outside.write_text("someone's notes\n")
+    os.symlink(tmp_path / target, workdir / LOCK_FILE)
+    with pytest.raises(WorkdirBusy, match=f"is a symlink \\(to {tmp_path / target}\\), not a regular lock file"):
+        WorkdirLock(str(workdir)).acquire()
+    assert train.main(ARGS + ["--workdir", str(workdir)]) == 1
+    assert "is a symlink" in error_line(capsys)
+    assert outside.read_text() == "someone's notes\n"
+    assert not (tmp_path / "missing.txt").exists() and os.listdir(workdir) == [LOCK_FILE]
+
+
+def test_a_filesystem_without_flock_leaves_no_lock_file(tmp_path, monkeypatch):
+    def unsupported(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(workdir_lock.fcntl, "flock", unsupported)
+    with pytest.warns(UserWarning, match="cannot lock .* make sure no other run uses"):
+        WorkdirLock(str(tmp_path)).acquire().release()
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_existing_export_is_refused_before_training_unless_overwrite(tmp_path, capsys):
+    export = tmp_path / "final.safetensors"
+    export.write_text("an earlier export\n")
+    assert train.main(ARGS + ["--workdir", str(tmp_path / "run"), "--export-torch", str(export)]) == 1
+    assert f"--export-torch {export}: already exists (a file); pass --overwrite" in error_line(capsys)
+    assert not (tmp_path / "run").exists() and export.read_text() == "an earlier export\n"

@@ -253,7 +253,7 @@ def write_attention_maps(
         for i, (rollout, per_head) in enumerate(zip(rollouts, heads)):
             path = images[start + i]
             view = model_view(path, config, crop_fraction, display)
-            with atomic_outputs(*outputs[start + i]) as (npy, overlay, grid_png):
+            with atomic_outputs(*outputs[start + i], overwrite=True) as (npy, overlay, grid_png):  # in its --out-dir
                 with open(npy, "wb") as f:
                     np.save(f, rollout)
                 Image.fromarray(heat_overlay(view, rollout)).save(overlay, format="PNG")

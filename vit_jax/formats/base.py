@@ -150,8 +150,29 @@ def file_above(path: str | os.PathLike) -> Path | None:
     return None if parent.is_dir() else parent
 
 
-def check_output_path(path: str | os.PathLike) -> None:
-    """Refuse (ConversionError) an output over a device, FIFO or socket, or under a regular file."""
+def _existing_kind(path: Path) -> str | None:
+    """What is at `path` itself (a symlink is not followed), or None when nothing is."""
+    if path.is_symlink():
+        return "a symlink"
+    if path.is_dir():
+        return "a directory"
+    return "a file" if path.exists() else None
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """The one rule for every output the project writes; ConversionError when `path` may not be written.
+
+    Never over a device, FIFO or socket (or a symlink to one), never under a
+    regular file. Whatever else exists at `path` (a file, a directory, a
+    symlink, which is replaced and never followed) is refused unless
+    `overwrite`; even then a directory is replaced only if an earlier
+    conversion wrote it (it holds vit_config.json): it may be the user's own folder.
+    """
+    _check_writable_kind(path)
+    _check_existing(path, overwrite)
+
+
+def _check_writable_kind(path: str | os.PathLike) -> None:
     kind = special_file_kind(path)
     if kind is not None:
         raise ConversionError(f"{path}: is {kind}, not a regular file; refusing to replace it (choose a file path)")
@@ -159,6 +180,19 @@ def check_output_path(path: str | os.PathLike) -> None:
     if blocking is not None:
         raise ConversionError(f"{path}: {blocking} is a file, not a directory; expected a path whose existing parent "
                               f"is a directory")
+
+
+def _check_existing(path: str | os.PathLike, overwrite: bool) -> None:
+    existing = _existing_kind(Path(path))
+    if existing is None:
+        return
+    if not overwrite:
+        raise ConversionError(f"{path}: already exists ({existing}); pass --overwrite to replace it, or choose a new "
+                              f"path")
+    if existing == "a directory" and not (Path(path) / SIDECAR_IN_DIR).is_file():
+        raise ConversionError(f"{path}: is a directory that no conversion wrote (no {SIDECAR_IN_DIR} in it); "
+                              f"--overwrite replaces only files and earlier output directories: remove it yourself "
+                              f"or choose a new path")
 
 
 def _remove(path: Path) -> None:
@@ -207,12 +241,27 @@ def _remove_stale_temps(final: Path) -> None:
                 _remove(entry)
 
 
+def _put_in_place(temp: Path, final: Path) -> None:
+    """os.replace, also where a directory meets a file or a symlink (each removed only once `temp` is whole)."""
+    if final.is_dir() and not final.is_symlink():
+        aside = _temp_name(final)  # a name the next write to `final` removes if a kill stops us here
+        os.replace(final, aside)
+        os.replace(temp, final)
+        _remove(aside)
+        return
+    if temp.is_dir() and (final.is_symlink() or final.exists()):
+        final.unlink()  # os.replace cannot put a directory over a file
+    os.replace(temp, final)
+
+
 @contextlib.contextmanager
-def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
+def atomic_outputs(*destinations: str | os.PathLike, overwrite: bool = False) -> Iterator[list[Path]]:
     """Temporary paths beside each destination, renamed into place only if the block succeeds.
 
-    On any error every temporary is removed, so a failed conversion leaves no
-    output behind (and an existing destination is untouched). With several
+    Each destination follows `check_output_path(final, overwrite)`: an existing
+    one is refused unless `overwrite`. On any error every temporary is removed,
+    so a failed conversion leaves no output behind (and an existing
+    destination is untouched). With several
     destinations (weights and their config JSON) a marker file is written
     before the renames and removed after them: a reader that finds it refuses
     the pair, and the next write to the same place completes those renames.
@@ -220,13 +269,12 @@ def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
     """
     finals = [Path(d).absolute() for d in destinations]
     for final in finals:
-        check_output_path(final)
-        if final.is_dir():
-            # Never delete a directory to make room: it may be the user's own folder.
-            raise ConversionError(f"{final}: already exists as a directory; remove it or choose a new path")
+        _check_writable_kind(final)
     for final in finals:
         final.parent.mkdir(parents=True, exist_ok=True)
-    _finish_interrupted(finals[0])
+    _finish_interrupted(finals[0])  # first: the pair it completes was there before the killed write began
+    for final in finals:
+        _check_existing(final, overwrite)
     marker = replacing_marker(finals[0]) if len(finals) > 1 else None
     for final in finals + ([marker] if marker else []):
         _remove_stale_temps(final)
@@ -244,9 +292,7 @@ def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
             marker_temp.write_text(json.dumps({"renames": renames}))
             os.replace(marker_temp, marker)
         for temp, final in zip(temps, finals):
-            if temp.is_dir() and final.exists():
-                final.unlink()  # os.replace cannot put a directory over a file
-            os.replace(temp, final)
+            _put_in_place(temp, final)
         if marker is not None:
             marker.unlink()
     except BaseException:
@@ -260,6 +306,6 @@ def atomic_outputs(*destinations: str | os.PathLike) -> Iterator[list[Path]]:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """`data` as indented JSON at `path`, replacing any old file only once the new one is whole."""
-    with atomic_outputs(path) as (temp,):
+    """`data` as indented JSON at `path` (a run's own file), replacing the old one only once the new one is whole."""
+    with atomic_outputs(path, overwrite=True) as (temp,):
         temp.write_text(json.dumps(data, indent=2) + "\n")

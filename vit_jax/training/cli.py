@@ -9,6 +9,10 @@ orbax write). Here, inside `interruptible()` the handler raises `Interrupted`
 is raised just after); outside, the process ends at once, as nothing needs
 undoing there. A watchdog thread, woken by the signal's wakeup byte, ends the
 process with 128 + signum if the main thread has not within `GRACE_SECONDS`.
+
+In a job of several processes (`defer_signals`) a first signal is only
+recorded: every process must stop at the same step, and
+vit_jax.training.job.agree_to_stop decides which.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _received: list[int] = []
 _emergency_cleanups: list[Callable[[], None]] = []
 _sockets: list[socket.socket] = []  # the wakeup pair lives as long as the process
-_state = {"raise": False, "deferred": False}
+_state: dict = {"raise": False, "deferred": False, "agreed": False, "grace": GRACE_SECONDS, "reported": False,
+                "detail": None}
+_report_lock = threading.Lock()
 
 
 class Interrupted(KeyboardInterrupt):
@@ -77,6 +83,9 @@ def _in_gc_callback(frame) -> bool:
 
 
 def _handler(signum: int, frame) -> None:
+    if _state["agreed"] and not _received:  # a multi-process job: recorded, acted on by every process at a step
+        _received.append(signum)
+        return
     if _state["deferred"]:
         _state["deferred"] = False
     elif _received or not _state["raise"]:  # a second Ctrl-C, or nothing to undo yet: stop now
@@ -108,7 +117,7 @@ def _watchdog(reader: socket.socket) -> None:
     if not received:
         return
     signum = received[0]
-    time.sleep(GRACE_SECONDS)
+    time.sleep(_state["grace"])
     for cleanup in list(_emergency_cleanups):
         try:
             cleanup()
@@ -137,6 +146,36 @@ def interrupted() -> bool:
     return bool(_received)
 
 
+def defer_signals(grace: float) -> None:
+    """From now on a first signal is only recorded (`pending_signal`); the watchdog waits `grace` seconds.
+
+    For a job of several processes, which must all stop at the same step
+    (vit_jax.training.job.agree_to_stop); a second signal still ends the process at once.
+    """
+    _state["agreed"] = True
+    _state["grace"] = max(grace, GRACE_SECONDS)
+
+
+def report_interrupt(prog: str) -> None:
+    """Print the one closing line of an interrupted run (once per process, whichever thread gets here first)."""
+    with _report_lock:
+        if _state["reported"]:
+            return
+        _state["reported"] = True
+    detail = _state["detail"]
+    print(f"{prog}: interrupted" + (f"; {detail()}" if detail else ""), file=sys.stderr, flush=True)
+
+
+def set_interrupt_detail(detail: Callable[[], str]) -> None:
+    """What the closing line of an interrupted run adds (read when it is printed, after the cleanup)."""
+    _state["detail"] = detail
+
+
+def pending_signal() -> int:
+    """The signal received and not yet acted on, else 0."""
+    return _received[0] if _received else 0
+
+
 def check_interrupted() -> None:
     """Raise `Interrupted` if a signal arrived whose exception was swallowed; call at safe points of a loop."""
     if _received:
@@ -147,6 +186,12 @@ def on_forced_exit(cleanup: Callable[[], None]) -> Callable[[], None]:
     """Run `cleanup` if the watchdog has to end the process; returns a function that unregisters it."""
     _emergency_cleanups.append(cleanup)
     return lambda: _emergency_cleanups.remove(cleanup) if cleanup in _emergency_cleanups else None
+
+
+def exit_now(code: int) -> None:
+    """End the process with `code` at once, from any thread, output flushed and nothing torn down."""
+    _release_stderr()
+    _flush_and_exit(code)
 
 
 def exit(code: int) -> None:

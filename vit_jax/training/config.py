@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -204,7 +205,11 @@ class TrainConfig:
     coordinator_address: str | None = _field(None, "host:port of process 0 for a multi-process run")
     num_processes: int | None = _field(None, "number of processes in a multi-process run", flag_type=int)
     process_id: int | None = _field(None, "this process's index in a multi-process run", flag_type=int)
+    coordination_timeout: int = _field(
+        60, "seconds a process of a multi-process run may go silent before the others count it as gone and stop "
+        "(one error line each, exit status 3)")
     export_torch: str | None = _field(None, "write the final params as a timm-named PyTorch .safetensors file")
+    overwrite: bool = _field(False, "replace an existing --export-torch file and its .json (refused by default)")
     eval_only: bool = _field(False, "evaluate a checkpoint of --workdir (the best, or --eval-step) and exit")
     eval_step: int | None = _field(
         None, "checkpoint step for --eval-only (default: best by eval accuracy, else latest; a damaged default is "
@@ -216,7 +221,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        positive = ("batch_size", "accum_steps", "log_every", "keep_checkpoints")
+        positive = ("batch_size", "accum_steps", "log_every", "keep_checkpoints", "coordination_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{_flag(name)} must be positive, got {getattr(self, name)!r}")
@@ -224,15 +229,22 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{_flag(name)} must be positive, got {value!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be > 0 and finite, got {self.lr!r}")
+        for name in ("b1", "b2", "momentum"):  # a decay of 1 or more never forgets: the updates blow up
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for f in dataclasses.fields(self):  # inf or nan in any rate, size or factor makes no run
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{_flag(f.name)} must be a finite number, got {value!r}")
         if self.steps is None and not self.epochs > 0:
             raise ConfigError(f"--epochs must be > 0, got {self.epochs!r}")
         for name in ("warmup_steps",):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)!r}")
         for name in ("weight_decay", "grad_clip", "mixup_alpha", "cutmix_alpha", "end_lr_factor", "momentum"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # (not `< 0`: NaN passes that)
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
@@ -373,11 +385,54 @@ def load_config_file(path: str, in_memory_data: bool = False) -> dict[str, Any]:
     return dict(data.get("train", data))
 
 
+def _file_value(f: dataclasses.Field, value: Any, source: str) -> Any:
+    """A config file's `value` for field `f`, as its flag would have parsed it, or a one-line ConfigError."""
+    kind = _field_type(f)
+    if value is None and f.default is None:
+        return None
+    wrong = ConfigError(f"{source}: \"{f.name}\" is {json.dumps(value)}; expected {_KIND_NAMES.get(kind, 'a value')}, "
+                        f"as --{_flag(f.name)} takes")
+    if kind is bool or isinstance(f.default, bool):
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if isinstance(value, bool):  # JSON true is not the number 1
+        raise wrong
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise wrong
+        return value
+    if kind is float:
+        if not isinstance(value, (int, float)):
+            raise wrong
+        return float(value)
+    if kind is stage_units:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        if not isinstance(value, str):
+            raise wrong
+        try:
+            return stage_units(value)
+        except argparse.ArgumentTypeError as error:
+            raise ConfigError(f"{source}: \"{f.name}\": {error}") from None
+    if not isinstance(value, str):
+        raise wrong
+    return value
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               stage_units: "a list of integers or a string such as '3,4,9'"}
+
+
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A TrainConfig from `values` (a config file's, or flags already parsed): each checked as its flag would be."""
     hints = unknown_field_hints(TrainConfig, values)
     if hints:
         raise ConfigError(f"{source}: unknown option(s) {', '.join(hints)}")
-    return TrainConfig(**values)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{name: _file_value(fields[name], value, source) for name, value in values.items()})
 
 
 def parse_args(argv: list[str] | None, prog: str = "train.py") -> TrainConfig:

@@ -44,7 +44,7 @@ class MetricsWriter:
     def _truncate_after(self, step: int) -> None:
         """Forget records a killed run wrote after the checkpoint we resume from."""
         kept = [r for r in read_records(self.workdir) if r["step"] <= step]
-        with atomic_outputs(self.path) as (temp,):
+        with atomic_outputs(self.path, overwrite=True) as (temp,):  # the run's own file
             temp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
@@ -88,7 +88,7 @@ def plot_curves(workdir: str) -> str | None:
             ax.legend()
     fig.tight_layout()
     path = os.path.join(workdir, CURVES_FILE)
-    with atomic_outputs(path) as (temp,):
+    with atomic_outputs(path, overwrite=True) as (temp,):  # the run's own file
         fig.savefig(temp, format="png", dpi=100)
     plt.close(fig)
     return path

@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vit_jax.sharding import ACTIVATION_RULES, BATCH, check_divisible
+from vit_jax.training import job
 from vit_jax.training.mesh import make_mesh, resolve_mesh, state_shardings
 from vit_jax.training.state import TrainState
 from vit_jax.training.steps import eval_step, train_step
@@ -39,8 +40,9 @@ class ParallelError(ValueError):
     """A batch size or device set that data parallelism cannot use."""
 
 
-def initialize_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None) -> None:
-    """Join a multi-process job (no-op when no coordinator is given).
+def initialize_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None,
+                           timeout: int = job.DEFAULT_TIMEOUT, workdir: str | None = None) -> None:
+    """Join a multi-process job (no-op when no coordinator is given); a process silent for `timeout` s is lost.
 
     On CPU the cross-process collectives go through gloo; GPU and TPU
     backends bring their own and ignore this setting.
@@ -54,7 +56,7 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
     if not 0 <= process_id < num_processes:
         raise ParallelError(f"--process-id {process_id} is not in [0, {num_processes})")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
+    job.join(coordinator_address, num_processes, process_id, timeout, workdir)
 
 
 class DataParallel:
