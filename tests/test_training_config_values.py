@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from train_runs import TINY, load_train_module
+from train_runs import TINY
 
+from vit_jax import train_cli as train
 from vit_jax.config import ConfigError
 from vit_jax.training.config import parse_args
-
-train = load_train_module()
 
 
 @pytest.mark.parametrize(

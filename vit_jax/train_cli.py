@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as interrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        cli.report_interrupt(prog)
         return getattr(interrupt, "exit_code", 130)
 
 

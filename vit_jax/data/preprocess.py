@@ -32,7 +32,7 @@ from vit_jax.data.decode import decode_image
 from vit_jax.data.errors import DataError
 from vit_jax.data.transforms import ImageTransform
 from vit_jax.formats import training_run
-from vit_jax.formats.hub import resolve_checkpoint
+from vit_jax.formats.hub import is_hub_name, resolve_checkpoint
 from vit_jax.formats.read import open_checkpoint
 
 TIMM_CONFIG, HF_PREPROCESSOR = "config.json", "preprocessor_config.json"
@@ -201,7 +201,9 @@ def load_transform(checkpoint: str | os.PathLike | ViTConfig, crop_fraction: flo
 def init_transform(init: str | os.PathLike | None, model: ViTConfig) -> Preprocess | None:
     """How a run fine-tuned from `init` evaluates: the checkpoint's own preprocessing when it states one for the
     run's image size and channels (timm, transformers), else None (the config's eval transform)."""
-    stated = source_transform(init) if init else None
+    # init may also name weights handed to train() in memory (no file): those state no preprocessing
+    named = init and (is_hub_name(init) or os.path.exists(init))
+    stated = source_transform(init) if named else None
     if stated is None or stated.crop != model.image_hw or len(stated.mean) != model.num_channels:
         return None
     return stated

@@ -18,8 +18,9 @@ import numpy as np
 
 from vit_jax.config import ViTConfig
 from vit_jax.data import make_loader, skipped_corrupt_files
+from vit_jax.data.preprocess import init_transform
 from vit_jax.formats import training_run
-from vit_jax.training import cli
+from vit_jax.training import job
 from vit_jax.training.config import TrainConfig
 from vit_jax.training.export import export_torch
 from vit_jax.training.metrics import MetricsWriter, plot_curves
@@ -63,6 +64,7 @@ def evaluate(eval_step, params, dataset, model: ViTConfig, config: TrainConfig, 
         num_epochs=1,
         num_workers=config.num_workers,
         on_corrupt=config.on_corrupt,
+        eval_transform=init_transform(config.init, model),  # a timm/transformers --init: its own eval preprocessing
     )
     totals = None
     for batch in loader:
@@ -196,7 +198,7 @@ def train_loop(run: Run, state, loader, start_step: int, train_step, eval_step, 
     config, checkpoints = run.config, run.checkpoints
     last_eval: dict[str, float] = {}
     for step in range(start_step + 1, run.total_steps + 1):
-        cli.check_interrupted()
+        job.agree_to_stop(step - 1)  # every process stops at the same step, whichever got the signal
         checkpoints.poll()  # a background checkpoint write that failed (a full disk) stops the run here
         state, metrics = train_step(state, run.parallel.put_batch(next(loader)))
         log.add(step, metrics)
@@ -223,7 +225,7 @@ def finish(run: Run, state, last_eval: dict, metrics_path: str, wall: float) -> 
         return result
     outputs["curves"] = plot_curves(run.workdir)
     if run.config.export_torch:
-        outputs["torch"] = export_torch(final_params, run.model, run.config.export_torch)
+        outputs["torch"] = export_torch(final_params, run.model, run.config.export_torch, run.config.overwrite)
     training_run.write_summary(run.workdir, final_step=run.total_steps, eval_metrics=last_eval,
                                best_checkpoint_step=result.best_checkpoint_step, train_seconds=wall,
                                skipped_corrupt_files=skipped_corrupt_files())

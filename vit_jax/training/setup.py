@@ -238,7 +238,7 @@ def _check_outputs(config: TrainConfig, workdir: str, is_main: bool) -> dict | N
         from vit_jax.formats.base import check_output_path
 
         try:
-            check_output_path(config.export_torch)
+            check_output_path(config.export_torch, overwrite=config.overwrite)
         except ConversionError as error:
             raise ConfigError(f"--export-torch {error}") from None
     if is_main and not config.eval_only and os.path.isdir(workdir):
@@ -264,7 +264,8 @@ def prepare(config: TrainConfig, dataset: Dataset | None = None, base_model: ViT
         cpu_matmuls.select(config.cpu_matmuls)  # XLA_FLAGS: before the backend starts
     except RuntimeError as error:
         raise ConfigError(str(error)) from None
-    initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
+    initialize_distributed(config.coordinator_address, config.num_processes, config.process_id,
+                           config.coordination_timeout, config.workdir)
     import jax
 
     from vit_jax.model import param_shapes
