@@ -10,17 +10,20 @@ and the serialised file while it is written).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from parity import source_check
+from parity.source_models import LIBRARIES
 from vit_jax.config import ViTConfig
 from vit_jax.formats import FORMATS, ConversionError, config_sidecar, flax_ckpt, hf, timm_hub, torch_sd
 from vit_jax.formats.base import atomic_outputs, check_output_path
 from vit_jax.formats.mapping import unflatten
-from vit_jax.formats.read import Progress, check_format, describe, read_tensors, target_format
+from vit_jax.formats.read import Progress, check_format, describe, read_flax_params, read_tensors, target_format
 from vit_jax.training.orbax_output import quiet_failures
 
 
@@ -32,6 +35,8 @@ class ConversionResult:
     output: Path
     config_path: Path
     num_tensors: int
+    # what the check against the source library found, one line per direction (a figure, or why not)
+    checks: tuple[str, ...] = ()
 
 
 def write_orbax(path: str | Path, flat: dict[str, np.ndarray], config=None, like=None) -> None:
@@ -60,12 +65,16 @@ def convert(
     step: int | None = None,
     allow_nonfinite: bool = False,
     overrides: dict[str, Any] | None = None,
+    verify: bool = True,
 ) -> ConversionResult:
     """Convert the checkpoint `src` to `dst`, writing the ViTConfig JSON beside `dst`.
 
     Nothing appears at `dst` unless the whole conversion succeeds; the weights
     and their config JSON are replaced as one unit (see atomic_outputs).
     `overrides` states config fields outright (`--set num_heads=8`).
+    `verify` checks the Flax model against the source library's model of `src`
+    and of the written file, where that library is importable (parity.source_check);
+    a difference above float32 rounding raises ConversionError and writes nothing.
     """
     check_format(from_format, "--from")
     check_format(to_format, "--to")
@@ -85,6 +94,16 @@ def convert(
     resolved, tensors, source = read_tensors(src, naming, from_format, config, image_size, num_classes, progress,
                                              check, step, allow_nonfinite, overrides)
     count = len(tensors)
+    checks: list[str] = []
+    reading = functools.partial(read_flax_params, src, source.format, config, step=step,
+                                allow_nonfinite=allow_nonfinite, overrides=overrides)
+    flax_params = None
+    if verify and source.format in LIBRARIES:
+        if progress:
+            progress(f"checking {src} against {LIBRARIES[source.format]}")
+        source_config, params = reading()  # at the source's own size and head: the function it computes
+        checks.append(source_check.check("reading", src, source.format, source_config, params, Path(src)))
+        flax_params = params if image_size is None and num_classes is None else None
     if progress:
         progress(f"writing {dst} ({to_format}): {describe(resolved)}")
     sidecar = config_sidecar(dst, is_dir=as_dir)
@@ -95,6 +114,10 @@ def convert(
             write(temps[0], tensors, resolved, dst)
             config_file = temps[0] / sidecar.name if as_dir else temps[1]
             config_file.write_text(resolved.to_json())
+            if verify and to_format in LIBRARIES:  # the written file, loaded by its library, before it is at DST
+                if flax_params is None:
+                    flax_params = reading(image_size=image_size, num_classes=num_classes)[1]
+                checks.append(source_check.check("writing", temps[0], to_format, resolved, flax_params, dst))
     except (ConversionError, KeyboardInterrupt):
         raise
     except Exception as e:  # a full disk surfaces as OSError, or as each writer's own error type
@@ -104,4 +127,5 @@ def convert(
                               f"nothing was written there") from None
     if progress:
         progress(f"wrote {dst} and {sidecar}")
-    return ConversionResult(resolved, source.format, to_format, dst, sidecar, count)
+    return ConversionResult(resolved, source.format, to_format, dst, sidecar, count,
+                            tuple(line for line in checks if line))

@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "else the latest)")
     parser.add_argument("--allow-nonfinite", action="store_true",
                         help="convert weights holding NaN or infinity (refused by default)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip the check against the source library (by default the Flax model is checked "
+                             "against the library's own model of SRC and of the written DST, where installed)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return parser
 
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             result = convert(
                 args.src, args.dst, from_format=args.from_format, to_format=args.to_format, config=args.config,
                 image_size=args.image_size, num_classes=args.num_classes, progress=progress, step=args.step,
-                allow_nonfinite=args.allow_nonfinite, overrides=dict(args.overrides),
+                allow_nonfinite=args.allow_nonfinite, overrides=dict(args.overrides), verify=args.verify,
             )
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -181,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print(f"{result.source_format} -> {result.target_format}: {result.output} ({result.num_tensors} tensors), "
               f"config {result.config_path}")
+        for line in result.checks:
+            print(line)
         if result.target_format == "vit-pytorch":
             from vit_jax.formats.vit_pytorch import vit_kwargs
 
