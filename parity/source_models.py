@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import json
 from pathlib import Path
 from typing import Callable
@@ -80,7 +81,11 @@ def import_library(library: str):
 
 
 def _versioned(library: str, module) -> str:
-    return f"{library} {getattr(module, '__version__', '?')}"
+    """'timm 1.0.31': the installed distribution's version (vit_pytorch has no __version__)."""
+    try:
+        return f"{library} {importlib.metadata.version(library)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{library} {getattr(module, '__version__', '?')}"
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:

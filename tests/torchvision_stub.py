@@ -11,6 +11,7 @@ are timm's own code, unmodified.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import types
@@ -42,10 +43,27 @@ def import_timm():
     """timm, importing it with the placeholders when torchvision is absent; None if timm is not installed."""
     if importlib.util.find_spec("timm") is None:
         return None
-    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:
-        import timm  # a real torchvision is there: no placeholders
+    with _placeholders():
+        import timm
+        import timm.models.vision_transformer  # noqa: F401  (everything the tests use, imported now)
+    return timm
 
-        return timm
+
+def import_vit_pytorch():
+    """vit_pytorch (its package __init__ imports torchvision-based models), with the placeholders when torchvision
+    is absent; None if vit-pytorch is not installed."""
+    if importlib.util.find_spec("vit_pytorch") is None:
+        return None
+    with _placeholders():
+        import vit_pytorch
+    return vit_pytorch
+
+
+@contextlib.contextmanager
+def _placeholders():
+    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:
+        yield  # a real torchvision is there: no placeholders
+        return
     for name in MODULES:
         module = _StubModule(name)
         module.__path__ = []  # a package, so submodule imports resolve to the entries above
@@ -55,11 +73,9 @@ def import_timm():
         if parent:
             setattr(sys.modules[parent], child, module)
     try:
-        import timm
-        import timm.models.vision_transformer  # noqa: F401  (everything the tests use, imported now)
+        yield
     finally:
-        # timm keeps the placeholders it imported; nothing else in the session may see a torchvision
+        # the library keeps the placeholders it imported; nothing else in the session may see a torchvision
         # (transformers probes for it with importlib.util.find_spec).
         for name in MODULES:
             sys.modules.pop(name, None)
-    return timm
