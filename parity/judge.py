@@ -116,9 +116,10 @@ def _floors(measured: dict[str, Measured], groups: dict[str, str]) -> dict[str, 
     return {k: norm_floor(m.size, typical[groups[k]], NORM_FLOOR_FRACTION) for k, m in measured.items()}
 
 
-def forward_rows(config: ViTConfig, tol: Tolerances, measured: dict[str, Measured]) -> list[dict[str, Any]]:
-    """Canonical layers in forward order, from each layer's four comparisons."""
-    names = config.layer_names(attention=True)
+def forward_rows(config: ViTConfig, tol: Tolerances, measured: dict[str, Measured],
+                 only: list[str] | None = None) -> list[dict[str, Any]]:
+    """Canonical layers in forward order, from each layer's four comparisons (`only`: those of them compared)."""
+    names = [n for n in config.layer_names(attention=True) if only is None or n in only]
     missing = [n for n in names if n not in measured]
     if missing:
         raise KeyError(f"canonical layer(s) {missing} missing from a model's intermediates")

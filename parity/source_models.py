@@ -68,7 +68,10 @@ class SourceModel:
     library: str  # "timm 1.0.31"
     module: torch.nn.Module  # in eval mode
     output: str  # the output compared, e.g. "logits"
-    run: Callable[[torch.Tensor], torch.Tensor]  # NCHW pixels -> that output
+    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]  # (this module or a copy, NCHW pixels) -> it
+
+    def run(self, x: torch.Tensor, module: torch.nn.Module | None = None) -> torch.Tensor:
+        return self.forward(self.module if module is None else module, x)
 
 
 def import_library(library: str):
@@ -112,7 +115,7 @@ def _strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], where:
 
 
 def _plain(library: str, module: torch.nn.Module) -> SourceModel:
-    return SourceModel(library, module.eval(), "output", lambda x: module(x))
+    return SourceModel(library, module.eval(), "output", lambda m, x: m(x))
 
 
 def timm_hub_model(path: Path) -> SourceModel:
@@ -147,7 +150,8 @@ def timm_file_model(path: Path, config: ViTConfig) -> SourceModel:
     return _plain(_versioned("timm", timm), model)
 
 
-def transformers_model(path: Path) -> SourceModel:
+def transformers_model(path: Path, eager_attention: bool = False) -> SourceModel:
+    """`eager_attention`: transformers' explicit attention, which returns its probabilities (for the report)."""
     transformers = import_library("transformers")
     data = json.loads((path / "config.json").read_text())
     name = (data.get("architectures") or [None])[0]
@@ -155,16 +159,17 @@ def transformers_model(path: Path) -> SourceModel:
         raise LibraryMissing(f"not checked against transformers: no source check for class {name!r} "
                              f"(checked: {', '.join(TRANSFORMERS_OUTPUTS)})")
     transformers.utils.logging.disable_progress_bar()
-    model, info = getattr(transformers, name).from_pretrained(str(path), output_loading_info=True)
+    extra = {"attn_implementation": "eager"} if eager_attention else {}
+    model, info = getattr(transformers, name).from_pretrained(str(path), output_loading_info=True, **extra)
     problems = {k: list(v)[:4] for k, v in info.items() if v}
     if problems:
         raise ConversionError(f"{path}: transformers {name}.from_pretrained leaves weights unloaded: {problems}")
     model = model.float().eval()
     output = TRANSFORMERS_OUTPUTS[name]
     if callable(output):
-        return SourceModel(_versioned("transformers", transformers), model, name, lambda x: output(model, x))
+        return SourceModel(_versioned("transformers", transformers), model, name, output)
     return SourceModel(_versioned("transformers", transformers), model, output,
-                       lambda x: getattr(model(pixel_values=x), output))
+                       lambda m, x: getattr(m(pixel_values=x), output))
 
 
 def vit_pytorch_model(path: Path, config: ViTConfig) -> SourceModel:
@@ -188,7 +193,7 @@ def torchvision_model(path: Path, config: ViTConfig) -> SourceModel:
     return _plain(_versioned("torchvision", torchvision), model)
 
 
-def source_model(path: Path, format: str, config: ViTConfig) -> SourceModel:
+def source_model(path: Path, format: str, config: ViTConfig, eager_attention: bool = False) -> SourceModel:
     """The library's own model of the checkpoint at `path` (written in `format`), loaded strictly.
 
     Raises LibraryMissing when no library model can be built here (not installed, or a case not covered)."""
@@ -197,7 +202,7 @@ def source_model(path: Path, format: str, config: ViTConfig) -> SourceModel:
     if format == "hf":
         if not path.is_dir():
             raise LibraryMissing("not checked against transformers: a weights file without its config.json")
-        return transformers_model(path)
+        return transformers_model(path, eager_attention)
     if format == "torch":
         return timm_file_model(path, config)
     if format == "vit-pytorch":
