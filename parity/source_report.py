@@ -160,7 +160,8 @@ def _torch_run(source: SourceModel, module: torch.nn.Module, config: ViTConfig, 
     finally:
         probe.remove()
     inter = {k: v.detach().double().numpy() for k, v in probe.values.items()}
-    inter["logits"] = out.detach().double().numpy()
+    # the model's output is its last canonical layer: logits, or the features of a headless model
+    inter.setdefault(config.layer_names(attention=True)[-1], out.detach().double().numpy())
     return inter, grads
 
 

@@ -160,3 +160,62 @@ def test_a_library_that_is_not_installed_is_one_line(tmp_path, capsys, monkeypat
     assert code == 0, err
     notes = [line for line in out.splitlines() if "not checked against timm" in line]
     assert len(notes) == 1 and "pip install timm" in notes[0], out
+
+
+# -- python -m parity report --against-source ---------------------------------------------------------------------
+def report(src, out, *flags: str) -> tuple[int, dict]:
+    import json
+
+    from parity.report_cli import main
+
+    code = main(["--checkpoint", str(src), "--against-source", "--out", str(out), *flags])
+    return code, json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+
+
+def _tanh_gelu_in_timm(monkeypatch):
+    create = timm.create_model
+
+    def create_with_tanh_gelu(*a, **kw):
+        model = create(*a, **kw)
+        for block in model.blocks:
+            block.mlp.act = torch.nn.GELU(approximate="tanh")
+        return model
+
+    monkeypatch.setattr(timm, "create_model", create_with_tanh_gelu)
+
+
+@needs_timm
+def test_report_against_timm_passes_layer_by_layer_and_fails_a_planted_fault(tmp_path, monkeypatch):
+    arch, args = TIMM_FAMILIES["deit3"]  # LayerScale: its branches are exposed after timm's ls1 / ls2
+    src = timm_hub(arch, args, tmp_path / "hub")
+    code, rep = report(src, tmp_path / "good", "--backward")
+    assert code == 0 and rep["verdict"] == "pass", rep["first_failure"]
+    assert rep["against_source"].startswith("timm ") and rep["environment"]["versions"]["timm"] == timm.__version__
+    judged = {r["name"] for r in rep["rows"] if r["judged"]}
+    assert {"blocks.1", "blocks.1.attn", "blocks.1.mlp", "blocks.1.attn_probs", "logits"} <= judged
+    assert "Transformer/encoderblock_1/LayerScale_1/scale" in judged  # timm's own gradient, through the name table
+    # timm's GELU switched to tanh after it is built: neither its tensors nor its config show it
+    _tanh_gelu_in_timm(monkeypatch)
+    code, rep = report(src, tmp_path / "bad")
+    first = rep["first_failure"]
+    assert code == 1 and rep["verdict"] == "fail" and first["name"] == "blocks.0.mlp", first
+    assert "float64" in first["failed_checks"]
+
+
+def test_report_against_transformers_lists_what_it_cannot_see(tmp_path):
+    torch.manual_seed(0)
+    perturbed(transformers.Dinov2Model(HF_FAMILIES["Dinov2Model"]())).save_pretrained(tmp_path / "hf")
+    code, rep = report(tmp_path / "hf", tmp_path / "out")
+    assert code == 0 and rep["against_source"].startswith("transformers "), rep["first_failure"]
+    rows = {r["name"]: r for r in rep["rows"]}
+    assert rows["blocks.1"]["judged"] and rows["blocks.1.attn_probs"]["judged"] and rows["pre_logits"]["judged"]
+    hidden = rows["blocks.1.mlp"]  # transformers returns layer outputs and attentions, not a layer's branches
+    assert not hidden["judged"] and hidden["check"] == "not compared" and "does not expose" in hidden["note"]
+    assert "not compared" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_report_against_source_needs_a_source(tmp_path, capsys):
+    from parity.report_cli import main
+
+    assert main(["--config", "ViT-testing", "--against-source", "--out", str(tmp_path / "r")]) == 2
+    assert "--against-source needs --checkpoint" in capsys.readouterr().err
