@@ -119,7 +119,9 @@ def writer_architecture(config) -> str:
             if _agrees(config, architecture_fields(name)):
                 return name
     for _, example, fields in ARCHITECTURES:
-        if _agrees(config, {k: fields[k] for k in ("layer_norm_eps", "distilled")}):
+        # timm.create_model drops None arguments: init_values=None cannot turn off an architecture's LayerScale
+        if _agrees(config, {k: fields[k] for k in ("layer_norm_eps", "distilled")}) and (
+                config.layer_scale or "layer_scale_init" not in fields):
             return example
     raise UnknownArchitecture(f"no timm architecture computes LayerNorm eps {config.layer_norm_eps:g}"
                               f"{' with a distillation token' if config.distilled else ''}")
