@@ -60,9 +60,9 @@ def _first(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def _timm_hooks(model: torch.nn.Module, config: ViTConfig) -> dict[str, tuple[torch.nn.Module, str]]:
+def _timm_hooks(model: torch.nn.Module, config: ViTConfig) -> list[tuple[str, torch.nn.Module, str]]:
     """canonical name -> (module, 'out' for its output | 'in' for its input) in timm's VisionTransformer / Eva."""
-    points: dict[str, tuple[torch.nn.Module, str]] = {"patch_embed": (model.patch_embed, "out")}
+    points = {"patch_embed": (model.patch_embed, "out")}
     if isinstance(getattr(model, "norm_pre", None), torch.nn.Identity):
         points["embed"] = (model.blocks[0], "in")  # (with a pre-norm, timm's block input is after it)
     for i, block in enumerate(model.blocks):
@@ -78,7 +78,7 @@ def _timm_hooks(model: torch.nn.Module, config: ViTConfig) -> dict[str, tuple[to
         points["norm"] = (model.norm, "out")
     if hasattr(model, "head"):
         points["pre_logits"] = (model.head, "in")
-    return points
+    return [(name, module, where) for name, (module, where) in points.items()]
 
 
 def _layer_list(model: torch.nn.Module, config: ViTConfig) -> torch.nn.ModuleList:
@@ -89,25 +89,24 @@ def _layer_list(model: torch.nn.Module, config: ViTConfig) -> torch.nn.ModuleLis
     raise SourceUnavailable("--against-source: no encoder layer list of the transformers model was found")
 
 
-def _transformers_hooks(model: torch.nn.Module, config: ViTConfig) -> dict[str, tuple[torch.nn.Module, str]]:
-    """Each encoder layer's output, and its attention module's probabilities (eager attention returns them)."""
-    points = {}
+def _transformers_hooks(model: torch.nn.Module, config: ViTConfig) -> list[tuple[str, torch.nn.Module, str]]:
+    """Each encoder layer's output, and the probabilities its eager attention returns (the first of its attention
+    modules to give a (batch, heads, N, N) tensor: the inner one, whichever the version nests)."""
+    points = []
     for i, layer in enumerate(_layer_list(model, config)):
-        points[f"blocks.{i}"] = (layer, "out")
-        attention = next((m for n, m in layer.named_modules() if n.endswith("attention") or n.endswith("self_attn")),
-                         None)
-        if attention is not None:
-            points[f"blocks.{i}.attn_probs"] = (attention, "probs")
+        points.append((f"blocks.{i}", layer, "out"))
+        points += [(f"blocks.{i}.attn_probs", m, "probs") for n, m in layer.named_modules()
+                   if "attention" in n or "attn" in n]
     return points
 
 
 class Probe:
     """Forward hooks that keep the library's intermediates of one run."""
 
-    def __init__(self, points: dict[str, tuple[torch.nn.Module, str]], num_heads: int):
+    def __init__(self, points: list[tuple[str, torch.nn.Module, str]], num_heads: int):
         self.values: dict[str, torch.Tensor] = {}
         self.handles = []
-        for name, (module, where) in points.items():
+        for name, module, where in points:
             if where == "in":
                 self.handles.append(module.register_forward_pre_hook(self._keep_input(name)))
             else:
@@ -125,7 +124,7 @@ class Probe:
                          if isinstance(o, torch.Tensor) and o.dim() == 4 and o.shape[1] == num_heads
                          and o.shape[-1] == o.shape[-2]]
                 if found:
-                    self.values[name] = found[0]
+                    self.values.setdefault(name, found[0])
             else:
                 self.values[name] = _first(output)
         return hook
@@ -135,7 +134,8 @@ class Probe:
             handle.remove()
 
 
-def hook_points(source: SourceModel, config: ViTConfig) -> dict[str, tuple[torch.nn.Module, str]]:
+def hook_points(source: SourceModel, config: ViTConfig) -> list[tuple[str, torch.nn.Module, str]]:
+    """(canonical name, module, what of it to keep: 'out', 'in' or 'probs')."""
     if source.library.startswith("timm"):
         return _timm_hooks(source.module, config)
     return _transformers_hooks(source.module, config)
@@ -202,12 +202,24 @@ def _flax_grads(source_path: Path, format: str, grads: dict[str, torch.Tensor], 
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def not_compared_row(name: str, depth: int, library: str) -> dict[str, Any]:
+def float64_attention(source: SourceModel, module64: torch.nn.Module) -> str | None:
+    """transformers 4.x's eager attention takes its softmax in float32 whatever the model's dtype, so its float64
+    run would not be exact: that run uses sdpa (float64 throughout), which returns no probabilities. Returns the
+    note of the rows this leaves out, or None."""
+    name, _, version = source.library.partition(" ")
+    if name != "transformers" or int(version.split(".")[0]) >= 5:
+        return None
+    module64.config._attn_implementation = "sdpa"
+    return (f"{source.library}'s eager attention takes its softmax in float32 even in a float64 model: its float64 "
+            f"run uses sdpa, which does not expose the probabilities")
+
+
+def not_compared_row(name: str, depth: int, reason: str) -> dict[str, Any]:
     return {"section": "forward", "name": name, "shape": [], "max_abs": None, "mean_abs": None, "rel_l2": None,
             "cosine": None, "ref_norm": None, "floored": False, "judged": False, "passed": True,
             "check": "not compared", "failed_checks": [], "jax_vs_f64": None, "torch_vs_f64": None,
             "f64_jax_vs_torch": None, "rounding_ratio": None, "depth": depth,
-            "note": f"not compared: {library} does not expose this layer"}
+            "note": f"not compared: {reason}"}
 
 
 def against_source_rows(checkpoint: str, config: ViTConfig, master: harness.Master, images: np.ndarray,
@@ -215,6 +227,7 @@ def against_source_rows(checkpoint: str, config: ViTConfig, master: harness.Mast
     """(rows, zero-gradient parameters, 'timm 1.0.31') of the Flax model against the library's own model."""
     source, format = open_source(checkpoint, config)
     module64 = copy.deepcopy(source.module).double()
+    float64_note = float64_attention(source, module64)
     flat = {p: np.asarray(master[p], np.float32) for p in master}
     params = to_layout(unflatten(flat), config)
     config64 = harness.float64_config(config)
@@ -227,12 +240,14 @@ def against_source_rows(checkpoint: str, config: ViTConfig, master: harness.Mast
     src64, grads64 = _torch_run(source, module64, config, images, targets, torch.float64, backward)
     tol = tolerances_for(config.dtype)
     names = config.layer_names(attention=True)
-    exposed = [n for n in names if n in src32 and n in jax32]
+    exposed = [n for n in names if n in src32 and n in src64 and n in jax32]
+    notes = {n: float64_note for n in names if n in src32 and n not in src64}
     measured = {n: judge.measure(jax32[n], _like(src32[n], jax32[n]), jax64[n], _like(src64[n], jax64[n]))
                 for n in exposed}
     rows = judge.forward_rows(config, tol, measured, only=exposed)
     compared = {r["name"]: r for r in rows}
-    rows = [dict(compared[n], depth=depth) if n in compared else not_compared_row(n, depth, source.library)
+    rows = [dict(compared[n], depth=depth) if n in compared else
+            not_compared_row(n, depth, notes.get(n) or f"{source.library} does not expose this layer")
             for depth, n in enumerate(names)]
     zero_grad: set[str] = set()
     if backward:

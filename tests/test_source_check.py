@@ -53,6 +53,11 @@ HF_FAMILIES = {  # transformers class -> its config at a 3x3 grid
     "SiglipVisionModel": lambda: transformers.SiglipVisionConfig(**_HF, intermediate_size=40, image_size=24,
                                                                  patch_size=8),
 }
+TRANSFORMERS_4 = int(transformers.__version__.split(".")[0]) < 5
+# The SigLIP writer's output loads in transformers 5 only (its 4.x naming is the families' fix): the writing check
+# refuses it under 4.x, as it must.
+SIGLIP_4X = pytest.mark.xfail(TRANSFORMERS_4, strict=False, reason="the SigLIP writer's names load in transformers "
+                                                                   "5.x only: 4.x leaves every weight unloaded")
 FIGURE = r"{direction} checked against {library} [^:]+: rel L2 ([0-9.e+-]+) on 2 inputs"
 
 
@@ -107,7 +112,8 @@ def test_timm_family_checked_against_timm_both_ways(tmp_path, capsys, family):
     assert code == 0 and figure(out, "writing", "timm") <= 1e-5, err + out
 
 
-@pytest.mark.parametrize("name", list(HF_FAMILIES))
+@pytest.mark.parametrize("name", [n if n != "SiglipVisionModel" else pytest.param(n, marks=SIGLIP_4X)
+                                  for n in HF_FAMILIES])
 def test_transformers_family_checked_against_transformers_both_ways(tmp_path, capsys, name):
     torch.manual_seed(0)
     perturbed(getattr(transformers, name)(HF_FAMILIES[name]())).save_pretrained(tmp_path / "hf")
@@ -208,7 +214,9 @@ def test_report_against_transformers_lists_what_it_cannot_see(tmp_path):
     code, rep = report(tmp_path / "hf", tmp_path / "out")
     assert code == 0 and rep["against_source"].startswith("transformers "), rep["first_failure"]
     rows = {r["name"]: r for r in rep["rows"]}
-    assert rows["blocks.1"]["judged"] and rows["blocks.1.attn_probs"]["judged"] and rows["pre_logits"]["judged"]
+    assert rows["blocks.1"]["judged"] and rows["pre_logits"]["judged"]
+    probs = rows["blocks.1.attn_probs"]  # 4.x: its eager softmax is float32 in a float64 model, so its f64 run is sdpa
+    assert probs["judged"] if not TRANSFORMERS_4 else "softmax in float32" in probs["note"]
     hidden = rows["blocks.1.mlp"]  # transformers returns layer outputs and attentions, not a layer's branches
     assert not hidden["judged"] and hidden["check"] == "not compared" and "does not expose" in hidden["note"]
     assert "not compared" in (tmp_path / "out" / "report.md").read_text()
