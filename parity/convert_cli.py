@@ -70,6 +70,16 @@ config.json. A directory resolves to the best step by eval accuracy, else the
 latest; --step N picks another. A damaged default step is named in a warning
 and the newest intact step is used; a damaged --step N is an error.
 
+checked against the source: where the library the model came from can be
+imported (timm for timm hub directories and timm-named files, transformers for
+transformers directories, vit-pytorch, torchvision), its own model of SRC is run
+against the Flax model of the conversion on 2 seeded inputs, and so is DST
+loaded strictly by its library: one line per direction ("reading checked
+against timm 1.0.31: rel L2 4.4e-07 on 2 inputs"). Above 1e-5 relative L2, or a
+load that leaves any weight unloaded, is an error naming the output, and
+nothing is written. A library that is not installed is a one-line note;
+--no-verify skips the check.
+
 safety: weights must be floating point (int and bool tensors are refused by
 name) and finite (unless --allow-nonfinite). DST and its config JSON are
 replaced together: a conversion killed between the two renames leaves a
