@@ -101,9 +101,14 @@ def convert(
     if verify and source.format in LIBRARIES:
         if progress:
             progress(f"checking {src} against {LIBRARIES[source.format]}")
-        source_config, params = reading()  # at the source's own size and head: the function it computes
+        try:
+            source_config, params = reading()  # at the source's own size and head: the function it computes
+        except ConversionError:
+            if image_size is None:
+                raise
+            source_config, params = reading(image_size=image_size)  # the size SRC's grid needs stated
         checks.append(source_check.check("reading", src, source.format, source_config, params, Path(src)))
-        flax_params = params if image_size is None and num_classes is None else None
+        flax_params = params if source_config == resolved else None
     if progress:
         progress(f"writing {dst} ({to_format}): {describe(resolved)}")
     sidecar = config_sidecar(dst, is_dir=as_dir)
