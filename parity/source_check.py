@@ -9,6 +9,7 @@ whose output diverges is named, and the conversion writes nothing. Where no libr
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -35,9 +36,15 @@ def check_inputs(config: ViTConfig) -> np.ndarray:
     return random_images(config, NUM_INPUTS, np.random.default_rng(SEED))
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_apply(config: ViTConfig):
+    """One compiled forward per config: conversions of one architecture (a test suite's) share it."""
+    model = VisionTransformer(config)
+    return jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+
 def flax_output(config: ViTConfig, params, images: np.ndarray) -> np.ndarray:
-    model = VisionTransformer(config.replace(dtype="float32", param_dtype="float32"))
-    return np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(params, images))
+    return np.asarray(_compiled_apply(config.replace(dtype="float32", param_dtype="float32"))(params, images))
 
 
 def compare(direction: str, source: SourceModel, config: ViTConfig, params, where: Path) -> str:
