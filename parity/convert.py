@@ -53,6 +53,21 @@ def write_orbax(path: str | Path, flat: dict[str, np.ndarray], config=None, like
         checkpointer.wait_until_finished()
 
 
+def _check_reading(src, source_format: str, reading, image_size, resolved: ViTConfig,
+                   progress: Progress | None) -> tuple[str | None, Any]:
+    """The reading check's line, and its Flax params where they are the result's too (else None)."""
+    if progress:
+        progress(f"checking {src} against {LIBRARIES[source_format]}")
+    try:
+        source_config, params = reading()  # at the source's own size and head: the function it computes
+    except ConversionError:
+        if image_size is None:
+            raise
+        source_config, params = reading(image_size=image_size)  # the size SRC's grid needs stated
+    line = source_check.check("reading", src, source_format, source_config, params, Path(src))
+    return line, params if source_config == resolved else None
+
+
 def convert(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -99,16 +114,8 @@ def convert(
                                 allow_nonfinite=allow_nonfinite, overrides=overrides)
     flax_params = None
     if verify and source.format in LIBRARIES:
-        if progress:
-            progress(f"checking {src} against {LIBRARIES[source.format]}")
-        try:
-            source_config, params = reading()  # at the source's own size and head: the function it computes
-        except ConversionError:
-            if image_size is None:
-                raise
-            source_config, params = reading(image_size=image_size)  # the size SRC's grid needs stated
-        checks.append(source_check.check("reading", src, source.format, source_config, params, Path(src)))
-        flax_params = params if source_config == resolved else None
+        line, flax_params = _check_reading(src, source.format, reading, image_size, resolved, progress)
+        checks.append(line)
     if progress:
         progress(f"writing {dst} ({to_format}): {describe(resolved)}")
     sidecar = config_sidecar(dst, is_dir=as_dir)
