@@ -27,7 +27,7 @@ import safetensors.torch
 import torch
 
 from parity import harness, judge
-from parity.source_models import LIBRARIES, SourceModel, source_model
+from parity.source_models import LIBRARIES, LibraryMissing, SourceModel, source_model
 from parity.tolerances import tolerances_for
 from vit_jax.config import ViTConfig
 from vit_jax.formats.mapping import unflatten
@@ -43,8 +43,6 @@ class SourceUnavailable(ValueError):
 
 
 def open_source(checkpoint: str, config: ViTConfig) -> tuple[SourceModel, str]:
-    from parity.source_models import LibraryMissing
-
     format = detect_format(checkpoint)
     if LIBRARIES.get(format) not in LIBRARIES_READ:
         raise SourceUnavailable(f"--against-source: {checkpoint} is {format}; it reads timm hub directories, "
