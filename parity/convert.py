@@ -56,6 +56,9 @@ def write_orbax(path: str | Path, flat: dict[str, np.ndarray], config=None, like
 def _check_reading(src, source_format: str, reading, image_size, resolved: ViTConfig,
                    progress: Progress | None) -> tuple[str | None, Any]:
     """The reading check's line, and its Flax params where they are the result's too (else None)."""
+    missing = source_check.missing_library(source_format)
+    if missing:  # nothing more is read for a check that cannot run
+        return f"reading: {missing}", None
     if progress:
         progress(f"checking {src} against {LIBRARIES[source_format]}")
     try:
@@ -126,7 +129,10 @@ def convert(
             write(temps[0], tensors, resolved, dst)
             config_file = temps[0] / sidecar.name if as_dir else temps[1]
             config_file.write_text(resolved.to_json())
-            if verify and to_format in LIBRARIES:  # the written file, loaded by its library, before it is at DST
+            missing = verify and to_format in LIBRARIES and source_check.missing_library(to_format)
+            if missing:
+                checks.append(f"writing: {missing}")
+            elif verify and to_format in LIBRARIES:  # the written file, loaded by its library, before it is at DST
                 if flax_params is None:
                     flax_params = reading(image_size=image_size, num_classes=num_classes)[1]
                 checks.append(source_check.check("writing", temps[0], to_format, resolved, flax_params, dst))

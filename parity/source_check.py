@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from parity.inputs import random_images
-from parity.source_models import LIBRARIES, LibraryMissing, SourceModel, run, source_model
+from parity.source_models import LIBRARIES, LibraryMissing, SourceModel, import_library, run, source_model
 from parity.tolerances import TOLERANCES
 from vit_jax.config import ViTConfig
 from vit_jax.formats import ConversionError
@@ -63,6 +63,15 @@ def compare(direction: str, source: SourceModel, config: ViTConfig, params, wher
                 f"{where}: {direction} differs from {source.library}: output '{source.output}' of input {i} is "
                 f"{rel:.2e} rel L2 from the Flax model's (float32 bound {BOUND:g}); nothing was written")
     return f"{direction} checked against {source.library}: rel L2 {_rel_l2(got, want):.1e} on {len(images)} inputs"
+
+
+def missing_library(format: str) -> str | None:
+    """The note for a format whose library cannot be imported here (checked before anything is read for it)."""
+    try:
+        import_library(LIBRARIES[format])
+    except LibraryMissing as note:
+        return str(note)
+    return None
 
 
 def check(direction: str, path: Path, format: str, config: ViTConfig, params, where: Path) -> str | None:
