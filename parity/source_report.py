@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -262,11 +261,3 @@ def against_source_rows(checkpoint: str, config: ViTConfig, master: harness.Mast
 def _like(value: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """The library's tensor in the Flax layout when only the layout differs (same elements, same order)."""
     return value.reshape(reference.shape) if value.size == reference.size else value
-
-
-def describe_source(checkpoint: str) -> str:
-    path = Path(checkpoint)
-    if path.is_dir() and (path / "config.json").is_file():
-        data = json.loads((path / "config.json").read_text())
-        return data.get("architecture") or (data.get("architectures") or ["?"])[0]
-    return path.name
