@@ -70,6 +70,16 @@ config.json. A directory resolves to the best step by eval accuracy, else the
 latest; --step N picks another. A damaged default step is named in a warning
 and the newest intact step is used; a damaged --step N is an error.
 
+checked against the source: where the library the model came from can be
+imported (timm for timm hub directories and timm-named files, transformers for
+transformers directories, vit-pytorch, torchvision), its own model of SRC is run
+against the Flax model of the conversion on 2 seeded inputs, and so is DST
+loaded strictly by its library: one line per direction ("reading checked
+against timm 1.0.31: rel L2 4.4e-07 on 2 inputs"). Above 1e-5 relative L2, or a
+load that leaves any weight unloaded, is an error naming the output, and
+nothing is written. A library that is not installed is a one-line note;
+--no-verify skips the check.
+
 safety: weights must be floating point (int and bool tensors are refused by
 name) and finite (unless --allow-nonfinite). An existing DST or config JSON
 (a file, a directory, a symlink) is refused unless --overwrite, which
@@ -154,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "conversion wrote; without it an existing DST is refused")
     parser.add_argument("--allow-nonfinite", action="store_true",
                         help="convert weights holding NaN or infinity (refused by default)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip the check against the source library (by default the Flax model is checked "
+                             "against the library's own model of SRC and of the written DST, where installed)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return parser
 
@@ -174,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.src, args.dst, from_format=args.from_format, to_format=args.to_format, config=args.config,
                 image_size=args.image_size, num_classes=args.num_classes, progress=progress, step=args.step,
                 allow_nonfinite=args.allow_nonfinite, overrides=dict(args.overrides), overwrite=args.overwrite,
+                verify=args.verify,
             )
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -187,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print(f"{result.source_format} -> {result.target_format}: {result.output} ({result.num_tensors} tensors), "
               f"config {result.config_path}")
+        for line in result.checks:
+            print(line)
         if result.target_format == "vit-pytorch":
             from vit_jax.formats.vit_pytorch import vit_kwargs
 

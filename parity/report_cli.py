@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import torch
 
-from parity import harness, inputs, judge, passes
+from parity import harness, inputs, judge, passes, source_report
 from parity.render import write_report
 from parity.tolerances import RELATIVE_ERROR_DEFINITION, RULE, ZERO_GRADIENT_FRACTION, tolerances_for
 from vit_jax.config import KERNELS, ConfigError, ViTConfig, get_config, parse_assignment
@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=harness.AdamWSettings.learning_rate, help="AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=harness.AdamWSettings.weight_decay,
                         help="AdamW decoupled weight decay")
+    parser.add_argument("--against-source", action="store_true",
+                        help="with --checkpoint: the PyTorch side is the library the checkpoint came from (timm's or "
+                             "transformers' own model, loaded strictly), not the twin; layers it does not expose are "
+                             "listed as not compared; float32, forward and --backward")
     parser.add_argument("--out", required=True,
                         help="output folder for report.json, report.md, report.html and the plots")
     return parser
@@ -106,6 +110,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--out {args.out!r} exists and is not a directory")
     if file_above(args.out) is not None:
         raise UsageError(f"--out {args.out!r}: {file_above(args.out)} is a file, not a directory")
+    if args.against_source and not args.checkpoint:
+        raise UsageError("--against-source needs --checkpoint (the source library's model of it is compared)")
+    if args.against_source and (args.optimizer_step or args.dtype != "float32"):
+        raise UsageError("--against-source compares float32 forward and --backward; drop --optimizer-step and --dtype")
     if args.checkpoint and not is_hub_name(args.checkpoint) and not os.path.exists(args.checkpoint):
         raise UsageError(f"--checkpoint {args.checkpoint!r} does not exist")
 
@@ -253,6 +261,10 @@ def judged_rows(args: argparse.Namespace, config: ViTConfig, master: harness.Mas
     tol = tolerances_for(config.dtype)
     backward = args.backward or args.optimizer_step
     settings = harness.AdamWSettings(learning_rate=args.lr, weight_decay=args.weight_decay)
+    if args.against_source:
+        rows, zero_grad, args.source_library = source_report.against_source_rows(
+            args.checkpoint, config, master, images, targets, backward, clock)
+        return rows, zero_grad
     sides = _sides(config)
     measured, losses = passes.compare(sides, master, config, images, targets, backward,
                                       settings if args.optimizer_step else None, clock)
@@ -278,7 +290,13 @@ def run_report(args: argparse.Namespace, config: ViTConfig, master: harness.Mast
         rows, zero_grad = judged_rows(args, config, master, images, targets, clock)
     passed, first = judge.verdict(rows)
     settings = harness.AdamWSettings(learning_rate=args.lr, weight_decay=args.weight_decay)
+    environment = _environment(*_devices(), config.dtype)
+    library = getattr(args, "source_library", None)
+    if library:
+        name, version = library.split(" ", 1)
+        environment["versions"][name] = version
     return {
+        "against_source": library,
         "verdict": "pass" if passed else "fail",
         "first_failure": first,
         "summary": _summary(rows),
@@ -289,7 +307,7 @@ def run_report(args: argparse.Namespace, config: ViTConfig, master: harness.Mast
         "inputs": input_text,
         "loss_definition": harness.LOSS_DESCRIPTION if backward else None,
         "optimizer": _optimizer_info(settings, args.steps) if args.optimizer_step else None,
-        "environment": _environment(*_devices(), config.dtype),
+        "environment": environment,
         "zero_gradient_params": sorted(zero_grad),
         "tolerances": _tolerance_info(tolerances_for(config.dtype)),
         "timings_s": clock,
@@ -328,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_s, setup_rss = time.perf_counter() - started, peak_rss_bytes()
         try:
             report = run_report(args, config, master, source, images, input_text, rng)
-        except ConversionError as error:  # a checkpoint changed on disk after its checking pass
+        except (ConversionError, source_report.SourceUnavailable) as error:  # a checkpoint changed on disk, or
+            # no library model of it can be built
             print(f"error: {error}", file=sys.stderr)
             return 2
         report["timings_s"] = {"weights and inputs": setup_s, **report["timings_s"]}
@@ -343,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     worst = ", ".join(f"{k} {v:.2e}" for k, v in report["summary"]["worst_rel_l2"].items())
     ratios = ", ".join(f"{k} {v:.2f}" for k, v in report["summary"]["worst_rounding_ratio"].items())
-    print(f"{report['verdict'].upper()}: {report['config']['name']} {report['dtype']}, "
+    against = f" against {report['against_source']}" if report["against_source"] else ""
+    print(f"{report['verdict'].upper()}: {report['config']['name']} {report['dtype']}{against}, "
           f"{report['summary']['failed']} of {report['summary']['judged']} judged rows out of tolerance; worst rel "
           f"L2: {worst}; "
           f"worst rounding ratio: {ratios}")

@@ -3,6 +3,6 @@ documented way for user code too (its placeholders stand in for torchvision whil
 
 from __future__ import annotations
 
-from vit_torch_ref.interop import import_timm
+from vit_torch_ref.interop import import_timm, import_vit_pytorch
 
-__all__ = ["import_timm"]
+__all__ = ["import_timm", "import_vit_pytorch"]
