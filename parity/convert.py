@@ -22,6 +22,7 @@ from parity.source_models import LIBRARIES
 from vit_jax.config import ViTConfig
 from vit_jax.formats import FORMATS, ConversionError, config_sidecar, flax_ckpt, hf, timm_hub, torch_sd
 from vit_jax.formats.base import atomic_outputs, check_output_path, replacing_marker
+from vit_jax.formats.hub import resolve_checkpoint
 from vit_jax.formats.mapping import unflatten
 from vit_jax.formats.read import Progress, check_format, describe, read_flax_params, read_tensors, target_format
 from vit_jax.training.orbax_output import quiet_failures
@@ -67,7 +68,7 @@ def _check_reading(src, source_format: str, reading, image_size, resolved: ViTCo
         if image_size is None:
             raise
         source_config, params = reading(image_size=image_size)  # the size SRC's grid needs stated
-    line = source_check.check("reading", src, source_format, source_config, params, Path(src))
+    line = source_check.check("reading", resolve_checkpoint(src), source_format, source_config, params, Path(src))
     return line, params if source_config == resolved else None
 
 

@@ -29,9 +29,10 @@ from parity import harness, judge
 from parity.source_models import LIBRARIES, LibraryMissing, SourceModel, source_model
 from parity.tolerances import tolerances_for
 from vit_jax.config import ViTConfig
+from vit_jax.formats.hub import resolve_checkpoint
 from vit_jax.formats.mapping import unflatten
 from vit_jax.formats.read import detect_format, read_flax_params
-from vit_jax.model import VisionTransformer
+from vit_jax.model import VisionTransformer, apply_with_intermediates
 from vit_jax.params import to_layout
 
 LIBRARIES_READ = ("timm", "transformers")  # whose intermediates the hooks below know
@@ -42,6 +43,7 @@ class SourceUnavailable(ValueError):
 
 
 def open_source(checkpoint: str, config: ViTConfig) -> tuple[SourceModel, str]:
+    checkpoint = str(resolve_checkpoint(checkpoint))  # an hf-hub: name, as the local directory it resolves to
     format = detect_format(checkpoint)
     if LIBRARIES.get(format) not in LIBRARIES_READ:
         raise SourceUnavailable(f"--against-source: {checkpoint} is {format}; it reads timm hub directories, "
@@ -166,8 +168,7 @@ def _jax_run(config: ViTConfig, params, images: np.ndarray, targets: np.ndarray,
     model = VisionTransformer(config)
 
     def forward(p):
-        return model.apply({"params": p}, images.astype(config.dtype), return_intermediates=True,
-                           return_attention=True)
+        return apply_with_intermediates(model, {"params": p}, images.astype(config.dtype), return_attention=True)
 
     (out, inter) = jax.jit(forward)(params)
     inter = {k: np.asarray(v, np.float64) for k, v in inter.items()}
