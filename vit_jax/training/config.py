@@ -150,14 +150,16 @@ class TrainConfig:
     on_corrupt: str = _field("skip", "an undecodable image: skip it with a warning and a count, or stop",
                              ("skip", "error"))
     # -- optimisation -----------------------------------------------------
-    optimizer: str = _field("adamw", "optimizer", ("adamw", "sgd"))
+    optimizer: str = _field(
+        "adamw", "optimizer (hyperparameters each reads: docs/training.md, \"Optimizers\")",
+        ("adamw", "sgd", "lion", "lamb", "adafactor", "muon"))
     lr: float = _field(2e-3, "peak learning rate (reached after warmup)")
     schedule: str = _field("cosine", "decay after warmup", ("cosine", "linear", "constant"))
     warmup_steps: int = _field(100, "linear warmup steps from 0 to --lr")
     end_lr_factor: float = _field(0.0, "final learning rate as a fraction of --lr")
     weight_decay: float = _field(0.05, "decoupled weight decay on kernels only (not norms, biases, embeddings, cls)")
-    b1: float = _field(0.9, "AdamW beta1")
-    b2: float = _field(0.999, "AdamW beta2")
+    b1: float = _field(0.9, "beta1 of adamw, lion, lamb and muon's AdamW part")
+    b2: float = _field(0.999, "beta2 of adamw, lion (paper: 0.99), lamb and muon's AdamW part")
     momentum: float = _field(0.9, "SGD momentum (0: plain SGD)")
     nesterov: bool = _field(False, "Nesterov momentum for SGD")
     grad_clip: float = _field(1.0, "clip gradients to this global norm (0: off)")

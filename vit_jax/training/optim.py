@@ -20,7 +20,7 @@ DECAY_RULE = r"(^|/)kernel$"
 # Trainable with --freeze-backbone: the classifier (DeiT's two) and its optional pre-logits layer.
 HEAD_RULE = r"^(head|head_dist|pre_logits)/"
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "lion", "lamb", "adafactor", "muon")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -65,25 +65,73 @@ def make_optimizer(
     nesterov: bool = False,
     freeze_backbone: bool = False,
 ) -> optax.GradientTransformation:
-    """AdamW or SGD-momentum with global-norm clipping and masked weight decay."""
+    """`name`'s update with global-norm clipping and weight decay masked to kernels (DECAY_RULE).
+
+    Every optimizer takes its step size from `schedule` and decays decoupled from
+    the gradient statistics, scaled by the lr (AdamW-style).
+    """
     decay_mask = path_mask(params, DECAY_RULE)
     parts = []
     if grad_clip > 0:
         parts.append(optax.clip_by_global_norm(grad_clip))
-    if name == "adamw":
-        parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask))
-    elif name == "sgd":
-        # Decoupled from the gradient statistics but scaled by the lr, as in SGDW.
-        if weight_decay > 0:
-            parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
-        parts.append(optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov))
-    else:
-        raise ValueError(f"optimizer {name!r} is not one of {OPTIMIZERS}")
+    parts.append(_update_rule(name, schedule, weight_decay, decay_mask, b1=b1, b2=b2, momentum=momentum,
+                              nesterov=nesterov))
     tx = optax.chain(*parts)
     if freeze_backbone:
         labels = jax.tree.map(lambda head: "train" if head else "freeze", path_mask(params, HEAD_RULE))
         tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
     return tx
+
+
+def _update_rule(name: str, schedule, weight_decay: float, decay_mask: Any, *, b1: float, b2: float,
+                 momentum: float, nesterov: bool) -> optax.GradientTransformation:
+    if name == "adamw":
+        return optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask)
+    if name == "sgd":
+        # Decoupled from the gradient statistics but scaled by the lr, as in SGDW.
+        decay = [optax.add_decayed_weights(weight_decay, mask=decay_mask)] if weight_decay > 0 else []
+        return optax.chain(*decay, optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov))
+    if name == "lion":
+        # The sign of an interpolated momentum: every step has the size of the lr.
+        return optax.lion(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask)
+    if name == "lamb":
+        # Adam's direction rescaled per parameter by ||w|| / ||update|| (the trust ratio); eps as in the paper.
+        return optax.lamb(schedule, b1=b1, b2=b2, eps=1e-6, weight_decay=weight_decay, mask=decay_mask)
+    if name == "adafactor":
+        # optax.adafactor's defaults (factored second moments, updates clipped to block RMS 1, no first moment)
+        # with an absolute lr (not scaled by each parameter's RMS) and lr-scaled decay, like the others.
+        return optax.chain(optax.scale_by_factored_rms(), optax.clip_by_block_rms(1.0),
+                           optax.add_decayed_weights(weight_decay, mask=decay_mask),
+                           optax.scale_by_learning_rate(schedule))
+    if name == "muon":
+        return _muon(schedule, weight_decay, b1=b1, b2=b2)
+    raise ValueError(f"optimizer {name!r} is not one of {OPTIMIZERS}")
+
+
+def _muon(schedule, weight_decay: float, *, b1: float, b2: float) -> optax.GradientTransformation:
+    """Muon (orthogonalised momentum) for every kernel, AdamW without decay for everything else.
+
+    The kernels are exactly the DECAY_RULE parameters, so decay falls where it does
+    for the other optimizers. Each kernel is read as the matrix of the product it
+    computes (inputs x outputs); leading axes (scanned layers) are batch axes.
+    """
+    from optax.contrib import MuonDimensionNumbers, muon
+
+    def matrix_axes(path, leaf):
+        name = "/".join(str(getattr(key, "key", key)) for key in path)
+        n = leaf.ndim
+        if not re.search(DECAY_RULE, name) or n < 2:
+            return None
+        if re.search(r"(^|/)(query|key|value)/kernel$", name):  # (in, heads, head_dim)
+            return MuonDimensionNumbers(reduction_axis=n - 3, output_axis=(n - 2, n - 1))
+        if re.search(r"(^|/)out/kernel$", name):  # (heads, head_dim, out)
+            return MuonDimensionNumbers(reduction_axis=(n - 3, n - 2), output_axis=n - 1)
+        if n == 4:  # a convolution (kh, kw, in, out), e.g. the patch embedding
+            return MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)
+        return MuonDimensionNumbers(reduction_axis=n - 2, output_axis=n - 1)
+
+    return muon(schedule, weight_decay=weight_decay, adam_b1=b1, adam_b2=b2, adam_weight_decay=0.0,
+                muon_weight_dimension_numbers=lambda params: jax.tree_util.tree_map_with_path(matrix_axes, params))
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
