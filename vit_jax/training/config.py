@@ -162,6 +162,9 @@ class TrainConfig:
     b2: float = _field(0.999, "beta2 of adamw, lion (paper: 0.99), lamb and muon's AdamW part")
     momentum: float = _field(0.9, "SGD momentum (0: plain SGD)")
     nesterov: bool = _field(False, "Nesterov momentum for SGD")
+    model_ema_decay: float = _field(
+        0.0, "keep an exponential moving average of the weights with this decay per step (timm: 0.9998; 0: off); "
+        "eval, --eval-only and --export-torch then use it, and checkpoints hold it")
     grad_clip: float = _field(1.0, "clip gradients to this global norm (0: off)")
     label_smoothing: float = _field(0.1, "label smoothing of the training targets")
     mixup_alpha: float = _field(0.0, "mixup Beta(alpha, alpha) (0: off)")
@@ -236,6 +239,8 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip", "mixup_alpha", "cutmix_alpha", "end_lr_factor", "momentum"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.model_ema_decay < 1:
+            raise ConfigError(f"--model-ema-decay must be in [0, 1), got {self.model_ema_decay!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 < self.split_fraction < 1:

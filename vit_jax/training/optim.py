@@ -7,7 +7,7 @@ big_vision), so they read the same for per-block and scanned param trees.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,7 @@ def make_optimizer(
     momentum: float = 0.9,
     nesterov: bool = False,
     freeze_backbone: bool = False,
+    ema_decay: float = 0.0,
 ) -> optax.GradientTransformation:
     """`name`'s update with global-norm clipping and weight decay masked to kernels (DECAY_RULE).
 
@@ -80,7 +81,36 @@ def make_optimizer(
     if freeze_backbone:
         labels = jax.tree.map(lambda head: "train" if head else "freeze", path_mask(params, HEAD_RULE))
         tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
-    return tx
+    return optax.chain(tx, track_ema(ema_decay)) if ema_decay > 0 else tx
+
+
+class EmaParams(NamedTuple):
+    """The weights' moving average. Kept in the optimizer state, so checkpoints, resume and sharding carry it."""
+
+    ema: Any
+
+
+def track_ema(decay: float) -> optax.GradientTransformation:
+    """Passes updates through; after each step, ema = decay * ema + (1 - decay) * new params (timm's ModelEmaV2).
+
+    The average starts at the initial params, as timm's copy of the model does.
+    """
+
+    def init(params):
+        return EmaParams(jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params))
+
+    def update(updates, state, params):
+        new_params = optax.apply_updates(params, updates)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(jnp.float32), state.ema, new_params)
+        return updates, EmaParams(ema)
+
+    return optax.GradientTransformation(init, update)
+
+
+def ema_params(opt_state: Any) -> Any | None:
+    """The EMA weights an optimizer state built with ema_decay > 0 holds, else None."""
+    found = jax.tree.leaves(opt_state, is_leaf=lambda node: isinstance(node, EmaParams))
+    return next((node.ema for node in found if isinstance(node, EmaParams)), None)
 
 
 def _update_rule(name: str, schedule, weight_decay: float, decay_mask: Any, *, b1: float, b2: float,
