@@ -1,4 +1,4 @@
-"""Training recipes beyond the 2020 one: the weights' moving average (--model-ema-decay).
+"""Training recipes beyond the 2020 one: the weights' moving average (--model-ema-decay), layer decay.
 
 The formula test drives the optimizer by hand; the run test goes through the command's own path
 (`train_cli.main` -> `loop.fit`) on three steps of a tiny model, as test_train_resume_state.py does.
@@ -15,9 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_train_resume_state import assert_equal_trees
+from torchvision_stub import import_timm
 from train_runs import TINY
 
+from vit_jax import get_config
 from vit_jax import train_cli as train
+from vit_jax.formats.mapping import flatten, flax_to_torch
+from vit_jax.model import param_shapes
 from vit_jax.training import loop, optim
 from vit_jax.training.checkpoint import Checkpointer
 
@@ -93,3 +97,74 @@ def test_model_ema_decay_is_checked():
 
     with pytest.raises(ConfigError, match=r"--model-ema-decay must be in \[0, 1\), got 1.0"):
         TrainConfig(model_ema_decay=1.0)
+
+
+LAYER_DECAY = 0.7
+
+
+def layer_decay_formula(name: str, depth: int) -> float:
+    """timm: decay ** (depth + 1 - layer_id); layer_id 0 embeddings, i + 1 block i, depth the final norm,
+    depth + 1 the head."""
+    if name.startswith("Transformer/encoderblock_"):
+        layer_id = int(name.split("/")[1].rsplit("_", 1)[1]) + 1
+    elif name.startswith("Transformer/encoder_norm"):
+        layer_id = depth
+    elif name.startswith(("head", "MAPHead_0")):
+        layer_id = depth + 1
+    else:
+        layer_id = 0
+    return LAYER_DECAY ** (depth + 1 - layer_id)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"classifier": "map", "num_register_tokens": 2}])
+def test_layer_decay_multiplier_of_every_parameter_equals_the_formula(overrides):
+    config = get_config("ViT-testing").replace(num_layers=3, **overrides)
+    params = param_shapes(config)
+    multipliers = flatten(optim.layer_decay_multipliers(params, LAYER_DECAY))
+    assert set(multipliers) == set(flatten(params))
+    for name, got in multipliers.items():
+        assert got == pytest.approx(layer_decay_formula(name, 3)), name
+    assert multipliers["embedding/kernel"] == pytest.approx(LAYER_DECAY**4) and multipliers["head/kernel"] == 1.0
+    # A scanned stack holds block i's multiplier at index i of its leading axis.
+    scanned = flatten(optim.layer_decay_multipliers(param_shapes(config.replace(scan=True)), LAYER_DECAY))
+    stacked = scanned["Transformer/encoderblock/MlpBlock_0/Dense_0/kernel"]
+    np.testing.assert_allclose(stacked.ravel(), [LAYER_DECAY**3, LAYER_DECAY**2, LAYER_DECAY], rtol=1e-6)
+    assert stacked.shape == (3, 1, 1)
+
+
+def test_layer_decay_groups_match_timms_param_groups():
+    """Each timm tensor's lr_scale from timm's param_groups_layer_decay is our multiplier for the same weights."""
+    timm = import_timm()
+    if timm is None:
+        pytest.skip("timm is not installed")
+    from timm.optim._param_groups import param_groups_layer_decay
+
+    config = get_config("ViT-testing").replace(num_layers=3)
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=config.image_size, patch_size=config.patch_size, embed_dim=config.hidden_size, depth=3,
+        num_heads=config.num_heads, mlp_ratio=config.mlp_dim / config.hidden_size, num_classes=config.num_classes)
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=LAYER_DECAY)
+    names = {id(p): n for n, p in model.named_parameters()}
+    timm_scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    # Our multipliers as constant tensors, renamed to timm's names by the project's own converter.
+    params = param_shapes(config)
+    filled = jax.tree.map(lambda p, m: np.full(p.shape, m, np.float32), params,
+                          optim.layer_decay_multipliers(params, LAYER_DECAY))
+    ours = flax_to_torch(filled, config)
+    assert set(ours) == set(timm_scale)
+    for name, tensor in ours.items():
+        np.testing.assert_allclose(np.asarray(tensor), timm_scale[name], rtol=1e-6, err_msg=name)
+
+
+def test_layer_decay_scales_each_parameters_step():
+    params = {"embedding": {"kernel": jnp.ones((2, 2))},
+              "Transformer": {"encoderblock_0": {"Dense_0": {"kernel": jnp.ones((2, 2))}}},
+              "head": {"kernel": jnp.ones((2, 2))}}
+    schedule = optim.learning_rate_schedule(0.1, 10, 0, "constant")
+    tx = optim.make_optimizer(params, name="sgd", schedule=schedule, weight_decay=0.0, grad_clip=0.0, momentum=0.0,
+                              layer_decay=0.5)
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    got = {name: float(u[0, 0]) for name, u in flatten(updates).items()}
+    # one block: the embeddings get 0.5 ** 2, block 0 0.5 ** 1, the head 1
+    assert got == pytest.approx({"embedding/kernel": -0.025, "Transformer/encoderblock_0/Dense_0/kernel": -0.05,
+                                 "head/kernel": -0.1})

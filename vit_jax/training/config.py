@@ -165,6 +165,9 @@ class TrainConfig:
     model_ema_decay: float = _field(
         0.0, "keep an exponential moving average of the weights with this decay per step (timm: 0.9998; 0: off); "
         "eval, --eval-only and --export-torch then use it, and checkpoints hold it")
+    layer_decay: float | None = _field(
+        None, "layer-wise lr decay (BEiT/timm, e.g. 0.65-0.75 for fine-tuning): block i of L gets lr x D^(L-i), "
+        "the embeddings D^(L+1), the final norm and head the full lr (docs/training.md)", flag_type=float)
     grad_clip: float = _field(1.0, "clip gradients to this global norm (0: off)")
     label_smoothing: float = _field(0.1, "label smoothing of the training targets")
     mixup_alpha: float = _field(0.0, "mixup Beta(alpha, alpha) (0: off)")
@@ -239,6 +242,8 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip", "mixup_alpha", "cutmix_alpha", "end_lr_factor", "momentum"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)!r}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"--layer-decay must be in (0, 1], got {self.layer_decay!r}")
         if not 0 <= self.model_ema_decay < 1:
             raise ConfigError(f"--model-ema-decay must be in [0, 1), got {self.model_ema_decay!r}")
         if not 0 <= self.label_smoothing < 1:

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -19,6 +20,12 @@ from flax import traverse_util
 DECAY_RULE = r"(^|/)kernel$"
 # Trainable with --freeze-backbone: the classifier (DeiT's two) and its optional pre-logits layer.
 HEAD_RULE = r"^(head|head_dist|pre_logits)/"
+# --layer-decay groups (timm's): the encoder blocks, one per layer (a scanned stack is one leaf with the
+# layer on axis 0); the final norm, grouped with the last block; the head side; everything else (patch or
+# hybrid stem, tokens, position embedding) is the embedding group, which gets the deepest decay.
+BLOCK_RULE = r"^Transformer/encoderblock(_(\d+))?/"
+FINAL_NORM_RULE = r"^Transformer/encoder_norm/"
+AFTER_BLOCKS_RULE = r"^(head|head_dist|pre_logits|MAPHead_\d+|fc_norm)(/|$)"
 
 OPTIMIZERS = ("adamw", "sgd", "lion", "lamb", "adafactor", "muon")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -65,6 +72,7 @@ def make_optimizer(
     nesterov: bool = False,
     freeze_backbone: bool = False,
     ema_decay: float = 0.0,
+    layer_decay: float | None = None,
 ) -> optax.GradientTransformation:
     """`name`'s update with global-norm clipping and weight decay masked to kernels (DECAY_RULE).
 
@@ -77,11 +85,45 @@ def make_optimizer(
         parts.append(optax.clip_by_global_norm(grad_clip))
     parts.append(_update_rule(name, schedule, weight_decay, decay_mask, b1=b1, b2=b2, momentum=momentum,
                               nesterov=nesterov))
+    if layer_decay is not None:
+        # Scaling the whole step (decay included) scales the lr, as timm's per-group lr_scale does.
+        multipliers = layer_decay_multipliers(params, layer_decay)
+        parts.append(optax.stateless(lambda updates, _: jax.tree.map(lambda u, m: u * m, updates, multipliers)))
     tx = optax.chain(*parts)
     if freeze_backbone:
         labels = jax.tree.map(lambda head: "train" if head else "freeze", path_mask(params, HEAD_RULE))
         tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
     return optax.chain(tx, track_ema(ema_decay)) if ema_decay > 0 else tx
+
+
+def layer_decay_multipliers(params: Any, decay: float) -> Any:
+    """The lr multiplier of every parameter: decay ** (L + 1 - layer_id), as timm's param_groups_layer_decay.
+
+    With L blocks, layer_id is 0 for the embeddings, i + 1 for block i (the final norm goes with the
+    last block, as in timm; BEiT puts it with the head) and L + 1 for the head: so the embeddings get
+    decay ** (L + 1), block i decay ** (L - i), the head 1. A scanned stack gets an array of its L
+    multipliers along axis 0 (broadcast over the rest).
+    """
+    flat = traverse_util.flatten_dict(params, sep="/")
+    blocks = [re.match(BLOCK_RULE, name) for name in flat]
+    indices = {int(m.group(2)) for m in blocks if m and m.group(2) is not None}
+    stacked = [leaf.shape[0] for name, leaf in flat.items() if re.match(BLOCK_RULE, name) and "encoderblock/" in name]
+    num_layers = max(indices) + 1 if indices else (stacked[0] if stacked else 0)
+
+    def multiplier(name: str, leaf) -> Any:
+        block = re.match(BLOCK_RULE, name)
+        if block and block.group(2) is not None:
+            return decay ** (num_layers - int(block.group(2)))
+        if block:
+            per_layer = decay ** (num_layers - np.arange(num_layers, dtype=np.float64))
+            return per_layer.reshape((num_layers,) + (1,) * (len(leaf.shape) - 1)).astype(np.float32)
+        if re.match(FINAL_NORM_RULE, name):
+            return decay
+        if re.match(AFTER_BLOCKS_RULE, name):
+            return 1.0
+        return decay ** (num_layers + 1)
+
+    return traverse_util.unflatten_dict({name: multiplier(name, leaf) for name, leaf in flat.items()}, sep="/")
 
 
 class EmaParams(NamedTuple):

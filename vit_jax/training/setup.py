@@ -176,6 +176,7 @@ def create_optimizer(config: TrainConfig, params: Any, total_steps: int):
         nesterov=config.nesterov,
         freeze_backbone=config.freeze_backbone,
         ema_decay=config.model_ema_decay,
+        layer_decay=config.layer_decay,
     )
     return tx, schedule
 
