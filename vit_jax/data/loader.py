@@ -22,6 +22,8 @@ import numpy as np
 from vit_jax.data.batches import ON_CORRUPT, BatchMaker
 from vit_jax.data.errors import DataError
 from vit_jax.data.iterator import BatchIterator
+from vit_jax.data.rand_augment import parse_rand_augment
+from vit_jax.data.random_erasing import RandomErasing
 from vit_jax.data.records import RecordSource
 from vit_jax.data.transforms import ImageTransform
 
@@ -53,7 +55,7 @@ def _derived_seeds(seed: int) -> tuple[int, int]:
 
 
 def _transform(source: RecordSource, train: bool, augment: bool, image_size, mean, std, *, flip, crop_scale,
-               crop_ratio, crop_fraction, resample) -> ImageTransform:
+               crop_ratio, crop_fraction, resample, rand_augment=None, erasing=None) -> ImageTransform:
     """The per-image transform; flip, crop scale and crop fraction default to the source's own."""
     defaults = source.defaults
     return ImageTransform(
@@ -68,6 +70,8 @@ def _transform(source: RecordSource, train: bool, augment: bool, image_size, mea
         crop_ratio=tuple(crop_ratio),
         crop_fraction=defaults.crop_fraction if crop_fraction is None else crop_fraction,
         resample=resample,
+        rand_augment=parse_rand_augment(rand_augment) if rand_augment else None,
+        erasing=erasing,
     )
 
 
@@ -110,6 +114,8 @@ def make_loader(
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
     crop_fraction: float | None = None,
     resample: str = "bilinear",
+    rand_augment: str | None = None,
+    erasing: RandomErasing | None = None,
     num_threads: int = 1,
     prefetch: int = 2,
     worker_buffer_size: int = 2,
@@ -127,7 +133,9 @@ def make_loader(
     jax.process_index()/jax.process_count(). flip, crop_scale and crop_fraction
     default to the source's own defaults (`source.defaults`). num_workers > 0
     runs the transforms in that many Grain worker processes; num_threads and
-    prefetch control background batches in this process.
+    prefetch control background batches in this process. rand_augment is timm's
+    RandAugment string (e.g. 'rand-m9-mstd0.5-inc1'), applied to training crops;
+    erasing, random erasing of the normalised training images.
     """
     batch_size = _positive_int("batch_size", batch_size)
     if isinstance(image_size, (int, np.integer)):
@@ -141,7 +149,8 @@ def make_loader(
     shard_index, shard_count = _resolve_sharding(shard_index, shard_count)
     shuffle_seed, augment_seed = _derived_seeds(seed)
     transform = _transform(source, train, augment, image_size, mean, std, flip=flip, crop_scale=crop_scale,
-                           crop_ratio=crop_ratio, crop_fraction=crop_fraction, resample=resample)
+                           crop_ratio=crop_ratio, crop_fraction=crop_fraction, resample=resample,
+                           rand_augment=rand_augment, erasing=erasing)
     n = len(source)
     global_batch = batch_size * shard_count
     num_epochs, num_batches, padded_epoch = _batch_plan(source, train, num_epochs, batch_size, shard_count)

@@ -16,6 +16,9 @@ from typing import Any
 
 from vit_jax.config import CLASSIFIERS, KERNELS, REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
 from vit_jax.cpu.onednn import CHOICES as CPU_MATMUL_CHOICES
+from vit_jax.data.errors import DataError
+from vit_jax.data.rand_augment import parse_rand_augment
+from vit_jax.data.random_erasing import RandomErasing
 from vit_jax.formats.training_run import RUN_CONFIG as RUN_CONFIG_FILE  # the resolved config of every run
 from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.kernels import resolve_kernels
@@ -146,6 +149,12 @@ class TrainConfig:
     split_seed: int = _field(0, "seed of the stratified train/eval split")
     channels: int = _field(3, "image channels fed to the model (grey and RGBA are converted)", (1, 3))
     augment: bool = _field(True, "random-resized crop and flip for training")
+    aa: str | None = _field(None, "RandAugment for training, in timm's grammar, e.g. rand-m9-mstd0.5-inc1 "
+                            "(docs/training.md)")
+    reprob: float = _field(0.0, "random erasing: the probability an image is erased (timm's semantics; 0: off)")
+    remode: str = _field("pixel", "random erasing fill: zeros (the mean), one random colour, or noise per pixel",
+                         ("const", "rand", "pixel"))
+    recount: int = _field(1, "random erasing: up to this many boxes per erased image")
     num_workers: int = _field(0, "background loader processes (0: load in threads of this process)")
     on_corrupt: str = _field("skip", "an undecodable image: skip it with a warning and a count, or stop",
                              ("skip", "error"))
@@ -242,6 +251,15 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip", "mixup_alpha", "cutmix_alpha", "end_lr_factor", "momentum"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)!r}")
+        if self.aa is not None:
+            try:
+                parse_rand_augment(self.aa)
+            except DataError as error:
+                raise ConfigError(str(error)) from None
+        try:
+            RandomErasing(self.reprob, self.remode, self.recount)
+        except DataError as error:
+            raise ConfigError(str(error)) from None
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ConfigError(f"--layer-decay must be in (0, 1], got {self.layer_decay!r}")
         if not 0 <= self.model_ema_decay < 1:

@@ -18,6 +18,7 @@ import numpy as np
 
 from vit_jax.config import ViTConfig
 from vit_jax.data import make_loader, skipped_corrupt_files
+from vit_jax.data.random_erasing import RandomErasing
 from vit_jax.formats import training_run
 from vit_jax.training import cli
 from vit_jax.training.config import TrainConfig
@@ -114,6 +115,8 @@ def make_train_loader(run: Run):
         num_workers=config.num_workers,
         augment=config.augment,
         on_corrupt=config.on_corrupt,
+        rand_augment=config.aa,
+        erasing=RandomErasing(config.reprob, config.remode, config.recount) if config.reprob > 0 else None,
     )
 
 
