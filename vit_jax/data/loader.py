@@ -129,13 +129,10 @@ def make_loader(
     (float32 1 real / 0 padding) so metrics are exact, and every process gets
     the same number of batches.
 
-    batch_size is per process; shard_index/shard_count default to
-    jax.process_index()/jax.process_count(). flip, crop_scale and crop_fraction
-    default to the source's own defaults (`source.defaults`). num_workers > 0
-    runs the transforms in that many Grain worker processes; num_threads and
-    prefetch control background batches in this process. rand_augment is timm's
-    RandAugment string (e.g. 'rand-m9-mstd0.5-inc1'), applied to training crops;
-    erasing, random erasing of the normalised training images.
+    batch_size is per process; shard_index/shard_count default to jax.process_index()/jax.process_count().
+    flip, crop_scale and crop_fraction default to the source's own defaults (`source.defaults`). num_workers > 0
+    runs the transforms in that many Grain worker processes; num_threads and prefetch control background
+    batches in this process. Training images also get rand_augment (timm's --aa string) and erasing.
     """
     batch_size = _positive_int("batch_size", batch_size)
     if isinstance(image_size, (int, np.integer)):
