@@ -48,6 +48,11 @@ def test_each_op_equals_timms(name, monkeypatch):
                 assert not np.array_equal(got, np.asarray(image)) or name == "SolarizeIncreasing", name
 
 
+def test_posterize_to_no_bits_is_black():
+    black = rand_augment.apply_op(photo_like(), "PosterizeIncreasing", 10.0)
+    assert not np.asarray(black).any()
+
+
 @pytest.mark.skipif(timm is None, reason="timm is not installed")
 def test_op_lists_are_timms():
     from timm.data import auto_augment

@@ -30,6 +30,10 @@ def _solarize_add(image: Image.Image, add: int) -> Image.Image:
 
 
 def _posterize(image: Image.Image, bits: int) -> Image.Image:
+    if bits <= 0:
+        # Keeping no bits is black. PIL >= 10 refuses bits=0 (timm then fails at PosterizeIncreasing M10);
+        # older PIL's mask gave this same black image.
+        return image.point([0] * 256 * len(image.getbands()))
     return image if bits >= 8 else ImageOps.posterize(image, bits)
 
 
