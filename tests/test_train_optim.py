@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from vit_jax import VisionTransformer, get_config, init_params
@@ -37,15 +38,66 @@ def test_warmup_then_cosine_and_linear_decay():
     assert [float(linear(s)) for s in (0, 10, 20)] == pytest.approx([2.0, 1.5, 1.0])
 
 
-@pytest.mark.parametrize("name", ["adamw", "sgd"])
-def test_decay_leaves_unmasked_params_alone_when_gradients_are_zero(name):
+# With zero gradients only the decoupled decay moves a parameter: -lr * wd * w on kernels, nothing elsewhere.
+# LAMB then rescales the kernel's update to the kernel's own norm (trust ratio ||w|| / ||wd * w||).
+@pytest.mark.parametrize("name, kernel_step", [("adamw", 0.5), ("sgd", 0.5), ("lion", 0.5), ("lamb", 1.0),
+                                               ("adafactor", 0.5), ("muon", 0.5)])
+def test_decay_leaves_unmasked_params_alone_when_gradients_are_zero(name, kernel_step):
     params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
     tx = optim.make_optimizer(params, name=name, schedule=optim.learning_rate_schedule(0.1, 10, 0, "constant"),
                               weight_decay=0.5, grad_clip=1.0)
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
-    np.testing.assert_allclose(updates["dense"]["kernel"], -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)
+    np.testing.assert_allclose(updates["dense"]["kernel"], -0.1 * kernel_step * np.ones((2, 2)), rtol=1e-6)
     np.testing.assert_array_equal(updates["dense"]["bias"], np.zeros(2))
+
+
+def test_muon_orthogonalises_attention_kernels_as_their_input_by_output_matrix():
+    """A (in, heads, head_dim) query kernel gets the update optax's muon gives the (in, heads*head_dim) matrix."""
+    from optax.contrib import muon
+
+    rng = np.random.default_rng(0)
+    kernel, grad = (jnp.asarray(rng.normal(size=(8, 2, 4)), jnp.float32) for _ in range(2))
+    params = {"query": {"kernel": kernel, "bias": jnp.zeros((2, 4))}}
+    grads = {"query": {"kernel": grad, "bias": jnp.ones((2, 4))}}
+    schedule = optim.learning_rate_schedule(0.1, 10, 0, "constant")
+    tx = optim.make_optimizer(params, name="muon", schedule=schedule, weight_decay=0.0, grad_clip=0.0)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    reference = muon(schedule)
+    flat = kernel.reshape(8, 8)
+    expected, _ = reference.update(grad.reshape(8, 8), reference.init(flat), flat)
+    np.testing.assert_allclose(updates["query"]["kernel"].reshape(8, 8), expected, rtol=1e-5, atol=1e-6)
+    # The bias goes to muon's (Nesterov) AdamW part, undecayed.
+    adam = optax.adamw(schedule, nesterov=True, weight_decay=0.0)
+    bias = params["query"]["bias"]
+    expected_bias, _ = adam.update(grads["query"]["bias"], adam.init(bias), bias)
+    np.testing.assert_allclose(updates["query"]["bias"], expected_bias, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, lr", [("lion", 1e-2), ("lamb", 1e-1), ("adafactor", 3e-2), ("muon", 3e-2)])
+def test_each_optimizer_fits_a_softmax_regression(name, lr):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(64, 8)), jnp.float32)
+    labels = jnp.argmax(x @ jnp.asarray(rng.normal(size=(8, 4)), jnp.float32), axis=-1)  # separable
+    params = {"head": {"kernel": jnp.zeros((8, 4)), "bias": jnp.zeros(4)}}
+    tx = optim.make_optimizer(params, name=name, schedule=optim.learning_rate_schedule(lr, 50, 0, "constant"),
+                              weight_decay=1e-4, grad_clip=1.0)
+
+    def loss_fn(p):
+        logits = x @ p["head"]["kernel"] + p["head"]["bias"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    @jax.jit
+    def step(p, opt_state):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, opt_state = tx.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss
+
+    opt_state, losses = tx.init(params), []
+    for _ in range(50):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0], (name, losses[::10])
 
 
 def test_mixup_and_cutmix_mix_images_and_targets_consistently():

@@ -23,6 +23,8 @@ from vit_jax.data.batches import ON_CORRUPT, BatchMaker
 from vit_jax.data.errors import DataError
 from vit_jax.data.iterator import BatchIterator
 from vit_jax.data.preprocess import BatchTransform
+from vit_jax.data.rand_augment import parse_rand_augment
+from vit_jax.data.random_erasing import RandomErasing
 from vit_jax.data.records import RecordSource
 from vit_jax.data.transforms import ImageTransform
 
@@ -54,7 +56,8 @@ def _derived_seeds(seed: int) -> tuple[int, int]:
 
 
 def _transform(source: RecordSource, train: bool, augment: bool, image_size, mean, std, *, flip, crop_scale,
-               crop_ratio, crop_fraction, resample, per_image=None) -> ImageTransform | BatchTransform:
+               crop_ratio, crop_fraction, resample, per_image=None, rand_augment=None, erasing=None
+               ) -> ImageTransform | BatchTransform:
     """The per-image transform; flip, crop scale and crop fraction default to the source's own."""
     if per_image is not None and not train:
         return BatchTransform(per_image)
@@ -71,6 +74,8 @@ def _transform(source: RecordSource, train: bool, augment: bool, image_size, mea
         crop_ratio=tuple(crop_ratio),
         crop_fraction=defaults.crop_fraction if crop_fraction is None else crop_fraction,
         resample=resample,
+        rand_augment=parse_rand_augment(rand_augment) if rand_augment else None,
+        erasing=erasing,
     )
 
 
@@ -113,6 +118,8 @@ def make_loader(
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
     crop_fraction: float | None = None,
     resample: str = "bilinear",
+    rand_augment: str | None = None,
+    erasing: RandomErasing | None = None,
     num_threads: int = 1,
     prefetch: int = 2,
     worker_buffer_size: int = 2,
@@ -120,19 +127,17 @@ def make_loader(
 ) -> BatchIterator:
     """Batches of {'image': float32 (B, h, w, C), 'label': int32 (B,)} from `source`.
 
-    train=True: shuffled anew each epoch, augmented (unless augment=False),
-    repeated num_epochs times (None: forever), remainder dropped.
-    train=False: source order, no augmentation, num_epochs (None means 1)
-    passes; the tail is padded to whole batches and every batch has a 'mask'
-    (float32 1 real / 0 padding) so metrics are exact, and every process gets
-    the same number of batches.
+    train=True: shuffled anew each epoch, augmented (unless augment=False), repeated num_epochs times (None:
+    forever), remainder dropped. train=False: source order, no augmentation, num_epochs (None means 1) passes; the
+    tail is padded to whole batches and every batch has a 'mask' (float32 1 real / 0 padding) so metrics are
+    exact, and every process gets the same number of batches.
 
-    batch_size is per process; shard_index/shard_count default to
-    jax.process_index()/jax.process_count(). flip, crop_scale and crop_fraction
-    default to the source's own defaults (`source.defaults`). num_workers > 0
-    runs the transforms in that many Grain worker processes; num_threads and
-    prefetch control background batches in this process. `eval_transform` (train=False): a per-image
-    callable (`vit_jax.load_transform(checkpoint)`) instead of the resize, crop and normalisation."""
+    batch_size is per process; shard_index/shard_count default to jax.process_index()/jax.process_count().
+    flip, crop_scale and crop_fraction default to the source's own defaults (`source.defaults`). num_workers > 0
+    runs the transforms in that many Grain worker processes; num_threads and prefetch control background
+    batches in this process. Training images also get rand_augment (timm's --aa string) and erasing.
+    `eval_transform` (train=False): a per-image callable (`vit_jax.load_transform(checkpoint)`) instead of the
+    resize, crop and normalisation."""
     batch_size = _positive_int("batch_size", batch_size)
     if isinstance(image_size, (int, np.integer)):
         image_size = (int(image_size), int(image_size))
@@ -146,7 +151,7 @@ def make_loader(
     shuffle_seed, augment_seed = _derived_seeds(seed)
     transform = _transform(source, train, augment, image_size, mean, std, flip=flip, crop_scale=crop_scale,
                            crop_ratio=crop_ratio, crop_fraction=crop_fraction, resample=resample,
-                           per_image=eval_transform)
+                           per_image=eval_transform, rand_augment=rand_augment, erasing=erasing)
     n = len(source)
     global_batch = batch_size * shard_count
     num_epochs, num_batches, padded_epoch = _batch_plan(source, train, num_epochs, batch_size, shard_count)

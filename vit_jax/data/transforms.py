@@ -20,6 +20,8 @@ from PIL import Image
 
 from vit_jax.data.decode import check_channels
 from vit_jax.data.errors import DataError
+from vit_jax.data.rand_augment import RandAugment
+from vit_jax.data.random_erasing import RandomErasing
 
 RESAMPLE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 CROP_TRIES = 10
@@ -167,6 +169,8 @@ class ImageTransform:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     crop_fraction: float = 0.875
     resample: str = "bilinear"
+    rand_augment: RandAugment | None = None  # --aa: on the cropped uint8 image, before the flip (train only)
+    erasing: RandomErasing | None = None  # --reprob: on the normalised image, last (train only)
 
     def __post_init__(self):
         check_channels(self.channels)
@@ -195,6 +199,22 @@ class ImageTransform:
     def random(self) -> bool:
         return self.train and self.augment
 
+    @property
+    def _augments_pixels(self) -> bool:
+        return self.random and self.rand_augment is not None
+
+    def _rand_augment(self, out: np.ndarray, unit: float, u: np.ndarray) -> tuple[np.ndarray, float]:
+        """RandAugment each (h, w, C) crop on uint8 (float crops are quantised first), seeded by its uniforms."""
+        if out.dtype != np.uint8:
+            out = np.clip(np.rint(out * (unit * 255.0)), 0, 255).astype(np.uint8)
+        fill = tuple(int(round(255 * m)) for m in self.mean)
+        resample = RESAMPLE_FILTERS[self.resample]
+        # The uniforms are a pure function of (seed, position), so these generators are too.
+        seeds = np.floor(u * 2.0**32).astype(np.uint64)
+        augmented = [self.rand_augment(image, np.random.default_rng(seed), fill, resample)
+                     for image, seed in zip(out, seeds)]
+        return np.stack(augmented), 1.0 / 255.0
+
     def _geometry(self, heights, widths, u: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if self.random:
             boxes = random_resized_crop_boxes(heights, widths, u, self.crop_scale, self.crop_ratio)
@@ -210,17 +230,24 @@ class ImageTransform:
         else:
             heights, widths = [image.shape[0] for image in images], [image.shape[1] for image in images]
         boxes, flips = self._geometry(heights, widths, u)
-        batched = isinstance(images, np.ndarray) and images.dtype == np.float32
+        batched = isinstance(images, np.ndarray) and images.dtype == np.float32 and not self._augments_pixels
         if batched and batched_resampling_pays(images.shape[1:3], self.image_size):
             out, unit = resample_float_batch(images, boxes, self.image_size, self.resample), 1.0
         else:
             out, unit = stack_unit_range(
                 [resample_box(im, box, self.image_size, self.resample) for im, box in zip(images, boxes)]
             )
+        if self._augments_pixels:
+            out, unit = self._rand_augment(out, unit, u)
         if flips.any():
             out[flips] = out[flips, :, ::-1]
         # (x * unit - mean) / std in one multiply-add; broadcasting a one-channel
         # image against per-channel mean/std replicates it.
         std = np.asarray(self.std, np.float32)
         scale, offset = np.float32(unit) / std, np.asarray(self.mean, np.float32) / std
-        return out.astype(np.float32) * scale - offset
+        out = out.astype(np.float32) * scale - offset
+        if self.random and self.erasing is not None and self.erasing.prob > 0:
+            # A generator per image from its uniforms (reversed, so not the RandAugment stream).
+            for image, seed in zip(out, np.floor(u[:, ::-1] * 2.0**32).astype(np.uint64)):
+                self.erasing(image, np.random.default_rng(seed))
+        return out

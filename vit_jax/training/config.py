@@ -17,6 +17,9 @@ from typing import Any
 
 from vit_jax.config import CLASSIFIERS, KERNELS, REMAT_POLICIES, ConfigError, ViTConfig, get_config, unknown_field_hints
 from vit_jax.cpu.onednn import CHOICES as CPU_MATMUL_CHOICES
+from vit_jax.data.errors import DataError
+from vit_jax.data.rand_augment import parse_rand_augment
+from vit_jax.data.random_erasing import RandomErasing
 from vit_jax.formats.training_run import RUN_CONFIG as RUN_CONFIG_FILE  # the resolved config of every run
 from vit_jax.help_format import DefaultsHelpFormatter
 from vit_jax.kernels import resolve_kernels
@@ -147,20 +150,34 @@ class TrainConfig:
     split_seed: int = _field(0, "seed of the stratified train/eval split")
     channels: int = _field(3, "image channels fed to the model (grey and RGBA are converted)", (1, 3))
     augment: bool = _field(True, "random-resized crop and flip for training")
+    aa: str | None = _field(None, "RandAugment for training, in timm's grammar, e.g. rand-m9-mstd0.5-inc1 "
+                            "(docs/training.md)")
+    reprob: float = _field(0.0, "random erasing: the probability an image is erased (timm's semantics; 0: off)")
+    remode: str = _field("pixel", "random erasing fill: zeros (the mean), one random colour, or noise per pixel",
+                         ("const", "rand", "pixel"))
+    recount: int = _field(1, "random erasing: up to this many boxes per erased image")
     num_workers: int = _field(0, "background loader processes (0: load in threads of this process)")
     on_corrupt: str = _field("skip", "an undecodable image: skip it with a warning and a count, or stop",
                              ("skip", "error"))
     # -- optimisation -----------------------------------------------------
-    optimizer: str = _field("adamw", "optimizer", ("adamw", "sgd"))
+    optimizer: str = _field(
+        "adamw", "optimizer (hyperparameters each reads: docs/training.md, \"Optimizers\")",
+        ("adamw", "sgd", "lion", "lamb", "adafactor", "muon"))
     lr: float = _field(2e-3, "peak learning rate (reached after warmup)")
     schedule: str = _field("cosine", "decay after warmup", ("cosine", "linear", "constant"))
     warmup_steps: int = _field(100, "linear warmup steps from 0 to --lr")
     end_lr_factor: float = _field(0.0, "final learning rate as a fraction of --lr")
     weight_decay: float = _field(0.05, "decoupled weight decay on kernels only (not norms, biases, embeddings, cls)")
-    b1: float = _field(0.9, "AdamW beta1")
-    b2: float = _field(0.999, "AdamW beta2")
+    b1: float = _field(0.9, "beta1 of adamw, lion, lamb and muon's AdamW part")
+    b2: float = _field(0.999, "beta2 of adamw, lion (paper: 0.99), lamb and muon's AdamW part")
     momentum: float = _field(0.9, "SGD momentum (0: plain SGD)")
     nesterov: bool = _field(False, "Nesterov momentum for SGD")
+    model_ema_decay: float = _field(
+        0.0, "keep an exponential moving average of the weights with this decay per step (timm: 0.9998; 0: off); "
+        "eval, --eval-only and --export-torch then use it, and checkpoints hold it")
+    layer_decay: float | None = _field(
+        None, "layer-wise lr decay (BEiT/timm, e.g. 0.65-0.75 for fine-tuning): block i of L gets lr x D^(L-i), "
+        "the embeddings D^(L+1), the final norm and head the full lr (docs/training.md)", flag_type=float)
     grad_clip: float = _field(1.0, "clip gradients to this global norm (0: off)")
     label_smoothing: float = _field(0.1, "label smoothing of the training targets")
     mixup_alpha: float = _field(0.0, "mixup Beta(alpha, alpha) (0: off)")
@@ -246,6 +263,19 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip", "mixup_alpha", "cutmix_alpha", "end_lr_factor", "momentum"):
             if not getattr(self, name) >= 0:  # (not `< 0`: NaN passes that)
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)!r}")
+        if self.aa is not None:
+            try:
+                parse_rand_augment(self.aa)
+            except DataError as error:
+                raise ConfigError(str(error)) from None
+        try:
+            RandomErasing(self.reprob, self.remode, self.recount)
+        except DataError as error:
+            raise ConfigError(str(error)) from None
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"--layer-decay must be in (0, 1], got {self.layer_decay!r}")
+        if not 0 <= self.model_ema_decay < 1:
+            raise ConfigError(f"--model-ema-decay must be in [0, 1), got {self.model_ema_decay!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 < self.split_fraction < 1:

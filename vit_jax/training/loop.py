@@ -19,6 +19,7 @@ import numpy as np
 from vit_jax.config import ViTConfig
 from vit_jax.data import make_loader, skipped_corrupt_files
 from vit_jax.data.preprocess import init_transform
+from vit_jax.data.random_erasing import RandomErasing
 from vit_jax.formats import training_run
 from vit_jax.training import job
 from vit_jax.training.config import TrainConfig
@@ -76,16 +77,25 @@ def evaluate(eval_step, params, dataset, model: ViTConfig, config: TrainConfig, 
     return {name: value / count for name, value in sums.items()}
 
 
+def evaluated_params(state):
+    """The weights eval uses: the moving average when the run keeps one (--model-ema-decay), else the params."""
+    from vit_jax.training.optim import ema_params
+
+    ema = ema_params(state.opt_state)
+    return state.params if ema is None else ema
+
+
 def evaluate_checkpoint(run: Run, eval_step) -> TrainResult:
     """--eval-only: the metrics of one checkpoint (--eval-step, else the best, else the latest intact one)."""
     checkpoints = run.checkpoints
     step, (restored, _) = checkpoints.first_intact(lambda s: (s, checkpoints.restore(s, run.host_state,
                                                                                         run.parallel.state_sharding)),
                                                    run.config.eval_step)
-    metrics = evaluate(eval_step, run.parallel.put_state(restored).params, run.dataset, run.model, run.config,
-                       run.parallel)
+    metrics = evaluate(eval_step, evaluated_params(run.parallel.put_state(restored)), run.dataset, run.model,
+                       run.config, run.parallel)
     if run.is_main and run.verbose:
-        print(json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}))
+        weights = {"weights": "ema"} if run.config.model_ema_decay > 0 else {}
+        print(json.dumps({"step": step, **weights, **{k: round(v, 6) for k, v in metrics.items()}}))
     return TrainResult(run.workdir, step, metrics, checkpoints.best_step(),
                        outputs={"checkpoints": checkpoints.directory})
 
@@ -107,6 +117,8 @@ def make_train_loader(run: Run):
         num_workers=config.num_workers,
         augment=config.augment,
         on_corrupt=config.on_corrupt,
+        rand_augment=config.aa,
+        erasing=RandomErasing(config.reprob, config.remode, config.recount) if config.reprob > 0 else None,
     )
 
 
@@ -184,8 +196,9 @@ class TrainLog:
     def eval(self, step: int, metrics: dict, announce: bool) -> None:
         self.writer.write(step, "eval", metrics)
         if announce and self.announce:
-            self.bar.write(f"step {step}: eval accuracy {metrics['accuracy']:.4f}  top-5 {metrics['top5']:.4f}  "
-                           f"loss {metrics['loss']:.4f}")
+            weights = " (EMA weights)" if self.run.config.model_ema_decay > 0 else ""
+            self.bar.write(f"step {step}: eval{weights} accuracy {metrics['accuracy']:.4f}  "
+                           f"top-5 {metrics['top5']:.4f}  loss {metrics['loss']:.4f}")
         self.window_start = time.perf_counter()  # the eval's time is not a train step's
 
     def close(self) -> None:
@@ -207,7 +220,7 @@ def train_loop(run: Run, state, loader, start_step: int, train_step, eval_step, 
         if step % config.log_every == 0 or do_eval or do_checkpoint:
             log.flush(step)
         if do_eval:
-            last_eval = evaluate(eval_step, state.params, run.dataset, run.model, config, run.parallel)
+            last_eval = evaluate(eval_step, evaluated_params(state), run.dataset, run.model, config, run.parallel)
             log.eval(step, last_eval, announce=do_checkpoint)
         if do_checkpoint:
             checkpoints.save(step, run.parallel.checkpoint_state(state), loader.get_state(),
@@ -218,7 +231,7 @@ def train_loop(run: Run, state, loader, start_step: int, train_step, eval_step, 
 def finish(run: Run, state, last_eval: dict, metrics_path: str, wall: float) -> TrainResult:
     """Curves, the optional torch export, summary.json and the closing lines."""
     # Every process takes part in gathering sharded params; only the main one writes.
-    final_params = run.parallel.host_state(state.params) if run.config.export_torch else None
+    final_params = run.parallel.host_state(evaluated_params(state)) if run.config.export_torch else None
     outputs = {"workdir": run.workdir, "checkpoints": run.checkpoints.directory, "metrics": metrics_path}
     result = TrainResult(run.workdir, run.total_steps, last_eval, run.checkpoints.best_step(), wall, outputs)
     if not run.is_main:
@@ -230,8 +243,9 @@ def finish(run: Run, state, last_eval: dict, metrics_path: str, wall: float) -> 
                                best_checkpoint_step=result.best_checkpoint_step, train_seconds=wall,
                                skipped_corrupt_files=skipped_corrupt_files())
     if run.verbose:
-        print(f"eval accuracy {last_eval['accuracy']:.4f} (top-5 {last_eval['top5']:.4f}) after {run.total_steps} "
-              f"steps in {wall:.0f} s of training")
+        weights = " (EMA weights)" if run.config.model_ema_decay > 0 else ""
+        print(f"eval{weights} accuracy {last_eval['accuracy']:.4f} (top-5 {last_eval['top5']:.4f}) after "
+              f"{run.total_steps} steps in {wall:.0f} s of training")
         for name, path in outputs.items():
             print(f"{name:12s} {path}")
     return result

@@ -62,6 +62,10 @@ def check_same_model(config: TrainConfig, saved: dict, workdir: str) -> None:
     model = ViTConfig.from_dict(saved["model"])
     where = os.path.join(workdir, RUN_CONFIG_FILE)
     keep = "a resumed or evaluated run keeps its model; drop the flag or start a new --workdir"
+    saved_ema = saved.get("train", {}).get("model_ema_decay", 0.0)
+    if (saved_ema > 0) != (config.model_ema_decay > 0):
+        raise ConfigError(f"--model-ema-decay {config.model_ema_decay}: the run's is {saved_ema} ({where}); an EMA "
+                          "is kept from the first step or not at all")
     saved_preset = saved.get("train", {}).get("model")
     if saved_preset is not None and config.model != saved_preset:
         raise ConfigError(f"--model {config.model} differs from the run's model {saved_preset} ({where}); {keep}")
@@ -171,6 +175,8 @@ def create_optimizer(config: TrainConfig, params: Any, total_steps: int):
         momentum=config.momentum,
         nesterov=config.nesterov,
         freeze_backbone=config.freeze_backbone,
+        ema_decay=config.model_ema_decay,
+        layer_decay=config.layer_decay,
     )
     return tx, schedule
 
