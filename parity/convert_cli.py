@@ -26,8 +26,8 @@ formats (--from / --to):
                Numerics: exact GELU, eps 1e-6.
   timm-hub     a timm hub directory (config.json with "architecture" and
                "model_args", model.safetensors), as timm's save_for_hf writes
-               and hf-hub downloads: DeiT, DeiT III, DINOv2 (+reg), CLIP
-               towers, plain ViTs (MAE fine-tunes). The architecture name
+               and hf-hub downloads: the families' timm architectures
+               (vit_jax/families) and plain ViTs. The architecture name
                decides the numerics; written back, timm.create_model(
                architecture, **model_args) loads it with strict=True.
   hf           Hugging Face ViTModel / ViTForImageClassification naming
@@ -35,14 +35,14 @@ formats (--from / --to):
                .safetensors/.bin file or a model directory (config.json +
                model.safetensors; written as such when DST has no weights
                extension). Numerics: from config.json if present, else exact
-               GELU, eps 1e-12. config.json's model_type also reads dinov2,
-               dinov2_with_registers, clip_vision_model, clip (its vision
-               tower) and deit directories; --to hf keeps the family.
+               GELU, eps 1e-12. config.json's model_type also reads the families'
+               transformers layouts (vit_jax/families; a two-tower
+               model's vision tower); --to hf keeps the family.
   torchvision  torchvision.models.vit_b_16 naming (conv_proj, class_token,
                encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight,
                heads.head): .pth/.pt/.safetensors. Numerics: exact GELU,
                eps 1e-6, ImageNet mean/std inputs.
-  big-vision   Google big_vision's two-tower .npz (SigLIP): --to big-vision
+  big-vision   Google big_vision's two-tower .npz (image tower): --to big-vision
                writes the image tower under params/img/ (pos_embedding at its
                top, MAPHead_0); read like google-npz (the text tower is
                ignored). Numerics: tanh GELU, eps 1e-6 (big_vision's only).

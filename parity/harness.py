@@ -423,7 +423,7 @@ class TorchSide(Side):
         with self._autocast():
             y, attn, mlp, probs, rotated = model(x, True)
         inter = {f"blocks.{index}.attn_probs": probs, f"blocks.{index}.attn": attn, f"blocks.{index}.mlp": mlp}
-        if rotated is not None:  # q and k after the rotary embedding (EVA-02)
+        if rotated is not None:  # q and k after the rotary embedding (rope)
             inter[f"blocks.{index}.rope"] = rotated
         return y, inter
 

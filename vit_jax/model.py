@@ -8,13 +8,13 @@ released param trees load unchanged:
     cls                                (1, 1, D)            token classifiers only
     dist, registers, mask_token        (1, 1, D), (1, R, D), (1, D): distilled, num_register_tokens, mask_token
     Transformer/posembed_input/pos_embedding  (1, patches [+ class slots], D)   learned posemb only
-    Transformer/pre_norm               pre_norm only (CLIP's ln_pre)
+    Transformer/pre_norm               pre_norm only (a LayerNorm before the first block)
     Transformer/encoderblock_{i}/LayerNorm_0, MultiHeadDotProductAttention_0
         {query,key,value}/kernel (D, H, hd), bias (H, hd); out/kernel (H, hd, D) unless not attention_out_proj
     Transformer/encoderblock_{i}/LayerNorm_1, MlpBlock_0/Dense_{0,1}
     Transformer/encoderblock_{i}/LayerScale_{0,1}/scale   (D,) layer_scale only
         SwiGLU MLPs (vit_jax/glu.py): MlpBlock_0/Dense_0 (D, 2 mlp) packed, or gate, Dense_0, norm; no key/bias
-        without key_bias (EVA-02); rope has no parameters (vit_jax/rope.py)
+        without key_bias; rope has no parameters (vit_jax/rope.py)
     MAPHead_0/probe, MultiHeadDotProductAttention_0, LayerNorm_0, MlpBlock_0   classifier 'map' (vit_jax/heads.py)
     Transformer/encoder_norm           unless fc_norm, which puts fc_norm after pooling instead
     pre_logits/{kernel,bias}           representation_size only
@@ -78,7 +78,7 @@ def _block_layer(layer: type[nn.Module], c: ViTConfig, **kwargs) -> functools.pa
 
 
 class LayerScale(nn.Module):
-    """A learned per-channel scale of a residual branch (CaiT, DeiT III, DINOv2: timm's `ls1/ls2.gamma`)."""
+    """A learned per-channel scale of a residual branch (layer_scale: timm's `ls1/ls2.gamma`)."""
 
     config: ViTConfig
 
@@ -122,7 +122,7 @@ class MultiHeadDotProductAttention(nn.Module):
     def __call__(self, x: Array) -> tuple[Array, Array | None, Array | None]:
         c, ops = self.config, kernels_for(self.config)
         dense = _block_layer(nn.DenseGeneral, c)
-        qkv = [  # EVA-02 (key_bias off): biases on q and v only
+        qkv = [  # key_bias off: biases on q and v only
             functools.partial(dense, features=(c.num_heads, c.head_dim), name=name,
                               use_bias=c.qkv_bias and (c.key_bias or name != "key"))
             for name in ("query", "key", "value")

@@ -1,4 +1,4 @@
-"""2D rotary position embedding of EVA-02 (timm's RotaryEmbeddingCat, `rope_type='cat'`, interleaved pairs).
+"""2D rotary position embedding, the `rope` option (timm's RotaryEmbeddingCat, `rope_type='cat'`, interleaved pairs).
 
 Each head's width splits in pairs (x0, x1), (x2, x3), ...; pair j turns by the angle position * band(j). The
 first half of the pairs follow the patch's row, the second half its column; the bands are

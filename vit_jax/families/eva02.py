@@ -5,14 +5,14 @@ B and L), the head reading the mean of the patch tokens after fc_norm."""
 import re
 from typing import Any
 
-from vit_jax.families.clip import PIXELS as CLIP_PIXELS
+from vit_jax.families import clip
 from vit_jax.families.family import Family, TimmArchitecture
 
 # timm's eva02_*_patch14_{224,336,448} all scale rotary positions to the 16 x 16 grid of 224 px (224 / 14),
 # whatever the model's own grid: ref_feat_shape=(16, 16) in each architecture.
 TIMM_ROPE_REF_GRID = (16, 16)
 _FIELDS = dict(patch_size=14, num_classes=0, classifier="token_gap", fc_norm=True, rope=True, key_bias=False,
-               layer_norm_eps=1e-6, rope_ref_grid=TIMM_ROPE_REF_GRID, **CLIP_PIXELS)
+               layer_norm_eps=1e-6, rope_ref_grid=TIMM_ROPE_REF_GRID, **clip.PIXELS)
 _VARIANTS = {"Ti": ("tiny", 192, 3, 12), "S": ("small", 384, 6, 12), "B": ("base", 768, 12, 12),
              "L": ("large", 1024, 16, 24)}
 
@@ -42,11 +42,11 @@ FAMILY = Family(
         TimmArchitecture(r"eva02_(tiny|small|base|large)_patch14_(224|336|448)", "eva02_tiny_patch14_224",
                          dict(layer_norm_eps=1e-6, rope=True, distilled=False, classifier="token_gap", fc_norm=True,
                               rope_ref_grid=TIMM_ROPE_REF_GRID, posemb_resize="torch_bicubic_antialias",
-                              **CLIP_PIXELS)),
+                              **clip.PIXELS)),
     ),
     golden_params=_GOLDEN_PARAMS,
     timm_presets={f"EVA02-{v}_14": f"eva02_{n}_patch14_224" for v, (n, *_) in _VARIANTS.items()},
-    pixels=CLIP_PIXELS,
+    pixels=clip.PIXELS,  # EVA-02 was trained on CLIP's statistics
 )
 
 # Eva's model_args (and VisionTransformer's that Eva shares) -> ViTConfig fields; the tensors fix the rest.

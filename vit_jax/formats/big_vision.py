@@ -1,4 +1,4 @@
-"""Google big_vision's two-tower `.npz` (SigLIP): the image tower written under `params/img/`.
+"""Google big_vision's two-tower `.npz`: the image tower written under `params/img/`.
 
 big_vision's ViT (`big_vision/models/vit.py`) names its modules as this project's Linen model does
 (`embedding`, `Transformer/encoderblock_{i}/...`, `Transformer/encoder_norm`, `MAPHead_0/{probe,

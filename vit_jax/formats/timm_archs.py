@@ -62,9 +62,8 @@ def architecture_fields(name: str) -> dict[str, Any]:
     if row is not None:
         return dict(row.fields)
     known = ", ".join(row.example for row in ARCHITECTURES)
-    raise UnknownArchitecture(f"unknown timm architecture {name!r}; this project converts the ViTs of "
-                              f"deit_*, deit3_*, vit_*_dinov2 (+reg), vit_*_clip_*, vit_*_siglip_*, "
-                              f"vit_giant_patch14_dinov2, eva02_*_patch14_* and plain vit_* (e.g. {known})")
+    raise UnknownArchitecture(f"unknown timm architecture {name!r}; this project converts the families' "
+                              f"architectures (vit_jax/families) and plain vit_* (e.g. {known})")
 
 
 def model_args_fields(name: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from flax import traverse_util
 # Only matmul/conv kernels are decayed; biases, LayerNorm scales, the position
 # embedding and the class token are not (the usual ViT recipe).
 DECAY_RULE = r"(^|/)kernel$"
-# Trainable with --freeze-backbone: the classifier (DeiT's two) and its optional pre-logits layer.
+# Trainable with --freeze-backbone: the classifier (two when distilled) and its optional pre-logits layer.
 HEAD_RULE = r"^(head|head_dist|pre_logits)/"
 # --layer-decay groups (timm's): the encoder blocks, one per layer (a scanned stack is one leaf with the
 # layer on axis 0); the final norm, grouped with the last block; the head side; everything else (patch or
