@@ -29,8 +29,9 @@ class TimmArchitecture:
     fields: dict[str, Any]
 
 
-# A transformers ViT block (ViTModel's, which other families' classes reuse): the classic hub names, which are written and which every
-# transformers version loads, then transformers 5's own names, read only (a timm key's first name is written).
+# A transformers ViT block (ViTModel's, which other families' classes reuse): the classic hub names, which are
+# written and which every transformers version loads, then transformers 5's own names, read only (a timm key's
+# first name is written).
 _HF_LAYER, _HF_LAYER_V5 = "encoder.layer.{i}", "layers.{i}"
 TRANSFORMERS_VIT_BLOCK: Names = (
     ("blocks.{i}.norm1.{p}", f"{_HF_LAYER}.layernorm_before.{{p}}"),
