@@ -1,8 +1,9 @@
 """The source libraries' own models of a checkpoint: what each library builds from a file, and which output of
 it the Flax model computes.
 
-Per-family facts live in the tables at the top (which transformers class gives which output, which formats
-each library reads); the builders below them are generic: a timm hub directory is
+Which transformers class gives which output is a family fact (each family module's `transformers_outputs`,
+vit_jax/families); the plain ViT's classes and which library reads each format are in the tables at the top. The
+builders below them are generic: a timm hub directory is
 `timm.create_model(architecture, pretrained=False, **model_args)` with `load_state_dict(strict=True)`, a
 transformers directory is the class its config.json names in `architectures`, loaded with `from_pretrained`
 and refused when any weight is missing, unexpected or re-initialised, a vit-pytorch file is `vit_pytorch.ViT`.
@@ -22,24 +23,14 @@ import numpy as np
 import torch
 
 from vit_jax.config import ViTConfig
+from vit_jax.families import transformers_outputs
 from vit_jax.formats import ConversionError
 
-# -- per-family facts (one table per library) ---------------------------------------------------------
-# transformers class -> the output the Flax model gives (an attribute of its output, or a callable on
-# the model and the pixels); a class absent here is not checked, with a note
-TRANSFORMERS_OUTPUTS: dict[str, str | Callable] = {
-    "ViTForImageClassification": "logits",
-    "ViTModel": lambda model, x: _vit_model_output(model, x),
-    "DeiTForImageClassification": "logits",
-    "DeiTForImageClassificationWithTeacher": "logits",
-    "DeiTModel": lambda model, x: _vit_model_output(model, x),
-    "Dinov2Model": "pooler_output",
-    "Dinov2WithRegistersModel": "pooler_output",
-    "CLIPVisionModel": "pooler_output",
-    "CLIPVisionModelWithProjection": "image_embeds",
-    "CLIPModel": lambda model, x: _features(model.get_image_features(pixel_values=x)),
-    "SiglipVisionModel": "pooler_output",
-}
+# -- the source libraries -----------------------------------------------------------------------------
+# transformers class -> the output the Flax model gives (one of SOURCE_OUTPUTS): the plain ViT's, then every
+# family's; a class absent here is not checked, with a note
+TRANSFORMERS_OUTPUTS: dict[str, str] = {"ViTForImageClassification": "logits", "ViTModel": "pooler_or_class_token",
+                                        **transformers_outputs()}
 # which library computes each format's checkpoints (Flax formats have none but this project)
 LIBRARIES = {"timm-hub": "timm", "torch": "timm", "hf": "transformers", "vit-pytorch": "vit-pytorch",
              "torchvision": "torchvision"}
@@ -48,14 +39,21 @@ INSTALL = {"timm": "pip install timm", "transformers": "pip install transformers
            "vit-pytorch": "pip install vit-pytorch", "torchvision": "pip install torchvision"}
 
 
-def _features(output):
+def _image_features(model, x):
+    """A two-tower model's image features (transformers 5 returns an output object, 4.x the tensor)."""
+    output = model.get_image_features(pixel_values=x)
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def _vit_model_output(model, x):
-    """ViTModel / DeiTModel: the pooler when it has one, else the final-norm class token."""
+def _pooler_or_class_token(model, x):
+    """A ViTModel-style class: the pooler when it has one, else the final-norm class token."""
     out = model(pixel_values=x)
     return out.pooler_output if getattr(model, "pooler", None) is not None else out.last_hidden_state[:, 0]
+
+
+# the outputs that are not an attribute of the model's output
+_COMPUTED_OUTPUTS: dict[str, Callable] = {"pooler_or_class_token": _pooler_or_class_token,
+                                          "image_features": _image_features}
 
 
 # -- generic builders -----------------------------------------------------------------------------------
@@ -132,9 +130,8 @@ def timm_hub_model(path: Path) -> SourceModel:
 def timm_file_model(path: Path, config: ViTConfig) -> SourceModel:
     """A timm-named state dict: the timm architecture and model_args the timm-hub writer names for the config."""
     timm = import_library("timm")
-    from vit_jax.families import eva02
     from vit_jax.formats.renames import RenameTable
-    from vit_jax.formats.timm_archs import UnknownArchitecture, is_eva
+    from vit_jax.formats.timm_archs import UnknownArchitecture, own_names
     from vit_jax.formats.timm_hub import check_expressible, hub_config
 
     try:
@@ -145,8 +142,9 @@ def timm_file_model(path: Path, config: ViTConfig) -> SourceModel:
     arch, args = hub["architecture"], hub["model_args"]
     model = timm.create_model(arch, pretrained=False, **args)
     state = _state_dict(path)
-    if is_eva(arch):  # the torch format keeps the project's timm naming; timm's Eva names its own
-        state = RenameTable(eva02.timm_eva_names(eva02.timm_eva_fused(arch, args))).rename_to_other(state)
+    names = own_names(arch, args)
+    if names is not None:  # the torch format keeps the project's timm naming; some timm classes name their own
+        state = RenameTable(names).rename_to_other(state)
     _strict_load(model, state, path, "timm")
     return _plain(_versioned("timm", timm), model)
 
@@ -167,8 +165,8 @@ def transformers_model(path: Path, eager_attention: bool = False) -> SourceModel
         raise ConversionError(f"{path}: transformers {name}.from_pretrained leaves weights unloaded: {problems}")
     model = model.float().eval()
     output = TRANSFORMERS_OUTPUTS[name]
-    if callable(output):
-        return SourceModel(_versioned("transformers", transformers), model, name, output)
+    if output in _COMPUTED_OUTPUTS:
+        return SourceModel(_versioned("transformers", transformers), model, name, _COMPUTED_OUTPUTS[output])
     return SourceModel(_versioned("transformers", transformers), model, output,
                        lambda m, x: getattr(m(pixel_values=x), output))
 

@@ -113,6 +113,17 @@ def test_transformers_family_checked_against_transformers_both_ways(tmp_path, ca
     both_directions(tmp_path / "hf", tmp_path / "back", "hf", "transformers", tmp_path, capsys)
 
 
+def test_every_checked_class_is_a_transformers_class_with_a_known_output():
+    """The families declare which output of each class is compared; a misspelt class or output would silently
+    leave a family unchecked."""
+    from vit_jax.families import SOURCE_OUTPUTS
+
+    for name, output in source_models.TRANSFORMERS_OUTPUTS.items():
+        assert hasattr(transformers, name), name
+        assert output in SOURCE_OUTPUTS, (name, output)
+    assert {"DeiTModel", "Dinov2Model", "CLIPModel", "SiglipVisionModel"} <= set(source_models.TRANSFORMERS_OUTPUTS)
+
+
 @pytest.mark.skipif(vit_pytorch is None, reason="vit-pytorch is not installed (pip install vit-pytorch)")
 def test_vit_pytorch_checked_against_vit_pytorch_both_ways(tmp_path, capsys):
     torch.manual_seed(0)

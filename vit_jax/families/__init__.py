@@ -8,12 +8,12 @@ reuses existing options is one module here and one test file (docs/design.md, "H
 """
 
 from vit_jax.families import clip, deit, dinov2, eva02, mae, siglip
-from vit_jax.families.family import IMAGENET_PIXELS, TIMM_NUMERICS, Family, TimmArchitecture
+from vit_jax.families.family import IMAGENET_PIXELS, SOURCE_OUTPUTS, TIMM_NUMERICS, Family, TimmArchitecture
 
 FAMILIES: tuple[Family, ...] = tuple(m.FAMILY for m in (deit, dinov2, clip, mae, siglip, eva02))
 
-__all__ = ["FAMILIES", "IMAGENET_PIXELS", "TIMM_NUMERICS", "Family", "TimmArchitecture", "timm_architectures",
-           "timm_presets", "timm_preset_model_args"]
+__all__ = ["FAMILIES", "IMAGENET_PIXELS", "SOURCE_OUTPUTS", "TIMM_NUMERICS", "Family", "TimmArchitecture",
+           "timm_architectures", "timm_presets", "timm_preset_model_args", "transformers_outputs"]
 
 
 def timm_architectures() -> list[TimmArchitecture]:
@@ -26,3 +26,8 @@ def timm_presets() -> dict[str, str]:
 
 def timm_preset_model_args() -> dict[str, dict]:
     return {name: dict(args) for family in FAMILIES for name, args in family.timm_preset_model_args.items()}
+
+
+def transformers_outputs() -> dict[str, str]:
+    """transformers class -> the output of it the Flax model computes, over every family (SOURCE_OUTPUTS)."""
+    return {name: output for family in FAMILIES for name, output in family.transformers_outputs.items()}

@@ -81,4 +81,6 @@ FAMILY = Family(
                   "CLIP-L_14": "vit_large_patch14_clip_quickgelu_224"},
     pixels=PIXELS,
     transformers=(_TRANSFORMERS,),
+    transformers_outputs={"CLIPVisionModel": "pooler_output", "CLIPVisionModelWithProjection": "image_embeds",
+                          "CLIPModel": "image_features"},
 )

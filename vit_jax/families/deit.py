@@ -92,4 +92,6 @@ FAMILY = Family(
         **{f"DeiT3-{v}_16": f"deit3_{n}_patch16_224" for v, n in _DEIT3_VARIANTS},
     },
     transformers=(_TRANSFORMERS,),
+    transformers_outputs={"DeiTForImageClassification": "logits", "DeiTForImageClassificationWithTeacher": "logits",
+                          "DeiTModel": "pooler_or_class_token"},
 )

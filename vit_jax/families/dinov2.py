@@ -172,4 +172,5 @@ FAMILY = Family(
         "DINOv2-g_14": "vit_giant_patch14_dinov2",
     },
     transformers=(_transformers_layout(False), _transformers_layout(True)),
+    transformers_outputs={"Dinov2Model": "pooler_output", "Dinov2WithRegistersModel": "pooler_output"},
 )

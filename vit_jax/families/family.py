@@ -18,6 +18,11 @@ IMAGENET_PIXELS = dict(pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224
 # bicubic, antialias=True).
 TIMM_NUMERICS = dict(gelu="exact", layer_norm_eps=1e-6, posemb_resize="torch_bicubic_antialias")
 
+# The outputs a source model can be compared on: an attribute of a transformers model's output, or
+# "pooler_or_class_token" (ViTModel's pooler when it has one, else the final-norm class token) or
+# "image_features" (a two-tower model's get_image_features).
+SOURCE_OUTPUTS = ("logits", "pooler_output", "image_embeds", "pooler_or_class_token", "image_features")
+
 
 @dataclasses.dataclass(frozen=True)
 class TimmArchitecture:
@@ -95,6 +100,9 @@ class Family:
     timm_preset_model_args: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     pixels: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=lambda: dict(IMAGENET_PIXELS))
     transformers: tuple[TransformersLayout, ...] = ()  # its transformers model_types
+    # the against-source check (parity/source_models.py): transformers class -> which of its outputs the Flax
+    # model computes, one of SOURCE_OUTPUTS; a class absent here is not checked, with a note
+    transformers_outputs: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def standard_presets(prefix: str, names: tuple[str, ...], **fields: Any) -> dict[str, dict[str, Any]]:

@@ -42,4 +42,5 @@ FAMILY = Family(
                   "SigLIP-B_16_384": "vit_base_patch16_siglip_384", "SigLIP-So400m_14": "vit_so400m_patch14_siglip_224",
                   "SigLIP-So400m_14_384": "vit_so400m_patch14_siglip_384"},
     pixels=PIXELS,
+    transformers_outputs={"SiglipVisionModel": "pooler_output"},
 )

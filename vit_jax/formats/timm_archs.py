@@ -48,6 +48,12 @@ def is_eva(name: str) -> bool:
     return eva02.is_timm_eva(name)
 
 
+def own_names(name: str, args: dict[str, Any]) -> list | None:
+    """The rename table (VisionTransformer's name, the architecture's own) of an architecture whose class names
+    its tensors its own way (timm's Eva), built with `args`; None for VisionTransformer's names."""
+    return eva02.timm_eva_names(eva02.timm_eva_fused(name, args)) if is_eva(name) else None
+
+
 def _row(name: str) -> TimmArchitecture | None:
     return next((row for row in ARCHITECTURES if re.fullmatch(row.pattern, name)), None)
 

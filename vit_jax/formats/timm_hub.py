@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from vit_jax.families import eva02
 from vit_jax.formats.base import (
     TIMM,
     ConversionError,
@@ -25,8 +24,8 @@ from vit_jax.formats.renames import RenameTable
 from vit_jax.formats.timm_archs import (
     UnknownArchitecture,
     architecture_fields,
-    is_eva,
     model_args_fields,
+    own_names,
     writer_architecture,
     writer_model_args,
 )
@@ -84,9 +83,9 @@ def read(path: str | Path) -> TensorSource:
     stated = stated_fields(data, config)
     source = read_file(weights, FORMAT, TIMM, {})
     source.stated = {**source.stated, **stated}
-    if is_eva(stated["name"]):  # Eva's own names (gamma_1, q_proj, ...) -> the mapping table's
-        table = RenameTable(eva02.timm_eva_names(eva02.timm_eva_fused(stated["name"], data.get("model_args") or {})))
-        source = table.source_as_timm(source, f"timm Eva ({stated['name']})")
+    names = own_names(stated["name"], data.get("model_args") or {})
+    if names is not None:  # the class's own names (Eva: gamma_1, q_proj, ...) -> the mapping table's
+        source = RenameTable(names).source_as_timm(source, f"timm {stated['name']}")
     _check_implied_tensors(source, stated, data.get("model_args") or {}, config, weights.name)
     return source
 
@@ -156,8 +155,8 @@ def write(path: str | Path, tensors: dict[str, np.ndarray], config, like: str | 
     path = Path(path)
     path.mkdir()
     hub = hub_config(config)
-    if is_eva(hub["architecture"]):
-        names = eva02.timm_eva_names(eva02.timm_eva_fused(hub["architecture"], hub["model_args"]))
+    names = own_names(hub["architecture"], hub["model_args"])
+    if names is not None:
         tensors = RenameTable(names).rename_to_other(tensors)
     write_file(path / "model.safetensors", tensors, "model.safetensors", metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(hub, indent=2))
