@@ -213,7 +213,7 @@ def test_sigterm_during_a_conversion_exits_143_and_leaves_nothing(tmp_path):
     assert list(out_dir.iterdir()) == []
 
 
-# -- issue 26: what a conversion must never replace, and what a killed one must not leave -----------
+# -- what a conversion must never replace, and what a killed one must not leave -----------
 
 SPECIAL_FILES = {
     "FIFO": lambda p: os.mkfifo(p),

@@ -331,7 +331,7 @@ def test_help_says_which_step_what_happens_on_damage_and_on_ctrl_c(capsys):
         assert phrase in text, phrase
 
 
-# -- issue 26 case 9: garbage metrics in an older step warn and fall back for every reader -----------------
+# -- garbage metrics in an older step warn and fall back for every reader -----------------
 
 def test_garbage_metrics_in_an_older_step_warn_and_every_reader_uses_the_intact_steps(run_copy, tmp_path, capsys):
     with open(os.path.join(run_copy, "checkpoints", "4", "metrics", "metrics"), "w") as f:
@@ -351,7 +351,7 @@ def test_garbage_metrics_in_an_older_step_warn_and_every_reader_uses_the_intact_
     assert "checkpoint step 4" in err and "is damaged (its metrics file" in err and "Traceback" not in err
 
 
-# -- issue 26 case 15: predict reads any weights file, as attention_map does -------------------------------
+# -- predict reads any weights file, as attention_map does -------------------------------
 
 def test_predict_reads_a_converted_weights_file_like_its_run(run_dir, tmp_path, capsys):
     write_image_folder(str(tmp_path / "images"), {"a": 2})
