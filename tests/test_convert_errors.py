@@ -13,6 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 from checkpoint_writers import random_flax_params, randomize, write_google_npz
+from convert_cli_helpers import assert_fails_cleanly, run_cli
 
 import vit_torch_ref
 from parity.convert import convert
@@ -29,27 +30,6 @@ def good_npz(tmp_path):
     flat = random_flax_params(CONFIG)
     write_google_npz(tmp_path / "good.npz", flat)
     return tmp_path / "good.npz", flat
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.err
-
-
-def assert_fails_cleanly(argv, capsys, *expected_fragments):
-    """CLI exits 2 with one error line naming the fragments; the destination directory gains nothing."""
-    out_dir = Path(argv[1]).parent
-    before = sorted(os.listdir(out_dir))
-    code, err = run_cli(argv, capsys)
-    assert code == 2, err
-    assert "Traceback" not in err
-    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, err
-    for fragment in expected_fragments:
-        assert fragment in error_lines[0], (fragment, error_lines[0])
-    assert sorted(os.listdir(out_dir)) == before  # no output, no temporary left behind
-    return error_lines[0]
 
 
 # -- unreadable files ------------------------------------------------------------------

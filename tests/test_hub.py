@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from convert_cli_helpers import assert_fails_cleanly, run_cli
 from hub_cache import add_snapshot, use_cache
-from test_convert_errors import assert_fails_cleanly, run_cli
 from torchvision_stub import import_timm
 
 import vit_jax

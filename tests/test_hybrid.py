@@ -264,11 +264,11 @@ def test_timm_state_dict_reads_with_timms_numerics_and_back(tmp_path):
 # -- parity report ----------------------------------------------------------------------
 @pytest.mark.slow
 def test_parity_report_passes_with_backward(tmp_path, capsys):
-    from test_parity_report import check_passing_report, run
+    from parity_report_helpers import check_passing_report, run_report
 
     path = tmp_path / "small.json"
     path.write_text(SMALL.to_json())
-    code, report = run(tmp_path, "--config", str(path), "--backward")
+    code, report = run_report(tmp_path, "--config", str(path), "--backward")
     assert code == 0, capsys.readouterr()
     check_passing_report(report, SMALL, backward=True)
     forward = {r["name"]: r for r in report["rows"] if r["section"] == "forward"}

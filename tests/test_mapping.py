@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 import torch
+from checkpoint_writers import google_tree
 from conftest import nchw, random_images, rel_l2
-from test_model import google_tree
 
 import parity
 import vit_jax

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from checkpoint_writers import google_tree
 from conftest import apply, assert_same_gradients, random_images, rel_l2
 
 import vit_jax
@@ -12,36 +13,6 @@ from vit_jax import VisionTransformer, get_config
 from vit_jax.config import REMAT_POLICIES
 
 TINY = get_config("ViT-testing", head_zero_init=False)
-
-
-def google_tree(config, seed=0):
-    """A param tree written out by hand with Google's official Linen names."""
-    rng = np.random.default_rng(seed)
-    d, m, h, hd = config.hidden_size, config.mlp_dim, config.num_heads, config.head_dim
-    ph, pw = config.patch_hw
-
-    def w(*shape):
-        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
-
-    def block():
-        attn = {p: {"kernel": w(d, h, hd), "bias": w(h, hd)} for p in ("query", "key", "value")}
-        attn["out"] = {"kernel": w(h, hd, d), "bias": w(d)}
-        return {
-            "LayerNorm_0": {"scale": 1 + w(d), "bias": w(d)},
-            "MultiHeadDotProductAttention_0": attn,
-            "LayerNorm_1": {"scale": 1 + w(d), "bias": w(d)},
-            "MlpBlock_0": {"Dense_0": {"kernel": w(d, m), "bias": w(m)}, "Dense_1": {"kernel": w(m, d), "bias": w(d)}},
-        }
-
-    encoder = {f"encoderblock_{i}": block() for i in range(config.num_layers)}
-    encoder["posembed_input"] = {"pos_embedding": w(1, config.seq_len, d)}
-    encoder["encoder_norm"] = {"scale": 1 + w(d), "bias": w(d)}
-    return {
-        "embedding": {"kernel": w(ph, pw, config.num_channels, d), "bias": w(d)},
-        "cls": w(1, 1, d),
-        "Transformer": encoder,
-        "head": {"kernel": w(d, config.num_classes), "bias": w(config.num_classes)},
-    }
 
 
 def test_google_layout_tree_is_accepted_unchanged():

@@ -14,7 +14,7 @@ import optax
 import optax.tree
 import pytest
 import torch
-from test_parity_report import swap_query_key
+from parity_report_helpers import swap_query_key
 
 from parity import harness
 from parity.report_cli import main

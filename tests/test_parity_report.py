@@ -7,13 +7,13 @@ caught, named as the first failing layer, and turn the exit code to 1.
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import json
 import os
 
 import numpy as np
 import pytest
+from parity_report_helpers import check_passing_report, flax_param_count, rows, run_report, swap_query_key
 from PIL import Image
 
 import vit_jax
@@ -21,66 +21,16 @@ import vit_jax.formats.mapping
 from parity import harness, judge
 from parity.compare import compare, group_rms, norm_floor, pair_sums
 from parity.inputs import load_images, random_images
-from parity.report_cli import main
-from parity.tolerances import ROUNDING, TOLERANCES, Criterion
+from parity.tolerances import ROUNDING, Criterion
 from vit_jax.config import get_config
 
 SMALL = "ViT-testing"  # 16 px, patch 4, hidden 32, 2 heads, 2 layers, 10 classes
 
 
-def run(tmp_path, *args: str, name: str = "out") -> tuple[int, dict]:
-    out = tmp_path / name
-    code = main([*args, "--out", str(out)])
-    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
-    return code, report
-
-
-def rows(report: dict, section: str) -> list[dict]:
-    return [r for r in report["rows"] if r["section"] == section]
-
-
-def flax_param_count(config) -> int:
-    return sum(len(rule.flax) for rule in vit_jax.formats.mapping.param_rules(config))
-
-
-def check_passing_report(report: dict, config, backward: bool) -> None:
-    """A passing report is complete: every canonical layer, every parameter, real numbers."""
-    assert report["verdict"] == "pass" and report["first_failure"] is None
-    forward = rows(report, "forward")
-    assert [r["name"] for r in forward] == config.layer_names(attention=True)
-    tol = TOLERANCES[report["dtype"]]
-    # every judged row is explained by rounding: k = 1 is the triangle inequality
-    for r in report["rows"]:
-        assert r["failed_checks"] == [], r
-        if r["judged"]:
-            assert r["rounding_ratio"] <= tol.rounding.k + 1e-6 and r["f64_jax_vs_torch"] <= 1e-10, r
-    for r in forward:
-        assert r["passed"] and r["judged"], r
-        if report["dtype"] == "float32":
-            assert r["rel_l2"] <= tol.layer.max_rel_l2
-            # each side sits at float32 rounding distance from its own float64 run ...
-            assert r["jax_vs_f64"] < 1e-5 and r["torch_vs_f64"] < 1e-5
-        else:
-            assert r["cosine"] >= tol.layer.min_cosine
-            assert 1e-5 < r["jax_vs_f64"] < 0.1  # bf16 really ran in bf16
-        # ... and the two float64 runs agree to float64 rounding: the same function.
-        assert r["f64_jax_vs_torch"] < 1e-12, r
-    if backward:
-        grads = rows(report, "gradients")
-        assert len(grads) == flax_param_count(config)
-        assert all(r["passed"] for r in grads)
-        assert all(r["f64_jax_vs_torch"] < 1e-10 for r in grads if r["judged"])
-        # only the key bias (softmax ignores it) has an exactly-zero gradient
-        not_judged = {r["name"] for r in grads if not r["judged"]}
-        assert not_judged == set(report["zero_gradient_params"])
-        assert all(name.endswith("key/bias") for name in not_judged)
-        assert len(not_judged) == (config.num_layers if config.qkv_bias else 0)
-
-
 # -- fast: one full passing run, one injected fault, bad usage ----------------------------
 @pytest.mark.parametrize("kernels", ["reference", "cpu"])
 def test_float32_forward_backward_adamw_pass(tmp_path, capsys, kernels):
-    code, report = run(
+    code, report = run_report(
         tmp_path, "--config", SMALL, "--set", "gelu=exact", "--set", "layer_norm_eps=1e-5", "--kernels", kernels,
         "--set", "representation_size=24", "--set", "qkv_bias=false", "--optimizer-step", "--steps", "3",
     )
@@ -113,23 +63,9 @@ def test_float32_forward_backward_adamw_pass(tmp_path, capsys, kernels):
     assert "PASS" in capsys.readouterr().out
 
 
-def swap_query_key(monkeypatch):
-    """Test-only fault: the mapping moves Flax's query kernel into torch's k slot and vice versa."""
-    original = vit_jax.formats.mapping.param_rules
-
-    def broken(config):
-        rules = original(config)
-        return [
-            dataclasses.replace(r, flax=(r.flax[1], r.flax[0], r.flax[2])) if r.torch.endswith("attn.qkv.weight") else r
-            for r in rules
-        ]
-
-    monkeypatch.setattr(vit_jax.formats.mapping, "param_rules", broken)
-
-
 def test_swapped_query_key_mapping_fails_at_first_attention_map(tmp_path, monkeypatch, capsys):
     swap_query_key(monkeypatch)
-    code, report = run(tmp_path, "--config", SMALL, "--batch", "1")
+    code, report = run_report(tmp_path, "--config", SMALL, "--batch", "1")
     assert code == 1
     assert report["verdict"] == "fail"
     assert report["first_failure"]["name"] == "blocks.0.attn_probs"
@@ -155,7 +91,7 @@ def test_swapped_query_key_mapping_fails_at_first_attention_map(tmp_path, monkey
     ],
 )
 def test_bad_usage_exits_2_without_output(tmp_path, capsys, args, message):
-    code, report = run(tmp_path, *args)
+    code, report = run_report(tmp_path, *args)
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -164,10 +100,10 @@ def test_bad_usage_exits_2_without_output(tmp_path, capsys, args, message):
 def test_empty_image_folder_and_corrupt_image_exit_2(tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    assert run(tmp_path, "--config", SMALL, "--images", str(folder))[0] == 2
+    assert run_report(tmp_path, "--config", SMALL, "--images", str(folder))[0] == 2
     assert "holds no image files" in capsys.readouterr().err
     (folder / "broken.png").write_bytes(b"not a png")
-    assert run(tmp_path, "--config", SMALL, "--images", str(folder))[0] == 2
+    assert run_report(tmp_path, "--config", SMALL, "--images", str(folder))[0] == 2
     assert "cannot decode image" in capsys.readouterr().err
 
 
@@ -245,14 +181,14 @@ def test_images_are_decoded_resized_and_normalised_with_config_statistics(tmp_pa
 )
 def test_model_options_float32_forward_backward_pass(tmp_path, overrides):
     sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
-    code, report = run(tmp_path, "--config", SMALL, *sets, "--backward")
+    code, report = run_report(tmp_path, "--config", SMALL, *sets, "--backward")
     assert code == 0
     check_passing_report(report, get_config(SMALL, **overrides), backward=True)
 
 
 @pytest.mark.slow
 def test_bfloat16_forward_backward_adamw_pass(tmp_path):
-    code, report = run(tmp_path, "--config", SMALL, "--set", "classifier=gap", "--dtype", "bfloat16",
+    code, report = run_report(tmp_path, "--config", SMALL, "--set", "classifier=gap", "--dtype", "bfloat16",
                        "--optimizer-step", "--steps", "3")
     assert code == 0
     check_passing_report(report, get_config(SMALL, classifier="gap"), backward=True)
@@ -273,7 +209,7 @@ def test_layer_norm_epsilon_changed_in_the_twin_fails_at_that_block(tmp_path, mo
         return block
 
     monkeypatch.setattr(harness, "torch_block", twin_block_with_wrong_eps)
-    code, report = run(tmp_path, "--config", SMALL, "--batch", "1", "--backward")
+    code, report = run_report(tmp_path, "--config", SMALL, "--batch", "1", "--backward")
     assert code == 1
     assert report["first_failure"]["name"] == "blocks.1.mlp"
     forward = {r["name"]: r for r in rows(report, "forward")}
@@ -300,13 +236,13 @@ def test_checkpoints_and_real_images(tmp_path):
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
 
-    code, report = run(tmp_path, "--checkpoint", str(tmp_path / "timm.safetensors"), "--config", SMALL,
+    code, report = run_report(tmp_path, "--checkpoint", str(tmp_path / "timm.safetensors"), "--config", SMALL,
                        "--images", str(folder), "--backward", name="timm")
     assert code == 0
     assert report["weights"].startswith("checkpoint") and report["inputs"].startswith("3 images")
     check_passing_report(report, config, backward=True)
 
-    code, report = run(tmp_path, "--checkpoint", str(tmp_path / "google.npz"), "--batch", "1", name="npz")
+    code, report = run_report(tmp_path, "--checkpoint", str(tmp_path / "google.npz"), "--batch", "1", name="npz")
     assert code == 0 and report["config"]["hidden_size"] == 32
     # the report ran the checkpoint's weights: its logits are the ones these params give
     images = random_images(config, 1, np.random.default_rng(0))  # the CLI's first draw for --seed 0

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import nchw, random_images
-from test_config import GOLDEN_PARAM_COUNTS
+from golden_params import GOLDEN_PARAM_COUNTS
 
 from vit_torch_ref import VisionTransformer, get_config
 

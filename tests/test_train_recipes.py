@@ -14,9 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train_resume_state import assert_equal_trees
 from torchvision_stub import import_timm
-from train_runs import TINY
+from train_runs import TINY, assert_equal_trees
 
 from vit_jax import get_config
 from vit_jax import train_cli as train

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from train_runs import TINY
+from train_runs import TINY, assert_equal_trees
 
 from vit_jax import train_cli as train
 from vit_jax.training import loop
@@ -31,12 +31,6 @@ def moments(opt_state, optimizer: str) -> dict[str, list[np.ndarray]]:
     kind, fields = MOMENTS[optimizer]
     [state] = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, kind)) if isinstance(s, kind)]
     return {name: jax.tree.leaves(getattr(state, name)) for name in fields}
-
-
-def assert_equal_trees(got, want, what: str) -> None:
-    assert jax.tree.structure(got) == jax.tree.structure(want), what
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=what + jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])

@@ -194,7 +194,7 @@ def test_a_google_vit_is_refused_by_the_vit_pytorch_writer(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dim_head", "identity_out"])
 def test_parity_report_on_a_converted_vit_pytorch_model_passes(tmp_path, name):
-    from test_parity_report import check_passing_report
+    from parity_report_helpers import check_passing_report
 
     from parity.report_cli import main as report_main
 

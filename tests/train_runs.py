@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,3 +78,9 @@ def final_params(workdir: str) -> dict:
         return checkpoints.restore_params(checkpoints.latest_step())[1]
     finally:
         checkpoints.close()
+
+
+def assert_equal_trees(got, want, what: str) -> None:
+    assert jax.tree.structure(got) == jax.tree.structure(want), what
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=what + jax.tree_util.keystr(path))

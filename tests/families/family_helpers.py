@@ -10,7 +10,7 @@ import numpy as np
 import safetensors.torch
 import torch
 from conftest import apply, nchw, rel_l2
-from test_convert_errors import run_cli
+from convert_cli_helpers import run_cli
 
 from parity.convert import convert
 from vit_jax.formats.read import read_flax_params

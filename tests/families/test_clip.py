@@ -4,8 +4,8 @@ one over tensors without them is refused in one line naming the missing tensor."
 from __future__ import annotations
 
 import pytest
+from convert_cli_helpers import assert_fails_cleanly
 from family_helpers import perturb, save_timm_hub
-from test_convert_errors import assert_fails_cleanly
 from torchvision_stub import import_timm
 
 timm = import_timm()

@@ -9,8 +9,8 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import nchw, rel_l2
+from convert_cli_helpers import assert_fails_cleanly
 from family_helpers import FLOAT32, converted_matches, images, perturb, save_timm_hub
-from test_convert_errors import assert_fails_cleanly
 from torchvision_stub import import_timm
 
 from parity.convert import convert

@@ -17,8 +17,8 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import apply, nchw, rel_l2
+from convert_cli_helpers import assert_fails_cleanly
 from family_helpers import check_in, perturb, same_state
-from test_convert_errors import assert_fails_cleanly
 from torchvision_stub import import_timm
 
 from parity.convert import convert
@@ -224,13 +224,13 @@ def test_presets_have_timms_state_dict(preset):
 @pytest.mark.parametrize("source", ["hf/DeiTForImageClassificationWithTeacher", "timm/vit_small_patch14_reg4_dinov2",
                                     "hf/CLIPVisionModelWithProjection", "timm/vit_base_patch16_224"])
 def test_parity_report_passes_on_each_family(timm_dirs, hf_dirs, tmp_path, capsys, source):
-    from test_parity_report import check_passing_report, run
+    from parity_report_helpers import check_passing_report, run_report
 
     kind, name = source.split("/")
     if kind == "timm" and timm is None:
         pytest.skip("timm is not installed")
     path = (timm_dirs[0] if kind == "timm" else hf_dirs) / name
-    code, report = run(tmp_path, "--checkpoint", str(path), "--backward")
+    code, report = run_report(tmp_path, "--checkpoint", str(path), "--backward")
     assert code == 0, capsys.readouterr()
     config, _ = read_flax_params(path)
     check_passing_report(report, config, backward=True)

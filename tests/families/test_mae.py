@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import nchw
+from convert_cli_helpers import assert_fails_cleanly
 from family_helpers import converted_matches, images, perturb, save_timm_hub
-from test_convert_errors import assert_fails_cleanly
 from torchvision_stub import import_timm
 
 timm = import_timm()

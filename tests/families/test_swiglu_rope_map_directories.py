@@ -183,7 +183,7 @@ def test_big_vision_siglip_npz_written_back_in_its_names(tmp_path, capsys, scann
     """`convert x.msgpack y.npz --to big-vision`: the image tower under params/img/ with big_vision's names
     (pos_embedding at its top, MAPHead_0), the same bytes as the source file's tower; read back with no
     flag (and without the config JSON beside it) to the same tensors."""
-    from test_convert_errors import run_cli
+    from convert_cli_helpers import run_cli
 
     big_vision_siglip(tmp_path / "siglip.npz", scanned)
     convert(tmp_path / "siglip.npz", tmp_path / "x.msgpack")
@@ -209,7 +209,7 @@ def test_big_vision_siglip_npz_written_back_in_its_names(tmp_path, capsys, scann
 
 def test_big_vision_target_names_what_it_cannot_hold(dinov2_swiglu, tmp_path, capsys):
     """A DINOv2 has LayerScale, a SwiGLU MLP and exact GELU, which big_vision's ViT has no place for."""
-    from test_convert_errors import assert_fails_cleanly
+    from convert_cli_helpers import assert_fails_cleanly
 
     assert_fails_cleanly([dinov2_swiglu[0] / "Dinov2Model", tmp_path / "bv.npz", "--to", "big-vision"], capsys,
                          "big_vision's ViT cannot express", "layer_scale=True", "mlp_type='swiglu_packed'",
@@ -289,7 +289,7 @@ def test_transformers_dinov2_swiglu_in_its_module_names_and_a_disagreeing_width(
     config.json whose mlp_ratio builds another width than the tensors' is refused, naming both."""
     import shutil
 
-    from test_convert_errors import assert_fails_cleanly
+    from convert_cli_helpers import assert_fails_cleanly
 
     root, models = dinov2_swiglu
     (tmp_path / "v5").mkdir()
@@ -339,7 +339,7 @@ def test_dinov2_swiglu_widths_are_transformers_own():
 def test_transformers_dinov2_classifier_is_named(dinov2_swiglu, tmp_path, capsys):
     """Dinov2ForImageClassification's head (class token and patch mean concatenated) is no option of the model:
     one error line that says so and how to convert its backbone."""
-    from test_convert_errors import assert_fails_cleanly
+    from convert_cli_helpers import assert_fails_cleanly
 
     transformers = pytest.importorskip("transformers")
     config = transformers.Dinov2Config.from_pretrained(dinov2_swiglu[0] / "Dinov2Model", num_labels=3)
