@@ -9,7 +9,7 @@ So install both without their dependencies and import them through here:
 
     from vit_torch_ref.interop import import_timm
     timm = import_timm()
-    model = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False)
 
 When a working torchvision is importable it is used and nothing is replaced. Otherwise every torchvision name
 these packages import resolves to an inert placeholder class while they load, and the placeholders are removed

@@ -1,6 +1,6 @@
 """A checkpoint's own evaluation preprocessing: `load_transform(checkpoint)`.
 
-    transform = vit_jax.load_transform("hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m")
+    transform = vit_jax.load_transform("hf-hub:timm/vit_base_patch16_224.augreg_in21k")
     x = transform(PIL.Image.open("cat.jpg"))            # float32 (H, W, 3), as the model was evaluated
 
 Read from what the checkpoint's source library reads:

@@ -159,11 +159,12 @@ FAMILY = Family(
                          dict(_TIMM, posemb_class_slot=False, distilled=False, layer_scale_init=1e-5)),
         TimmArchitecture(r"vit_(small|base|large)_patch14_dinov2", "vit_small_patch14_dinov2",
                          dict(_TIMM, distilled=False, layer_scale_init=1e-5)),
-        # timm builds the giant with mlp_layer=SwiGLUPacked, which the architecture fixes (config.json cannot
-        # name a class)
+        # timm builds the giant with mlp_layer=SwiGLUPacked and act_layer=SiLU, which the architecture fixes
+        # (config.json cannot name a class)
         TimmArchitecture(r"vit_giant_patch14_(reg\d+_)?dinov2", "vit_giant_patch14_dinov2",
                          dict(layer_norm_eps=1e-6, mlp_type="swiglu_packed", rope=False, distilled=False,
-                              layer_scale_init=1e-5, posemb_resize="torch_bicubic_antialias", **IMAGENET_PIXELS)),
+                              layer_scale_init=1e-5, posemb_resize="torch_bicubic_antialias", **IMAGENET_PIXELS),
+                         class_args=("mlp_layer", "act_layer")),
     ),
     golden_params=_GOLDEN_PARAMS,
     timm_presets={

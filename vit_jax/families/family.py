@@ -1,6 +1,6 @@
 """What a family of released ViTs is, as data: the facts that come from outside the project.
 
-A family module (deit.py, dinov2.py, ...) fills one `Family`; the registry (`vit_jax.families`) lists them,
+A family module (one per family, in this package) fills one `Family`; the registry (`vit_jax.families`) lists them,
 and the presets, the timm architecture table and the transformers layouts loop over it. Nothing here imports the
 rest of the project: a family states values, the config and the formats read them.
 """
@@ -32,6 +32,8 @@ class TimmArchitecture:
     pattern: str
     example: str
     fields: dict[str, Any]
+    # model_args that only name layer classes the architecture fixes anyway (dropped on read)
+    class_args: tuple[str, ...] = ()
 
 
 # A transformers ViT block (ViTModel's, which other families' classes reuse): the classic hub names, which are

@@ -1,7 +1,7 @@
 """Checkpoint names on the Hugging Face Hub, `hf-hub:ORG/NAME[@REVISION]`, resolved to a local directory.
 
-    resolve_checkpoint("hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m")   -> the snapshot directory
-    resolve_checkpoint("hf-hub:google/siglip-base-patch16-224@<commit>")     -> that revision's directory
+    resolve_checkpoint("hf-hub:timm/vit_base_patch16_224.augreg_in21k")   -> the snapshot directory
+    resolve_checkpoint("hf-hub:google/vit-base-patch16-224@<commit>")     -> that revision's directory
 
 The download is huggingface_hub's `snapshot_download`, so its cache (HF_HUB_CACHE, HF_HOME), offline mode
 (HF_HUB_OFFLINE: the cache only), token (HF_TOKEN or `hf auth login`) and revision pinning apply as they do for

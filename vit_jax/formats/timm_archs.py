@@ -85,8 +85,8 @@ def model_args_fields(name: str, args: dict[str, Any]) -> dict[str, Any]:
         args.pop("global_pool")
         fields["classifier"] = "map"
     row = _row(name)
-    for key in ("mlp_layer", "act_layer") if row and _block_options(row) and "dinov2" in name else ():
-        args.pop(key, None)  # the architecture's SwiGLUPacked and SiLU
+    for key in row.class_args if row else ():
+        args.pop(key, None)  # layer classes the architecture fixes
     return {**_vit_args_fields(args), **fields}
 
 
@@ -173,7 +173,7 @@ def _fits(config, name: str) -> bool:
         return False
     keys = ("classifier", "mlp_type", "layer_norm_eps", "gelu")
     return all(getattr(config, k) == fields[k] for k in keys if k in fields) and (
-        config.classifier != "map" or "siglip" in name)
+        config.classifier != "map" or fields.get("classifier") == "map")
 
 
 def _mlp_ratio(config, width: int) -> float:

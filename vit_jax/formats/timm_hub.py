@@ -126,7 +126,7 @@ def check_expressible(config) -> None:
                         "has a bias exactly when there is no pre-norm)")
     if config.num_register_tokens and config.posemb_class_slot:
         problems.append("register tokens with a class slot in the position embedding (timm would give the "
-                        "registers positions too; Hugging Face's Dinov2WithRegisters layout: use --to hf)")
+                        "registers positions too; transformers' register layout: use --to hf)")
     try:
         writer_architecture(config)
     except UnknownArchitecture as e:
