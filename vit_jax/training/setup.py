@@ -240,7 +240,7 @@ class Run:
 def _check_outputs(config: TrainConfig, workdir: str, is_main: bool) -> dict | None:
     """The workdir and --export-torch are usable; on --resume / --eval-only, the run's saved config."""
     check_workdir_path(workdir)
-    if config.export_torch:  # refused now, not after the training
+    if config.export_torch and not config.eval_only:  # refused now, not after training; --eval-only exports nothing
         from vit_jax.formats.base import check_output_path
 
         try:
