@@ -90,6 +90,7 @@ def test_default_gradient_program_has_no_custom_derivatives():
     assert "custom_vjp" in cpu_program  # the check above can fail
 
 
+@pytest.mark.slow  # ~33 s on 2 cores
 def test_reference_path_supports_jvp_hessian_vector_products_and_vmap():
     config = TINY.replace(dtype="float64", param_dtype="float64", classifier="gap")
     with jax.enable_x64(True):
@@ -124,6 +125,7 @@ def test_reference_path_supports_jvp_hessian_vector_products_and_vmap():
         np.testing.assert_allclose(per_image, model.apply({"params": params}, images), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.slow  # ~35 s on 2 cores
 def test_cpu_kernels_name_the_switch_under_forward_mode():
     params = vit_jax.init_params(CPU_TINY)
     images = random_images(CPU_TINY)

@@ -26,6 +26,7 @@ def _loss(logits):
     return jnp.sum(jnp.sin(logits) * jnp.arange(logits.shape[-1]))
 
 
+@pytest.mark.slow  # ~15 s a config on 2 cores
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_outputs_gradients_and_tree_equal_linens(name):
     config = CONFIGS[name]

@@ -26,6 +26,7 @@ def report(tmp_path, *flags):
     return code, json.loads((tmp_path / "out" / "report.json").read_text())
 
 
+@pytest.mark.slow  # ~14 s on 2 cores
 def test_report_passes_with_rotary_and_map_rows(tmp_path):
     code, data = report(tmp_path, "--backward")
     rows = {r["name"]: r for r in data["rows"] if r["section"] == "forward"}

@@ -62,6 +62,7 @@ BAD_INPUTS = {  # name: (argv beyond SMALL, what its one error line says)
 }
 
 
+@pytest.mark.slow  # ~50 s on 2 cores: kept out of the fast subset
 def test_every_mesh_trains_the_same_run_and_resumes_on_another(tmp_path):
     resumed = str(tmp_path / "fsdp8")
     runs = [
